@@ -1,0 +1,32 @@
+# prefork: `make demo` runs the main job, `make test` the whole suite, `make bench` the benchmarks.
+# Each target builds .venv first (from Debian's /usr/bin/python3 when present, so that the venv can be
+# run by other users such as `nobody`) and reinstalls the project when pyproject.toml changes.
+
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m prefork.demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check prefork control metrics tests loadtest
+	$(VENV)/bin/python -m pytest -n auto -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m loadtest.runner $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check prefork control metrics tests loadtest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
