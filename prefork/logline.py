@@ -1,0 +1,50 @@
+"""tcpserver's ``-v`` log lines, byte-compatible with ucspi-tcp 0.88 (spec §2.3).
+
+Log analysers parse these lines, so the sanitising rules are djb's exactly:
+bytes outside 33..126, ``%`` and ``:`` become ``?``; a field keeps its first
+100 bytes and gets ``...`` when it was 100 bytes or longer.
+"""
+
+from __future__ import annotations
+
+_SAFE = bytes(range(256)).translate(
+    bytes(c if 33 <= c <= 126 and c not in b"%:" else ord("?") for c in range(256))
+)
+
+
+def safe(field: bytes | str | None) -> bytes:
+    """One sanitised field of an ``ok``/``deny`` line (None prints as empty)."""
+    if field is None:
+        return b""
+    if isinstance(field, str):
+        field = field.encode("utf-8", "surrogateescape")
+    if len(field) >= 100:
+        return field[:100].translate(_SAFE) + b"..."
+    return field.translate(_SAFE)
+
+
+def decision_line(
+    prog: bytes,
+    word: bytes,
+    ident: int,
+    localhost: bytes | str | None,
+    localip: str,
+    localport: int,
+    remotehost: bytes | str | None,
+    remoteip: str,
+    remoteinfo: bytes | str | None,
+    remoteport: int,
+) -> bytes:
+    """``PROG: ok|deny ID LOCALHOST:LOCALIP:LOCALPORT REMOTEHOST:REMOTEIP:REMOTEINFO:REMOTEPORT``."""
+    return b"%s: %s %s %s:%s:%s %s:%s:%s:%s\n" % (
+        prog,
+        safe(word),
+        safe(str(ident)),
+        safe(localhost),
+        safe(localip),
+        safe(str(localport)),
+        safe(remotehost),
+        safe(remoteip),
+        safe(remoteinfo),
+        safe(str(remoteport)),
+    )

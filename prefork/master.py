@@ -1,0 +1,277 @@
+"""The tcpserver master: binds, forks the workers, replaces the ones that die.
+
+The master serves nothing itself and stays single-threaded (it forks).  It is
+the child subreaper of everything below it, so the programs of a worker that
+died are reparented to it: it keeps counting them against ``-c`` until they
+exit, reaps them and logs their ``end`` lines.  Workers die with it
+(PR_SET_PDEATHSIG), so no orphaned acceptor keeps the port.
+
+SIGTERM exits at once with status 0, as tcpserver does; running programs are
+not signalled and keep serving their clients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import select
+import signal
+import socket
+import time
+from typing import NoReturn
+
+from prefork import scoreboard as sb
+from prefork.capacity import Capacity
+from prefork.djb import errstr
+from prefork.environ import original_environ
+from prefork.serverconfig import ServerConfig
+from prefork.spawn import Spawner, signals_to_reset
+from prefork.worker import Worker, base_environment
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+RESTART_DELAY = 1.0  # a slot whose worker lived less than this waits before it is refilled
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, value: int) -> None:
+    _libc.prctl(option, value, 0, 0, 0)
+
+
+class Master:
+    """State of the master process."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.verbose = cfg.verbosity >= 2
+        self.warn = cfg.verbosity >= 1
+        self.pid = os.getpid()
+        self.board: sb.ScoreboardFile | None = None
+        self.remove_board = cfg.scoreboard_path is None
+        self.workers: dict[int, int] = {}  # pid -> slot index
+        self.started: dict[int, float] = {}  # slot index -> monotonic start
+        self.pending: dict[int, float] = {}  # slot index -> when to start it
+        self.orphans: set[int] = set()
+
+    # -- messages --------------------------------------------------------------------------
+    def fatal(self, text: str, err: BaseException | int | None = None) -> NoReturn:
+        if self.warn:
+            if err is not None:
+                text = f"{text}: {errstr(err)}"
+            os.write(2, f"tcpserver: fatal: {text}\n".encode("utf-8", "surrogateescape"))
+        os._exit(111)
+
+    # -- start-up, in 0.88's order --------------------------------------------------------------
+    def start(self) -> NoReturn:
+        from prefork.addr import HostError, resolve_server_host
+
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            ip = resolve_server_host(cfg.host)
+        except HostError as e:
+            self.fatal(e.message)
+        try:
+            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as e:
+            self.fatal("unable to create socket", e)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lsock.bind((ip, cfg.port))
+        except OSError as e:
+            self.fatal("unable to bind", e)
+        try:
+            local_ip, cfg.port = lsock.getsockname()
+        except OSError as e:
+            self.fatal("unable to get local address", e)
+        try:
+            lsock.listen(cfg.backlog)
+        except OSError as e:
+            self.fatal("unable to listen", e)
+        path = cfg.scoreboard_path or sb.default_path(self.pid)
+        try:
+            self.board = sb.ScoreboardFile(path, cfg.workers, cfg.limit, self.pid, cfg.name)
+        except OSError as e:
+            self.fatal(f"unable to create scoreboard {path}", e)
+        self.board.set_local(local_ip, cfg.port)
+        if cfg.gid or cfg.uid:
+            try:
+                os.fchown(self.board.fd, cfg.uid or -1, cfg.gid or -1)
+            except OSError:
+                pass
+        if cfg.gid:
+            try:
+                os.setgroups([cfg.gid])
+                os.setgid(cfg.gid)
+            except OSError as e:
+                self.fatal("unable to set gid", e)
+        if cfg.uid:
+            try:
+                os.setuid(cfg.uid)
+            except OSError as e:
+                self.fatal("unable to set uid", e)
+        if cfg.print_port:
+            try:
+                os.write(1, b"%d\n" % cfg.port)
+            except OSError:
+                pass
+        # tcpserver closes 0 and 1; /dev/null keeps those numbers taken so an accepted
+        # socket never lands on them (dup2 onto itself would leave it close-on-exec).
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        if null > 1:
+            os.close(null)
+        if self.verbose:
+            os.write(2, b"tcpserver: status: 0/%d\n" % cfg.limit)
+        self.serve(lsock)
+
+    def _sigterm(self, signum: int, frame: object) -> None:
+        if self.remove_board and self.board is not None and os.getpid() == self.pid:
+            self.board.unlink()
+        os._exit(0)
+
+    # -- running ------------------------------------------------------------------------------
+    def serve(self, lsock: socket.socket) -> NoReturn:
+        cfg = self.cfg
+        assert self.board is not None
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.lsock = lsock
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cap = Capacity(self.board, cfg.limit, self.wake_r, self.wake_w, None)
+        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sig_w = sig_w
+        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _noop)
+        self.base_env = base_environment(original_environ())
+        self.spawner = Spawner(cfg.argv, signals_to_reset())
+        self.rules = None
+        if cfg.rules_path is not None:
+            from prefork.rules import RulesFile
+
+            self.rules = RulesFile(cfg.rules_path, cfg.rules_missing_ok)
+        gc.collect()
+        gc.freeze()  # keep the objects the workers share out of later collections: fewer copied pages
+        for index in range(cfg.workers):
+            self.start_worker(index)
+        while True:
+            timeout = None
+            if self.pending:
+                timeout = max(0.0, min(self.pending.values()) - time.monotonic())
+            try:
+                select.select([self.sig_r], [], [], timeout)
+            except InterruptedError:
+                pass
+            _drain(self.sig_r)
+            self.reap()
+            now = time.monotonic()
+            for index, when in list(self.pending.items()):
+                if when <= now:
+                    del self.pending[index]
+                    self.board.put64(sb.H_RESTARTS, self.board.get64(sb.H_RESTARTS) + 1)
+                    self.start_worker(index)
+
+    def start_worker(self, index: int) -> None:
+        board = self.board
+        assert board is not None
+        slot = board.slot_offset(index)
+        board.put32(slot + sb.OFF_PID, 0)
+        board.put32(slot + sb.OFF_STATE, sb.STATE_STARTING)
+        board.put32(slot + sb.OFF_GENERATION, board.get32(slot + sb.OFF_GENERATION) + 1)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            if self.warn:
+                os.write(2, b"tcpserver: warning: unable to fork worker: %s\n" % errstr(e).encode())
+            self.pending[index] = time.monotonic() + RESTART_DELAY
+            return
+        if pid == 0:
+            try:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != self.pid:
+                    os._exit(0)
+                signal.set_wakeup_fd(-1)
+                os.close(self.sig_r)
+                os.close(self.sig_w)
+                Worker(
+                    self.cfg, self.lsock, board, index, self.wake_r, self.wake_w,
+                    self.base_env, self.spawner, self.rules,
+                ).run()
+            finally:
+                os._exit(111)
+        self.workers[pid] = index
+        self.started[index] = time.monotonic()
+        board.put32(slot + sb.OFF_PID, pid)
+
+    def reap(self) -> None:
+        reaped: list[tuple[int, int]] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped.append((pid, status))
+        if not reaped:
+            return
+        dead = [(pid, self.workers.pop(pid)) for pid, _ in reaped if pid in self.workers]
+        if dead:
+            # The dead workers' programs are our children now (reparented before we were told).
+            known = set(self.workers) | self.orphans | {pid for pid, _ in dead}
+            found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
+            self.orphans |= found
+            added = len(found)
+            for _pid, index in dead:
+                self.cap.absorb_dead_worker(index, added)
+                added = 0
+                slot = self.board.slot_offset(index)
+                self.board.put32(slot + sb.OFF_PID, 0)
+                self.board.put32(slot + sb.OFF_STATE, sb.STATE_EXITED)
+                lived = time.monotonic() - self.started.get(index, 0.0)
+                self.pending[index] = time.monotonic() + (0.0 if lived >= RESTART_DELAY else RESTART_DELAY - lived)
+        for pid, status in reaped:
+            if pid in self.orphans:
+                self.orphans.discard(pid)
+                cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
+                off = sb.H_ORPHAN_EXITS + 8 * cls
+                self.board.put64(off, self.board.get64(off) + 1)
+                self.cap.orphan_ended()
+                if self.verbose:
+                    os.write(
+                        2,
+                        b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
+                        % (pid, status, self.cap.in_use(), self.cfg.limit),
+                    )
+
+
+def _children(pid: int) -> list[int]:
+    """This process's children, from the kernel's own list (falls back to scanning /proc)."""
+    try:
+        with open(f"/proc/self/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children()]
+
+
+def _noop(signum: int, frame: object) -> None:
+    """SIGCHLD only wakes the loop; reaping happens there, never in the handler."""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def run(cfg: ServerConfig) -> NoReturn:
+    """Start a tcpserver with this configuration; never returns."""
+    Master(cfg).start()

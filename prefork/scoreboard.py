@@ -1,0 +1,254 @@
+"""The tcpserver scoreboard: one small shared-memory file per server.
+
+The master creates it; each worker writes only its own slot; readers (the
+status command, the metrics exporter, tests) map it read-only and sum slots.
+One writer per field means no lock is needed for counters.  The only lock is
+the one around the ``-c`` limit check (see ``capacity.py``): it is a POSIX
+record lock on this file, which the kernel drops when its holder dies.
+
+Layout version 1, all integers little-endian::
+
+    header, 256 bytes
+      0  4s  magic b"PFSB"
+      4  I   layout version (1)
+      8  I   header size (256)
+     12  I   slot size (256)
+     16  I   number of slots (= workers)
+     20  I   connection limit (-c)
+     24  I   master pid
+     28  I   local port
+     32  Q   start time, ns since the epoch
+     40  I   orphans: programs still running whose worker died (master writes)
+     44  I   local IPv4 address (network order bytes)
+     48  Q   worker restarts (master)
+     56  Q   orphan programs that exited 0 (master)
+     64  Q   orphan programs that exited non-zero (master)
+     72  Q   orphan programs killed by a signal (master)
+     80  Q   orphan connection seconds sum, ns (master)
+     88  12Q orphan duration histogram buckets (master)
+    184  8s  reserved
+    192  64s service name, NUL padded (--name)
+
+    slot i at 256 + i * 256, written by worker i (master resets it on death)
+      0  I   pid (0 = none)
+      4  I   state (see SLOT_STATES)
+      8  I   generation: how many workers have used this slot
+     12  I   held: limit tokens held (one reserved for the next accept + active)
+     16  I   active connections (accepted, not yet ended)
+     20  I   waiting for capacity (0/1)
+     24  Q   accepted
+     32  Q   denied by rules
+     40  Q   dropped (rules unreadable, program could not start, banner failed)
+     48  Q   programs that exited 0
+     56  Q   programs that exited non-zero
+     64  Q   programs killed by a signal
+     72  Q   last accept, ns since the epoch
+     80  Q   this worker's start, ns since the epoch
+     88  Q   sum of connection durations, ns
+     96  12Q connection duration histogram, counts per bucket (DURATION_BUCKETS)
+    192  64s reserved
+
+Counters are cumulative over the generations of a slot, so they never go
+backwards when a worker dies and is replaced.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+
+MAGIC = b"PFSB"
+VERSION = 1
+HEADER_SIZE = 256
+SLOT_SIZE = 256
+NAME_SIZE = 64
+# Upper bounds in seconds of the connection-duration buckets; the last is +Inf.
+DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+_BUCKET_NS = tuple(int(b * 1e9) for b in DURATION_BUCKETS[:-1])
+
+SLOT_STATES = {0: "empty", 1: "starting", 2: "ready", 3: "waiting", 4: "exited"}
+STATE_EMPTY, STATE_STARTING, STATE_READY, STATE_WAITING, STATE_EXITED = range(5)
+
+_HEADER = struct.Struct("<4sIIIIIII Q I 4s QQQQ Q 12Q 8s 64s")
+_SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q 64s")
+assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE
+
+# Field offsets inside a slot / the header, for single-field writes.
+OFF_PID, OFF_STATE, OFF_GENERATION, OFF_HELD, OFF_ACTIVE, OFF_WAITING = 0, 4, 8, 12, 16, 20
+OFF_ACCEPTED, OFF_DENIED, OFF_DROPPED = 24, 32, 40
+OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL = 48, 56, 64
+OFF_LAST_ACCEPT, OFF_STARTED, OFF_DURATION_SUM, OFF_BUCKETS = 72, 80, 88, 96
+H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def bucket_index(duration_ns: int) -> int:
+    """Index of the histogram bucket a connection of this length falls in."""
+    for i, bound in enumerate(_BUCKET_NS):
+        if duration_ns <= bound:
+            return i
+    return len(_BUCKET_NS)
+
+
+def default_path(master_pid: int) -> str:
+    """Where the scoreboard lives when --scoreboard is not given (removed when the server exits)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+    return f"{base}/prefork-tcpserver.{master_pid}"
+
+
+class ScoreboardFile:
+    """The writable mapping shared by master and workers (created by the master before forking)."""
+
+    def __init__(self, path: str, workers: int, limit: int, master_pid: int, name: str = "") -> None:
+        self.path = path
+        self.workers = workers
+        size = HEADER_SIZE + workers * SLOT_SIZE
+        tmp = f"{path}.new.{master_pid}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.mm[:HEADER_SIZE] = _HEADER.pack(
+                MAGIC, VERSION, HEADER_SIZE, SLOT_SIZE, workers, limit, master_pid, 0,
+                time.time_ns(), 0, b"\0\0\0\0", 0, 0, 0, 0, 0, *([0] * 12), b"",
+                name.encode("utf-8", "replace")[:NAME_SIZE],
+            )
+            # Readers never see a file without its header: it appears under its name complete.
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self.fd = fd
+
+    def set_local(self, ip: str, port: int) -> None:
+        import socket
+
+        _U32.pack_into(self.mm, 28, port)
+        self.mm[44:48] = socket.inet_aton(ip)
+
+    def slot_offset(self, index: int) -> int:
+        return HEADER_SIZE + index * SLOT_SIZE
+
+    def put32(self, offset: int, value: int) -> None:
+        _U32.pack_into(self.mm, offset, value)
+
+    def put64(self, offset: int, value: int) -> None:
+        _U64.pack_into(self.mm, offset, value)
+
+    def get32(self, offset: int) -> int:
+        return _U32.unpack_from(self.mm, offset)[0]
+
+    def get64(self, offset: int) -> int:
+        return _U64.unpack_from(self.mm, offset)[0]
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+@dataclass
+class Slot:
+    """One worker slot as a reader sees it."""
+
+    index: int
+    pid: int
+    state: str
+    generation: int
+    held: int
+    active: int
+    waiting: bool
+    accepted: int
+    denied: int
+    dropped: int
+    exit_zero: int
+    exit_nonzero: int
+    exit_signal: int
+    last_accept_ns: int
+    started_ns: int
+    duration_sum_ns: int
+    duration_buckets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """A consistent-enough copy of a scoreboard (counters are read one by one, never locked)."""
+
+    version: int
+    limit: int
+    master_pid: int
+    local_ip: str
+    local_port: int
+    start_ns: int
+    orphans: int
+    worker_restarts: int
+    orphan_exit_zero: int
+    orphan_exit_nonzero: int
+    orphan_exit_signal: int
+    orphan_duration_sum_ns: int
+    orphan_duration_buckets: list[int]
+    name: str
+    slots: list[Slot]
+
+    @property
+    def active(self) -> int:
+        """Connections in progress, including programs whose worker died."""
+        return sum(s.active for s in self.slots) + self.orphans
+
+    @property
+    def accepted(self) -> int:
+        return sum(s.accepted for s in self.slots)
+
+
+class ScoreboardError(Exception):
+    """The file is not a scoreboard this reader understands (message says why)."""
+
+
+def parse(data: bytes) -> Snapshot:
+    """Decode a scoreboard image; raises ScoreboardError for anything that is not layout version 1."""
+    if len(data) < HEADER_SIZE:
+        raise ScoreboardError("truncated header")
+    h = _HEADER.unpack_from(data, 0)
+    magic, version, header_size, slot_size, nslots, limit, master_pid, port = h[:8]
+    if magic != MAGIC:
+        raise ScoreboardError("not a prefork scoreboard")
+    if version != VERSION or header_size != HEADER_SIZE or slot_size != SLOT_SIZE:
+        raise ScoreboardError(f"unsupported layout version {version}")
+    if len(data) < HEADER_SIZE + nslots * SLOT_SIZE:
+        raise ScoreboardError("truncated slots")
+    start_ns, orphans, ip, restarts, oz, onz, osig, osum = h[8:16]
+    obuckets = list(h[16:28])
+    name = h[29].rstrip(b"\0").decode("utf-8", "replace")
+    slots = []
+    for i in range(nslots):
+        v = _SLOT.unpack_from(data, HEADER_SIZE + i * SLOT_SIZE)
+        slots.append(
+            Slot(
+                index=i, pid=v[0], state=SLOT_STATES.get(v[1], str(v[1])), generation=v[2], held=v[3],
+                active=v[4], waiting=bool(v[5]), accepted=v[6], denied=v[7], dropped=v[8],
+                exit_zero=v[9], exit_nonzero=v[10], exit_signal=v[11], last_accept_ns=v[12],
+                started_ns=v[13], duration_sum_ns=v[14], duration_buckets=list(v[15:27]),
+            )
+        )
+    return Snapshot(
+        version=version, limit=limit, master_pid=master_pid, local_ip=".".join(str(b) for b in ip),
+        local_port=port, start_ns=start_ns, orphans=orphans, worker_restarts=restarts,
+        orphan_exit_zero=oz, orphan_exit_nonzero=onz, orphan_exit_signal=osig,
+        orphan_duration_sum_ns=osum, orphan_duration_buckets=obuckets, name=name, slots=slots,
+    )
+
+
+def read(path: str) -> Snapshot:
+    """Read a scoreboard file without talking to the server."""
+    with open(path, "rb") as f:
+        return parse(f.read())

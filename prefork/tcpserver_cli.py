@@ -1,0 +1,146 @@
+"""``tcpserver``: the command line of ucspi-tcp 0.88, served by a preforking master."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from prefork.cli import Flag, Number, djb_command
+from prefork.djb import EXIT_USAGE
+from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
+
+USAGE = (
+    "tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
+    "[ -b backlog ] [ -l localname ] [ -t timeout ] host port program"
+)
+
+FLAGS = [
+    Flag("1", "print_port", True, "print the local port on stdout once listening"),
+    Flag("U", "env_ids", True, "take the uid and gid from $UID and $GID"),
+    Flag("X", "rules_missing_ok", True, "with -x: a rules file that does not exist allows everything"),
+    Flag("p", "paranoid", True, "keep TCPREMOTEHOST only if its A records contain the remote IP"),
+    Flag("P", "paranoid", False, "do not check TCPREMOTEHOST (default)"),
+    Flag("h", "remote_host_lookup", True, "look up TCPREMOTEHOST in DNS (default)"),
+    Flag("H", "remote_host_lookup", False, "do not look up TCPREMOTEHOST"),
+    Flag("r", "ident", True, "ask the client's ident server for TCPREMOTEINFO (default)"),
+    Flag("R", "ident", False, "do not ask for TCPREMOTEINFO"),
+    Flag("o", "keep_ip_options", True, "leave IP options on accepted connections"),
+    Flag("O", "keep_ip_options", False, "kill IP options (default)"),
+    Flag("d", "nodelay", False, "leave Nagle on (default)"),
+    Flag("D", "nodelay", True, "set TCP_NODELAY"),
+    Flag("q", "verbosity", 0, "print nothing"),
+    Flag("Q", "verbosity", 1, "print only warnings and errors (default)"),
+    Flag("v", "verbosity", 2, "print a line per connection event"),
+]
+DEFAULTS = {
+    "print_port": False,
+    "env_ids": False,
+    "rules_missing_ok": False,
+    "paranoid": False,
+    "remote_host_lookup": True,
+    "ident": True,
+    "keep_ip_options": False,
+    "nodelay": False,
+    "verbosity": 1,
+}
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
+@click.option("-c", "limit", type=Number(), default=40, help="at most this many programs at once (40)")
+@click.option("-x", "rules", default=None, help="rules cdb made by tcprules, read for every connection")
+@click.option("-B", "banner", default="", help="write this to each client right after accepting it")
+@click.option("-g", "gid", type=Number(), default=0, help="switch to this gid after binding")
+@click.option("-u", "uid", type=Number(), default=0, help="switch to this uid after binding")
+@click.option("-b", "backlog", type=Number(), default=DEFAULT_BACKLOG, help=f"listen() backlog ({DEFAULT_BACKLOG})")
+@click.option("-l", "localname", default=None, help="TCPLOCALHOST, instead of a DNS lookup of the local IP")
+@click.option("-t", "timeout", type=Number(), default=26, help="ident timeout in seconds (26)")
+@click.option("--workers", type=Number(), default=None, help="worker processes that accept (default: CPUs)")
+@click.option("--scoreboard", "scoreboard", default=None,
+              help="shared-memory status file (default /dev/shm/prefork-tcpserver.PID, removed at exit)")
+@click.option("--name", default="", help="service name recorded in the scoreboard for metrics")
+@click.option("--ident-port", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
+@click.option("--dns-timeout", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
+@click.argument("operands", nargs=-1, type=click.UNPROCESSED)
+def main(operands: tuple[str, ...], **opts: object) -> None:
+    """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
+
+    Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log
+    lines and rules files; connections are accepted by pre-forked workers.
+    """
+    from prefork.addr import PortError, parse_port
+
+    verbosity = int(opts["verbosity"])  # type: ignore[arg-type]
+
+    def usage() -> None:
+        if verbosity:
+            os.write(2, f"tcpserver: usage: {USAGE}\n".encode())
+        raise SystemExit(EXIT_USAGE)
+
+    if len(operands) < 1:
+        usage()
+    if len(operands) < 2:
+        usage()
+    try:
+        port = parse_port(operands[1])
+    except PortError as e:
+        if verbosity:
+            os.write(2, f"tcpserver: fatal: {e.message}\n".encode("utf-8", "surrogateescape"))
+        raise SystemExit(111) from None
+    if len(operands) < 3:
+        usage()
+    uid, gid = int(opts["uid"]), int(opts["gid"])  # type: ignore[arg-type]
+    if opts["env_ids"]:
+        uid = _env_number("UID", uid)
+        gid = _env_number("GID", gid)
+    localname = opts["localname"]
+    workers = opts["workers"]
+    cfg = ServerConfig(
+        host=operands[0],
+        port=port,
+        argv=[os.fsencode(a) for a in operands[2:]],
+        limit=int(opts["limit"]),  # type: ignore[arg-type]
+        rules_path=opts["rules"],  # type: ignore[arg-type]
+        rules_missing_ok=bool(opts["rules_missing_ok"]),
+        banner=os.fsencode(str(opts["banner"])),
+        gid=gid,
+        uid=uid,
+        print_port=bool(opts["print_port"]),
+        backlog=int(opts["backlog"]),  # type: ignore[arg-type]
+        keep_ip_options=bool(opts["keep_ip_options"]),
+        nodelay=bool(opts["nodelay"]),
+        verbosity=verbosity,
+        remote_host_lookup=bool(opts["remote_host_lookup"]),
+        paranoid=bool(opts["paranoid"]),
+        localname=None if localname is None else os.fsencode(str(localname)),
+        ident=bool(opts["ident"]),
+        ident_timeout=int(opts["timeout"]),  # type: ignore[arg-type]
+        ident_port=int(opts["ident_port"]),  # type: ignore[arg-type]
+        dns_timeout=float(opts["dns_timeout"]),  # type: ignore[arg-type]
+        workers=max(1, int(workers) if workers is not None else _default_workers()),  # type: ignore[arg-type]
+        scoreboard_path=opts["scoreboard"],  # type: ignore[arg-type]
+        name=str(opts["name"]),
+    )
+    from prefork.master import run
+
+    run(cfg)
+
+
+def _env_number(name: str, current: int) -> int:
+    """-U: $UID/$GID as djb reads them (unset leaves the value alone, leading digits count)."""
+    value = os.environ.get(name)
+    if value is None:
+        return current
+    digits = ""
+    for ch in value:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits or 0)

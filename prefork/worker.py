@@ -1,0 +1,398 @@
+"""A tcpserver worker: accepts connections and starts the program for each.
+
+One worker multiplexes all its connections with epoll: the listener (only
+while it holds a token of the ``-c`` limit), the SIGCHLD wake-up, the
+capacity wake-up pipe and the completions of lookups.  DNS and ident answers
+can take seconds, so they run in a small thread pool (created only when the
+options ask for lookups) and never stall accepting and serving others; the
+fast path (``-H -R -l NAME``) has no threads at all.
+
+Per connection, in 0.88's order (spec §2.1): IP options and Nagle, banner,
+local address, lookups, rules, the ``ok``/``deny`` line, then the program with
+the socket as fds 0 and 1.  Log lines are written whole, one write() each.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import socket
+import time
+from typing import NoReturn
+
+from prefork import scoreboard as sb
+from prefork.capacity import Capacity
+from prefork.djb import errstr
+from prefork.logline import decision_line
+from prefork.serverconfig import TCP_VARS, ServerConfig
+from prefork.spawn import Spawner
+
+EPOLLIN = select.EPOLLIN
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+STATUS_DENY = 100 << 8
+STATUS_DROP = 111 << 8
+
+
+class Conn:
+    """One accepted connection until its program is reaped (or it is denied or dropped)."""
+
+    __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
+                 "remoteinfo")
+
+    def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
+        self.fd = fd
+        self.remoteip = remoteip
+        self.remoteport = remoteport
+        self.started = started
+        self.localip = ""
+        self.localport = 0
+        self.localhost: bytes | None = None
+        self.remotehost: bytes | None = None
+        self.remoteinfo: bytes | None = None
+
+
+class Worker:
+    """State of one worker process; ``run()`` never returns."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        lsock: socket.socket,
+        board: sb.ScoreboardFile,
+        index: int,
+        wake_r: int,
+        wake_w: int,
+        base_env: dict[bytes, bytes],
+        spawner: Spawner,
+        rules: object | None,
+    ) -> None:
+        self.cfg = cfg
+        self.lsock = lsock
+        self.lfd = lsock.fileno()
+        self.board = board
+        self.index = index
+        self.slot = board.slot_offset(index)
+        self.cap = Capacity(board, cfg.limit, wake_r, wake_w, index)
+        self.base_env = base_env
+        self.spawner = spawner
+        self.rules = rules
+        self.children: dict[int, Conn] = {}
+        self.reserved = False
+        self.listening = False
+        self.waiting_registered = False
+        self.verbose = cfg.verbosity >= 2
+        self.warn = cfg.verbosity >= 1
+        self.limit_b = b"%d" % cfg.limit
+        self.pid = os.getpid()
+        self.pid_b = b"%d" % self.pid
+        self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
+        self.denied = board.get64(self.slot + sb.OFF_DENIED)
+        self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
+        self.exits = [
+            board.get64(self.slot + sb.OFF_EXIT_ZERO),
+            board.get64(self.slot + sb.OFF_EXIT_NONZERO),
+            board.get64(self.slot + sb.OFF_EXIT_SIGNAL),
+        ]
+        self.duration_sum = board.get64(self.slot + sb.OFF_DURATION_SUM)
+        self.buckets = [board.get64(self.slot + sb.OFF_BUCKETS + 8 * i) for i in range(len(sb.DURATION_BUCKETS))]
+        self.pool = None
+        self.done: collections.deque[Conn] = collections.deque()
+        self.lookup_r = self.lookup_w = -1
+        self.localhost_fixed = cfg.localname
+
+    # -- process set-up ---------------------------------------------------------------
+    def run(self) -> NoReturn:
+        try:
+            self._setup()
+            self._loop()
+        except BaseException as e:  # never return into the master's code after fork
+            if not isinstance(e, SystemExit) and self.warn:
+                os.write(2, b"tcpserver: warning: worker exiting: %s\n" % repr(e).encode("utf-8", "replace"))
+            os._exit(111)
+        os._exit(0)
+
+    def _setup(self) -> None:
+        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _noop)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.lsock.setblocking(False)
+        self.ep = select.epoll()
+        self.ep.register(self.sig_r, EPOLLIN)
+        if self.cfg.needs_lookups:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.lookup_r, self.lookup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.ep.register(self.lookup_r, EPOLLIN)
+            self.pool = ThreadPoolExecutor(max_workers=max(4, min(self.cfg.limit, 256)))
+        self.board.put32(self.slot + sb.OFF_PID, self.pid)
+        self.board.put64(self.slot + sb.OFF_STARTED, time.time_ns())
+        self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_READY)
+        self.ensure_reservation()
+
+    # -- the event loop -----------------------------------------------------------------
+    def _loop(self) -> None:
+        poll = self.ep.poll
+        lfd, sig_r, wake_r, lookup_r = self.lfd, self.sig_r, self.cap.wake_r, self.lookup_r
+        while True:
+            # While waiting for capacity, re-check once a second as a safety net.
+            for fd, _ev in poll(1.0 if self.waiting_registered else -1):
+                if fd == lfd:
+                    self.accept_ready()
+                elif fd == sig_r:
+                    _drain(sig_r)
+                    self.reap()
+                elif fd == wake_r:
+                    if self.cap.take_wakeup():
+                        self.ensure_reservation()
+                elif fd == lookup_r:
+                    _drain(lookup_r)
+                    while self.done:
+                        self.decide(self.done.popleft())
+            if self.waiting_registered:
+                self.ensure_reservation()
+
+    def ensure_reservation(self) -> None:
+        """Hold one token for the next accept, or wait on the wake-up pipe when at the limit."""
+        if self.reserved:
+            return
+        cap = self.cap
+        cap.set_waiting(True)
+        if cap.try_reserve():
+            cap.set_waiting(False)
+            self.reserved = True
+            if self.waiting_registered:
+                self.ep.unregister(cap.wake_r)
+                self.waiting_registered = False
+            if not self.listening:
+                self.ep.register(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
+                self.listening = True
+            self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_READY)
+        else:
+            if self.listening:
+                self.ep.unregister(self.lfd)
+                self.listening = False
+            if not self.waiting_registered:
+                self.ep.register(cap.wake_r, EPOLLIN)
+                self.waiting_registered = True
+            self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_WAITING)
+
+    def accept_ready(self) -> None:
+        accept = self.lsock._accept  # raw (fd, addr): no socket object per connection
+        while self.reserved:
+            try:
+                fd, addr = accept()
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as e:
+                # ECONNABORTED and friends: the client is gone; EMFILE: try again later.
+                if self.warn and e.errno not in (103, 104):
+                    os.write(2, b"tcpserver: warning: unable to accept: %s\n" % errstr(e).encode())
+                return
+            self.reserved = False
+            self.cap.started()
+            now = time.time_ns()
+            self.accepted += 1
+            self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
+            self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, now)
+            self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
+            self.ensure_reservation()
+
+    # -- one connection ---------------------------------------------------------------
+    def handle(self, conn: Conn) -> None:
+        cfg = self.cfg
+        if self.verbose:
+            os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+        try:
+            if not cfg.keep_ip_options:
+                try:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
+                except OSError:
+                    pass
+            if cfg.nodelay:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if cfg.banner:
+                try:
+                    s.sendall(cfg.banner)
+                except OSError as e:
+                    self.drop(conn, b"unable to print banner: " + errstr(e).encode())
+                    return
+            try:
+                conn.localip, _ = s.getsockname()
+            except OSError as e:
+                self.drop(conn, b"unable to get local address: " + errstr(e).encode())
+                return
+        finally:
+            s.detach()
+        conn.localport = cfg.port
+        if self.pool is not None:
+            self.pool.submit(self.lookups, conn)
+        else:
+            conn.localhost = self.localhost_fixed
+            self.decide(conn)
+
+    def lookups(self, conn: Conn) -> None:
+        """DNS and ident for one connection (runs in a pool thread)."""
+        from prefork import addr, ident
+
+        cfg = self.cfg
+        try:
+            if cfg.localname is not None:
+                conn.localhost = cfg.localname
+            else:
+                name = addr.reverse_name(conn.localip, cfg.dns_timeout)
+                conn.localhost = name.encode() if name else None
+            if cfg.remote_host_lookup:
+                name = addr.reverse_name(conn.remoteip, cfg.dns_timeout)
+                if name and cfg.paranoid and not addr.forward_confirms(name, conn.remoteip, cfg.dns_timeout):
+                    name = None
+                conn.remotehost = name.encode() if name else None
+            if cfg.ident:
+                info = ident.ident_query(
+                    conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
+                    ident_port=cfg.ident_port,
+                )
+                conn.remoteinfo = None if info is None else info.encode("utf-8", "surrogateescape")
+        except Exception:  # a lookup failing is "no answer", never a lost connection
+            pass
+        self.done.append(conn)
+        try:
+            os.write(self.lookup_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def decide(self, conn: Conn) -> None:
+        """Rules, the ok/deny line, then the program."""
+        cfg = self.cfg
+        env_rules: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+        if self.rules is not None:
+            try:
+                db = self.rules.current()
+            except OSError as e:
+                self.drop(conn, b"unable to read %s: %s" % (os.fsencode(cfg.rules_path), errstr(e).encode()))
+                return
+            if db is not None:
+                decision = db.lookup(conn.remoteip, _s(conn.remotehost), _s(conn.remoteinfo))
+                if decision.deny:
+                    self.deny(conn)
+                    return
+                env_rules = decision.env
+        env = self.base_env.copy()
+        env[b"PROTO"] = b"TCP"
+        env[b"TCPLOCALIP"] = conn.localip.encode()
+        env[b"TCPLOCALPORT"] = b"%d" % conn.localport
+        if conn.localhost is not None:
+            env[b"TCPLOCALHOST"] = conn.localhost
+        env[b"TCPREMOTEIP"] = conn.remoteip.encode()
+        env[b"TCPREMOTEPORT"] = b"%d" % conn.remoteport
+        if conn.remotehost is not None:
+            env[b"TCPREMOTEHOST"] = conn.remotehost
+        if conn.remoteinfo is not None:
+            env[b"TCPREMOTEINFO"] = conn.remoteinfo
+        for name, value in env_rules:
+            env[name] = value
+        try:
+            pid = self.spawner.spawn(conn.fd, env)
+        except OSError as e:
+            self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(e).encode()))
+            return
+        os.close(conn.fd)
+        conn.fd = -1
+        self.children[pid] = conn
+        if self.verbose:
+            os.write(2, b"tcpserver: pid %d from %s\n" % (pid, conn.remoteip.encode()) + self.ok_line(b"ok", pid, conn))
+
+    def ok_line(self, word: bytes, ident: int, conn: Conn) -> bytes:
+        return decision_line(
+            b"tcpserver", word, ident, conn.localhost, conn.localip, conn.localport,
+            conn.remotehost, conn.remoteip, conn.remoteinfo, conn.remoteport,
+        )
+
+    def deny(self, conn: Conn) -> None:
+        self.denied += 1
+        self.board.put64(self.slot + sb.OFF_DENIED, self.denied)
+        self.finish_without_program(conn, STATUS_DENY, self.ok_line(b"deny", self.pid, conn) if self.verbose else b"")
+
+    def drop(self, conn: Conn, why: bytes) -> None:
+        self.dropped += 1
+        self.board.put64(self.slot + sb.OFF_DROPPED, self.dropped)
+        line = b"tcpserver: warning: dropping connection, %s\n" % why if self.warn else b""
+        self.finish_without_program(conn, STATUS_DROP, line)
+
+    def finish_without_program(self, conn: Conn, status: int, middle: bytes) -> None:
+        """A connection that starts no program still logs pid/…/end/status, with this worker's pid as id.
+
+        The id is unique among connections in flight: the lines are written in
+        one write(), and no program can have the pid of this live worker.
+        """
+        if conn.fd >= 0:
+            os.close(conn.fd)
+            conn.fd = -1
+        self.cap.ended()
+        if self.verbose:
+            os.write(
+                2,
+                b"tcpserver: pid %s from %s\n%stcpserver: end %s status %d\ntcpserver: status: %d/%s\n"
+                % (self.pid_b, conn.remoteip.encode(), middle, self.pid_b, status, self.cap.in_use(), self.limit_b),
+            )
+        elif middle:
+            os.write(2, middle)
+
+    # -- reaping --------------------------------------------------------------------------
+    def reap(self) -> None:
+        children = self.children
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = children.pop(pid, None)
+            if conn is None:
+                continue
+            self.record_exit(status, time.monotonic_ns() - conn.started)
+            self.cap.ended()
+            if self.verbose:
+                os.write(
+                    2,
+                    b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
+                    % (pid, status, self.cap.in_use(), self.limit_b),
+                )
+
+    def record_exit(self, status: int, duration_ns: int) -> None:
+        cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
+        self.exits[cls] += 1
+        self.board.put64(self.slot + (sb.OFF_EXIT_ZERO, sb.OFF_EXIT_NONZERO, sb.OFF_EXIT_SIGNAL)[cls], self.exits[cls])
+        self.duration_sum += duration_ns
+        self.board.put64(self.slot + sb.OFF_DURATION_SUM, self.duration_sum)
+        i = sb.bucket_index(duration_ns)
+        self.buckets[i] += 1
+        self.board.put64(self.slot + sb.OFF_BUCKETS + 8 * i, self.buckets[i])
+
+
+def _noop(signum: int, frame: object) -> None:
+    """SIGCHLD only needs to wake the loop (through the wake-up fd); reaping happens there."""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _s(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def base_environment(original: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The inherited environment without the variables tcpserver sets or removes per connection."""
+    return {k: v for k, v in original.items() if k not in TCP_VARS}
+

@@ -1,0 +1,104 @@
+"""The scoreboard layout, read by a reader that is not the writer, and the -c capacity protocol."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from prefork import scoreboard as sb
+from prefork.capacity import Capacity
+
+
+def make_board(tmp_path, workers: int = 2, limit: int = 3) -> sb.ScoreboardFile:
+    return sb.ScoreboardFile(str(tmp_path / "board"), workers, limit, os.getpid(), "svc")
+
+
+def test_header_bytes_follow_the_documented_layout(tmp_path):
+    board = make_board(tmp_path, workers=3, limit=40)
+    board.set_local("127.0.0.1", 4321)
+    raw = (tmp_path / "board").read_bytes()
+    assert len(raw) == 256 + 3 * 256
+    assert raw[0:4] == b"PFSB"
+    version, header_size, slot_size, nslots, limit, master_pid, port = struct.unpack_from("<7I", raw, 4)
+    assert (version, header_size, slot_size, nslots, limit, master_pid, port) == (1, 256, 256, 3, 40, os.getpid(), 4321)
+    assert raw[44:48] == bytes([127, 0, 0, 1])
+    assert raw[192:195] == b"svc"
+
+
+def test_reader_sees_writer_fields(tmp_path):
+    board = make_board(tmp_path)
+    slot = board.slot_offset(1)
+    board.put32(slot + sb.OFF_PID, 4242)
+    board.put64(slot + sb.OFF_ACCEPTED, 7)
+    board.put64(slot + sb.OFF_DENIED, 2)
+    board.put64(slot + sb.OFF_EXIT_SIGNAL, 1)
+    board.put64(slot + sb.OFF_BUCKETS + 8 * 11, 5)
+    board.put32(sb.H_ORPHANS, 1)
+    board.put32(slot + sb.OFF_ACTIVE, 2)
+    snap = sb.read(str(tmp_path / "board"))
+    assert snap.slots[1].pid == 4242
+    assert snap.slots[1].accepted == 7 and snap.accepted == 7
+    assert snap.slots[1].denied == 2
+    assert snap.slots[1].exit_signal == 1
+    assert snap.slots[1].duration_buckets[11] == 5
+    assert snap.active == 3
+    assert snap.name == "svc"
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda raw: raw[:100], "truncated header"),
+        (lambda raw: b"XXXX" + raw[4:], "not a prefork scoreboard"),
+        (lambda raw: raw[:4] + struct.pack("<I", 99) + raw[8:], "unsupported layout version 99"),
+        (lambda raw: raw[:300], "truncated slots"),
+    ],
+)
+def test_reader_refuses_what_it_does_not_understand(tmp_path, mangle, message):
+    make_board(tmp_path)
+    raw = (tmp_path / "board").read_bytes()
+    with pytest.raises(sb.ScoreboardError, match=message):
+        sb.parse(mangle(raw))
+
+
+def test_bucket_index_edges():
+    assert sb.bucket_index(0) == 0
+    assert sb.bucket_index(5_000_000) == 0
+    assert sb.bucket_index(5_000_001) == 1
+    assert sb.bucket_index(10**12) == len(sb.DURATION_BUCKETS) - 1
+
+
+def test_capacity_is_one_limit_across_slots(tmp_path):
+    board = make_board(tmp_path, workers=2, limit=3)
+    r, w = os.pipe2(os.O_NONBLOCK)
+    a = Capacity(board, 3, r, w, 0)
+    b = Capacity(board, 3, r, w, 1)
+    assert a.try_reserve() and b.try_reserve() and a.try_reserve()
+    assert not b.try_reserve()  # 3 tokens held across both slots
+    b.set_waiting(True)
+    a.started()
+    a.ended()  # a token comes back and the waiting slot is told
+    assert b.take_wakeup()
+    assert b.try_reserve()
+    assert not a.try_reserve()
+
+
+def test_dead_worker_tokens_become_exact_orphans(tmp_path):
+    board = make_board(tmp_path, workers=2, limit=2)
+    r, w = os.pipe2(os.O_NONBLOCK)
+    a = Capacity(board, 2, r, w, 0)
+    b = Capacity(board, 2, r, w, 1)
+    master = Capacity(board, 2, r, w, None)
+    assert a.try_reserve()
+    a.started()
+    assert a.try_reserve()  # slot 0 holds 2: one running program, one idle reservation
+    assert not b.try_reserve()
+    # Worker 0 dies: one program still runs (an orphan), the idle reservation is gone.
+    master.absorb_dead_worker(0, 1)
+    assert master.in_use() == 1
+    assert b.try_reserve()
+    assert not b.try_reserve()
+    master.orphan_ended()
+    assert b.try_reserve()
