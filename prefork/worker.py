@@ -273,11 +273,11 @@ class Worker:
         if self.rules is not None:
             try:
                 db = self.rules.current()
+                decision = db.lookup(conn.remoteip, conn.remotehost, conn.remoteinfo) if db is not None else None
             except OSError as e:
                 self.drop(conn, b"unable to read %s: %s" % (os.fsencode(cfg.rules_path), errstr(e).encode()))
                 return
-            if db is not None:
-                decision = db.lookup(conn.remoteip, _s(conn.remotehost), _s(conn.remoteinfo))
+            if decision is not None:
                 if decision.deny:
                     self.deny(conn)
                     return
@@ -295,7 +295,8 @@ class Worker:
         if conn.remoteinfo is not None:
             env[b"TCPREMOTEINFO"] = conn.remoteinfo
         for name, value in env_rules:
-            env[name] = value
+            if name:  # posix_spawn cannot pass an entry with an empty name ("=VALUE"); 0.88 would
+                env[name] = value
         try:
             pid = self.spawner.spawn(conn.fd, env)
         except OSError as e:
@@ -386,10 +387,6 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _s(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
 def base_environment(original: dict[bytes, bytes]) -> dict[bytes, bytes]:

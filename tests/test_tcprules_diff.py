@@ -1,0 +1,395 @@
+"""Differential tests: prefork's tcprules and tcprulescheck against Debian's ucspi-tcp 0.88.
+
+Each scenario runs both programs on the same input in separate directories and
+compares exit code, stdout, stderr and every file left behind (cdb bytes, the
+tmp file a failed run leaves, modes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ours, real
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefork.rules import cdb_bytes, compile_rules
+from prefork.tcprules import compile_to
+from prefork.tcprulescheck import report
+
+pytestmark = pytest.mark.differential
+
+OLD_CDB = b"old cdb, must survive every failed run\n"
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, int, bytes]]:
+    out = {}
+    for path in sorted(folder.iterdir()):
+        st_ = path.lstat()
+        kind = "dir" if stat.S_ISDIR(st_.st_mode) else "file"
+        out[path.name] = (kind, stat.S_IMODE(st_.st_mode), b"" if kind == "dir" else path.read_bytes())
+    return out
+
+
+def _run_tcprules(
+    exe: str,
+    folder: Path,
+    stdin: bytes | int | None,
+    args: tuple[str, ...] = ("r.cdb", "r.tmp"),
+    umask: int = 0o022,
+    shell_prefix: str = "",
+) -> dict[str, object]:
+    folder.mkdir()
+    (folder / "r.cdb").write_bytes(OLD_CDB)
+    argv = [exe, *args]
+    if shell_prefix:  # e.g. closing stdin, which subprocess cannot do directly
+        argv = ["/bin/sh", "-c", f'{shell_prefix} "$@" <&-', "sh", *argv]
+    proc = subprocess.run(
+        argv,
+        input=stdin if isinstance(stdin, bytes) else None,
+        stdin=None if isinstance(stdin, bytes) else stdin,
+        cwd=folder,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        preexec_fn=lambda: os.umask(umask),
+        timeout=60,
+    )
+    return {"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr, "files": _snapshot(folder)}
+
+
+def _both(tmp_path: Path, stdin: bytes | int | None, **kw: object) -> tuple[dict[str, object], dict[str, object]]:
+    theirs = _run_tcprules(real("tcprules"), tmp_path / "debian", stdin, **kw)  # type: ignore[arg-type]
+    mine = _run_tcprules(ours("tcprules"), tmp_path / "prefork", stdin, **kw)  # type: ignore[arg-type]
+    return theirs, mine
+
+
+def _big(count: int, tail: bytes = b"") -> bytes:
+    lines = b"".join(b'10.%d.%d.1-3:allow,N="%d"\n' % (i % 256, i // 256, i) for i in range(count))
+    return lines + tail
+
+
+# Every rule form and every error class of spec §5.1.
+CORPUS: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("only-newline", b"\n"),
+    ("comments-and-blanks", b"# c\n\n   \n\t\n#1.2.3.4:deny\nno colon here\n"),
+    ("hash-later", b"1.2.3.4#x:allow\n"),
+    ("allow-deny", b"1.2.3.4:deny\n1.2.3.:allow\n:allow\n=:deny\n=host.example:allow\njoe@1.2.3.4:allow\n"),
+    ("spaces-in-address", b" 1.2.3.4:allow\n1.2.3.4 :deny\n"),
+    ("trailing-blanks", b"1.2.3.4:allow \t \n1.2.3.5:deny\t\n"),
+    ("no-final-newline", b"1.2.3.4:deny\n5.6.7.8:allow"),
+    ("duplicates", b'1.2.3.4:deny\n1.2.3.4:allow\n1.2.3.4:allow,X="1"\n'),
+    ("vars", b'1.2.3.4:allow,X="1",X="2",PROTO="FOO",TCPLOCALHOST="movie.edu"\n'),
+    ("quote-bytes", b"1:allow,A=/a b/,B=+b+,C==c=,D='d',E=,e,,F=\"\"\n"),
+    ("odd-names", b'1:allow,="empty",a b,c="comma",X="a=b:c d"\n'),
+    ("deny-vars", b'1.2.3.4:deny,WHY="because"\n'),
+    ("ranges", b"1.2.3.37-40:allow\n10.2-3.:deny\n1-3:allow\n1.2.-2.:allow\n1.2.250-300.:deny\n"),
+    ("empty-ranges", b"1.2.300-400.:allow\n1.2.3.4-:allow\n1.2.5-4.:allow\n"),
+    ("range-forms", b"1.2.007-009.:allow\n-:allow\n1-2.3-4.:allow\njoe-x@1.2.3.4:allow\n=a-b.example.com:deny\n"),
+    ("range-nul-and-wrap", b"1\0x-3:allow\n18446744073709551617-3:deny\n" + b"9" * 5000 + b"7-3.:allow\n"),
+    ("hash-zero-keys", b"=9lg0e3l:deny\n=9lg0gql:allow\n=9lg0e3l:allow\n"),
+    ("binary-bytes", b"\xff\xfe:allow,\xff=\x01\x80\x01\n"),
+    ("long-line", b"=" + b"a" * 20000 + b':allow,X="' + b"v" * 9000 + b'"\n'),
+    ("big", _big(3000)),
+    ("err-allowed", b"1.2.3.4:allow\n1.2.3.5:allowed\n"),
+    ("err-denyall", b"1.2.3.4:denyall\n"),
+    ("err-permit", b"1.2.3.4:permit\n"),
+    ("err-empty-instruction", b"1.2.3.4:\n"),
+    ("err-name-only", b"1.2.3.4:allow,X\n"),
+    ("err-no-quote", b"1.2.3.4:allow,X=\n"),
+    ("err-unterminated", b'1.2.3.4:allow,X="abc\n'),
+    ("err-missing-comma", b'1.2.3.4:allow,X="1"Y="2"\n'),
+    ("err-trailing-comma", b'1.2.3.4:allow,X="1",\n'),
+    ("err-cr", b"1.2.3.4:allow\r\n"),
+    ("err-crlf-file", b"# dos file\r\n1.2.3.4:allow\r\n"),
+    ("err-range-letters", b"abc-def:allow\n"),
+    ("err-range-suffix", b"1.2.3.4-5x:allow\n"),
+    ("err-nul-in-line", b"1.2.3.4:al\0low\n"),
+    ("err-binary-line", b"\xff\xfe:nope \t\n"),
+    ("err-last-line-unterminated", b"1.2.3.4:allow\n1.2.3.5:bad"),
+    ("err-first-line-of-many", b"bad:line\n" + _big(100)),
+    ("err-after-one-chunk", _big(200, b"bad:line\n")),
+    ("err-after-two-chunks", _big(1500, b"bad:line\n" + _big(10))),
+]
+
+
+@pytest.mark.parametrize(("name", "text"), CORPUS, ids=[c[0] for c in CORPUS])
+def test_tcprules_corpus(tmp_path: Path, name: str, text: bytes) -> None:
+    theirs, mine = _both(tmp_path, text)
+    assert mine == theirs
+    failed = name.startswith("err-")
+    assert (theirs["rc"] == 100) == failed and (theirs["rc"] == 0) == (not failed)
+    files = theirs["files"]
+    assert isinstance(files, dict)
+    if failed:
+        assert files["r.cdb"][2] == OLD_CDB and "r.tmp" in files
+    else:
+        assert "r.tmp" not in files and files["r.cdb"][2] == cdb_bytes(compile_rules(text))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("r.cdb",), ("r.cdb", "r.tmp", "extra", "-v"), ("-x", "r.tmp"), ("--", "r.tmp"), ("-", "-q"), ("", "r.tmp")],
+    ids=repr,
+)
+def test_tcprules_arguments(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """No getopt in tcprules: words starting with - are file names; fewer than two words is a usage error."""
+    theirs, mine = _both(tmp_path, b"1.2.3.4:deny\n", args=args)
+    assert mine == theirs
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("r.cdb", "nodir/r.tmp"),
+        ("r.cdb", "."),
+        ("nodir/r.cdb", "r.tmp"),
+        ("sub", "r.tmp"),
+        ("r.cdb", "/dev/null"),
+        ("r.cdb", "/dev/full"),
+        ("r.cdb", "r.cdb"),
+        ("r.cdb", os.fsdecode(b"\xffdir/r.tmp")),
+    ],
+    ids=repr,
+)
+def test_tcprules_file_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Unable to create tmp, to write it (/dev/full, fsync on /dev/null), to move it (missing dir, onto a dir)."""
+    text = _big(1000)
+    for side in ("debian", "prefork"):
+        (tmp_path / "pre" / side / "sub").mkdir(parents=True)
+        (tmp_path / "pre" / side / "sub" / "keep").write_bytes(b"x")
+    results = []
+    for side, exe in (("debian", real("tcprules")), ("prefork", ours("tcprules"))):
+        folder = tmp_path / "pre" / side
+        proc = subprocess.run([exe, *args], input=text, cwd=folder, capture_output=True, timeout=60)
+        results.append((proc.returncode, proc.stdout, proc.stderr, _snapshot(folder)))
+    assert results[0] == results[1]
+
+
+def test_tcprules_stdin_is_a_directory(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Known difference we cannot remove: CPython itself refuses to start with a directory on fd 0
+    ("Fatal Python error: init_sys_streams", exit 1), so the library code is compared in-process."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        theirs = _run_tcprules(real("tcprules"), tmp_path / "debian", fd)
+        mine = tmp_path / "prefork"
+        mine.mkdir()
+        (mine / "r.cdb").write_bytes(OLD_CDB)
+        capfdbinary.readouterr()
+        with pytest.raises(SystemExit) as info:
+            compile_to(str(mine / "r.cdb"), str(mine / "r.tmp"), input_fd=fd)
+    finally:
+        os.close(fd)
+    assert theirs["err"] == b"tcprules: fatal: unable to read input: is a directory\n" == capfdbinary.readouterr().err
+    assert info.value.code == theirs["rc"] == 111
+    assert _snapshot(mine) == theirs["files"]
+
+
+def test_tcprules_stdin_closed(tmp_path: Path) -> None:
+    """With fd 0 closed the tmp file becomes fd 0, and reading it fails."""
+    theirs, mine = _both(tmp_path, None, shell_prefix="exec")
+    assert mine == theirs and theirs["rc"] == 111
+
+
+def test_tcprules_stdout_pipe_as_tmp(tmp_path: Path) -> None:
+    """cdb_make seeks past the header: a pipe as tmp is an unseekable descriptor."""
+    results = []
+    for exe in (real("tcprules"), ours("tcprules")):
+        proc = subprocess.run(
+            ["/bin/sh", "-c", '"$1" r.cdb /dev/stdout < /dev/null | cat >/dev/null', "sh", exe],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
+        results.append(proc.stderr)
+    assert results[0] == results[1] == b"tcprules: fatal: unable to write to /dev/stdout: unseekable descriptor\n"
+
+
+def test_tcprules_umask(tmp_path: Path) -> None:
+    theirs, mine = _both(tmp_path, b"1.2.3.4:deny\n", umask=0o077)
+    assert mine == theirs
+    assert theirs["files"]["r.cdb"][1] == 0o600  # type: ignore[index]
+
+
+def test_tcprules_help_is_ours() -> None:
+    """Deliberate difference: ``tcprules --help`` shows help (exit 0); Debian's prints its usage line (exit 100)."""
+    proc = subprocess.run([ours("tcprules"), "--help"], capture_output=True, timeout=60)
+    assert proc.returncode == 0 and b"tcprules rules.cdb rules.tmp" in proc.stdout and not proc.stderr
+
+
+_TOKENS = [b"1", b"2", b"300", b".", b"-", b":", b"allow", b"deny", b",", b"=", b'"', b"/", b"X", b" ", b"\t"]
+_TOKENS += [b"#", b"@", b"\n", b"\r", b"\0", b"\xff"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(_TOKENS), max_size=12).map(b"".join), max_size=6).map(b"\n".join))
+def test_tcprules_random_input(tmp_path_factory: pytest.TempPathFactory, text: bytes) -> None:
+    folder = tmp_path_factory.mktemp("random")
+    theirs, mine = _both(folder, text)
+    assert mine == theirs
+
+
+# -- tcprulescheck -----------------------------------------------------------
+
+RULES_ALL_FORMS = (
+    b'joe@1.2.3.4:allow,STEP="info@ip"\n'
+    b'joe@=a.b.c:allow,STEP="info@=host"\n'
+    b'@1.2.3.4:allow,STEP="emptyinfo@ip"\n'
+    b'1.2.3.4:deny,STEP="ip"\n'
+    b'=a.b.c:allow,STEP="=host",TWO="x=y"\n'
+    b'1.2.3.:allow,STEP="prefix3"\n'
+    b"1.:allow\n"
+    b"=.b.c:deny\n"
+    b'=.c:allow,STEP="suffix"\n'
+    b'=:allow,STEP="emptyhost"\n'
+    b'.:allow,STEP="dot"\n'
+    b':allow,STEP="default"\n'
+)
+RULES_NO_DEFAULT = b"1.2.3.4:allow\n=a.b.c:deny\n9.:allow\n"
+# Hand-made values tcprules never writes: a variable before D, entries without '=', unknown and unterminated ones.
+RECORDS_ODD = [
+    (b"1.2.3.4", b"+BEFORE=1\0D\0+AFTER=2\0"),
+    (b"1.2.3.", b"+NOEQ\0junk\0\0+X=1\0+TAIL=unterminated"),
+    (b"=a.b.c", b"+A=1\0+A=2\0"),
+]
+
+IPS = [None, b"", b"1.2.3.4", b"1.2.3.9", b"1.9.9.9", b"9.9.9.9", b"1.2.3.", b"\xff.1"]
+HOSTS = [None, b"", b"a.b.c", b"x.b.c", b"q.c", b"zzz", b"a.b.c.", b"\xfe.c"]
+INFOS = [None, b"", b"joe"]
+
+
+def _rules_files(folder: Path) -> dict[str, Path]:
+    files = {}
+    for name, data in [
+        ("all", cdb_bytes(compile_rules(RULES_ALL_FORMS))),
+        ("nodefault", cdb_bytes(compile_rules(RULES_NO_DEFAULT))),
+        ("odd", cdb_bytes(RECORDS_ODD)),
+    ]:
+        files[name] = folder / f"{name}.cdb"
+        files[name].write_bytes(data)
+    return files
+
+
+def _env(ip: bytes | None, host: bytes | None, info: bytes | None) -> dict[bytes, bytes]:
+    env = {b"PATH": b"/usr/bin:/bin"}
+    for name, value in ((b"TCPREMOTEIP", ip), (b"TCPREMOTEHOST", host), (b"TCPREMOTEINFO", info)):
+        if value is not None:
+            env[name] = value
+    return env
+
+
+def _check(exe: str, args: list[str], env: dict[bytes, bytes], cwd: Path) -> tuple[int, bytes, bytes]:
+    proc = subprocess.run([exe, *args], env=env, cwd=cwd, capture_output=True, timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("rules_name", ["all", "nodefault", "odd"])
+def test_tcprulescheck_matrix(tmp_path: Path, rules_name: str) -> None:
+    """Every IP/HOST/INFO combination (unset, empty, values): Debian's output equals ours (library level)."""
+    path = _rules_files(tmp_path)[rules_name]
+    seen = set()
+    for ip, host, info in itertools.product(IPS, HOSTS, INFOS):
+        env = _env(ip, host, info)
+        rc, out, err = _check(real("tcprulescheck"), [str(path)], env, tmp_path)
+        assert (rc, err) == (0, b"")
+        assert report(str(path), env) == out, env
+        seen.add(out)
+    assert len(seen) >= 3
+
+
+@pytest.mark.parametrize(
+    ("ip", "host", "info"),
+    [
+        (None, None, None),
+        (b"1.2.3.4", None, b"joe"),
+        (b"1.2.3.4", b"a.b.c", None),
+        (b"1.2.3.9", None, None),
+        (b"9.9.9.9", b"x.b.c", None),
+        (b"9.9.9.9", b"", None),
+        (b"", None, b""),
+        (b"\xff.1", b"\xfe.c", b"joe"),
+    ],
+)
+def test_tcprulescheck_commands(tmp_path: Path, ip: bytes | None, host: bytes | None, info: bytes | None) -> None:
+    """The console script itself, on a sample of the matrix."""
+    files = _rules_files(tmp_path)
+    for path in files.values():
+        env = _env(ip, host, info)
+        assert _check(ours("tcprulescheck"), [str(path)], env, tmp_path) == _check(
+            real("tcprulescheck"), [str(path)], env, tmp_path
+        )
+
+
+def _prepare_errors(folder: Path) -> None:
+    good = cdb_bytes(compile_rules(b"1.2.3.4:deny\n:allow\n"))
+    (folder / "short").write_bytes(b"0123456789")
+    (folder / "cut").write_bytes(good[:2060])  # records cut, tables gone
+    (folder / "-x").write_bytes(good)
+    (folder / "good").write_bytes(good)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["missing"],
+        ["nodir/x"],
+        ["short"],
+        ["cut"],
+        ["-x"],
+        ["good", "extra"],
+        ["--", "x"],
+        ["good/x"],
+        [os.fsdecode(b"\xff")],
+    ],
+    ids=repr,
+)
+def test_tcprulescheck_errors(tmp_path: Path, args: list[str]) -> None:
+    _prepare_errors(tmp_path)
+    env = _env(b"1.2.3.4", None, None)
+    theirs = _check(real("tcprulescheck"), args, env, tmp_path)
+    assert _check(ours("tcprulescheck"), args, env, tmp_path) == theirs
+    assert theirs[0] in (0, 100, 111)
+
+
+def test_tcprulescheck_stdout_closed(tmp_path: Path) -> None:
+    """A closed stdout does not change the exit code (0) or add a message."""
+    _prepare_errors(tmp_path)
+    results = []
+    for exe in (real("tcprulescheck"), ours("tcprulescheck")):
+        proc = subprocess.run(
+            ["/bin/sh", "-c", '"$1" good >&-', "sh", exe], cwd=tmp_path, capture_output=True, timeout=60
+        )
+        results.append((proc.returncode, proc.stderr))
+    assert results[0] == results[1] == (0, b"")
+
+
+def test_tcprulescheck_directory_is_ours(tmp_path: Path) -> None:
+    """Deliberate difference: a directory as cdb is ``is a directory`` (exit 111); Debian's segfaults (139)."""
+    assert _check(ours("tcprulescheck"), [str(tmp_path)], _env(None, None, None), tmp_path) == (
+        111,
+        b"",
+        b"tcprulescheck: fatal: unable to read " + bytes(tmp_path) + b": is a directory\n",
+    )
+
+
+def test_tcprulescheck_empty_file_is_ours(tmp_path: Path) -> None:
+    """Deliberate difference: a 0-byte cdb is ``protocol error`` as upstream's logic says; Debian's build
+    says ``invalid argument`` (a miscompiled mmap-failure check)."""
+    (tmp_path / "empty").write_bytes(b"")
+    assert _check(ours("tcprulescheck"), ["empty"], _env(None, None, None), tmp_path) == (
+        111,
+        b"",
+        b"tcprulescheck: fatal: unable to read empty: protocol error\n",
+    )
+
+
+def test_tcprulescheck_help_is_ours(tmp_path: Path) -> None:
+    """Deliberate difference: ``tcprulescheck --help`` shows help; Debian's would try to open a file named --help."""
+    rc, out, err = _check(ours("tcprulescheck"), ["--help"], _env(None, None, None), tmp_path)
+    assert rc == 0 and b"TCPREMOTEIP" in out and not err
