@@ -1,0 +1,395 @@
+"""tcpclient: connect to a TCP server and run a program on the connection (spec §6).
+
+``tcpclient [ -hHrRdDqQv ] [ -i localip ] [ -p localport ] [ -T timeoutconn ]
+[ -l localname ] [ -t timeoutinfo ] host port program``
+
+The program gets the socket as fd 6 (read) and fd 7 (write, a dup), stdin
+and stdout untouched, and the UCSPI variables in its environment.  The
+front end below only parses; ``connect`` and ``connection_environ`` are the
+library parts, drivable from tests without a subprocess.
+
+Deliberate differences from ucspi-tcp 0.88 (besides the resolver, see
+prefork.addr): the opt-in long option ``--ident-port N`` (as tcpserver's)
+asks the ident server on port N instead of 113; a non-number for ``-t``,
+``-p`` or ``-T``, or a ``-p`` above 65535, is refused with exit 100 instead
+of being read as 0 (project-wide rule); a bad ``-i`` is reported after the
+whole command line is parsed, so ``-i x -z`` reports the unknown ``-z``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from prefork import addr, djb
+from prefork.cli import Flag, Number, djb_command
+from prefork.environ import original_environ
+from prefork.ident import IDENT_PORT, ident_query
+
+PROG = "tcpclient"
+USAGE = (
+    "tcpclient [ -hHrRdDqQv ] [ -i localip ] [ -p localport ] [ -T timeoutconn ]"
+    " [ -l localname ] [ -t timeoutinfo ] host port program"
+)
+SOCKET_FDS = (6, 7)
+DEFAULT_PATH = b"/bin:/usr/bin"
+
+
+@dataclass
+class Options:
+    """What the command line chose; defaults are tcpclient's."""
+
+    verbosity: int = 1
+    nodelay: bool = False
+    remote_host: bool = True
+    remote_info: bool = True
+    local_name: str | None = None
+    info_timeout: float = 26
+    conn_timeouts: tuple[int, int] = (2, 58)
+    local_ip: str = "0.0.0.0"
+    local_port: int = 0
+    ident_port: int = IDENT_PORT
+
+
+class ClientError(Exception):
+    """A fatal error: ``message`` is the text after ``tcpclient: fatal: `` (errno wording included)."""
+
+    def __init__(self, text: str, err: int | BaseException | None = None) -> None:
+        message = text if err is None else f"{text}: {djb.errstr(err)}"
+        super().__init__(message)
+        self.message = message
+
+
+# -- connecting -----------------------------------------------------------------------------------
+
+
+def _wait_writable(sock: socket.socket, seconds: float) -> bool:
+    """Whether SOCK becomes writable (or fails) within SECONDS; always looks once."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000.0))
+
+
+def connect_with_timeout(sock: socket.socket, ip: str, port: int, seconds: float) -> int:
+    """djb's ``timeoutconn``: 0 when connected (socket left blocking), else the errno."""
+    sock.setblocking(False)
+    err = sock.connect_ex((ip, port))
+    if err in (errno.EINPROGRESS, errno.EAGAIN):
+        if not _wait_writable(sock, seconds):
+            return errno.ETIMEDOUT
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not err:
+            try:
+                sock.getpeername()
+            except OSError as e:
+                err = e.errno or errno.ENOTCONN
+    if err:
+        return err
+    sock.setblocking(True)
+    return 0
+
+
+def _bound_socket(local_ip: str, local_port: int) -> socket.socket:
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise ClientError("unable to create socket", e) from None
+    try:
+        sock.bind((local_ip, local_port))
+    except OSError as e:
+        sock.close()
+        raise ClientError("unable to bind socket", e) from None
+    return sock
+
+
+def connect(addresses: Sequence[str], port: int, opts: Options, warn: Callable[[str], None]) -> socket.socket | None:
+    """Try ADDRESSES in two passes (``-T X+Y``); the connected socket, or None when all failed.
+
+    Pass 1 gives each address X seconds; addresses that timed out get Y more
+    seconds in pass 2 (a single address gets X+Y at once).  Every final
+    failure is reported through WARN as ``unable to connect to IP port N: ERR``.
+    Raises ClientError when a socket cannot be created or bound.
+    """
+    first, second = opts.conn_timeouts
+    if len(addresses) == 1:
+        first, second = first + second, 0
+    pending = list(addresses)
+    for pass_index, seconds in enumerate((first, second)):
+        retry: list[str] = []
+        for ip in pending:
+            sock = _bound_socket(opts.local_ip, opts.local_port)
+            err = connect_with_timeout(sock, ip, port, seconds)
+            if not err:
+                return sock
+            sock.close()
+            if pass_index == 0 and second and err == errno.ETIMEDOUT:
+                retry.append(ip)
+            else:
+                warn(f"unable to connect to {ip} port {port}: {djb.errstr(err)}")
+        pending = retry
+    return None
+
+
+def connection_environ(
+    sock: socket.socket,
+    opts: Options,
+    log: Callable[[str], None],
+    *,
+    dns_timeout: float = addr.DNS_TIMEOUT,
+) -> dict[str, str | None]:
+    """The UCSPI variables for a connected SOCK, in tcpclient's order; None means "remove".
+
+    Unlike tcpserver, a PTR look-up that works but finds no name gives an
+    empty TCPLOCALHOST/TCPREMOTEHOST.  LOG gets the ``-v`` line, written
+    between the address and name look-ups as tcpclient does.
+    """
+    if opts.nodelay:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    changes: dict[str, str | None] = {"PROTO": "TCP"}
+    try:
+        local_ip, local_port = sock.getsockname()
+    except OSError as e:
+        raise ClientError("unable to get local address", e) from None
+    changes["TCPLOCALPORT"] = str(local_port)
+    changes["TCPLOCALIP"] = local_ip
+    if opts.local_name is not None:
+        changes["TCPLOCALHOST"] = opts.local_name
+    else:
+        changes["TCPLOCALHOST"] = addr.reverse_name(local_ip, dns_timeout)
+    try:
+        remote_ip, remote_port = sock.getpeername()
+    except OSError as e:
+        raise ClientError("unable to get remote address", e) from None
+    changes["TCPREMOTEPORT"] = str(remote_port)
+    changes["TCPREMOTEIP"] = remote_ip
+    if opts.verbosity >= 2:
+        log(f"connected to {remote_ip} port {remote_port}")
+    changes["TCPREMOTEHOST"] = addr.reverse_name(remote_ip, dns_timeout) if opts.remote_host else None
+    info = None
+    if opts.remote_info:
+        info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port)
+    changes["TCPREMOTEINFO"] = info
+    return changes
+
+
+def program_environ(changes: dict[str, str | None], base: dict[bytes, bytes] | None = None) -> dict[bytes, bytes]:
+    """BASE (the start-up environment) with CHANGES applied: set, or removed where None."""
+    env = dict(original_environ() if base is None else base)
+    for name, value in changes.items():
+        key = os.fsencode(name)
+        env.pop(key, None)
+        if value is not None:
+            env[key] = os.fsencode(value)
+    return env
+
+
+# -- running the program --------------------------------------------------------------------------
+
+
+def reserve_socket_fds() -> None:
+    """Close inherited fds 6 and 7 and hold them on /dev/null (close-on-exec) until the socket arrives.
+
+    Holding them means no descriptor opened meanwhile (a resolver's socket,
+    say) can land on 6 or 7 and be overwritten by the dup2 later.
+    """
+    for fd in SOCKET_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in SOCKET_FDS:
+        if fd != null:
+            os.dup2(null, fd, inheritable=False)
+    if null not in SOCKET_FDS:
+        os.close(null)
+
+
+def install_socket(sock: socket.socket) -> None:
+    """Make the connected socket fd 6 and its dup fd 7, both inherited by the program."""
+    fd = sock.detach()
+    try:
+        os.dup2(fd, 6, inheritable=True)
+    except OSError as e:
+        raise ClientError("unable to set up descriptor 6", e) from None
+    os.set_inheritable(6, True)
+    if fd not in SOCKET_FDS:
+        os.close(fd)
+    try:
+        os.dup2(6, 7, inheritable=True)
+    except OSError as e:
+        raise ClientError("unable to set up descriptor 7", e) from None
+    os.set_inheritable(7, True)
+
+
+def restore_signals() -> None:
+    """Give the program the dispositions the C tcpclient would: Python ignores SIGPIPE and SIGXFSZ."""
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def pathexec(argv: Sequence[bytes], env: dict[bytes, bytes], path: bytes | None) -> OSError:
+    """djb's ``pathexec``: exec ARGV, searching PATH (``/bin:/usr/bin`` if unset) when argv[0] has no ``/``.
+
+    Returns the error to report when nothing could be run: the last error
+    other than "file does not exist", the search going on past access denied,
+    permission denied and is-a-directory.
+    """
+    file = argv[0]
+    if b"/" in file:
+        candidates = [file]
+    else:
+        search = DEFAULT_PATH if path is None else path
+        candidates = [(directory or b".") + b"/" + file for directory in search.split(b":")]
+    saved: OSError | None = None
+    last = OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    for candidate in candidates:
+        try:
+            os.execve(candidate, list(argv), env)
+        except ValueError:
+            error = OSError(errno.EACCES, os.strerror(errno.EACCES))  # empty argv[0]: a directory
+        except OSError as e:
+            error = e
+        if error.errno != errno.ENOENT:
+            saved = error
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EISDIR):
+                return saved
+        last = error
+    return saved or last
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+class LocalIP(click.ParamType):
+    """``-i``: must start with a dotted quad (djb's ip4_scan), else only the usage line, exit 100."""
+
+    name = "localip"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        ip = addr.scan_ip4(value)
+        if ip is None:
+            djb.usage(PROG, USAGE)
+        return ip
+
+
+class ConnTimeouts(click.ParamType):
+    """``-T X+Y`` (``-T X`` is X+0, ``-T +Y`` is 0+Y)."""
+
+    name = "timeoutconn"
+    _FORM = re.compile(r"(\d*)(?:\+(\d*))?")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        match = self._FORM.fullmatch(value) if value.isascii() else None
+        if match is None or not any(match.groups()):
+            self.fail(f"not a timeout X+Y: {value!r}", param, ctx)
+        return int(match.group(1) or 0), int(match.group(2) or 0)
+
+
+FLAGS = [
+    Flag("d", "nodelay", False, "delay sending data (Nagle; default)"),
+    Flag("D", "nodelay", True, "set TCP_NODELAY"),
+    Flag("v", "verbosity", 2, "report the connection"),
+    Flag("q", "verbosity", 0, "no messages"),
+    Flag("Q", "verbosity", 1, "error messages only (default)"),
+    Flag("h", "remote_host", True, "look up TCPREMOTEHOST (default)"),
+    Flag("H", "remote_host", False, "do not look up TCPREMOTEHOST"),
+    Flag("r", "remote_info", True, "ident look-up for TCPREMOTEINFO (default)"),
+    Flag("R", "remote_info", False, "no ident look-up"),
+]
+DEFAULTS = {"nodelay": False, "verbosity": 1, "remote_host": True, "remote_info": True}
+
+
+@djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
+@click.option("-i", "local_ip", type=LocalIP(), default=None, help="local IP address to bind")
+@click.option("-p", "local_port", type=Number(maximum=65535), default=0, help="local port to bind")
+@click.option("-T", "conn_timeouts", type=ConnTimeouts(), default="2+58", help="connect timeouts X+Y seconds")
+@click.option("-l", "local_name", default=None, help="TCPLOCALHOST value (no local PTR look-up)")
+@click.option("-t", "info_timeout", type=Number(), default=26, help="ident timeout in seconds")
+@click.option(
+    "--ident-port", "ident_port", type=Number(maximum=65535), default=IDENT_PORT, help="port of the ident server (113)"
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def command(args: tuple[str, ...], **params: Any) -> NoReturn:
+    """Connect to HOST PORT and run PROGRAM with the connection on fds 6 (read) and 7 (write)."""
+    opts = Options(
+        verbosity=params["verbosity"],
+        nodelay=params["nodelay"],
+        remote_host=params["remote_host"],
+        remote_info=params["remote_info"],
+        local_name=params["local_name"],
+        info_timeout=params["info_timeout"],
+        conn_timeouts=params["conn_timeouts"],
+        local_ip=params["local_ip"] or "0.0.0.0",
+        local_port=params["local_port"],
+        ident_port=params["ident_port"],
+    )
+    run(list(args), opts)
+
+
+def run(args: list[str], opts: Options) -> NoReturn:
+    """Everything after option parsing; messages obey -q/-Q/-v exactly as tcpclient's."""
+    loud = opts.verbosity > 0
+
+    def say(text: str) -> None:
+        if loud:
+            djb.write_line(f"{PROG}: {text}")
+
+    def die(text: str, code: int = djb.EXIT_TEMP) -> NoReturn:
+        say(f"fatal: {text}")
+        raise SystemExit(code)
+
+    def usage() -> NoReturn:
+        if loud:
+            djb.usage(PROG, USAGE)
+        raise SystemExit(djb.EXIT_USAGE)
+
+    if len(args) < 2:
+        usage()
+    host, port_text, program = args[0], args[1], args[2:]
+    try:
+        port = addr.parse_port(port_text)
+    except addr.PortError as e:
+        die(e.message)
+    if not program:
+        usage()
+    try:
+        addresses = addr.resolve_client_host(host)
+        sock = connect(addresses, port, opts, say)
+        if sock is None:
+            raise SystemExit(djb.EXIT_TEMP)
+        changes = connection_environ(sock, opts, say)
+        env = program_environ(changes)
+        install_socket(sock)
+    except (addr.AddressError, ClientError) as e:
+        die(e.message)
+    restore_signals()
+    argv = [os.fsencode(arg) for arg in program]
+    error = pathexec(argv, env, original_environ().get(b"PATH"))
+    die(f"unable to run {program[0]}: {djb.errstr(error)}")
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console-script entry: like tcpclient, drop inherited fds 6 and 7 before anything else."""
+    reserve_socket_fds()
+    command.main(args=argv if argv is not None else sys.argv[1:], prog_name=PROG)
+    raise SystemExit(0)
