@@ -1,0 +1,142 @@
+"""Publish a benchmark run: loadtest/REPORT.md (tables, model, machine, reproduce line) and loadtest/bench.png.
+
+Both are built only from the JSON the runner wrote, so a published report can be regenerated from
+`loadtest/results/latest.json` with `python -m loadtest.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f}"
+
+
+def render_markdown(data: dict) -> str:
+    servers = data["servers"]
+    cfg = data["config"]
+    m = data["machine"]
+    sp = data["spawn_ceiling"]
+    names = list(servers)
+    out = ["# prefork load test", ""]
+    out.append(f"`{' '.join(cfg['program'])}` behind each server, flags `{' '.join(cfg['flags'])}`, "
+               f"{cfg['clients']} closed-loop clients on 127.0.0.1, {cfg['rounds']} rounds × {cfg['seconds']:g} s "
+               f"per server, order alternating per round; run {data['when']}.")
+    load = m.get("load_average") or [0.0]
+    if load[0] > 0.5 * m["nproc"] or min(sp["before"], sp["after"]) < 0.8 * sp["spawns_per_s"]:
+        out += ["", f"> **Busy machine:** 1-minute load average {load[0]:.2f} on {m['nproc']} CPUs at the start, spawn "
+                f"ceiling {sp['before']:,.0f} before and {sp['after']:,.0f} after the rounds. Absolute numbers are "
+                "low and noisy; the alternating order keeps the ratios fairer. Rerun on a quiet machine to publish."]
+    out += ["", "## Totals", "", "| server | conn/s | p50 ms | p99 ms | errors | server CPU ms/conn | idle PSS MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in servers.items():
+        t = s["total"]
+        out.append(f"| {name} | {t['conn_per_s']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | "
+                   f"{t['error_total']} | {s['cpu']['cpu_per_conn_ms']:.3f} | {_mib(s['memory']['pss'])} |")
+    for name, r in data["ratios"].items():
+        out.append("")
+        out.append(f"**{name}/debian**: conn/s × {r['conn_per_s']:.2f}, p99 × {r['p99']:.2f}.")
+    out += ["", "## Rounds", "", "| round | " + " | ".join(f"{n} conn/s | {n} p99 ms" for n in names) + " |",
+            "|---|" + "---:|---:|" * len(names)]
+    for i in range(cfg["rounds"]):
+        cells = []
+        for s in servers.values():
+            r = s["rounds"][i]["result"]
+            cells.append(f"{r['conn_per_s']:,.0f} | {r['p99_ms']:.2f}")
+        out.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    errs = {n: {k: v for k, v in s["total"]["errors"].items() if v} for n, s in servers.items()}
+    out += ["", "Errors by kind: " + "; ".join(f"{n}: {e or 'none'}" for n, e in errs.items()) + "."]
+    out += ["", "## Spawn ceiling", "",
+            f"{sp['procs']} processes looping `posix_spawn` + `waitpid` of the same program, no network: "
+            f"**{sp['spawns_per_s']:,.0f} spawns/s** ({sp['per_proc_per_s']:,.0f} per process; measured before "
+            f"the rounds {sp['before']:,.0f}, after them {sp['after']:,.0f}, the higher is used). "
+            "No tcpserver can start programs faster than this on this machine."]
+    out += ["", "## Memory (idle, after the load)", "", "| server | processes | PSS MiB | RSS MiB | USS MiB |",
+            "|---|---:|---:|---:|---:|"]
+    for name, s in servers.items():
+        mem = s["memory"]
+        out.append(f"| {name} | {mem['processes']} | {_mib(mem['pss'])} | {_mib(mem['rss'])} | {_mib(mem['uss'])} |")
+    out += ["", "## Server CPU per connection and the ceiling it implies", "",
+            "User+sys CPU of the server's own processes (children excluded) during the rounds, per connection "
+            "served. The root process's share is serial (Debian's tcpserver accepts and forks there), so it "
+            "caps throughput at 1/cpu whatever the cores; the other processes' share (prefork's workers, "
+            "which accept in parallel) is divided by their number, which follows the core count for prefork. "
+            "The all-cores figure adds one program start (1/spawn rate per core) to each connection's server "
+            "CPU and spreads it over every core; clients are not charged.", "",
+            "| server | ms/conn | root ms/conn | others ms/conn | other processes | cores busy |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, s in servers.items():
+        c = s["cpu"]
+        out.append(f"| {name} | {c['cpu_per_conn_ms']:.3f} | {c['root_cpu_per_conn_ms']:.3f} | "
+                   f"{c['others_cpu_per_conn_ms']:.3f} | {c['parallel']} | {c['busy_cores']:.2f} |")
+    out += ["", "Modelled ceiling, conn/s (lower of accept-side and all-cores):", "",
+            "| cores | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for i, cores in enumerate(cfg["model_cores"]):
+        cells = []
+        for s in servers.values():
+            row = s["model"][i]
+            cells.append(f"{row['ceiling']:,.0f} (accept {row['accept_side']:,.0f})")
+        out.append(f"| {cores} | " + " | ".join(cells) + " |")
+    out += ["", "## Machine", "",
+            f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
+            f"- kernel {m['kernel']}, Python {m['python']}",
+            f"- load average at start {' '.join(f'{x:.2f}' for x in m.get('load_average', ()))}, at end "
+            f"{' '.join(f'{x:.2f}' for x in sp.get('load_average', ()))}",
+            f"- ucspi-tcp {m.get('ucspi_tcp') or 'unknown'}, prefork commit {m.get('prefork_commit') or 'unknown'}",
+            "", "## Reproduce", "", "```", data["command"], "```", "",
+            "Commands run:", ""]
+    for name, s in servers.items():
+        out.append(f"- {name}: `{' '.join(s['argv'])}`")
+    out.append("")
+    return "\n".join(out)
+
+
+def write_report(data: dict, path: Path) -> Path:
+    path.write_text(render_markdown(data))
+    return path
+
+
+def write_chart(data: dict, path: Path) -> Path:
+    """Grouped bars per round: conn/s on the left, p99 on the right, one colour per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers = data["servers"]
+    rounds = data["config"]["rounds"]
+    groups = rounds + 1  # the rounds, then the total
+    width = 0.8 / max(len(servers), 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for k, (name, s) in enumerate(servers.items()):
+        xs = [i + (k - (len(servers) - 1) / 2) * width for i in range(groups)]
+        conn = [r["result"]["conn_per_s"] for r in s["rounds"]] + [s["total"]["conn_per_s"]]
+        p99 = [r["result"]["p99_ms"] for r in s["rounds"]] + [s["total"]["p99_ms"]]
+        ax1.bar(xs, conn, width, label=name, color=f"C{k}")
+        ax2.bar(xs, p99, width, label=name, color=f"C{k}")
+    labels = [str(i + 1) for i in range(rounds)] + ["total"]
+    for ax, title in ((ax1, "connections/s (higher is better)"), (ax2, "p99 latency, ms (lower is better)")):
+        ax.set_xticks(range(groups), labels)
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    handles, names = ax1.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    cfg = data["config"]
+    fig.suptitle(f"{' '.join(cfg['program'])}, {cfg['clients']} clients, {data['machine']['nproc']} cpus")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "latest.json"
+    d = json.loads(src.read_text())
+    print(write_report(d, HERE / "REPORT.md"))
+    print(write_chart(d, HERE / "bench.png"))
