@@ -240,13 +240,13 @@ class Master:
                 cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
                 off = sb.H_ORPHAN_EXITS + 8 * cls
                 self.board.put64(off, self.board.get64(off) + 1)
-                self.cap.orphan_ended()
                 if self.verbose:
                     os.write(
                         2,
                         b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
-                        % (pid, status, self.cap.in_use(), self.cfg.limit),
+                        % (pid, status, self.cap.in_use() - 1, self.cfg.limit),
                     )
+                self.cap.orphan_ended()
 
 
 def _children(pid: int) -> list[int]:

@@ -33,6 +33,7 @@ EPOLLIN = select.EPOLLIN
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 STATUS_DENY = 100 << 8
 STATUS_DROP = 111 << 8
+PID_MAX_LIMIT = 1 << 22  # the kernel never hands out a pid at or above this (include/linux/threads.h)
 
 
 class Conn:
@@ -86,7 +87,7 @@ class Worker:
         self.warn = cfg.verbosity >= 1
         self.limit_b = b"%d" % cfg.limit
         self.pid = os.getpid()
-        self.pid_b = b"%d" % self.pid
+        self.ident_seq = 0
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
         self.denied = board.get64(self.slot + sb.OFF_DENIED)
         self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
@@ -300,7 +301,7 @@ class Worker:
         try:
             pid = self.spawner.spawn(conn.fd, env)
         except OSError as e:
-            self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(e).encode()))
+            self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(e).encode()), b"ok")
             return
         os.close(conn.fd)
         conn.fd = -1
@@ -317,32 +318,44 @@ class Worker:
     def deny(self, conn: Conn) -> None:
         self.denied += 1
         self.board.put64(self.slot + sb.OFF_DENIED, self.denied)
-        self.finish_without_program(conn, STATUS_DENY, self.ok_line(b"deny", self.pid, conn) if self.verbose else b"")
+        self.finish_without_program(conn, STATUS_DENY, b"deny", None)
 
-    def drop(self, conn: Conn, why: bytes) -> None:
+    def drop(self, conn: Conn, why: bytes, word: bytes | None = None) -> None:
+        """Drop a connection with 0.88's warning; ``word`` b"ok" when it got as far as the ok line."""
         self.dropped += 1
         self.board.put64(self.slot + sb.OFF_DROPPED, self.dropped)
-        line = b"tcpserver: warning: dropping connection, %s\n" % why if self.warn else b""
-        self.finish_without_program(conn, STATUS_DROP, line)
+        self.finish_without_program(conn, STATUS_DROP, word, b"tcpserver: warning: dropping connection, %s\n" % why)
 
-    def finish_without_program(self, conn: Conn, status: int, middle: bytes) -> None:
-        """A connection that starts no program still logs pid/…/end/status, with this worker's pid as id.
+    def finish_without_program(self, conn: Conn, status: int, word: bytes | None, warning: bytes | None) -> None:
+        """A connection that runs no program still logs pid/…/end/status, as 0.88's child that exited.
 
-        The id is unique among connections in flight: the lines are written in
-        one write(), and no program can have the pid of this live worker.
+        Its id is not a pid (see next_ident); the lines are written in one
+        write() before the token is released.
         """
         if conn.fd >= 0:
             os.close(conn.fd)
             conn.fd = -1
-        self.cap.ended()
         if self.verbose:
-            os.write(
-                2,
-                b"tcpserver: pid %s from %s\n%stcpserver: end %s status %d\ntcpserver: status: %d/%s\n"
-                % (self.pid_b, conn.remoteip.encode(), middle, self.pid_b, status, self.cap.in_use(), self.limit_b),
+            ident = self.next_ident()
+            lines = [b"tcpserver: pid %d from %s\n" % (ident, conn.remoteip.encode())]
+            if word is not None:
+                lines.append(self.ok_line(word, ident, conn))
+            if warning is not None:
+                lines.append(warning)
+            lines.append(
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
+                % (ident, status, self.cap.in_use() - 1, self.limit_b)
             )
-        elif middle:
-            os.write(2, middle)
+            os.write(2, b"".join(lines))
+        elif warning is not None and self.warn:
+            os.write(2, warning)
+        self.cap.ended()
+
+    def next_ident(self) -> int:
+        """An id for a connection that starts no program: above any pid the kernel can hand out
+        (PID_MAX_LIMIT), one range per worker slot, so ids are unique among connections in flight."""
+        self.ident_seq = (self.ident_seq + 1) & 0xFFFFF
+        return PID_MAX_LIMIT + (self.index << 20) + self.ident_seq
 
     # -- reaping --------------------------------------------------------------------------
     def reap(self) -> None:
@@ -358,13 +371,15 @@ class Worker:
             if conn is None:
                 continue
             self.record_exit(status, time.monotonic_ns() - conn.started)
-            self.cap.ended()
+            # The end line goes out before the token is released, so no log shows more than -c
+            # connections in flight (0.88 reaps and accepts in one process).
             if self.verbose:
                 os.write(
                     2,
                     b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                    % (pid, status, self.cap.in_use(), self.limit_b),
+                    % (pid, status, self.cap.in_use() - 1, self.limit_b),
                 )
+            self.cap.ended()
 
     def record_exit(self, status: int, duration_ns: int) -> None:
         cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
