@@ -44,6 +44,15 @@ class Capacity:
         self.active = 0
         self.waiting = False
 
+    # -- the lock ------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the limit lock; with -v the status: lines are written under it, so their counts
+        step by exactly one as 0.88's do."""
+        fcntl.lockf(self.board.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        fcntl.lockf(self.board.fd, fcntl.LOCK_UN)
+
     # -- worker side -------------------------------------------------------------
     def try_reserve(self) -> bool:
         """Take a token for the next accept if the limit allows; False means wait for a wake-up."""

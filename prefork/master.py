@@ -98,6 +98,7 @@ class Master:
         except OSError as e:
             self.fatal(f"unable to create scoreboard {path}", e)
         self.board.set_local(local_ip, cfg.port)
+        cfg.bound_ip = local_ip
         if cfg.gid or cfg.uid:
             try:
                 os.fchown(self.board.fd, cfg.uid or -1, cfg.gid or -1)
@@ -241,12 +242,16 @@ class Master:
                 off = sb.H_ORPHAN_EXITS + 8 * cls
                 self.board.put64(off, self.board.get64(off) + 1)
                 if self.verbose:
+                    self.cap.lock()
                     os.write(
                         2,
                         b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
                         % (pid, status, self.cap.in_use() - 1, self.cfg.limit),
                     )
-                self.cap.orphan_ended()
+                    self.cap.orphan_ended()
+                    self.cap.unlock()
+                else:
+                    self.cap.orphan_ended()
 
 
 def _children(pid: int) -> list[int]:

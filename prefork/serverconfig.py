@@ -47,6 +47,7 @@ class ServerConfig:
     ident_port: int = 113  # --ident-port (testing and non-standard setups)
     dns_timeout: float = 10.0  # --dns-timeout: bound on each system-resolver lookup
     workers: int = 1
+    bound_ip: str = "0.0.0.0"  # set by the master after bind
     scoreboard_path: str | None = None
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)

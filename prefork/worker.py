@@ -88,6 +88,7 @@ class Worker:
         self.limit_b = b"%d" % cfg.limit
         self.pid = os.getpid()
         self.ident_seq = 0
+        self.any_address = cfg.bound_ip == "0.0.0.0"
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
         self.denied = board.get64(self.slot + sb.OFF_DENIED)
         self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
@@ -195,7 +196,13 @@ class Worker:
                     os.write(2, b"tcpserver: warning: unable to accept: %s\n" % errstr(e).encode())
                 return
             self.reserved = False
-            self.cap.started()
+            if self.verbose:
+                self.cap.lock()
+                self.cap.started()
+                os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
+                self.cap.unlock()
+            else:
+                self.cap.started()
             now = time.time_ns()
             self.accepted += 1
             self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
@@ -206,8 +213,6 @@ class Worker:
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
         cfg = self.cfg
-        if self.verbose:
-            os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
         try:
             if not cfg.keep_ip_options:
@@ -223,11 +228,14 @@ class Worker:
                 except OSError as e:
                     self.drop(conn, b"unable to print banner: " + errstr(e).encode())
                     return
-            try:
-                conn.localip, _ = s.getsockname()
-            except OSError as e:
-                self.drop(conn, b"unable to get local address: " + errstr(e).encode())
-                return
+            if self.any_address:
+                try:
+                    conn.localip, _ = s.getsockname()
+                except OSError as e:
+                    self.drop(conn, b"unable to get local address: " + errstr(e).encode())
+                    return
+            else:  # bound to one address: every connection's local address is that one
+                conn.localip = cfg.bound_ip
         finally:
             s.detach()
         conn.localport = cfg.port
@@ -342,12 +350,16 @@ class Worker:
                 lines.append(self.ok_line(word, ident, conn))
             if warning is not None:
                 lines.append(warning)
+            self.cap.lock()
             lines.append(
                 b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
                 % (ident, status, self.cap.in_use() - 1, self.limit_b)
             )
             os.write(2, b"".join(lines))
-        elif warning is not None and self.warn:
+            self.cap.ended()
+            self.cap.unlock()
+            return
+        if warning is not None and self.warn:
             os.write(2, warning)
         self.cap.ended()
 
@@ -374,12 +386,16 @@ class Worker:
             # The end line goes out before the token is released, so no log shows more than -c
             # connections in flight (0.88 reaps and accepts in one process).
             if self.verbose:
+                self.cap.lock()
                 os.write(
                     2,
                     b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
                     % (pid, status, self.cap.in_use() - 1, self.limit_b),
                 )
-            self.cap.ended()
+                self.cap.ended()
+                self.cap.unlock()
+            else:
+                self.cap.ended()
 
     def record_exit(self, status: int, duration_ns: int) -> None:
         cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
