@@ -283,3 +283,31 @@ def test_status_lines_count_consistently(launch, tmp_path, limit):
     ks = [int(m[1]) for m in map(STATUS_RE.match, server.lines()) if m]
     assert ks[0] == 0 and ks[-1] == 0 and max(ks) <= int(limit), ks
     assert all(abs(b - a) == 1 for a, b in zip(ks, ks[1:], strict=False)), f"status values jump: {ks}"
+
+
+def test_rules_replaced_while_running_are_never_stale(launch, tmp_path):
+    """tcprules renames a new cdb over the old one while the server runs: the very next connection
+    follows the new rules (allow → deny → allow with a variable → removed → empty file)."""
+    cdb = tmp_path / "rules.cdb"
+    server = launch([*QUIET, "-x", str(cdb)], ["/bin/sh", "-c", 'echo "hi $V"'])
+
+    def install(text: str) -> None:
+        subprocess.run(["/usr/bin/tcprules", str(cdb), f"{cdb}.tmp"], input=text.encode(), check=True)
+
+    install("127.0.0.1:allow\n")
+    assert talk(server.port)[0] == b"hi \n"
+    install("127.0.0.1:deny\n")
+    assert talk(server.port)[0] == b""
+    install('127.0.0.1:allow,V="new"\n')
+    assert talk(server.port)[0] == b"hi new\n"
+    cdb.unlink()
+    assert talk(server.port)[0] == b""
+    cdb.write_bytes(b"")
+    assert talk(server.port)[0] == b""
+    install('127.0.0.1:allow,V="back"\n')
+    assert talk(server.port)[0] == b"hi back\n"
+    warnings = [line for line in server.lines() if "dropping connection" in line]
+    assert [w.rsplit(": ", 1)[1] for w in warnings] in (
+        ["file does not exist", "protocol error"],
+        ["file does not exist", "invalid argument"],  # Debian's build says this for a 0-byte cdb (spec §7)
+    )
