@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the server process does not import typing
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # Order matters where two names share a number on Linux (EAGAIN == EWOULDBLOCK):
 # the first entry wins, exactly as the if-chain in djb's error_str.c.

@@ -19,7 +19,6 @@ import select
 import signal
 import socket
 import time
-from typing import NoReturn
 
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
@@ -29,7 +28,12 @@ from prefork.serverconfig import ServerConfig
 from prefork.spawn import Spawner, signals_to_reset
 from prefork.worker import Worker, base_environment
 
+TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_DELAY = 1.0  # a slot whose worker lived less than this waits before it is refilled
 
@@ -65,16 +69,19 @@ class Master:
 
     # -- start-up, in 0.88's order --------------------------------------------------------------
     def start(self) -> NoReturn:
-        from prefork.addr import HostError, resolve_server_host
-
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._sigterm)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-        try:
-            ip = resolve_server_host(cfg.host)
-        except HostError as e:
-            self.fatal(e.message)
+        _set_name()
+        ip = cfg.ip
+        if ip is None:
+            from prefork.addr import HostError, resolve_server_host
+
+            try:
+                ip = resolve_server_host(cfg.host)
+            except HostError as e:
+                self.fatal(e.message)
         try:
             lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         except OSError as e:
@@ -252,6 +259,17 @@ class Master:
                     self.cap.unlock()
                 else:
                     self.cap.orphan_ended()
+
+
+def _set_name() -> None:
+    """Name the process after the command that started it (``tcpserver``), not the interpreter,
+    so ``ps -C tcpserver`` and ``pgrep tcpserver`` find it after the lean exec; workers inherit it."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            name = os.path.basename(f.read().split(b"\0", 1)[0]) or b"tcpserver"
+    except OSError:
+        return
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
 def _children(pid: int) -> list[int]:

@@ -49,7 +49,8 @@ Layout version 1, all integers little-endian::
     192  64s reserved
 
 Counters are cumulative over the generations of a slot, so they never go
-backwards when a worker dies and is replaced.
+backwards when a worker dies and is replaced.  ``scoreboard_read.py`` is the
+reader (status tools, metrics, tests); this module is the writer's side.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import mmap
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from bisect import bisect_left
 
 MAGIC = b"PFSB"
 VERSION = 1
@@ -88,11 +89,8 @@ _U64 = struct.Struct("<Q")
 
 
 def bucket_index(duration_ns: int) -> int:
-    """Index of the histogram bucket a connection of this length falls in."""
-    for i, bound in enumerate(_BUCKET_NS):
-        if duration_ns <= bound:
-            return i
-    return len(_BUCKET_NS)
+    """Index of the histogram bucket a connection of this length falls in (upper bounds inclusive)."""
+    return bisect_left(_BUCKET_NS, duration_ns)
 
 
 def default_path(master_pid: int) -> str:
@@ -155,100 +153,3 @@ class ScoreboardFile:
             os.unlink(self.path)
         except OSError:
             pass
-
-
-@dataclass
-class Slot:
-    """One worker slot as a reader sees it."""
-
-    index: int
-    pid: int
-    state: str
-    generation: int
-    held: int
-    active: int
-    waiting: bool
-    accepted: int
-    denied: int
-    dropped: int
-    exit_zero: int
-    exit_nonzero: int
-    exit_signal: int
-    last_accept_ns: int
-    started_ns: int
-    duration_sum_ns: int
-    duration_buckets: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Snapshot:
-    """A consistent-enough copy of a scoreboard (counters are read one by one, never locked)."""
-
-    version: int
-    limit: int
-    master_pid: int
-    local_ip: str
-    local_port: int
-    start_ns: int
-    orphans: int
-    worker_restarts: int
-    orphan_exit_zero: int
-    orphan_exit_nonzero: int
-    orphan_exit_signal: int
-    orphan_duration_sum_ns: int
-    orphan_duration_buckets: list[int]
-    name: str
-    slots: list[Slot]
-
-    @property
-    def active(self) -> int:
-        """Connections in progress, including programs whose worker died."""
-        return sum(s.active for s in self.slots) + self.orphans
-
-    @property
-    def accepted(self) -> int:
-        return sum(s.accepted for s in self.slots)
-
-
-class ScoreboardError(Exception):
-    """The file is not a scoreboard this reader understands (message says why)."""
-
-
-def parse(data: bytes) -> Snapshot:
-    """Decode a scoreboard image; raises ScoreboardError for anything that is not layout version 1."""
-    if len(data) < HEADER_SIZE:
-        raise ScoreboardError("truncated header")
-    h = _HEADER.unpack_from(data, 0)
-    magic, version, header_size, slot_size, nslots, limit, master_pid, port = h[:8]
-    if magic != MAGIC:
-        raise ScoreboardError("not a prefork scoreboard")
-    if version != VERSION or header_size != HEADER_SIZE or slot_size != SLOT_SIZE:
-        raise ScoreboardError(f"unsupported layout version {version}")
-    if len(data) < HEADER_SIZE + nslots * SLOT_SIZE:
-        raise ScoreboardError("truncated slots")
-    start_ns, orphans, ip, restarts, oz, onz, osig, osum = h[8:16]
-    obuckets = list(h[16:28])
-    name = h[29].rstrip(b"\0").decode("utf-8", "replace")
-    slots = []
-    for i in range(nslots):
-        v = _SLOT.unpack_from(data, HEADER_SIZE + i * SLOT_SIZE)
-        slots.append(
-            Slot(
-                index=i, pid=v[0], state=SLOT_STATES.get(v[1], str(v[1])), generation=v[2], held=v[3],
-                active=v[4], waiting=bool(v[5]), accepted=v[6], denied=v[7], dropped=v[8],
-                exit_zero=v[9], exit_nonzero=v[10], exit_signal=v[11], last_accept_ns=v[12],
-                started_ns=v[13], duration_sum_ns=v[14], duration_buckets=list(v[15:27]),
-            )
-        )
-    return Snapshot(
-        version=version, limit=limit, master_pid=master_pid, local_ip=".".join(str(b) for b in ip),
-        local_port=port, start_ns=start_ns, orphans=orphans, worker_restarts=restarts,
-        orphan_exit_zero=oz, orphan_exit_nonzero=onz, orphan_exit_signal=osig,
-        orphan_duration_sum_ns=osum, orphan_duration_buckets=obuckets, name=name, slots=slots,
-    )
-
-
-def read(path: str) -> Snapshot:
-    """Read a scoreboard file without talking to the server."""
-    with open(path, "rb") as f:
-        return parse(f.read())

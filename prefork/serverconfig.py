@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 # The child's environment variables that tcpserver sets or actively removes (spec §2.2).
 TCP_VARS = (
     b"PROTO",
@@ -21,36 +19,54 @@ TCP_VARS = (
 DEFAULT_BACKLOG = 1024
 
 
-@dataclass
-class ServerConfig:
-    """tcpserver's options after parsing (defaults are 0.88's unless noted)."""
+# Field name -> default (0.88's unless noted).  A plain class rather than a dataclass: the
+# server process imports as little as it can (see lean.py), and this is all it needs.
+DEFAULTS: dict[str, object] = {
+    "host": "",
+    "ip": None,  # the resolved host, filled in by the command line front end
+    "port": 0,
+    "argv": [],
+    "limit": 40,
+    "rules_path": None,
+    "rules_missing_ok": False,  # -X
+    "banner": b"",
+    "gid": 0,
+    "uid": 0,
+    "print_port": False,  # -1
+    "backlog": DEFAULT_BACKLOG,
+    "keep_ip_options": False,  # -o (default -O kills them)
+    "nodelay": False,  # -D
+    "verbosity": 1,  # -q 0, -Q 1, -v 2
+    "remote_host_lookup": True,  # -h / -H
+    "paranoid": False,  # -p / -P
+    "localname": None,  # -l (bytes); None = PTR lookup of the local IP
+    "ident": True,  # -r / -R
+    "ident_timeout": 26,  # -t
+    "ident_port": 113,  # --ident-port (testing and non-standard setups)
+    "dns_timeout": 10.0,  # --dns-timeout: bound on each system-resolver lookup
+    "workers": 1,
+    "bound_ip": "0.0.0.0",  # set by the master after bind
+    "scoreboard_path": None,
+    "name": "",
+}
 
-    host: str
-    port: int
-    argv: list[bytes]
-    limit: int = 40
-    rules_path: str | None = None
-    rules_missing_ok: bool = False  # -X
-    banner: bytes = b""
-    gid: int = 0
-    uid: int = 0
-    print_port: bool = False  # -1
-    backlog: int = DEFAULT_BACKLOG
-    keep_ip_options: bool = False  # -o (default -O kills them)
-    nodelay: bool = False  # -D
-    verbosity: int = 1  # -q 0, -Q 1, -v 2
-    remote_host_lookup: bool = True  # -h / -H
-    paranoid: bool = False  # -p / -P
-    localname: bytes | None = None  # -l; None = PTR lookup of the local IP
-    ident: bool = True  # -r / -R
-    ident_timeout: int = 26  # -t
-    ident_port: int = 113  # --ident-port (testing and non-standard setups)
-    dns_timeout: float = 10.0  # --dns-timeout: bound on each system-resolver lookup
-    workers: int = 1
-    bound_ip: str = "0.0.0.0"  # set by the master after bind
-    scoreboard_path: str | None = None
-    name: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
+
+class ServerConfig:
+    """tcpserver's options after parsing; attributes are the keys of DEFAULTS."""
+
+    __slots__ = tuple(DEFAULTS)
+
+    def __init__(self, **values: object) -> None:
+        unknown = set(values) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown tcpserver settings: {sorted(unknown)}")
+        for name, default in DEFAULTS.items():
+            value = values.get(name, default)
+            setattr(self, name, list(value) if isinstance(value, list) else value)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values only (str, bytes, int, float, bool, None, lists): safe to repr() and read back."""
+        return {name: getattr(self, name) for name in DEFAULTS}
 
     @property
     def needs_lookups(self) -> bool:

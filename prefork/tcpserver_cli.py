@@ -75,7 +75,7 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
     Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log
     lines and rules files; connections are accepted by pre-forked workers.
     """
-    from prefork.addr import PortError, parse_port
+    from prefork.addr import HostError, PortError, parse_port, resolve_server_host
 
     verbosity = int(opts["verbosity"])  # type: ignore[arg-type]
 
@@ -96,6 +96,12 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         raise SystemExit(111) from None
     if len(operands) < 3:
         usage()
+    try:
+        ip = resolve_server_host(operands[0])
+    except HostError as e:
+        if verbosity:
+            os.write(2, f"tcpserver: fatal: {e.message}\n".encode("utf-8", "surrogateescape"))
+        raise SystemExit(111) from None
     uid, gid = int(opts["uid"]), int(opts["gid"])  # type: ignore[arg-type]
     if opts["env_ids"]:
         uid = _env_number("UID", uid)
@@ -104,6 +110,7 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
     workers = opts["workers"]
     cfg = ServerConfig(
         host=operands[0],
+        ip=ip,
         port=port,
         argv=[os.fsencode(a) for a in operands[2:]],
         limit=int(opts["limit"]),  # type: ignore[arg-type]
@@ -128,7 +135,10 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         scoreboard_path=opts["scoreboard"],  # type: ignore[arg-type]
         name=str(opts["name"]),
     )
-    from prefork.master import run
+    from prefork.lean import exec_server
+
+    exec_server(cfg.as_dict())
+    from prefork.master import run  # only when a lean exec is not possible here
 
     run(cfg)
 

@@ -20,7 +20,6 @@ import select
 import signal
 import socket
 import time
-from typing import NoReturn
 
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
@@ -28,6 +27,10 @@ from prefork.djb import errstr
 from prefork.logline import decision_line
 from prefork.serverconfig import TCP_VARS, ServerConfig
 from prefork.spawn import Spawner
+
+TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 EPOLLIN = select.EPOLLIN
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
@@ -161,8 +164,12 @@ class Worker:
         if self.reserved:
             return
         cap = self.cap
-        cap.set_waiting(True)
-        if cap.try_reserve():
+        reserved = cap.try_reserve()
+        if not reserved:
+            # Say we wait before the last try, so a token freed in between wakes us.
+            cap.set_waiting(True)
+            reserved = cap.try_reserve()
+        if reserved:
             cap.set_waiting(False)
             self.reserved = True
             if self.waiting_registered:
@@ -171,7 +178,7 @@ class Worker:
             if not self.listening:
                 self.ep.register(self.lfd, EPOLLIN | EPOLLEXCLUSIVE)
                 self.listening = True
-            self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_READY)
+                self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_READY)
         else:
             if self.listening:
                 self.ep.unregister(self.lfd)
@@ -182,33 +189,32 @@ class Worker:
             self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_WAITING)
 
     def accept_ready(self) -> None:
-        accept = self.lsock._accept  # raw (fd, addr): no socket object per connection
-        while self.reserved:
-            try:
-                fd, addr = accept()
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError as e:
-                # ECONNABORTED and friends: the client is gone; EMFILE: try again later.
-                if self.warn and e.errno not in (103, 104):
-                    os.write(2, b"tcpserver: warning: unable to accept: %s\n" % errstr(e).encode())
-                return
-            self.reserved = False
-            if self.verbose:
-                self.cap.lock()
-                self.cap.started()
-                os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
-                self.cap.unlock()
-            else:
-                self.cap.started()
-            now = time.time_ns()
-            self.accepted += 1
-            self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
-            self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, now)
-            self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
-            self.ensure_reservation()
+        """One accept per readiness event: epoll is level-triggered, so a backlog wakes us again
+        at once, and no failing accept() is spent to find the queue empty."""
+        if not self.reserved:
+            return
+        try:
+            fd, addr = self.lsock._accept()  # raw (fd, addr): no socket object per connection
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            # ECONNABORTED and friends: the client is gone; EMFILE: try again later.
+            if self.warn and e.errno not in (103, 104):
+                os.write(2, b"tcpserver: warning: unable to accept: %s\n" % errstr(e).encode())
+            return
+        self.reserved = False
+        if self.verbose:
+            self.cap.lock()
+            self.cap.started()
+            os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
+            self.cap.unlock()
+        else:
+            self.cap.started()
+        self.accepted += 1
+        self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
+        self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, time.time_ns())
+        self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
+        self.ensure_reservation()
 
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
@@ -413,8 +419,9 @@ def _noop(signum: int, frame: object) -> None:
 
 
 def _drain(fd: int) -> None:
+    """Empty a wake-up pipe; one read() is enough unless more than a buffer-full was written."""
     try:
-        while os.read(fd, 4096):
+        while len(os.read(fd, 4096)) == 4096:
             pass
     except BlockingIOError:
         pass

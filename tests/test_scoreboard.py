@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from prefork import scoreboard as sb
+from prefork import scoreboard_read as reader
 from prefork.capacity import Capacity
 
 
@@ -37,7 +38,7 @@ def test_reader_sees_writer_fields(tmp_path):
     board.put64(slot + sb.OFF_BUCKETS + 8 * 11, 5)
     board.put32(sb.H_ORPHANS, 1)
     board.put32(slot + sb.OFF_ACTIVE, 2)
-    snap = sb.read(str(tmp_path / "board"))
+    snap = reader.read(str(tmp_path / "board"))
     assert snap.slots[1].pid == 4242
     assert snap.slots[1].accepted == 7 and snap.accepted == 7
     assert snap.slots[1].denied == 2
@@ -59,8 +60,8 @@ def test_reader_sees_writer_fields(tmp_path):
 def test_reader_refuses_what_it_does_not_understand(tmp_path, mangle, message):
     make_board(tmp_path)
     raw = (tmp_path / "board").read_bytes()
-    with pytest.raises(sb.ScoreboardError, match=message):
-        sb.parse(mangle(raw))
+    with pytest.raises(reader.ScoreboardError, match=message):
+        reader.parse(mangle(raw))
 
 
 def test_bucket_index_edges():

@@ -1,0 +1,68 @@
+"""Re-executing the tcpserver master as a lean Python process.
+
+The command line front end needs click (and, through it, typing, inspect and
+friends: several MB).  A server that forks workers would carry all of that in
+every process for its whole life, so once the command line is parsed and
+checked, the front end execs a fresh interpreter (``-I -S``: no site, no
+environment-driven behaviour, nothing from the current directory) that
+imports only the server modules.  The settings travel in a small script held
+in a memfd, run as ``/proc/self/fd/N``; it closes its own descriptor first.
+
+The exec passes the environment exactly as this process received it
+(``/proc/self/environ``), so the programs the server starts see no trace of
+Python's locale coercion.  argv[0] stays the command's own path: ``ps`` shows
+``tcpserver -I -S /proc/self/fd/N <the original arguments>`` and the master
+names itself (PR_SET_NAME) after it.
+
+If anything here is unavailable (no memfd, no /proc), the caller serves
+in-process instead: same behaviour, more memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import prefork
+from prefork.environ import original_environ
+
+
+def script(settings: dict[str, object], fd: int, paths: list[str]) -> bytes:
+    """The bootstrap the lean interpreter runs: plain literals, no parser needed."""
+    return (
+        f"import os, sys\n"
+        f"os.close({fd})\n"
+        f"sys.path[:0] = {paths!r}\n"
+        f"from prefork.serverconfig import ServerConfig\n"
+        f"from prefork.master import run\n"
+        f"run(ServerConfig(**{settings!r}))\n"
+    ).encode("utf-8", "surrogateescape")
+
+
+def exec_server(settings: dict[str, object]) -> None:
+    """Replace this process with a lean server; returns only if that is not possible here."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
+    paths = [root] + [p for p in sys.path if p and p != root]
+    try:
+        fd = os.memfd_create("tcpserver-settings", 0)
+    except (AttributeError, OSError):
+        return
+    try:
+        data = script(settings, fd, paths)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.set_inheritable(fd, True)
+        path = f"/proc/self/fd/{fd}"
+        if not os.path.exists(path):
+            os.close(fd)
+            return
+        argv = [sys.argv[0], "-I", "-S", path, *sys.argv[1:]]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, original_environ())
+    except OSError:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
