@@ -1,0 +1,51 @@
+"""prefork's DNS lookups through the system resolver (-h, -p, no -l), answered from /etc/hosts only.
+
+Debian's tcpserver asks its own DNS client for these names (never /etc/hosts), which here would
+send queries off the machine, so these are prefork-only tests of the documented difference.
+They run only where /etc/hosts maps 127.0.0.1 to localhost and nsswitch consults files first, so
+that no query leaves the machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tcpserver_harness import VIEW, Launcher, parse_view, talk
+
+
+def _local_hosts_answer() -> bool:
+    try:
+        hosts = open("/etc/hosts").read().split("\n")
+        nss = open("/etc/nsswitch.conf").read().split("\n")
+    except OSError:
+        return False
+    maps = any(line.split()[:2] == ["127.0.0.1", "localhost"] for line in hosts if line.strip())
+    files_first = any(line.split()[:2] == ["hosts:", "files"] for line in nss)
+    return maps and files_first
+
+
+pytestmark = pytest.mark.skipif(not _local_hosts_answer(), reason="/etc/hosts must answer for 127.0.0.1")
+
+
+@pytest.fixture
+def prefork(tmp_path):
+    launcher = Launcher("prefork", tmp_path)
+    yield launcher
+    launcher.close()
+
+
+@pytest.mark.parametrize("paranoid", [[], ["-p"]])
+def test_remote_and_local_names_from_the_resolver(prefork, paranoid):
+    server = prefork(["-h", *paranoid, "-R", "-Q", "--dns-timeout", "5"], [VIEW])
+    view = parse_view(talk(server.port)[0])
+    assert view["env"]["TCPREMOTEHOST"] == "localhost"
+    assert view["env"]["TCPLOCALHOST"] == "localhost"
+    assert "TCPREMOTEINFO" not in view["env"]
+
+
+def test_verbose_ok_line_shows_the_names(prefork):
+    server = prefork(["-h", "-R", "-v"], ["/bin/echo", "hi"])
+    assert talk(server.port)[0] == b"hi\n"
+    lines = server.wait_ends(1)
+    ok = [line for line in lines if " ok " in line]
+    assert len(ok) == 1 and ok[0].split()[3].startswith("localhost:127.0.0.1:")
+    assert ok[0].split()[4].startswith("localhost:127.0.0.1::")
