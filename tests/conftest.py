@@ -37,3 +37,32 @@ def real(name: str) -> str:
 def clean_env() -> dict[str, str]:
     """A small, deterministic environment for commands under test."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+
+
+# -- tcpserver fixtures: every differential test runs once per implementation -----------------
+@pytest.fixture(params=["debian", "prefork"])  # tcpserver_harness.IMPLS (it imports this module)
+def impl(request) -> str:
+    """Which tcpserver a differential test drives (Debian's is skipped where it is not installed)."""
+    if request.param == "debian":
+        real("tcpserver")
+    return request.param
+
+
+@pytest.fixture
+def launch(impl, tmp_path):
+    """Start servers of the current implementation; all of them are ended by pid afterwards."""
+    from tcpserver_harness import Launcher
+
+    launcher = Launcher(impl, tmp_path)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def prefork(tmp_path):
+    """Start prefork tcpservers (prefork-only tests); all of them are ended by pid afterwards."""
+    from tcpserver_harness import Launcher
+
+    launcher = Launcher("prefork", tmp_path)
+    yield launcher
+    launcher.close()

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 from tcpserver_harness import (
-    IMPLS,
     QUIET,
     USAGE,
     VIEW,
@@ -23,18 +22,6 @@ from tcpserver_harness import (
 )
 
 pytestmark = pytest.mark.differential
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def usage_error(impl: str, args: list[str], first: str | None) -> None:

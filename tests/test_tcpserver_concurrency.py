@@ -17,29 +17,15 @@ import pytest
 from tcpserver_harness import (
     END_RE,
     HOLD,
-    IMPLS,
     PID_RE,
     QUIET,
     STATUS_RE,
-    Launcher,
     connect,
     recv_all,
     talk,
     wait_until,
     zombies_under,
 )
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def intervals(log) -> dict[int, tuple[float, float | None]]:
@@ -161,13 +147,6 @@ def test_limit_zero_accepts_nothing(launch):
 
 
 # ---- prefork only -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def prefork(tmp_path):
-    launcher = Launcher("prefork", tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def test_worker_killed_mid_run_keeps_limit(prefork, tmp_path):

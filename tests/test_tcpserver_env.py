@@ -14,12 +14,10 @@ import subprocess
 
 import pytest
 from tcpserver_harness import (
-    IMPLS,
     PROGS,
     QUIET,
     TAG_VAR,
     VIEW,
-    Launcher,
     base_env,
     connect,
     parse_view,
@@ -37,18 +35,6 @@ PERL_OWN = sigbit(signal.SIGFPE)
 GLIBC_INTERNAL = (1 << 31) | (1 << 32)
 UMASK = os.umask(0o022)
 os.umask(UMASK)
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def make_rules(tmp_path, text: str, name: str = "rules.cdb") -> str:

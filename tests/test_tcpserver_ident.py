@@ -16,11 +16,9 @@ import time
 
 import pytest
 from tcpserver_harness import (
-    IMPLS,
     STATUS_RE,
     TAG_VAR,
     VIEW,
-    Launcher,
     by_connection,
     check_order,
     connect,
@@ -33,18 +31,6 @@ from tcpserver_harness import (
 )
 
 pytestmark = pytest.mark.differential
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 class IdentStub:

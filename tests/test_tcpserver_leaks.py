@@ -15,18 +15,10 @@ import subprocess
 import threading
 
 import psutil
-import pytest
-from tcpserver_harness import Launcher, descendants, random_loopback, talk, wait_until, zombies_under
+from tcpserver_harness import descendants, random_loopback, talk, wait_until, zombies_under
 
 FD_SLACK = 2
 RSS_SLACK = 2 << 20
-
-
-@pytest.fixture
-def prefork(tmp_path):
-    launcher = Launcher("prefork", tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def hammer(port: int, total: int, sources: list[str], threads: int = 8) -> list[str]:

@@ -6,18 +6,10 @@ from __future__ import annotations
 import os
 
 import psutil
-import pytest
-from tcpserver_harness import QUIET, Launcher, talk
+from tcpserver_harness import QUIET, talk
 
 from prefork import lean
 from prefork.serverconfig import ServerConfig
-
-
-@pytest.fixture
-def prefork(tmp_path):
-    launcher = Launcher("prefork", tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def test_master_is_named_tcpserver_and_keeps_the_arguments(prefork):

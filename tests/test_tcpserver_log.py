@@ -16,11 +16,9 @@ import threading
 import pytest
 from tcpserver_harness import (
     HOLD,
-    IMPLS,
     QUIET,
     STATUS_RE,
     VIEW,
-    Launcher,
     check_order,
     connect,
     normalise,
@@ -33,18 +31,6 @@ from tcpserver_harness import (
 
 pytestmark = pytest.mark.differential
 OK = "tcpserver: ok #1 0:127.0.0.1:PORT :127.0.0.1::RPORT"
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def make_rules(tmp_path, text: str) -> str:

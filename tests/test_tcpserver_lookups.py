@@ -9,7 +9,7 @@ that no query leaves the machine.
 from __future__ import annotations
 
 import pytest
-from tcpserver_harness import VIEW, Launcher, parse_view, talk
+from tcpserver_harness import VIEW, parse_view, talk
 
 
 def _local_hosts_answer() -> bool:
@@ -24,13 +24,6 @@ def _local_hosts_answer() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _local_hosts_answer(), reason="/etc/hosts must answer for 127.0.0.1")
-
-
-@pytest.fixture
-def prefork(tmp_path):
-    launcher = Launcher("prefork", tmp_path)
-    yield launcher
-    launcher.close()
 
 
 @pytest.mark.parametrize("paranoid", [[], ["-p"]])

@@ -12,10 +12,8 @@ import time
 import psutil
 import pytest
 from tcpserver_harness import (
-    IMPLS,
     QUIET,
     SINK,
-    Launcher,
     connect,
     recv_all,
     tagged_pids,
@@ -25,18 +23,6 @@ from tcpserver_harness import (
 )
 
 CHAT = ["/bin/sh", "-c", 'echo ready; read line; echo "got $line"']
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def launch(impl, tmp_path):
-    launcher = Launcher(impl, tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:
@@ -157,13 +143,6 @@ def test_vanishing_silent_and_flooding_clients(launch):
 
 
 # ---- prefork only -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def prefork(tmp_path):
-    launcher = Launcher("prefork", tmp_path)
-    yield launcher
-    launcher.close()
 
 
 def test_master_sigkill_frees_port(prefork):
