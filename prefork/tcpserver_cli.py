@@ -80,28 +80,27 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
     verbosity = int(opts["verbosity"])  # type: ignore[arg-type]
 
     def usage() -> None:
-        if verbosity:
+        if verbosity:  # -q silences even this (0.88 closes its stderr buffer after option parsing)
             os.write(2, f"tcpserver: usage: {USAGE}\n".encode())
         raise SystemExit(EXIT_USAGE)
 
-    if len(operands) < 1:
-        usage()
-    if len(operands) < 2:
+    def fatal(message: str) -> None:
+        if verbosity:
+            os.write(2, f"tcpserver: fatal: {message}\n".encode("utf-8", "surrogateescape"))
+        raise SystemExit(111)
+
+    if len(operands) < 2:  # host, then port
         usage()
     try:
-        port = parse_port(operands[1])
+        port = parse_port(operands[1])  # 0.88 checks the port before it looks for the program
     except PortError as e:
-        if verbosity:
-            os.write(2, f"tcpserver: fatal: {e.message}\n".encode("utf-8", "surrogateescape"))
-        raise SystemExit(111) from None
+        fatal(e.message)
     if len(operands) < 3:
         usage()
     try:
         ip = resolve_server_host(operands[0])
     except HostError as e:
-        if verbosity:
-            os.write(2, f"tcpserver: fatal: {e.message}\n".encode("utf-8", "surrogateescape"))
-        raise SystemExit(111) from None
+        fatal(e.message)
     uid, gid = int(opts["uid"]), int(opts["gid"])  # type: ignore[arg-type]
     if opts["env_ids"]:
         uid = _env_number("UID", uid)
