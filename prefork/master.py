@@ -26,6 +26,7 @@ from prefork.djb import errstr
 from prefork.environ import original_environ
 from prefork.serverconfig import ServerConfig
 from prefork.spawn import Spawner, signals_to_reset
+from prefork.wakeup import drain, noop_handler
 from prefork.worker import Worker, base_environment
 
 TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
@@ -154,7 +155,7 @@ class Master:
         self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sig_w = sig_w
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, _noop)
+        signal.signal(signal.SIGCHLD, noop_handler)
         self.base_env = base_environment(original_environ())
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
@@ -174,7 +175,7 @@ class Master:
                 select.select([self.sig_r], [], [], timeout)
             except InterruptedError:
                 pass
-            _drain(self.sig_r)
+            drain(self.sig_r)
             self.reap()
             now = time.monotonic()
             for index, when in list(self.pending.items()):
@@ -283,16 +284,6 @@ def _children(pid: int) -> list[int]:
         return [c.pid for c in psutil.Process(pid).children()]
 
 
-def _noop(signum: int, frame: object) -> None:
-    """SIGCHLD only wakes the loop; reaping happens there, never in the handler."""
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def run(cfg: ServerConfig) -> NoReturn:

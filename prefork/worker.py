@@ -27,6 +27,7 @@ from prefork.djb import errstr
 from prefork.logline import decision_line
 from prefork.serverconfig import TCP_VARS, ServerConfig
 from prefork.spawn import Spawner
+from prefork.wakeup import drain, noop_handler
 
 TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Worker:
     def _setup(self) -> None:
         self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, _noop)
+        signal.signal(signal.SIGCHLD, noop_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.lsock.setblocking(False)
         self.ep = select.epoll()
@@ -147,13 +148,13 @@ class Worker:
                 if fd == lfd:
                     self.accept_ready()
                 elif fd == sig_r:
-                    _drain(sig_r)
+                    drain(sig_r)
                     self.reap()
                 elif fd == wake_r:
                     if self.cap.take_wakeup():
                         self.ensure_reservation()
                 elif fd == lookup_r:
-                    _drain(lookup_r)
+                    drain(lookup_r)
                     while self.done:
                         self.decide(self.done.popleft())
             if self.waiting_registered:
@@ -412,19 +413,6 @@ class Worker:
         i = sb.bucket_index(duration_ns)
         self.buckets[i] += 1
         self.board.put64(self.slot + sb.OFF_BUCKETS + 8 * i, self.buckets[i])
-
-
-def _noop(signum: int, frame: object) -> None:
-    """SIGCHLD only needs to wake the loop (through the wake-up fd); reaping happens there."""
-
-
-def _drain(fd: int) -> None:
-    """Empty a wake-up pipe; one read() is enough unless more than a buffer-full was written."""
-    try:
-        while len(os.read(fd, 4096)) == 4096:
-            pass
-    except BlockingIOError:
-        pass
 
 
 def base_environment(original: dict[bytes, bytes]) -> dict[bytes, bytes]:
