@@ -1,0 +1,389 @@
+"""One event loop supervising any number of services: the real side of the machine's seam.
+
+``supervise DIR`` runs it with one service, ``svscan DIR`` with every service
+of a tree.  The loop waits in epoll on each service's ``control`` FIFO, on the
+pidfds of adopted services and on the signal wake-up pipe; SIGCHLD only makes
+the kernel write a byte there (gunicorn's rule: nothing but a wake-up inside a
+handler), and the loop reaps with ``waitpid(-1, WNOHANG)``.  Restart throttles
+are entries in a timer heap, so a service waiting out its second never delays
+another service's control bytes.
+
+Programs are started with ``os.posix_spawn`` after an ``fchdir`` into the
+service directory: vfork-based, so a start costs the same whatever the size of
+this process.  They get the environment this process was started with (not
+``os.environ``, which Python's locale coercion changed), fds 0/1/2 as
+supervise's (or the log pipe), an empty signal mask and default dispositions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import select
+import signal
+import time
+
+from control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
+from control.servicedir import ServiceDir, StartupError
+from prefork import tai64n
+from prefork.djb import write_line
+from prefork.environ import original_environ
+from prefork.wakeup import noop_handler
+
+CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
+MAX_SLEEP = 3600.0
+
+
+class Supervised:
+    """The engine's data for one service: its open files, its stdio, its table slot."""
+
+    __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner")
+
+    def __init__(self, sd: ServiceDir, stdin: int | None, stdout: int | None, table_name: str, is_log: bool,
+                 owner: object) -> None:
+        self.sd = sd
+        self.stdin = stdin
+        self.stdout = stdout
+        self.slot = -1
+        self.pidfd = -1
+        self.table_name = table_name
+        self.is_log = is_log
+        self.owner = owner  # svscan's entry for the service, None under supervise
+
+
+class Engine(Seam):
+    """The loop, the timers, the pid table and the real OS calls."""
+
+    def __init__(self, *, runit: bool = False, table: object | None = None, prog: str = "supervise") -> None:
+        self.runit = runit
+        self.table = table  # a servicetable.ServiceTable, or None
+        self.prog = prog
+        self.env = original_environ()
+        self.home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, Service] = {}
+        self.by_pid: dict[int, Service] = {}
+        self.timers: list[tuple[float, int, Service | None, object]] = []
+        self._seq = 0
+        self.signal_handlers: dict[int, object] = {}
+        self.on_finished: object = None
+        self.live = 0
+        self.stop = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, noop_handler)
+        self.epoll.register(self.wake_r, select.EPOLLIN)
+        self.sigdef: tuple[int, ...] = ()
+
+    # -- adding and removing services ----------------------------------------------------
+    def add(self, path: str, display: str, *, base_fd: int | None = None, stdin: int | None = None,
+            stdout: int | None = None, owner: object = None, table_name: str | None = None,
+            is_log: bool = False) -> Service:
+        """Take on the service in PATH (supervise's start-up); StartupError with supervise's text if it fails."""
+        sd, down = ServiceDir.open(path, display, base_fd=base_fd, runit=self.runit)
+        ctx = Supervised(sd, stdin, stdout, table_name or display, is_log, owner)
+        service = Service(self, display, runit=self.runit, context=ctx)
+        if self.table is not None:
+            try:
+                ctx.slot = self.table.allocate(ctx.table_name)
+            except Exception as err:  # TableFull: supervise anyway, just unpublished
+                self.report(service, f"{self.prog}: warning: no room in the service table for {display}: {err}")
+        previous = _running_from_status(sd)
+        try:
+            if previous is not None:
+                pid, label, want, paused = previous
+                pidfd = os.pidfd_open(pid)
+                ctx.pidfd = pidfd
+                self.by_pid[pid] = service
+                self.epoll.register(pidfd, select.EPOLLIN)
+                self.by_fd[pidfd] = service
+                service.adopt(pid, label, want, paused, normally_up=not down)
+            else:
+                service.prepare(down)
+            sd.open_ok()
+        except BaseException:
+            self._forget(service)
+            raise
+        self.epoll.register(sd.control_fd, select.EPOLLIN)
+        self.by_fd[sd.control_fd] = service
+        self.live += 1
+        if previous is None:
+            service.boot()
+        return service
+
+    def _forget(self, service: Service) -> None:
+        ctx: Supervised = service.context  # type: ignore[assignment]
+        for fd in (ctx.sd.control_fd, ctx.pidfd):
+            if fd >= 0 and self.by_fd.pop(fd, None) is not None:
+                try:
+                    self.epoll.unregister(fd)
+                except OSError:
+                    pass
+        if ctx.pidfd >= 0:
+            os.close(ctx.pidfd)
+            ctx.pidfd = -1
+        ctx.sd.close()
+        if self.table is not None and ctx.slot >= 0:
+            self.table.release(ctx.slot)
+            ctx.slot = -1
+
+    # -- the seam --------------------------------------------------------------------------
+    def spawn(self, service: Service) -> int:
+        ctx: Supervised = service.context  # type: ignore[assignment]
+        if not self.sigdef:
+            from prefork.spawn import signals_to_reset
+
+            self.sigdef = signals_to_reset()
+        actions = []
+        if ctx.stdin is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
+        if ctx.stdout is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdout, 1))
+        os.fchdir(ctx.sd.dirfd)
+        try:
+            pid = os.posix_spawn("./run", ["./run"], self.env, file_actions=actions, setsigmask=(),
+                                 setsigdef=self.sigdef)
+        finally:
+            os.fchdir(self.home_fd)
+        self.by_pid[pid] = service
+        return pid
+
+    def kill(self, service: Service, sig: int) -> None:
+        try:
+            os.kill(service.pid, sig)
+        except OSError:
+            pass
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def label(self) -> bytes:
+        return tai64n.now()
+
+    def publish(self, service: Service) -> None:
+        ctx: Supervised = service.context  # type: ignore[assignment]
+        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent)
+        if warning is not None:
+            write_line(f"supervise: warning: {warning}")
+        if self.table is not None and ctx.slot >= 0:
+            self.table.publish(ctx.slot, _record(service))
+
+    def schedule(self, service: Service, when: float) -> None:
+        self.call_at(when, service, None)
+
+    def call_at(self, when: float, service: Service | None, func: object) -> None:
+        """Run ``service.timer()`` (or FUNC() when SERVICE is None) at monotonic time WHEN."""
+        self._seq += 1
+        heapq.heappush(self.timers, (when, self._seq, service, func))
+
+    def report(self, service: Service | None, text: str) -> None:
+        write_line(text)
+
+    def finished(self, service: Service) -> None:
+        self._forget(service)
+        self.live -= 1
+        if self.on_finished is not None:
+            self.on_finished(service)  # type: ignore[operator]
+
+    # -- the loop ----------------------------------------------------------------------------
+    def handle_signal(self, sig: int, func: object) -> None:
+        """Run FUNC() from the loop (never in the handler) when SIG arrives."""
+        self.signal_handlers[sig] = func
+        signal.signal(sig, noop_handler)
+
+    def run(self, *, until_idle: bool) -> None:
+        """Loop until ``stop`` is set, or (UNTIL_IDLE) until every service has finished after ``x``."""
+        while not self.stop:
+            if until_idle and self.live == 0:
+                return
+            timeout = MAX_SLEEP
+            if self.timers:
+                timeout = max(0.0, min(timeout, self.timers[0][0] - time.monotonic()))
+            try:
+                events = self.epoll.poll(timeout)
+            except InterruptedError:
+                events = []
+            signals = b""
+            for fd, _mask in events:
+                if fd == self.wake_r:
+                    signals = _read_all(self.wake_r)
+            self.reap()
+            for sig in set(signals):
+                func = self.signal_handlers.get(sig)
+                if func is not None:
+                    func()  # type: ignore[operator]
+            for fd, _mask in events:
+                service = self.by_fd.get(fd)
+                if service is None:
+                    continue
+                ctx: Supervised = service.context  # type: ignore[assignment]
+                if fd == ctx.pidfd:
+                    self._adopted_exit(service)
+                    continue
+                try:
+                    data = os.read(fd, CONTROL_CHUNK)
+                except OSError:
+                    continue
+                for byte in data:
+                    if service.done:
+                        break
+                    service.control(byte)
+            self.run_timers()
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _when, _seq, service, func = heapq.heappop(self.timers)
+            if service is not None:
+                service.timer()
+            else:
+                func()  # type: ignore[operator]
+
+    def reap(self) -> None:
+        """Collect every exited child: services get their exit, orphans (subreaper, PID 1) are just reaped."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            service = self.by_pid.pop(pid, None)
+            if service is not None and service.pid == pid:
+                self._drop_pidfd(service)
+                service.exited(status)
+
+    def _adopted_exit(self, service: Service) -> None:
+        pid = service.pid
+        self._drop_pidfd(service)
+        if pid and self.by_pid.get(pid) is service:
+            del self.by_pid[pid]
+            service.exited(-1)  # not our child: its wait status went to its real parent
+
+    def _drop_pidfd(self, service: Service) -> None:
+        ctx: Supervised = service.context  # type: ignore[assignment]
+        if ctx.pidfd >= 0:
+            self.by_fd.pop(ctx.pidfd, None)
+            try:
+                self.epoll.unregister(ctx.pidfd)
+            except OSError:
+                pass
+            os.close(ctx.pidfd)
+            ctx.pidfd = -1
+
+    def services(self) -> list[Service]:
+        """Every service on the engine (those whose control FIFO is watched)."""
+        return [s for fd, s in self.by_fd.items() if fd == s.context.sd.control_fd]  # type: ignore[union-attr]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            chunks.append(chunk)
+            if len(chunk) < 4096:
+                break
+    except BlockingIOError:
+        pass
+    return b"".join(chunks)
+
+
+def _record(service: Service) -> object:
+    from control import servicetable as st
+
+    seconds, nanos = tai64n.unpack(service.label) if service.label else (0, 0)
+    ctx: Supervised = service.context  # type: ignore[assignment]
+    flags = st.FLAG_LOG if ctx.is_log else 0
+    if service.normally_up:
+        flags |= st.FLAG_NORMALLY_UP
+    if service.exit_requested:
+        flags |= st.FLAG_EXIT_REQUESTED
+    if service.adopted:
+        flags |= st.FLAG_ADOPTED
+    state = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}[service.state]
+    want = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}[service.want]
+    return st.ServiceRecord(
+        name=ctx.table_name,
+        pid=service.pid, want=want, paused=bool(service.pid and service.paused), state=state,
+        since_ns=seconds * 1_000_000_000 + nanos, starts=service.starts, restarts=service.restarts,
+        last_status=service.last_status, flags=flags,
+    )
+
+
+def _running_from_status(sd: ServiceDir) -> tuple[int, bytes, bytes, bool] | None:
+    """A service left running by a supervisor that died: (pid, label, want, paused), else None.
+
+    The lock was free, so no supervisor holds the directory; the status names a
+    pid.  It is taken over only if that process is alive and started within two
+    seconds of the status label (a start writes the label right after the
+    spawn), which a recycled pid does not.
+    """
+    return running_from_status("supervise/status", sd.dirfd)
+
+
+def running_from_status(path: str, dir_fd: int | None = None) -> tuple[int, bytes, bytes, bool] | None:
+    """What :func:`_running_from_status` says of the status file PATH."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 20)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) < 18:
+        return None
+    pid = int.from_bytes(data[12:16], "little")
+    if pid <= 1:
+        return None
+    started = process_start_time(pid)
+    if started is None:
+        return None
+    label = bytes(data[:12])
+    try:
+        seconds, _nanos = tai64n.unpack(label)
+    except ValueError:
+        return None
+    if not (seconds - 2 <= started <= seconds + 2):
+        return None
+    want = data[17:18]
+    if want not in (b"u", b"d"):
+        want = WANT_ONCE
+    return pid, label, want, bool(data[16])
+
+
+def process_start_time(pid: int) -> float | None:
+    """Unix time at which PID started (None if it does not exist or is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    ticks = int(fields[19])
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+_BOOT: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _BOOT.append(float(line.split()[1]))
+                    break
+            else:
+                _BOOT.append(0.0)
+    return _BOOT[0]
+
+
+__all__ = ["Engine", "StartupError", "Supervised", "process_start_time", "running_from_status"]

@@ -1,0 +1,246 @@
+"""The state machine of one supervised service, with every OS call behind a seam.
+
+This is daemontools' supervise (spec §3) as a pure object: it keeps the state
+(pid, want up/down/once, paused, exit requested, the TAI64N label of the last
+pid change) and reacts to four events -- boot, a control byte, the exit of the
+service, and a timer -- by calling the :class:`Seam`.  The engine gives it a
+real seam (spawn, kill, the status files, a timer heap); the unit tests give it
+a fake one and check every control byte in every state without processes.
+
+One deliberate difference from 0.76: supervise sleeps one second after every
+start and handles nothing meanwhile.  Here a start that comes less than
+``THROTTLE`` seconds after the previous one is *deferred* to that moment, and
+control bytes are handled at once, so ``svc -u; svc -d`` is down at once and one
+slow service never holds up the others of a shared loop.  Two starts are still
+never less than a second apart.
+"""
+
+from __future__ import annotations
+
+import signal
+
+THROTTLE = 1.0
+
+WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
+
+# Control bytes that only send a signal to a running service.
+SIGNAL_BYTES = {
+    ord("h"): signal.SIGHUP,
+    ord("a"): signal.SIGALRM,
+    ord("i"): signal.SIGINT,
+    ord("t"): signal.SIGTERM,
+    ord("k"): signal.SIGKILL,
+}
+# runit's sv sends these too; 0.76 ignores them, so they act only in --runit mode.
+RUNIT_SIGNAL_BYTES = {ord("q"): signal.SIGQUIT, ord("1"): signal.SIGUSR1, ord("2"): signal.SIGUSR2}
+
+EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
+
+
+class Seam:
+    """What a service asks of the world.  The engine implements it for real; tests fake it."""
+
+    def spawn(self, service: Service) -> int:
+        """Start ./run for SERVICE and return its pid; raise OSError if it cannot be started."""
+        raise NotImplementedError
+
+    def kill(self, service: Service, sig: int) -> None:
+        """Send SIG to the service's pid (never to its process group, as 0.76)."""
+        raise NotImplementedError
+
+    def monotonic(self) -> float:
+        raise NotImplementedError
+
+    def label(self) -> bytes:
+        """The TAI64N label of now."""
+        raise NotImplementedError
+
+    def publish(self, service: Service) -> None:
+        """Write the status file(s) and the shared-memory slot of SERVICE."""
+        raise NotImplementedError
+
+    def schedule(self, service: Service, when: float) -> None:
+        """Call ``service.timer()`` at monotonic time WHEN."""
+        raise NotImplementedError
+
+    def report(self, service: Service, text: str) -> None:
+        """A line for stderr."""
+        raise NotImplementedError
+
+    def finished(self, service: Service) -> None:
+        """SERVICE is down after ``x``: its supervisor is done with it."""
+        raise NotImplementedError
+
+
+class Service:
+    """One service: state plus the transitions of daemontools' supervise.
+
+    ``name`` is the directory as supervise would print it in messages
+    (``DIR`` for ``supervise DIR``; ``NAME`` or ``log`` under svscan).
+    """
+
+    __slots__ = (
+        "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
+        "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
+        "normally_up", "adopted", "done", "context",
+    )
+
+    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: object = None) -> None:
+        self.seam = seam
+        self.name = name
+        self.runit = runit
+        self.context = context  # the engine's per-service data (fds, table slot)
+        self.pid = 0
+        self.want = WANT_UP
+        self.paused = False
+        self.exit_requested = False
+        self.term_sent = False
+        self.label = b""
+        self.last_start: float | None = None
+        self.start_pending = False
+        self.restart_pending = False
+        self.starts = 0
+        self.restarts = 0
+        self.last_status = -1
+        self.normally_up = True
+        self.adopted = False
+        self.done = False
+
+    # -- events --------------------------------------------------------------------------
+    def prepare(self, down_file: bool) -> None:
+        """supervise's start-up before ``ok`` exists: want from the ``down`` file, the first status written."""
+        self.normally_up = not down_file
+        self.want = WANT_DOWN if down_file else WANT_UP
+        self.label = self.seam.label()
+        self.seam.publish(self)
+
+    def boot(self) -> None:
+        """The main loop begins: the status is written again and the service started if wanted."""
+        self.seam.publish(self)
+        if self.want == WANT_UP:
+            self._start()
+
+    def adopt(self, pid: int, label: bytes, want: bytes, paused: bool, normally_up: bool) -> None:
+        """Take over a service left running by a supervisor that was killed (no second copy is started)."""
+        self.normally_up = normally_up
+        self.pid = pid
+        self.label = label
+        self.want = want if want in (WANT_UP, WANT_DOWN) else WANT_ONCE
+        self.paused = paused
+        self.adopted = True
+        self.seam.publish(self)
+
+    def control(self, byte: int) -> None:
+        """One byte from supervise/control."""
+        if self.done:
+            return
+        if byte == 0x64:  # d
+            self.want = WANT_DOWN
+            if self.pid:
+                self.seam.kill(self, signal.SIGTERM)
+                self.seam.kill(self, signal.SIGCONT)
+                self.paused = False
+                self.term_sent = True
+            self.seam.publish(self)
+        elif byte in (0x75, 0x6F):  # u, o
+            self.want = WANT_UP if byte == 0x75 else WANT_ONCE
+            self.seam.publish(self)
+            if not self.pid:
+                self._start()
+        elif byte == 0x70:  # p
+            self.paused = True
+            self.seam.publish(self)
+            if self.pid:
+                self.seam.kill(self, signal.SIGSTOP)
+        elif byte == 0x63:  # c
+            self.paused = False
+            self.seam.publish(self)
+            if self.pid:
+                self.seam.kill(self, signal.SIGCONT)
+        elif byte == 0x78:  # x
+            self.exit_requested = True
+            self.seam.publish(self)
+            if not self.pid:
+                self._finish()
+        else:
+            sig = SIGNAL_BYTES.get(byte)
+            if sig is None and self.runit:
+                sig = RUNIT_SIGNAL_BYTES.get(byte)
+            if sig is not None and self.pid:
+                self.seam.kill(self, sig)
+                if sig == signal.SIGTERM:
+                    self.term_sent = True
+                    if self.runit:
+                        self.seam.publish(self)  # runit's byte 18 says "got TERM"
+
+    def exited(self, status: int) -> None:
+        """The service's process ended with wait status STATUS (-1 when unknown: an adopted pid)."""
+        self.pid = 0
+        self.term_sent = False
+        self.adopted = False
+        self.last_status = status
+        self.label = self.seam.label()
+        self.seam.publish(self)
+        if self.exit_requested:
+            self._finish()
+        elif self.want == WANT_UP:
+            self._start(automatic=True)
+
+    def timer(self) -> None:
+        """The throttle second is over: make the deferred start if it is still wanted."""
+        if not self.start_pending:
+            return
+        self.start_pending = False
+        automatic, self.restart_pending = self.restart_pending, False
+        if self.pid or self.done or self.exit_requested or self.want == WANT_DOWN:
+            return
+        self._start(automatic)
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """"up", "stopping" (TERM sent, still running) or "down"."""
+        if not self.pid:
+            return "down"
+        return "stopping" if self.term_sent else "up"
+
+    def _start(self, automatic: bool = False) -> None:
+        if self.pid or self.done:
+            return
+        now = self.seam.monotonic()
+        if self.last_start is not None and now < self.last_start + THROTTLE:
+            self.restart_pending = self.restart_pending or automatic
+            if not self.start_pending:
+                self.start_pending = True
+                self.seam.schedule(self, self.last_start + THROTTLE)
+            return
+        self.last_start = now
+        self.starts += 1
+        if automatic:
+            self.restarts += 1
+        try:
+            pid = self.seam.spawn(self)
+        except OSError as err:
+            from prefork.djb import errstr
+
+            # 0.76's child prints this and exits 111; the same line, and the same retry a second later.
+            self.seam.report(self, f"supervise: fatal: unable to start {self.name}/run: {errstr(err)}")
+            self.label = self.seam.label()
+            self.paused = False
+            self.last_status = EXIT_FAILED_START
+            self.seam.publish(self)
+            if self.exit_requested:
+                self._finish()
+            elif self.want == WANT_UP:
+                self._start(automatic=True)
+            return
+        self.pid = pid
+        self.paused = False
+        self.term_sent = False
+        self.label = self.seam.label()
+        self.seam.publish(self)
+
+    def _finish(self) -> None:
+        self.seam.publish(self)  # written once more just before supervise exits
+        self.done = True
+        self.seam.finished(self)

@@ -1,0 +1,79 @@
+"""``supervise DIR``: the engine with one service, daemontools 0.76's messages and exit codes.
+
+prefork's extensions are long options before DIR: ``--runit`` (also write
+runit's 20-byte status, ``supervise/stat`` and ``supervise/pid`` so ``sv``
+works) and ``--table PATH`` (where to publish the shared-memory service table;
+default ``/dev/shm/prefork-supervise.<dev>.<ino>`` of DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+PROG = "supervise"
+USAGE = "supervise dir"
+HELP = """usage: supervise [--runit] [--table PATH] dir
+
+Start ./run in DIR and keep it running; control it with svc, read it with svstat.
+  --runit       also write runit's status, stat and pid files (for sv)
+  --table PATH  publish the service's state at PATH (default /dev/shm/prefork-supervise.DEV.INO)
+"""
+
+
+def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
+    """Leading long options, then the operands (0.76's command line is just the operands)."""
+    opts: dict[str, object] = {"runit": False, "table": None}
+    while args and args[0].startswith("--") and args[0] != "--":
+        word = args.pop(0)
+        if word == "--help":
+            sys.stdout.write(HELP)
+            raise SystemExit(0)
+        if word == "--runit":
+            opts["runit"] = True
+        elif word == "--table" and args:
+            opts["table"] = args.pop(0)
+        elif word.startswith("--table="):
+            opts["table"] = word.split("=", 1)[1]
+        else:
+            from prefork.djb import usage
+
+            usage(PROG, USAGE)
+    if args and args[0] == "--":
+        args.pop(0)
+    return opts, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from prefork.djb import fatal, usage, warn
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    opts, operands = parse(args)
+    if len(operands) != 1 or not operands[0]:
+        usage(PROG, USAGE)
+    directory = operands[0]
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # INT kills supervise and leaves the service, as in 0.76
+
+    from control import servicetable
+    from control.engine import Engine, StartupError
+
+    engine = Engine(runit=bool(opts["runit"]), prog=PROG)
+    try:
+        service = engine.add(directory, directory)
+    except StartupError as err:
+        fatal(PROG, str(err))
+    # The table is made once the lock is ours: a second supervise must not clobber the first one's.
+    table_path = opts["table"]
+    try:
+        path = str(table_path or servicetable.default_path(directory, servicetable.KIND_SUPERVISE))
+        engine.table = servicetable.ServiceTable.create(path, 1, servicetable.KIND_SUPERVISE, os.path.abspath(directory))
+        service.context.slot = engine.table.allocate(directory)  # type: ignore[union-attr]
+        engine.publish(service)
+    except (OSError, servicetable.TableFull) as err:
+        warn(PROG, "unable to create the service table", err if isinstance(err, OSError) else None)
+        engine.table = None
+    engine.run(until_idle=True)
+    if engine.table is not None and not table_path:
+        engine.table.close(unlink=True)
+    raise SystemExit(0)

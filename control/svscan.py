@@ -1,0 +1,361 @@
+"""``svscan [DIR]``: every service of a directory supervised in one process (spec §7).
+
+daemontools' svscan forks one ``supervise`` per service and one per ``log``;
+here the services are entries on one :class:`control.engine.Engine`, which
+keeps exactly the per-service files a ``supervise`` would (lock, FIFOs,
+status), so ``svc``/``svstat``/``svok`` cannot tell the difference.  The scan
+itself is 0.76's: dot-entries skipped, stat() following symlinks, services
+identified by (device, inode) so a renamed directory is the same service,
+``NAME``/``NAME/log`` paired by one pipe kept for the life of the entry, a
+vanished directory's services left running until they exit, at most
+``--max-services`` entries.  A service whose supervisor "exited" after ``x``
+is taken on again at the next scan, as svscan restarts a supervise.
+
+Beyond 0.76 (long options before DIR, all opt-in except the rescan signals):
+rescan at once on SIGHUP/SIGALRM (0.76 dies of them); ``--stop-services``
+brings every service down (TERM+CONT, then KILL after ``--grace``) on
+SIGTERM/SIGINT before exiting; ``--subreaper`` reaps orphans as PID 1 does;
+``--runit``; ``--table PATH``.  If svscan is killed, the services keep running,
+and the next svscan takes each over from its status file instead of starting a
+second copy (see :func:`control.engine.running_from_status`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+
+PROG = "svscan"
+RESCAN = 5.0
+HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH] [dir]
+
+Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
+  --max-services N  at most N services (default 1000)
+  --stop-services   on SIGTERM/SIGINT bring every service down before exiting (default: exit, leave them running)
+  --grace SECONDS   how long --stop-services waits before SIGKILL (default 10)
+  --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
+  --runit           also write runit's status, stat and pid files (for sv)
+  --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO)
+"""
+
+
+class Entry:
+    """One service directory of the scan: the pair NAME and NAME/log and the pipe between them."""
+
+    __slots__ = ("name", "key", "active", "has_log", "pipe_r", "pipe_w", "main", "log")
+
+    def __init__(self, name: str, key: tuple[int, int]) -> None:
+        self.name = name
+        self.key = key
+        self.active = True
+        self.has_log = False
+        self.pipe_r = -1
+        self.pipe_w = -1
+        self.main: object = None
+        self.log: object = None
+
+
+class Scanner:
+    """The scan of spec §7 over an engine."""
+
+    def __init__(self, engine: object, max_services: int) -> None:
+        self.engine = engine
+        self.max_services = max_services
+        self.entries: dict[tuple[int, int], Entry] = {}
+        self.scans = 0
+        self.scan_errors = 0
+        self.stopping = False
+        engine.on_finished = self.finished  # type: ignore[attr-defined]
+
+    def warn(self, text: str, err: BaseException | None = None) -> None:
+        from prefork.djb import warn
+
+        self.scan_errors += 1
+        warn(PROG, text, err)
+
+    def scan(self) -> None:
+        if self.stopping:
+            return
+        self.scans += 1
+        for entry in self.entries.values():
+            entry.active = False
+        try:
+            names = os.listdir(".")
+        except OSError as err:
+            self.warn("unable to read .", err)  # 0.76 dies here; a passing hiccup must not orphan every service
+            names = []
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                st = os.stat(name)
+            except OSError as err:
+                self.warn(f"unable to stat {name}", err)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            self.consider(name, (st.st_dev, st.st_ino))
+        for key in [k for k, e in self.entries.items() if not e.active and e.main is None and e.log is None]:
+            self.drop(self.entries[key])
+        self.publish_counters()
+
+    def consider(self, name: str, key: tuple[int, int]) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) >= self.max_services:
+                self.warn(f"unable to start {name}: running too many services")
+                return
+            entry = Entry(name, key)
+            if len(name.encode("utf-8", "surrogateescape")) <= 255:
+                try:
+                    os.stat(f"{name}/log")
+                    entry.has_log = True
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    self.warn(f"unable to stat {name}/log", err)
+                    return
+            if entry.has_log:
+                try:
+                    entry.pipe_r, entry.pipe_w = _recover_pipe(name) or os.pipe()
+                except OSError as err:
+                    self.warn(f"unable to create pipe for {name}", err)
+                    return
+            self.entries[key] = entry
+        entry.active = True
+        entry.name = name
+        if entry.main is None:
+            entry.main = self.start(entry, name, name, False)
+        if entry.has_log and entry.log is None:
+            entry.log = self.start(entry, f"{name}/log", "log", True)
+
+    def start(self, entry: Entry, path: str, display: str, is_log: bool) -> object:
+        """Take the service on; on failure print what 0.76's ``supervise`` child would and retry next scan."""
+        from control.engine import StartupError
+        from prefork.djb import write_line
+
+        try:
+            return self.engine.add(  # type: ignore[attr-defined]
+                path, display,
+                stdin=entry.pipe_r if is_log else None,
+                stdout=entry.pipe_w if (entry.has_log and not is_log) else None,
+                owner=entry, table_name=path, is_log=is_log,
+            )
+        except StartupError as err:
+            self.scan_errors += 1
+            write_line(f"supervise: fatal: {err}")
+            return None
+
+    def finished(self, service: object) -> None:
+        entry: Entry = service.context.owner  # type: ignore[attr-defined]
+        if entry is None:
+            return
+        if entry.main is service:
+            entry.main = None
+        elif entry.log is service:
+            entry.log = None
+        if not entry.active and entry.main is None and entry.log is None:
+            self.drop(entry)
+        if self.stopping:
+            self.stop_step()
+
+    def drop(self, entry: Entry) -> None:
+        if self.entries.get(entry.key) is entry:
+            del self.entries[entry.key]
+        for fd in (entry.pipe_r, entry.pipe_w):
+            if fd >= 0:
+                os.close(fd)
+        entry.pipe_r = entry.pipe_w = -1
+
+    def publish_counters(self) -> None:
+        table = self.engine.table  # type: ignore[attr-defined]
+        if table is not None:
+            active = sum(1 for e in self.entries.values() if e.active)
+            table.set_counters(active, self.scan_errors, self.scans)
+
+    # -- --stop-services ---------------------------------------------------------------------
+    def stop_all(self, grace: float) -> None:
+        """Bring every service down: mains first (their logs keep reading), then logs; KILL after GRACE."""
+        if self.stopping:
+            return
+        self.stopping = True
+        engine = self.engine
+        for entry in self.entries.values():
+            if entry.main is not None:
+                for byte in b"dx":
+                    entry.main.control(byte)  # type: ignore[attr-defined]
+        engine.call_at(engine.monotonic() + grace, None, self.kill_all)  # type: ignore[attr-defined]
+        self.stop_step()
+
+    def stop_step(self) -> None:
+        engine = self.engine
+        if any(e.main is not None for e in self.entries.values()):
+            return
+        for entry in self.entries.values():
+            if entry.pipe_w >= 0:
+                os.close(entry.pipe_w)  # the log reads to EOF once its writer is gone
+                entry.pipe_w = -1
+            if entry.log is not None and not entry.log.exit_requested:  # type: ignore[attr-defined]
+                for byte in b"dx":
+                    entry.log.control(byte)  # type: ignore[attr-defined]
+        if engine.live == 0:  # type: ignore[attr-defined]
+            engine.stop = True  # type: ignore[attr-defined]
+
+    def kill_all(self) -> None:
+        import signal as sig
+
+        for service in self.engine.services():  # type: ignore[attr-defined]
+            if service.pid:
+                self.engine.kill(service, sig.SIGKILL)  # type: ignore[attr-defined]
+                self.engine.kill(service, sig.SIGCONT)  # type: ignore[attr-defined]
+
+
+def _recover_pipe(name: str) -> tuple[int, int] | None:
+    """The pipe of a NAME/log pair left running by a killed svscan, reopened through /proc, else None.
+
+    A new pipe would cut the surviving writer off from the surviving reader;
+    reopening the one the running process holds keeps every line flowing.
+    """
+    from control.engine import running_from_status
+
+    for path, fd in ((f"{name}/supervise/status", 1), (f"{name}/log/supervise/status", 0)):
+        found = running_from_status(path)
+        if found is None:
+            continue
+        proc = f"/proc/{found[0]}/fd/{fd}"
+        try:
+            if not stat.S_ISFIFO(os.stat(proc).st_mode):
+                continue
+            r = os.open(proc, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            w = os.open(proc, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(r)
+            continue
+        os.set_blocking(r, True)
+        return r, w
+    return None
+
+
+def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
+    from prefork.djb import usage
+
+    opts: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False,
+                               "table": None}
+    valued = {"--max-services": "max", "--grace": "grace", "--table": "table"}
+    while args and args[0].startswith("--") and args[0] != "--":
+        word = args.pop(0)
+        name, eq, value = word.partition("=")
+        if name == "--help":
+            sys.stdout.write(HELP)
+            raise SystemExit(0)
+        if name in valued:
+            if not eq:
+                if not args:
+                    usage(PROG, "svscan [dir]")
+                value = args.pop(0)
+            key = valued[name]
+            try:
+                opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
+            except ValueError:
+                from prefork.djb import write_line
+
+                write_line(f"{PROG}: bad value for {name}: {value!r}")
+                raise SystemExit(100) from None
+        elif name == "--stop-services":
+            opts["stop"] = True
+        elif name == "--subreaper":
+            opts["subreaper"] = True
+        elif name == "--runit":
+            opts["runit"] = True
+        else:
+            usage(PROG, "svscan [dir]")
+    if args and args[0] == "--":
+        args.pop(0)
+    return opts, args
+
+
+def _set_subreaper() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl")
+
+
+def _raise_fd_limit(services: int) -> None:
+    """Each service holds 4 fds (dir, lock, control, ok) and each pair a pipe: make room for --max-services."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = services * 2 * 5 + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fcntl
+
+    from prefork.djb import fatal, warn
+
+    opts, operands = parse(list(sys.argv[1:] if argv is None else argv))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if operands:
+        try:
+            os.chdir(operands[0])
+        except OSError as err:
+            fatal(PROG, f"unable to chdir to {operands[0]}", err)
+    directory = os.getcwd()
+    # Two prefork svscans on one tree would fight over every service: the second one stops here.
+    home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(home, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        fatal(PROG, f"unable to lock {directory}", err)
+    if opts["subreaper"] and os.getpid() != 1:
+        try:
+            _set_subreaper()
+        except OSError as err:
+            fatal(PROG, "unable to become a subreaper", err)
+    max_services = int(opts["max"])  # type: ignore[call-overload]
+    _raise_fd_limit(max_services)
+
+    from control import servicetable
+    from control.engine import Engine
+
+    table = None
+    table_path = opts["table"]
+    try:
+        path = str(table_path or servicetable.default_path(".", servicetable.KIND_SVSCAN))
+        table = servicetable.ServiceTable.create(path, max(2, 2 * max_services), servicetable.KIND_SVSCAN, directory)
+    except OSError as err:
+        warn(PROG, "unable to create the service table", err)
+    engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
+    scanner = Scanner(engine, max_services)
+
+    def rescan() -> None:
+        scanner.scan()
+        engine.call_at(engine.monotonic() + RESCAN, None, rescan)
+
+    def rescan_now() -> None:
+        scanner.scan()
+
+    engine.handle_signal(signal.SIGHUP, rescan_now)
+    engine.handle_signal(signal.SIGALRM, rescan_now)
+    if opts["stop"]:
+        grace = float(opts["grace"])  # type: ignore[arg-type]
+        engine.handle_signal(signal.SIGTERM, lambda: scanner.stop_all(grace))
+        engine.handle_signal(signal.SIGINT, lambda: scanner.stop_all(grace))
+    rescan()
+    engine.run(until_idle=False)
+    if table is not None and not table_path:
+        table.close(unlink=True)
+    raise SystemExit(0)
