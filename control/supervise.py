@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     opts, operands = parse(args)
+    if argv is None:
+        _go_lean()
     if len(operands) != 1 or not operands[0]:
         usage(PROG, USAGE)
     directory = operands[0]
@@ -77,3 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     if engine.table is not None and not table_path:
         engine.table.close(unlink=True)
     raise SystemExit(0)
+
+
+def _go_lean() -> None:
+    """Re-exec as ``python -I -S`` importing only the supervisor (no site, no editable-install finder).
+
+    A supervisor lives as long as the machine: every MB it carries is paid for
+    its whole life.  Returns (and the supervisor runs in this process) when that
+    is not possible or already done.
+    """
+    if sys.flags.no_site:
+        return
+    from prefork.lean import bootstrap, exec_lean
+
+    exec_lean("supervise", lambda fd, paths: bootstrap(fd, paths, "from control.supervise import main\nmain()\n"))

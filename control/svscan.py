@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     from prefork.djb import fatal, warn
 
     opts, operands = parse(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        _go_lean()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if operands:
         try:
@@ -359,3 +361,17 @@ def main(argv: list[str] | None = None) -> None:
     if table is not None and not table_path:
         table.close(unlink=True)
     raise SystemExit(0)
+
+
+def _go_lean() -> None:
+    """Re-exec as ``python -I -S`` importing only the supervisor (no site, no editable-install finder).
+
+    A supervisor lives as long as the machine: every MB it carries is paid for
+    its whole life.  Returns (and the supervisor runs in this process) when that
+    is not possible or already done.
+    """
+    if sys.flags.no_site:
+        return
+    from prefork.lean import bootstrap, exec_lean
+
+    exec_lean("svscan", lambda fd, paths: bootstrap(fd, paths, "from control.svscan import main\nmain()\n"))

@@ -28,27 +28,39 @@ from prefork.environ import original_environ
 
 
 def script(settings: dict[str, object], fd: int, paths: list[str]) -> bytes:
-    """The bootstrap the lean interpreter runs: plain literals, no parser needed."""
-    return (
-        f"import os, sys\n"
-        f"os.close({fd})\n"
-        f"sys.path[:0] = {paths!r}\n"
+    """The tcpserver bootstrap the lean interpreter runs: plain literals, no parser needed."""
+    return bootstrap(
+        fd, paths,
         f"from prefork.serverconfig import ServerConfig\n"
         f"from prefork.master import run\n"
-        f"run(ServerConfig(**{settings!r}))\n"
-    ).encode("utf-8", "surrogateescape")
+        f"run(ServerConfig(**{settings!r}))\n",
+    )
+
+
+def bootstrap(fd: int, paths: list[str], body: str) -> bytes:
+    """A script that closes its own memfd, puts PATHS first on sys.path, then runs BODY."""
+    return (f"import os, sys\nos.close({fd})\nsys.path[:0] = {paths!r}\n" + body).encode("utf-8", "surrogateescape")
 
 
 def exec_server(settings: dict[str, object]) -> None:
-    """Replace this process with a lean server; returns only if that is not possible here."""
+    """Replace this process with a lean tcpserver; returns only if that is not possible here."""
+    exec_lean("tcpserver-settings", lambda fd, paths: script(settings, fd, paths))
+
+
+def exec_lean(name: str, make_script: object) -> None:
+    """Replace this process with ``python -I -S`` running ``make_script(fd, paths)``; returns if not possible.
+
+    Shared by tcpserver and svscan: both are long-lived and hold nothing the
+    front end's imports (click, site, an editable install's finder) are needed for.
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
     paths = [root] + [p for p in sys.path if p and p != root]
     try:
-        fd = os.memfd_create("tcpserver-settings", 0)
+        fd = os.memfd_create(name, 0)
     except (AttributeError, OSError):
         return
     try:
-        data = script(settings, fd, paths)
+        data = make_script(fd, paths)  # type: ignore[operator]
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
