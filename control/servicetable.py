@@ -1,0 +1,295 @@
+"""The supervisor's service table: every service's state in one shared-memory file.
+
+prefork's ``svscan`` (and ``supervise DIR``, the same engine with one service)
+publishes here what it knows about each service, so that readers (``svstat
+--all``, the metrics exporter, tests) can map the file and read it without
+talking to the supervisor.  There is one writer, the supervisor's only thread;
+readers in other processes use the sequence counters to never return a record
+that was half-written.  ``servicetable_read.py`` is the reader; it deliberately
+does not import this module, so the layout below is the contract.
+
+The file is ``/dev/shm/prefork-svscan.<st_dev>.<st_ino>`` (or
+``prefork-supervise.``) of the supervised directory's ``stat()``, so a reader
+finds it from the directory alone.  It is built under a temporary name and
+renamed over that path: a reader that still maps an older file keeps a
+consistent (if stale) view.  Mode 0644 whatever the umask.
+
+Layout version 1, all integers little-endian::
+
+    header, 1024 bytes
+      0  4s   magic b"PFST"
+      4  I    layout version (1)
+      8  I    header size (1024): slot 0 starts here
+     12  I    slot size (512)
+     16  I    capacity (number of slots)
+     20  I    kind: 1 svscan, 2 supervise
+     24  I    owner (supervisor) pid
+     28  I    length in bytes of the directory path; only the first 896 are stored
+     32  Q    start time of the supervisor, ns since the epoch
+     40  Q    header sequence: odd while bytes 48-87 are being written
+     48  Q    generation: +1 on every allocate and release (the set of slots changed)
+     56  I    slots used: high-water mark of allocated slots; slots at or above it were never written
+     60  I    reserved
+     64  Q    services (svscan's count, set_counters)
+     72  Q    scan errors (svscan's count of failed scans or stats)
+     80  Q    scans (svscan's count of directory scans)
+     88  40s  reserved
+    128  896s directory: absolute path, UTF-8 (surrogateescape: raw bytes), NUL padded (truncated)
+
+    slot i at 1024 + i * 512
+      0  Q    sequence: odd while the slot is being written, 0 = never written
+      8  I    pid of ./run, 0 = not running
+     12  I    flags: 1 log, 2 normally up, 4 exit requested, 8 adopted, 16 inactive
+     16  Q    since: last state change, ns since the epoch
+     24  Q    starts: times ./run was started
+     32  Q    restarts: starts made because the service exited while wanted up
+     40  q    last wait status (as waitpid returns it), -1 = none/unknown
+     48  B    in use: 1 = a service, 0 = free (readers skip the slot)
+     49  B    state: 0 down, 1 up, 2 stopping (TERM sent, not yet exited)
+     50  c    want: b"u" up, b"d" down, b"o" once
+     51  B    paused (1/0)
+     52  H    name length in bytes (at most 259)
+     54  10s  reserved
+     64  259s name: "NAME" or "NAME/log", UTF-8 (surrogateescape: raw bytes), NUL padded
+    323  189s reserved
+
+Protocol (a seqlock per slot, one for the mutable header fields): the writer
+makes the sequence odd, writes the fields, then makes it even (each step one
+``struct.pack_into``).  A reader reads the sequence, copies the slot, reads
+the sequence again, and keeps the copy only if both reads are the same even
+number; otherwise it retries a bounded number of times.  On a little-endian
+host Python's struct moves a ``<Q`` with one memcpy, i.e. one aligned 8-byte
+load or store, so a sequence counter itself is never seen half-changed; x86-64
+makes stores visible in program order, which is all the protocol needs there.
+There is no explicit memory fence, so on weakly ordered CPUs the guarantee
+rests on the interpreter's own barriers.  Readers take offsets from the sizes
+in the header and accept larger ones, so a field can be added in reserved or
+appended space without a new layout version; anything else is a new version.
+
+Slots are allocated lowest-free-first and pages of slots that were never
+allocated are never written (the file is sparse, tmpfs allocates only pages
+that are touched), so 1000 services cost only the pages they use.  Readers
+must not touch them either: reading a hole of a tmpfs file through a mapping
+allocates the page, so readers stop at "slots used".
+"""
+
+from __future__ import annotations
+
+import heapq
+import mmap
+import os
+import struct
+import time
+
+MAGIC = b"PFST"
+VERSION = 1
+HEADER_SIZE = 1024
+SLOT_SIZE = 512
+DIR_OFFSET, DIR_SIZE = 128, 896
+NAME_OFFSET, NAME_SIZE = 64, 259
+MAX_CAPACITY = 1 << 20
+
+KIND_SVSCAN, KIND_SUPERVISE = 1, 2
+STATE_DOWN, STATE_UP, STATE_STOPPING = 0, 1, 2  # STOPPING: TERM sent, not yet exited
+WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
+FLAG_LOG, FLAG_NORMALLY_UP, FLAG_EXIT_REQUESTED, FLAG_ADOPTED, FLAG_INACTIVE = 1, 2, 4, 8, 16
+NO_STATUS = -1
+
+_KIND_PREFIX = {KIND_SVSCAN: "prefork-svscan", KIND_SUPERVISE: "prefork-supervise"}
+
+_HEADER = struct.Struct("<4sIIIIIII Q")  # fixed part, 0-39; written once by create()
+_SEQ = struct.Struct("<Q")
+_GEN_USED = struct.Struct("<QI")  # header 48
+_COUNTERS = struct.Struct("<QQQ")  # header 64
+_H_SEQ, _H_GEN, _H_COUNTERS = 40, 48, 64
+# Slot body from offset 8 up to the end of the name; pack_into writes its pad bytes as zeros.
+_BODY = struct.Struct("<IIQQQq BBcBH10x 259s")
+_IN_USE = 48
+assert _HEADER.size == 40 and 8 + _BODY.size == NAME_OFFSET + NAME_SIZE
+
+
+class ServiceRecord:
+    """What the supervisor knows about one service (or its log), as published.
+
+    A plain slotted class, not a dataclass: ``dataclasses`` pulls in inspect,
+    ast and re, about 2 MB in a supervisor that lives as long as the machine.
+    """
+
+    __slots__ = ("name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts", "last_status", "flags")
+
+    def __init__(
+        self,
+        name: str,  # "NAME" or "NAME/log" (up to 259 bytes; longer is truncated on write)
+        pid: int = 0,
+        want: bytes = b"u",
+        paused: bool = False,
+        state: int = STATE_DOWN,
+        since_ns: int = 0,  # unix time in ns of the last state change
+        starts: int = 0,  # times ./run was started
+        restarts: int = 0,  # starts made automatically because the service exited while wanted up
+        last_status: int = NO_STATUS,  # raw wait status of the last exit (os.waitpid's), NO_STATUS if none/unknown
+        flags: int = 0,
+    ) -> None:
+        self.name = name
+        self.pid = pid
+        self.want = want
+        self.paused = paused
+        self.state = state
+        self.since_ns = since_ns
+        self.starts = starts
+        self.restarts = restarts
+        self.last_status = last_status
+        self.flags = flags
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServiceRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "ServiceRecord(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+
+class TableFull(Exception):
+    """Every slot of the table is allocated."""
+
+
+def default_path(directory: str, kind: int) -> str:
+    """/dev/shm/prefork-svscan.<st_dev>.<st_ino> (or prefork-supervise.) of DIRECTORY's stat(); tempfile.gettempdir() if /dev/shm is missing."""
+    st = os.stat(directory)
+    if os.path.isdir("/dev/shm"):
+        base = "/dev/shm"
+    else:
+        import tempfile  # only on systems without /dev/shm: it is not a light import
+
+        base = tempfile.gettempdir()
+    return f"{base}/{_KIND_PREFIX[kind]}.{st.st_dev}.{st.st_ino}"
+
+
+def _name_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")[:NAME_SIZE]
+
+
+class ServiceTable:
+    """The writer's mapping of a service table (one per supervisor process)."""
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int) -> None:
+        self.path = path
+        self.capacity = capacity
+        self._fd = fd
+        self._mm = mm
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
+        self._seqs = [0] * capacity  # the writer's copy of every slot's sequence (never read back from the map)
+        self._in_use = bytearray(capacity)
+        self._free: list[int] = []  # released slots, reused lowest first
+        self._used = 0  # high-water mark
+        self._hseq = 0
+        self._generation = 0
+
+    @classmethod
+    def create(cls, path: str, capacity: int, kind: int, directory: str) -> ServiceTable:
+        """Build a fresh table under a temporary name and rename it over PATH (readers never see it half-made)."""
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be 1..{MAX_CAPACITY}, not {capacity}")
+        if kind not in _KIND_PREFIX:
+            raise ValueError(f"unknown table kind {kind}")
+        dirbytes = os.path.abspath(directory).encode("utf-8", "surrogateescape")
+        size = HEADER_SIZE + capacity * SLOT_SIZE
+        tmp = f"{path}.new.{os.getpid()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # readers may run as other users, whatever our umask
+            os.ftruncate(fd, size)  # sparse: only the pages written below get allocated
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            _HEADER.pack_into(
+                mm, 0, MAGIC, VERSION, HEADER_SIZE, SLOT_SIZE, capacity, kind, os.getpid(), len(dirbytes),
+                time.time_ns(),
+            )
+            mm[DIR_OFFSET:DIR_OFFSET + min(len(dirbytes), DIR_SIZE)] = dirbytes[:DIR_SIZE]
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return cls(path, fd, mm, capacity)
+
+    def _header_write(self, offset: int, packer: struct.Struct, *values: object) -> None:
+        mm = self._mm
+        seq = self._hseq
+        _SEQ.pack_into(mm, _H_SEQ, seq + 1)
+        packer.pack_into(mm, offset, *values)
+        _SEQ.pack_into(mm, _H_SEQ, seq + 2)
+        self._hseq = seq + 2
+
+    def allocate(self, name: str) -> int:
+        """Take the lowest free slot and publish NAME there as a down service; TableFull when none is left."""
+        if self._free:
+            index = heapq.heappop(self._free)
+        elif self._used < self.capacity:
+            index = self._used
+            self._used += 1
+        else:
+            raise TableFull(f"service table full ({self.capacity} slots)")
+        self._in_use[index] = 1
+        self.publish(index, ServiceRecord(name, since_ns=time.time_ns()))
+        self._generation += 1
+        self._header_write(_H_GEN, _GEN_USED, self._generation, self._used)
+        return index
+
+    def publish(self, index: int, rec: ServiceRecord) -> None:
+        """Write the whole slot under its sequence counter (called on every state change: keep it cheap)."""
+        if index < 0 or not self._in_use[index]:
+            raise ValueError(f"slot {index} is not allocated")
+        mm = self._mm
+        off = HEADER_SIZE + index * SLOT_SIZE
+        seq = self._seqs[index]
+        name = _name_bytes(rec.name)
+        _SEQ.pack_into(mm, off, seq + 1)
+        _BODY.pack_into(
+            mm, off + 8, rec.pid, rec.flags, rec.since_ns, rec.starts, rec.restarts, rec.last_status,
+            1, rec.state, rec.want, rec.paused, len(name), name,
+        )
+        _SEQ.pack_into(mm, off, seq + 2)
+        self._seqs[index] = seq + 2
+
+    def release(self, index: int) -> None:
+        """Free a slot: readers skip it from now on, allocate() may hand it out again."""
+        if index < 0 or not self._in_use[index]:
+            raise ValueError(f"slot {index} is not allocated")
+        mm = self._mm
+        off = HEADER_SIZE + index * SLOT_SIZE
+        seq = self._seqs[index]
+        _SEQ.pack_into(mm, off, seq + 1)
+        mm[off + _IN_USE] = 0
+        _SEQ.pack_into(mm, off, seq + 2)
+        self._seqs[index] = seq + 2
+        self._in_use[index] = 0
+        heapq.heappush(self._free, index)
+        self._generation += 1
+        self._header_write(_H_GEN, _GEN_USED, self._generation, self._used)
+
+    def set_counters(self, services: int, scan_errors: int, scans: int) -> None:
+        """svscan's own numbers, in the header."""
+        self._header_write(_H_COUNTERS, _COUNTERS, services, scan_errors, scans)
+
+    def close(self, unlink: bool = False) -> None:
+        """Unmap; with UNLINK also remove the file, unless a newer table has been renamed over it since."""
+        if self._fd < 0:
+            return
+        if unlink:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._identity:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        self._mm.close()
+        os.close(self._fd)
+        self._fd = -1

@@ -1,0 +1,137 @@
+"""``svstat --all [--json] DIR``: every service of a prefork svscan (or supervise) from its service table.
+
+The lines are svstat's own (daemontools spec §6), so what people and scripts
+parse keeps working, followed by what only prefork knows (` restarts N`,
+` last exit E`).  Nothing is asked of the supervisor: the table is read from
+shared memory (layout in ``servicetable.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from control.servicetable_read import (
+    FLAG_NAMES,
+    FLAG_NORMALLY_UP,
+    NO_STATUS,
+    STATE_NAMES,
+    WANT_NAMES,
+    Entry,
+    ServiceTableError,
+    Snapshot,
+    find,
+    owner_running,
+    read,
+)
+from prefork.djb import EXIT_TEMP, warn, write_line
+
+PROG = "svstat"
+
+
+def _sort_key(entry: Entry) -> tuple[str, int]:
+    """NAME, then NAME/log right after it."""
+    if entry.name.endswith("/log"):
+        return entry.name[:-4], 1
+    return entry.name, 0
+
+
+def exit_text(status: int) -> str | None:
+    """``0``, ``1``.. for an exit, ``signal N`` for a kill; None when there was no exit yet."""
+    if status == NO_STATUS or status < 0:
+        return None
+    if os.WIFEXITED(status):
+        return str(os.WEXITSTATUS(status))
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"status {status}"
+
+
+def format_line(entry: Entry, now: float) -> str:
+    """One svstat line (without newline) for ENTRY at unix time NOW, then the prefork extras."""
+    seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
+    normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
+    if entry.pid:
+        text = f"{entry.name}: up (pid {entry.pid}) {seconds} seconds"
+        if not normally_up:
+            text += ", normally down"
+        if entry.paused:
+            text += ", paused"
+        if entry.want == b"d":
+            text += ", want down"
+    else:
+        text = f"{entry.name}: down {seconds} seconds"
+        if normally_up:
+            text += ", normally up"
+        if entry.want == b"u":
+            text += ", want up"
+    text += f" restarts {entry.restarts}"
+    last = exit_text(entry.last_status)
+    if last is not None:
+        text += f" last exit {last}"
+    return text
+
+
+def _json(snap: Snapshot, running: bool, now: float) -> str:
+    import json
+
+    services = []
+    for e in sorted(snap.entries, key=_sort_key):
+        since = e.since_ns / 1e9
+        services.append({
+            "name": e.name,
+            "slot": e.slot,
+            "pid": e.pid,
+            "state": STATE_NAMES.get(e.state, str(e.state)),
+            "want": WANT_NAMES.get(e.want, e.want.decode("latin-1")),
+            "paused": e.paused,
+            "since": since,
+            "seconds": round(max(0.0, now - since), 3),
+            "starts": e.starts,
+            "restarts": e.restarts,
+            "last_status": None if e.last_status == NO_STATUS else e.last_status,
+            "last_exit": exit_text(e.last_status),
+            "flags": e.flags,
+            "flag_names": [name for bit, name in FLAG_NAMES.items() if e.flags & bit],
+        })
+    return json.dumps({
+        "directory": snap.directory,
+        "supervisor_pid": snap.owner_pid,
+        "supervisor_running": running,
+        "kind": snap.kind_name,
+        "table": snap.path,
+        "started": snap.start_ns / 1e9,
+        "counters": {"services": snap.services, "scan_errors": snap.scan_errors, "scans": snap.scans},
+        "services": services,
+    })
+
+
+def main_all(directory: str, as_json: bool) -> int:
+    """Print every service of the supervisor running for DIRECTORY; 0, or 111 when its table cannot be read."""
+    try:
+        snap = read(find(directory))
+    except ServiceTableError as e:
+        write_line(f"{PROG}: fatal: unable to read service table for {directory}: {e}")
+        return EXIT_TEMP
+    now = time.time()
+    running = owner_running(snap)
+    if as_json:
+        out = _json(snap, running, now) + "\n"
+    else:
+        if not running:
+            warn(PROG, f"supervisor pid {snap.owner_pid} for {directory} is not running: the table is stale")
+        out = "".join(format_line(e, now) + "\n" for e in sorted(snap.entries, key=_sort_key))
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape"))
+        sys.stdout.flush()
+    except OSError:
+        # Like svstat, a failed write to stdout is not an error; keep Python's exit-time flush from complaining.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    return 0
