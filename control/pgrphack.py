@@ -1,0 +1,30 @@
+"""pgrphack CHILD...: run CHILD in a new session and process group of its own (daemontools spec §9)."""
+
+from __future__ import annotations
+
+import os
+
+from control.pathexec import arguments, help_requested, run
+from prefork.djb import write_line
+
+PROG = "pgrphack"
+USAGE = "pgrphack child"
+HELP = f"""usage: {USAGE}
+
+Call setsid() (its failure, for example when already a process group
+leader, is ignored) and run CHILD, found through PATH, in this process:
+CHILD's pid is then also its process group and session id."""
+
+
+def main() -> None:
+    """Entry point of the pgrphack command."""
+    args = arguments()
+    help_requested(args, HELP)
+    if not args:
+        write_line(f"{PROG}: usage: {USAGE}")
+        raise SystemExit(100)
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    run(PROG, args)
