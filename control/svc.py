@@ -1,0 +1,120 @@
+"""svc: send command letters to the supervise of service directories (daemontools spec §4).
+
+A command is one byte written to the ``supervise/control`` FIFO; supervise acts on each byte
+in turn.  svc keeps each letter once, in the order it first appears, sends all of them in one
+write to every directory, warns about the directories it cannot reach and always exits 0:
+scripts call it on many services and must not stop at the first one that is down.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+
+from control.svok import WRITE_NONBLOCK, enter
+from prefork.djb import EXIT_USAGE, errstr, fatal, progname, warn, write_line
+
+PROG = "svc"
+LETTERS = b"udopchaitkx"
+OPTIONS_LINE = (
+    "svc options: u up, d down, o once, x exit, p pause, c continue, h hup, a alarm, i interrupt, t term, k kill"
+)
+HELP = """\
+usage: svc [-udopchaitkx] dir ...
+
+Send commands to the supervise of each service directory dir:
+  -u up: start the service, restart it when it exits     -d down: TERM and CONT it, do not restart
+  -o once: start it, do not restart it                     -x exit: supervise exits once the service is down
+  -p pause (STOP)   -c continue (CONT)   -h HUP   -a ALRM   -i INT   -t TERM   -k KILL
+Each letter is sent once, in the order first given. Warnings go to stderr; the exit status is 0.
+"""
+CONTROL = "supervise/control"
+
+
+class IllegalOption(Exception):
+    """An option letter svc does not know (one byte, as djb's getopt reports it)."""
+
+    def __init__(self, letter: bytes) -> None:
+        super().__init__(letter)
+        self.letter = letter
+
+
+def parse(args: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """djb's getopt over ``udopchaitkx``: (the letters, each once in first-seen order; the operands).
+
+    Options stop at the first word not starting with ``-``, at a lone ``-`` (an operand) and after
+    any word starting with ``--`` (djb's getopt takes ``--anything`` as ``--``).
+    """
+    commands = bytearray()
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word[:1] != b"-" or word == b"-":
+            break
+        index += 1
+        if word[1:2] == b"-":
+            break
+        for letter in word[1:]:
+            if letter not in LETTERS:
+                raise IllegalOption(bytes([letter]))
+            if letter not in commands:
+                commands.append(letter)
+    return bytes(commands), args[index:]
+
+
+def control(directory: str, commands: bytes) -> str | None:
+    """Send COMMANDS to DIRECTORY/supervise/control as svc does (open_write, clear O_NONBLOCK, one write, close;
+    relative to the current directory, which it must not change for the caller). Return None on success, else the
+    warning text without the 'svc: warning: ' prefix, e.g. 'unable to control foo: supervise not running'."""
+    try:
+        dirfd = enter(directory)
+    except OSError as e:
+        return f"unable to chdir to {directory}: {errstr(e)}"
+    try:
+        fd = os.open(CONTROL, WRITE_NONBLOCK, dir_fd=dirfd)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a FIFO nobody reads: no supervise
+            return f"unable to control {directory}: supervise not running"
+        return f"unable to control {directory}: {errstr(e)}"
+    finally:
+        os.close(dirfd)
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(commands)
+        while view:  # no options: nothing is written (djb's allwrite of 0 bytes makes no write call)
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        return f"error writing commands to {directory}: {errstr(e)}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``svc [-udopchaitkx] dir...``: exit 0 whatever happens to the directories, 100 for an unknown option."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a supervise dying under us is a warning, not our death
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--help"]:
+        write_line(HELP.rstrip("\n"), 1)
+        return 0
+    try:
+        commands, operands = parse([os.fsencode(arg) for arg in args])
+    except IllegalOption as e:
+        write_line(progname().encode("utf-8", "surrogateescape") + b": illegal option -- " + e.letter)
+        write_line(OPTIONS_LINE)
+        return EXIT_USAGE
+    try:
+        os.close(os.open(".", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # svc needs its cwd to come back to
+    except OSError as e:
+        fatal(PROG, "unable to open current directory", e)
+    for directory in operands:
+        problem = control(os.fsdecode(directory), commands)
+        if problem is not None:
+            warn(PROG, problem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

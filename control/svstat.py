@@ -1,0 +1,154 @@
+"""svstat: one status line per service directory, read from supervise's files (daemontools spec §6).
+
+svstat talks to nobody: it reads ``down``, checks that ``supervise/ok`` has a reader and decodes
+the first 18 bytes of ``supervise/status``.  So it works against any supervisor that keeps those
+files (daemontools, runit, prefork).  It exits 0 whatever it finds: the line says what is wrong.
+
+prefork extensions, recognised only as the first argument so that 0.76 command lines keep their
+meaning: ``svstat --all [--json] DIR`` (every service of a scan directory) and ``--help``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from collections.abc import Iterable
+
+from control.svok import OK, WRITE_NONBLOCK, enter
+from prefork.djb import errstr, fatal, usage, write_line
+
+PROG = "svstat"
+USAGE = "svstat dir ... | svstat --all [--json] dir"
+HELP = """\
+usage: svstat dir ...
+       svstat --all [--json] dir
+
+Print one line per service directory dir: up (pid P) or down, for how many seconds, and
+whether that is the normal state, paused, or about to change (want up/down).
+--all lists every service of the scan directory dir (--json: as JSON).
+"""
+STATUS = "supervise/status"
+STATUS_SIZE = 18
+_BUFFER = 1024  # djb's buffer_1 size: lines are gathered up to this much per write
+
+
+def status_line(directory: str, now: float | None = None) -> str:
+    """What svstat prints after 'DIRECTORY: ' (no newline), e.g. 'up (pid 12) 3 seconds, normally down'."""
+    try:
+        dirfd = enter(directory)
+    except OSError as e:
+        return f"unable to chdir: {errstr(e)}"
+    try:
+        return _describe(dirfd, now)
+    finally:
+        os.close(dirfd)
+
+
+def _describe(dirfd: int, now: float | None) -> str:
+    try:
+        os.stat("down", dir_fd=dirfd)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            return f"unable to stat down: {errstr(e)}"
+        normally_up = True
+    else:
+        normally_up = False
+
+    try:
+        os.close(os.open(OK, WRITE_NONBLOCK, dir_fd=dirfd))
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return "supervise not running"
+        return f"unable to open {OK}: {errstr(e)}"
+
+    try:
+        fd = os.open(STATUS, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError as e:
+        return f"unable to open {STATUS}: {errstr(e)}"
+    try:
+        data = os.read(fd, STATUS_SIZE)  # one read, as svstat: a longer file (runit's 20 bytes) is fine
+    except OSError as e:
+        return f"unable to read {STATUS}: {errstr(e)}"
+    finally:
+        os.close(fd)
+    if len(data) < STATUS_SIZE:
+        return f"unable to read {STATUS}: bad format"
+
+    from control.statusfile import decode  # only once there is a status to decode
+
+    status = decode(data)
+    now_seconds = int(time.time() if now is None else now // 1)
+    # svstat subtracts TAI64 labels and prints the difference through a double (tai_approx):
+    # absurd labels come out rounded exactly as the real one rounds them.
+    elapsed = int(float(max(now_seconds - status.seconds, 0)))
+    if status.pid:
+        text = f"up (pid {status.pid}) {elapsed} seconds"
+        if not normally_up:
+            text += ", normally down"
+        if status.paused:
+            text += ", paused"
+        if status.want == b"d":
+            text += ", want down"
+    else:
+        text = f"down {elapsed} seconds"
+        if normally_up:
+            text += ", normally up"
+        if status.want == b"u":
+            text += ", want up"
+    return text
+
+
+def _write_lines(lines: Iterable[bytes], fd: int = 1) -> None:
+    """Write whole lines, gathered up to djb's 1024-byte buffer per write; write errors are ignored as svstat does."""
+    pending = bytearray()
+    try:
+        for line in lines:
+            if pending and len(pending) + len(line) > _BUFFER:
+                _write_all(fd, pending)
+                pending.clear()
+            pending += line
+        _write_all(fd, pending)
+    except OSError:
+        pass
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _extension(args: list[str]) -> int:
+    """``--help`` and ``--all [--json] dir`` (either order of the two long options)."""
+    if args[0] == "--help":
+        write_line(HELP.rstrip("\n"), 1)
+        return 0
+    options = set()
+    rest = args
+    while rest and rest[0] in ("--all", "--json") and rest[0] not in options:
+        options.add(rest[0])
+        rest = rest[1:]
+    if "--all" not in options or len(rest) != 1:
+        usage(PROG, USAGE)
+    from control.svstat_all import main_all
+
+    return main_all(rest[0], "--json" in options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``svstat dir...``: one line per dir on stdout, exit 0 (111 only when the current directory cannot be opened)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("--help", "--all", "--json"):
+        return _extension(args)
+    try:
+        os.close(os.open(".", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # as svstat, which comes back to it
+    except OSError as e:
+        fatal(PROG, "unable to open current directory", e)
+    _write_lines(f"{directory}: {status_line(directory)}\n".encode("utf-8", "surrogateescape") for directory in args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
