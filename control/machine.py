@@ -12,7 +12,9 @@ start and handles nothing meanwhile.  Here a start that comes less than
 ``THROTTLE`` seconds after the previous one is *deferred* to that moment, and
 control bytes are handled at once, so ``svc -u; svc -d`` is down at once and one
 slow service never holds up the others of a shared loop.  Two starts are still
-never less than a second apart.
+never less than a second apart.  A ``d`` during the deferral cancels the start;
+a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
+but not as a restart (``restarts`` counts only starts caused by an exit).
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class Service:
             return
         if byte == 0x64:  # d
             self.want = WANT_DOWN
+            self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
             if self.pid:
                 self.seam.kill(self, signal.SIGTERM)
                 self.seam.kill(self, signal.SIGCONT)

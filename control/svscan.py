@@ -177,7 +177,7 @@ class Scanner:
 
     # -- --stop-services ---------------------------------------------------------------------
     def stop_all(self, grace: float) -> None:
-        """Bring every service down: mains first (their logs keep reading), then logs; KILL after GRACE."""
+        """Bring every service down: mains first (their logs keep reading), then logs at EOF; KILL after GRACE."""
         if self.stopping:
             return
         self.stopping = True
@@ -198,8 +198,9 @@ class Scanner:
                 os.close(entry.pipe_w)  # the log reads to EOF once its writer is gone
                 entry.pipe_w = -1
             if entry.log is not None and not entry.log.exit_requested:  # type: ignore[attr-defined]
-                for byte in b"dx":
-                    entry.log.control(byte)  # type: ignore[attr-defined]
+                # Only x, as runsv does: a TERM now would lose what is still in the pipe; the log exits
+                # at EOF (and is not restarted), the grace KILL is there for one that does not.
+                entry.log.control(ord("x"))  # type: ignore[attr-defined]
         if engine.live == 0:  # type: ignore[attr-defined]
             engine.stop = True  # type: ignore[attr-defined]
 

@@ -35,10 +35,12 @@ STATUS_UP = r"up \(pid \d+\) \d+ seconds"
 # -- fixtures and helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def supervisor_cmd() -> list[str]:
-    """argv prefix of the supervisor under test; the scan directory is appended."""
-    return [real("svscan")]
+@pytest.fixture(params=["debian", "prefork"])
+def supervisor_cmd(request) -> list[str]:
+    """argv prefix of the supervisor under test (Debian's svscan, then prefork's); the scan directory is appended."""
+    if request.param == "debian":
+        return [real("svscan")]
+    return [ours("svscan")]
 
 
 class Tree:
