@@ -1,0 +1,815 @@
+"""The supervise state machine (control/machine.py) driven through a fake seam: no processes, a fake clock.
+
+The oracle is the spec (§3 supervise, §11 runit mode) and the Debian binary's
+behaviour: every control byte in every state, checking the exact signals sent,
+each status publication (with what it showed), the resulting want/paused/pid
+and the start/restart counts.  Then the restart throttle (a start is deferred,
+never slept), exits, failed starts, ``x``, boot and adoption.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from control.machine import EXIT_FAILED_START, THROTTLE, WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
+
+TERM, CONT, STOP = signal.SIGTERM, signal.SIGCONT, signal.SIGSTOP
+SIGNAL_BYTES = {b"h": signal.SIGHUP, b"a": signal.SIGALRM, b"i": signal.SIGINT, b"t": TERM, b"k": signal.SIGKILL}
+RUNIT_SIGNAL_BYTES = {b"q": signal.SIGQUIT, b"1": signal.SIGUSR1, b"2": signal.SIGUSR2}
+MEANINGFUL = b"duopchaitkx" + b"q12" + b"vw"  # v w: handled by the GitHub copy of supervise.c, ignored by 0.76 [obs]
+OTHER_BYTES = [b for b in range(256) if b not in MEANINGFUL]
+ADOPTED_PID = 4242
+ADOPTED_LABEL = b"@adopted-lbl"
+
+
+# -- the fake seam ------------------------------------------------------------------------------
+class Snap(NamedTuple):
+    """What one publish() showed: the fields the status file and the service table are made of."""
+
+    pid: int
+    want: bytes
+    paused: bool
+    term_sent: bool
+    exit_requested: bool
+    label: bytes
+
+
+def snap(service: Service) -> Snap:
+    return Snap(service.pid, service.want, service.paused, service.term_sent, service.exit_requested, service.label)
+
+
+def label_number(n: int) -> bytes:
+    """The 12-byte label the fake seam hands out the Nth time it is asked (1-based)."""
+    return b"L" + b"%011d" % n
+
+
+class FakeSeam(Seam):
+    """Records every call in order in ``events``; time moves only when the test says so."""
+
+    def __init__(self, first_pid: int = 100) -> None:
+        self.now = 0.0
+        self.next_pid = first_pid
+        self.labels = 0
+        self.fail: OSError | None = None  # spawn raises this while set
+        self.events: list[tuple] = []
+        self.timers: list[tuple[float, Service]] = []
+        self.spawn_times: list[float] = []  # every attempt, failed ones included
+        self.pids: list[int] = []
+
+    # the seam
+    def spawn(self, service: Service) -> int:
+        self.spawn_times.append(self.now)
+        self.events.append(("spawn",))
+        if self.fail is not None:
+            raise self.fail
+        pid, self.next_pid = self.next_pid, self.next_pid + 1
+        self.pids.append(pid)
+        return pid
+
+    def kill(self, service: Service, sig: int) -> None:
+        self.events.append(("kill", service.pid, sig))
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def label(self) -> bytes:
+        self.labels += 1
+        return label_number(self.labels)
+
+    def publish(self, service: Service) -> None:
+        self.events.append(("publish", snap(service)))
+
+    def schedule(self, service: Service, when: float) -> None:
+        self.events.append(("schedule", when))
+        self.timers.append((when, service))
+
+    def report(self, service: Service, text: str) -> None:
+        self.events.append(("report", text))
+
+    def finished(self, service: Service) -> None:
+        self.events.append(("finished",))
+
+    # the test's side
+    def next_label(self) -> bytes:
+        return label_number(self.labels + 1)
+
+    def run_timers(self) -> None:
+        """Fire every timer due by now, earliest first (as the engine's heap does)."""
+        while True:
+            due = [t for t in self.timers if t[0] <= self.now]
+            if not due:
+                return
+            timer = min(due, key=lambda t: t[0])
+            self.timers.remove(timer)
+            timer[1].timer()
+
+    def advance(self, to: float) -> None:
+        self.now = to
+        self.run_timers()
+
+    def take(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+    def publishes(self) -> list[Snap]:
+        return [e[1] for e in self.events if e[0] == "publish"]
+
+
+@dataclass
+class Facts:
+    """The observable state of a service (what a command may or may not change)."""
+
+    pid: int
+    want: bytes
+    paused: bool
+    term_sent: bool
+    exit_requested: bool
+    done: bool
+    label: bytes
+    starts: int
+    restarts: int
+    last_status: int
+
+    @classmethod
+    def of(cls, s: Service) -> Facts:
+        return cls(s.pid, s.want, s.paused, s.term_sent, s.exit_requested, s.done, s.label, s.starts, s.restarts,
+                   s.last_status)
+
+    def snap(self) -> Snap:
+        return Snap(self.pid, self.want, self.paused, self.term_sent, self.exit_requested, self.label)
+
+
+class Rig(NamedTuple):
+    seam: FakeSeam
+    service: Service
+
+
+# -- states, as fixtures named after what they reproduce ----------------------------------------
+@pytest.fixture(params=[False, True], ids=["daemontools", "runit"])
+def runit(request) -> bool:
+    return request.param
+
+
+def boot(runit: bool, *, down_file: bool = False, name: str = "svc") -> Rig:
+    seam = FakeSeam()
+    service = Service(seam, name, runit=runit)
+    service.prepare(down_file)
+    service.boot()
+    return Rig(seam, service)
+
+
+def _down_want_up_throttled(runit: bool) -> Rig:
+    rig = boot(runit)  # started at 0.0
+    rig.seam.now = 0.25
+    rig.service.exited(0)  # the restart is deferred to 1.0
+    return rig
+
+
+def _down_want_up_due(runit: bool) -> Rig:
+    rig = _down_want_up_throttled(runit)
+    rig.seam.now = 1.5
+    return rig
+
+
+def _down_want_down(runit: bool) -> Rig:
+    rig = boot(runit, down_file=True)
+    rig.seam.now = 5.0
+    return rig
+
+
+def _down_once(runit: bool) -> Rig:
+    rig = boot(runit, down_file=True)
+    rig.seam.now = 1.0
+    rig.service.control(ord("o"))
+    rig.seam.now = 3.0
+    rig.service.exited(0)
+    return rig
+
+
+def _up(runit: bool) -> Rig:
+    rig = boot(runit)
+    rig.seam.now = 5.0
+    return rig
+
+
+def _after(command: bytes):
+    def build(runit: bool) -> Rig:
+        rig = _up(runit)
+        rig.service.control(command[0])
+        return rig
+    return build
+
+
+def _finished(runit: bool) -> Rig:
+    rig = boot(runit, down_file=True)
+    rig.service.control(ord("x"))
+    assert rig.service.done
+    rig.seam.now = 5.0
+    return rig
+
+
+def _adopted(runit: bool) -> Rig:
+    seam = FakeSeam()
+    service = Service(seam, "svc", runit=runit)
+    service.adopt(ADOPTED_PID, ADOPTED_LABEL, WANT_UP, False, True)
+    seam.now = 5.0
+    return Rig(seam, service)
+
+
+BUILDERS = {
+    "down_want_up_throttled": _down_want_up_throttled,
+    "down_want_up_due": _down_want_up_due,
+    "down_want_down": _down_want_down,
+    "down_once": _down_once,
+    "up": _up,
+    "up_paused": _after(b"p"),
+    "stopping_after_d": _after(b"d"),
+    "stopping_after_t": _after(b"t"),
+    "exit_requested_while_up": _after(b"x"),
+    "finished": _finished,
+    "adopted": _adopted,
+}
+STATES = list(BUILDERS)
+
+
+def fresh(state: str, runit: bool) -> Rig:
+    """A new service in STATE, its set-up events forgotten."""
+    rig = BUILDERS[state](runit)
+    rig.seam.take()
+    return rig
+
+
+@pytest.fixture
+def down_want_up_throttled(runit) -> Rig:
+    """./run exited 0.25 s after its start: down, want up, the restart waiting for 1.0."""
+    return fresh("down_want_up_throttled", runit)
+
+
+@pytest.fixture
+def down_want_up_due(runit) -> Rig:
+    """The throttle second is over but the timer has not run yet (the engine handles control bytes first)."""
+    return fresh("down_want_up_due", runit)
+
+
+@pytest.fixture
+def down_want_down(runit) -> Rig:
+    """Booted with a ``down`` file: never started."""
+    return fresh("down_want_down", runit)
+
+
+@pytest.fixture
+def down_once(runit) -> Rig:
+    """``svc -o`` on a normally-down service, and ./run has exited: down, want once."""
+    return fresh("down_once", runit)
+
+
+@pytest.fixture
+def up(runit) -> Rig:
+    """Running for 5 s, want up."""
+    return fresh("up", runit)
+
+
+@pytest.fixture
+def up_paused(runit) -> Rig:
+    """``svc -p``: running, stopped with SIGSTOP."""
+    return fresh("up_paused", runit)
+
+
+@pytest.fixture
+def stopping_after_d(runit) -> Rig:
+    """``svc -d``: TERM sent, ./run has not exited yet, want down."""
+    return fresh("stopping_after_d", runit)
+
+
+@pytest.fixture
+def stopping_after_t(runit) -> Rig:
+    """``svc -t``: TERM sent, ./run has not exited yet, still want up."""
+    return fresh("stopping_after_t", runit)
+
+
+@pytest.fixture
+def exit_requested_while_up(runit) -> Rig:
+    """``svc -x`` while running: supervise goes on until ./run exits."""
+    return fresh("exit_requested_while_up", runit)
+
+
+@pytest.fixture
+def finished(runit) -> Rig:
+    """``svc -x`` while down: the supervisor is done with the service."""
+    return fresh("finished", runit)
+
+
+@pytest.fixture
+def adopted(runit) -> Rig:
+    """A pid left running by a supervisor that was killed, taken over (not our child)."""
+    return fresh("adopted", runit)
+
+
+# -- the spec's table of control bytes, as an oracle --------------------------------------------
+def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
+    """What spec §3's table (plus §11's runit additions) says BYTE does to the service in RIG."""
+    seam, service = rig
+    f = Facts.of(service)
+    events: list[tuple] = []
+    if f.done:
+        return events, f
+    running = f.pid != 0
+    key = bytes([byte])
+
+    def publish() -> None:
+        events.append(("publish", f.snap()))
+
+    if key == b"d":
+        f.want = WANT_DOWN
+        if running:
+            events += [("kill", f.pid, TERM), ("kill", f.pid, CONT)]
+            f.paused, f.term_sent = False, True
+        publish()
+    elif key in (b"u", b"o"):
+        f.want = WANT_UP if key == b"u" else WANT_ONCE
+        publish()
+        throttled = service.last_start is not None and seam.now < service.last_start + THROTTLE
+        if not running and not throttled:
+            events.append(("spawn",))
+            f.pid, f.label, f.paused, f.term_sent, f.starts = seam.next_pid, seam.next_label(), False, False, f.starts + 1
+            publish()
+    elif key == b"p":
+        f.paused = True
+        publish()
+        if running:
+            events.append(("kill", f.pid, STOP))
+    elif key == b"c":
+        f.paused = False
+        publish()
+        if running:
+            events.append(("kill", f.pid, CONT))
+    elif key == b"x":
+        f.exit_requested = True
+        publish()
+        if not running:
+            publish()  # written once more just before supervise exits
+            events.append(("finished",))
+            f.done = True
+    else:
+        sig = SIGNAL_BYTES.get(key) or (RUNIT_SIGNAL_BYTES.get(key) if service.runit else None)
+        if sig is not None and running:
+            events.append(("kill", f.pid, sig))
+            if sig == TERM:
+                f.term_sent = True
+                if service.runit:
+                    publish()  # byte 18: "got TERM"
+    return events, f
+
+
+def byte_id(byte: int) -> str:
+    return f"{chr(byte)}"
+
+
+@pytest.mark.parametrize("byte", list(MEANINGFUL), ids=byte_id)
+@pytest.mark.parametrize("state", STATES)
+def test_control_byte_in_every_state(request, runit, state, byte):
+    rig = request.getfixturevalue(state)
+    want_events, want_facts = expected(rig, byte)
+    rig.service.control(byte)
+    assert rig.seam.take() == want_events
+    assert Facts.of(rig.service) == want_facts
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_other_byte_is_ignored_in_every_state(request, runit, state):
+    """The 240 bytes that mean nothing: no signal, no status, no change, whatever the state."""
+    seam, service = request.getfixturevalue(state)
+    before = Facts.of(service)
+    for byte in OTHER_BYTES:
+        service.control(byte)
+        assert seam.take() == [], f"byte {byte:#04x}"
+        assert Facts.of(service) == before, f"byte {byte:#04x}"
+
+
+# The same table written out by hand, as the spec states it, for the two things the brief names:
+# how many times the status is written, and which signals go out.  Columns: the bytes of MEANINGFUL.
+#                                  d u o p c h a i t k x q 1 2 v w
+PUBLISHES = {
+    "down_want_up_throttled":     ("1 1 1 1 1 0 0 0 0 0 2 0 0 0 0 0", None),
+    "down_want_up_due":           ("1 2 2 1 1 0 0 0 0 0 2 0 0 0 0 0", None),
+    "down_want_down":             ("1 2 2 1 1 0 0 0 0 0 2 0 0 0 0 0", None),
+    "down_once":                  ("1 2 2 1 1 0 0 0 0 0 2 0 0 0 0 0", None),
+    "up":                         ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+    "up_paused":                  ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+    "stopping_after_d":           ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+    "stopping_after_t":           ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+    "exit_requested_while_up":    ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+    "finished":                   ("0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0", None),
+    "adopted":                    ("1 1 1 1 1 0 0 0 0 0 1 0 0 0 0 0", "1 1 1 1 1 0 0 0 1 0 1 0 0 0 0 0"),
+}
+RUNNING_STATES = {"up", "up_paused", "stopping_after_d", "stopping_after_t", "exit_requested_while_up", "adopted"}
+KILLS = {  # while running; nothing is ever sent while down
+    b"d": (TERM, CONT), b"p": (STOP,), b"c": (CONT,), b"h": (signal.SIGHUP,), b"a": (signal.SIGALRM,),
+    b"i": (signal.SIGINT,), b"t": (TERM,), b"k": (signal.SIGKILL,),
+}
+RUNIT_KILLS = {b"q": (signal.SIGQUIT,), b"1": (signal.SIGUSR1,), b"2": (signal.SIGUSR2,)}
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_publish_counts_and_signals_as_the_spec_lists_them(state, runit):
+    daemontools_counts, runit_counts = PUBLISHES[state]
+    counts = [int(n) for n in ((runit_counts if runit else None) or daemontools_counts).split()]
+    for byte, count in zip(MEANINGFUL, counts, strict=True):
+        seam, service = fresh(state, runit)
+        pid = service.pid
+        service.control(byte)
+        events = seam.take()
+        key = bytes([byte])
+        assert sum(1 for e in events if e[0] == "publish") == count, f"publishes after {key!r}"
+        kills = tuple(e[2] for e in events if e[0] == "kill")
+        want_kills: tuple = ()
+        if state in RUNNING_STATES:
+            want_kills = KILLS.get(key, ()) or (RUNIT_KILLS.get(key, ()) if runit else ())
+        assert kills == want_kills, f"signals after {key!r}"
+        assert all(e[1] == pid for e in events if e[0] == "kill"), f"the pid signalled after {key!r}"
+
+
+def test_label_is_never_touched_by_a_command_in_any_state(runit):
+    """Commands never take a new timestamp; only the starts they cause do (and those change the pid)."""
+    for state in STATES:
+        for byte in range(256):
+            seam, service = fresh(state, runit)
+            pid, label, labels = service.pid, service.label, seam.labels
+            service.control(byte)
+            if service.pid == pid:
+                assert (service.label, seam.labels) == (label, labels), f"{state} {byte:#04x}"
+            else:
+                assert pid == 0 and service.label == label_number(labels + 1), f"{state} {byte:#04x}"
+
+
+# -- the restart throttle -------------------------------------------------------------------------
+def test_a_restart_within_the_second_is_deferred_to_exactly_last_start_plus_one(runit):
+    seam = FakeSeam()
+    service = Service(seam, "svc", runit=runit)
+    seam.now = 100.25
+    service.prepare(False)
+    service.boot()
+    seam.now = 100.5
+    seam.take()
+    service.exited(0)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(3))),
+                           ("schedule", 100.25 + THROTTLE)]
+    seam.advance(101.249)
+    assert seam.take() == []
+    seam.advance(101.25)
+    assert seam.take() == [("spawn",), ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
+    assert seam.spawn_times == [100.25, 101.25]
+    assert (service.starts, service.restarts) == (2, 1)
+
+
+def test_a_restart_a_second_or_more_after_the_start_is_immediate(up):
+    seam, service = up
+    service.exited(0)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(3))),
+                           ("spawn",), ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
+    assert (service.starts, service.restarts) == (2, 1)
+
+
+def test_svc_d_during_the_deferral_cancels_the_restart(down_want_up_throttled):
+    seam, service = down_want_up_throttled
+    seam.now = 0.5
+    service.control(ord("d"))
+    assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(3)))]
+    seam.advance(5.0)
+    assert seam.take() == []
+    assert seam.spawn_times == [0.0]
+    service.control(ord("u"))  # long after: starts at once
+    assert [e[0] for e in seam.take()] == ["publish", "spawn", "publish"]
+    assert seam.spawn_times == [0.0, 5.0]
+
+
+def test_svc_du_during_the_deferral_starts_at_the_deferred_moment_and_is_no_restart(down_want_up_throttled):
+    seam, service = down_want_up_throttled
+    seam.now = 0.5
+    service.control(ord("d"))
+    service.control(ord("u"))
+    assert [e[0] for e in seam.take()] == ["publish", "publish"]  # no second timer
+    seam.advance(0.999)
+    assert seam.spawn_times == [0.0]
+    seam.advance(1.0)
+    assert seam.spawn_times == [0.0, 1.0]
+    assert service.pid == 101
+    assert (service.starts, service.restarts) == (2, 0)  # the exit's restart was cancelled; svc -u started it
+
+
+def test_svc_u_after_a_quick_stop_is_throttled_too(runit):
+    seam, service = boot(runit)  # started at 0.0
+    seam.now = 0.125
+    service.control(ord("d"))
+    seam.now = 0.25
+    service.exited(15)
+    seam.now = 0.5
+    seam.take()
+    service.control(ord("u"))
+    seam.now = 0.75
+    service.control(ord("u"))  # no second timer for the same start
+    down = Snap(0, WANT_UP, False, False, False, label_number(3))
+    assert seam.take() == [("publish", down), ("schedule", 1.0), ("publish", down)]
+    seam.advance(0.999)
+    assert seam.spawn_times == [0.0]
+    seam.advance(1.0)
+    assert seam.spawn_times == [0.0, 1.0]
+    assert (service.pid, service.starts, service.restarts) == (101, 2, 0)
+
+
+def test_svc_o_during_the_deferral_still_starts_once(down_want_up_throttled):
+    seam, service = down_want_up_throttled
+    service.control(ord("o"))
+    seam.advance(1.0)
+    assert (service.pid, service.want) == (101, WANT_ONCE)
+    seam.now = 3.0
+    service.exited(0)
+    seam.advance(10.0)
+    assert (service.pid, seam.spawn_times) == (0, [0.0, 1.0])
+
+
+def test_a_late_timer_never_makes_two_starts_less_than_a_second_apart(down_want_up_due):
+    """The deferred start was made by ``u`` before its timer ran; that timer must not start the next one early."""
+    seam, service = down_want_up_due
+    service.control(ord("u"))  # 1.5: the throttle second is over, start now
+    assert seam.spawn_times == [0.0, 1.5]
+    seam.now = 1.75
+    service.exited(0)  # within the second: deferred to 2.5
+    seam.run_timers()  # the old timer (due 1.0) runs late, now
+    assert seam.spawn_times == [0.0, 1.5]
+    seam.advance(2.499)
+    assert seam.spawn_times == [0.0, 1.5]
+    seam.advance(2.5)
+    assert seam.spawn_times == [0.0, 1.5, 2.5]
+
+
+def test_a_timer_after_the_start_was_made_does_nothing(down_want_up_due):
+    seam, service = down_want_up_due
+    service.control(ord("u"))
+    seam.take()
+    seam.run_timers()
+    assert seam.take() == []
+    assert (service.starts, seam.spawn_times) == (2, [0.0, 1.5])
+
+
+def test_x_while_the_restart_is_deferred_finishes_at_once_and_publishes_first(down_want_up_throttled):
+    seam, service = down_want_up_throttled
+    service.control(ord("x"))
+    down = Snap(0, WANT_UP, False, False, True, label_number(3))
+    assert seam.take() == [("publish", down), ("publish", down), ("finished",)]
+    seam.advance(10.0)
+    for byte in b"uox":
+        service.control(byte)
+    service.timer()
+    assert seam.take() == []
+    assert seam.spawn_times == [0.0]
+
+
+# -- exits -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("command", "want"), [(None, WANT_UP), (b"d", WANT_DOWN), (b"o", WANT_ONCE)],
+                         ids=["want-up", "want-down", "want-once"])
+def test_exit_restarts_only_when_wanted_up(up, command, want):
+    seam, service = up
+    if command is not None:
+        service.control(command[0])
+    seam.take()
+    service.exited(256)
+    events = seam.take()
+    assert events[0] == ("publish", Snap(0, want, False, False, False, label_number(3)))
+    assert service.last_status == 256
+    if want == WANT_UP:
+        assert events[1:] == [("spawn",), ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
+        assert (service.starts, service.restarts) == (2, 1)
+    else:
+        assert events[1:] == []
+        assert (service.pid, service.starts, service.restarts) == (0, 1, 0)
+        seam.advance(60.0)
+        assert seam.take() == []
+
+
+def test_exit_after_term_clears_term_sent(stopping_after_t):
+    seam, service = stopping_after_t
+    service.exited(signal.SIGTERM)
+    assert service.state == "up"  # restarted: want is still up
+    assert service.term_sent is False
+    assert seam.take()[0] == ("publish", Snap(0, WANT_UP, False, False, False, label_number(3)))
+
+
+def test_x_then_exit_finishes_without_restarting(exit_requested_while_up):
+    seam, service = exit_requested_while_up
+    service.exited(0)
+    down = Snap(0, WANT_UP, False, False, True, label_number(3))
+    assert seam.take() == [("publish", down), ("publish", down), ("finished",)]
+    assert service.done
+    service.control(ord("u"))
+    seam.advance(60.0)
+    assert seam.take() == []
+    assert seam.spawn_times == [0.0]
+
+
+def test_a_start_clears_pause(up_paused):
+    seam, service = up_paused
+    service.control(ord("d"))
+    service.control(ord("p"))  # while down the flag is kept but not shown
+    service.exited(15)
+    assert service.paused is True
+    seam.take()
+    service.control(ord("u"))
+    assert seam.take()[-1] == ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))
+
+
+# -- failed starts ---------------------------------------------------------------------------------
+@pytest.fixture
+def missing_run() -> FakeSeam:
+    """A service directory without ./run: every spawn fails with ENOENT."""
+    seam = FakeSeam()
+    seam.fail = OSError(errno.ENOENT, "No such file or directory")
+    return seam
+
+
+def test_failed_start_reports_like_supervise_and_retries_a_second_later(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc", runit=False)
+    service.prepare(False)
+    service.boot()
+    assert seam.take() == [
+        ("publish", Snap(0, WANT_UP, False, False, False, label_number(1))),
+        ("publish", Snap(0, WANT_UP, False, False, False, label_number(1))),
+        ("spawn",),
+        ("report", "supervise: fatal: unable to start svc/run: file does not exist"),
+        ("publish", Snap(0, WANT_UP, False, False, False, label_number(2))),
+        ("schedule", 1.0),
+    ]
+    assert service.last_status == EXIT_FAILED_START == 111 << 8
+    assert (service.starts, service.restarts) == (1, 0)
+    seam.advance(1.0)
+    assert [e[0] for e in seam.take()] == ["spawn", "report", "publish", "schedule"]
+    assert (service.starts, service.restarts) == (2, 1)
+
+
+def test_failed_start_is_no_busy_loop(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc")
+    service.prepare(False)
+    service.boot()
+    for step in range(1, 1001):  # 10 simulated seconds, 10 ms at a time
+        seam.advance(step / 100)
+    assert len(seam.spawn_times) <= 11
+    assert seam.spawn_times == [float(n) for n in range(11)]
+    reports = [e for e in seam.events if e[0] == "report"]
+    assert reports == [("report", "supervise: fatal: unable to start svc/run: file does not exist")] * 11
+
+
+def test_failed_start_uses_djb_error_words_and_the_service_name(missing_run):
+    seam = missing_run
+    seam.fail = OSError(errno.EACCES, "Permission denied")
+    service = Service(seam, "log", runit=False)
+    service.prepare(False)
+    service.boot()
+    assert ("report", "supervise: fatal: unable to start log/run: access denied") in seam.events
+
+
+def test_failed_once_start_is_not_retried(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc")
+    service.prepare(True)
+    service.boot()
+    service.control(ord("o"))
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0]
+    assert (service.pid, service.last_status) == (0, 111 << 8)
+
+
+def test_svc_d_stops_the_retries_of_a_failing_start(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc")
+    service.prepare(False)
+    service.boot()
+    for now in (1.0, 2.0, 2.5):
+        seam.advance(now)
+    service.control(ord("d"))
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0, 1.0, 2.0]
+
+
+def test_a_start_succeeds_once_run_appears(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc")
+    service.prepare(False)
+    service.boot()
+    seam.advance(1.0)
+    seam.fail = None
+    seam.advance(2.0)
+    assert (service.pid, seam.spawn_times, service.starts, service.restarts) == (100, [0.0, 1.0, 2.0], 3, 2)
+    assert seam.take()[-1] == ("publish", Snap(100, WANT_UP, False, False, False, label_number(4)))
+
+
+# -- boot and adoption -----------------------------------------------------------------------------
+def test_boot_without_down_file_publishes_twice_then_starts(runit):
+    seam = FakeSeam()
+    service = Service(seam, "svc", runit=runit)
+    service.prepare(False)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1)))]
+    service.boot()
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1))), ("spawn",),
+                           ("publish", Snap(100, WANT_UP, False, False, False, label_number(2)))]
+    assert (service.starts, service.restarts, service.normally_up) == (1, 0, True)
+
+
+def test_boot_with_down_file_publishes_twice_and_starts_nothing(runit):
+    seam = FakeSeam()
+    service = Service(seam, "svc", runit=runit)
+    service.prepare(True)
+    assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(1)))]
+    service.boot()
+    assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(1)))]
+    assert (service.starts, service.normally_up, service.state) == (0, False, "down")
+
+
+@pytest.mark.parametrize(("want", "kept"), [(WANT_UP, WANT_UP), (WANT_DOWN, WANT_DOWN), (b"\0", WANT_ONCE),
+                                            (WANT_ONCE, WANT_ONCE)], ids=["u", "d", "nul", "o"])
+def test_adopt_publishes_once_and_starts_nothing(want, kept):
+    seam = FakeSeam()
+    service = Service(seam, "svc")
+    service.adopt(ADOPTED_PID, ADOPTED_LABEL, want, True, False)
+    assert seam.take() == [("publish", Snap(ADOPTED_PID, kept, True, False, False, ADOPTED_LABEL))]
+    assert (service.adopted, service.normally_up, service.starts, seam.labels) == (True, False, 0, 0)
+
+
+def test_adopted_service_that_exits_restarts_at_once_when_wanted_up(adopted):
+    seam, service = adopted
+    service.exited(-1)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1))), ("spawn",),
+                           ("publish", Snap(100, WANT_UP, False, False, False, label_number(2)))]
+    assert (service.adopted, service.last_status, service.starts, service.restarts) == (False, -1, 1, 1)
+
+
+def test_adopted_service_that_exits_after_d_stays_down(adopted):
+    seam, service = adopted
+    service.control(ord("d"))
+    service.exited(-1)
+    seam.advance(60.0)
+    assert (service.pid, service.want, seam.spawn_times) == (0, WANT_DOWN, [])
+
+
+# -- a random walk: the invariants hold whatever the order of events --------------------------------
+OPS = st.one_of(
+    st.tuples(st.just("byte"), st.sampled_from(list(b"duopchaitkxq12z"))),
+    st.tuples(st.just("exit"), st.sampled_from([0, 256, 9, 15])),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.125, 0.5, 0.875, 1.0, 2.5])),
+    st.tuples(st.just("timers"), st.none()),
+    st.tuples(st.just("fail"), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(runit=st.booleans(), down_file=st.booleans(), ops=st.lists(OPS, max_size=60))
+def test_random_walk_keeps_the_invariants(runit, down_file, ops):
+    seam = FakeSeam()
+    service = Service(seam, "svc", runit=runit)
+    service.prepare(down_file)
+    service.boot()
+    for op, arg in ops:
+        spawns, labels, was_done, pid = len(seam.spawn_times), seam.labels, service.done, service.pid
+        seam.take()
+        if op == "byte":
+            service.control(arg)
+        elif op == "exit":
+            if not service.pid:
+                continue
+            service.exited(arg)
+        elif op == "tick":
+            seam.now += arg
+        elif op == "timers":
+            seam.run_timers()
+        else:
+            seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+        events = seam.take()
+        new_spawns = len(seam.spawn_times) - spawns
+        # two start attempts are never less than a second apart
+        times = seam.spawn_times
+        assert all(b - a >= THROTTLE for a, b in zip(times, times[1:], strict=False)), times
+        # a timestamp is taken only for a start attempt or an exit
+        assert seam.labels - labels == new_spawns + (1 if op == "exit" else 0)
+        # counts
+        assert service.starts == len(times) and 0 <= service.restarts <= service.starts
+        # a finished service does nothing more
+        if was_done:
+            assert events == []
+        # bytes that only signal never write the status (except runit's TERM) and never start
+        if op == "byte" and bytes([arg]) not in b"duopcx":
+            kinds = [e[0] for e in events]
+            if runit and arg == ord("t") and pid:
+                assert kinds == ["kill", "publish"]
+            else:
+                assert set(kinds) <= {"kill"} and len(kinds) <= 1
+        # the pid is the last successful spawn's, or 0
+        assert service.pid in (0, *seam.pids[-1:])
+        assert not (service.pid and service.done)
