@@ -135,6 +135,11 @@ def parse_options(cmd: Command, argv0: str, args: Sequence[str]) -> tuple[set[st
 
     An unknown letter prints ``NAME: illegal option -- X`` and the usage line, exit 1.
     """
+    if list(args[:1]) == ["--help"]:
+        sys.stdout.write(f"usage: {cmd.name} [-q] {cmd.msg}\n\nsupervise-scripts 4.0 (SVSCANDIR, SVCLOCKDIR, SVCTIMEOUT); "
+                         "-q: nothing on stdout\n")
+        sys.stdout.flush()
+        raise Exit(0)
     letters = "q" + cmd.opts
     flags: set[str] = set()
     index = 0
