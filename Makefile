@@ -6,7 +6,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-tcpserver bench-supervision bench-multilog lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,19 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
 	$(VENV)/bin/python -m pytest -n auto -q
 
-bench: $(STAMP)
+bench: bench-tcpserver bench-supervision bench-multilog
+
+bench-tcpserver: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python -m loadtest.runner $(BENCH_ARGS)
+
+bench-supervision: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m loadtest.supervision $(SUPERVISION_ARGS)
+
+bench-multilog: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m loadtest.multilog_bench $(MULTILOG_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
