@@ -70,10 +70,7 @@ class ServiceDir:
             except OSError as err:
                 raise StartupError(f"unable to acquire {display}/supervise/lock: {errstr(err)}") from None
             _mkfifo("supervise/control", dirfd)
-            try:
-                sd.control_fd = os.open("supervise/control", os.O_RDWR | os.O_NONBLOCK, dir_fd=dirfd)
-            except OSError as err:
-                raise StartupError(f"unable to read {display}/supervise/control: {errstr(err)}") from None
+            sd.control_fd = _open_control(display, dirfd)
         except BaseException:
             sd.close()
             raise
@@ -156,6 +153,28 @@ class ServiceDir:
         except OSError as err:
             return f"unable to rename {self.display}/{new} to {name}: {errstr(err)}"
         return None
+
+
+def _open_control(display: str, dirfd: int) -> int:
+    """supervise/control opened read-write; on failure, 0.76's message for whichever of its two opens fails.
+
+    0.76 opens it for reading, then for writing: a directory passes the first
+    and fails the second ("unable to write ...: is a directory").  A control
+    that is no FIFO is refused: 0.76 would poll a regular file as always
+    readable and spin; epoll cannot watch one at all.
+    """
+    try:
+        fd = os.open("supervise/control", os.O_RDWR | os.O_NONBLOCK, dir_fd=dirfd)
+    except OSError as err:
+        try:
+            os.close(os.open("supervise/control", os.O_RDONLY | os.O_NONBLOCK, dir_fd=dirfd))
+        except OSError as read_err:
+            raise StartupError(f"unable to read {display}/supervise/control: {errstr(read_err)}") from None
+        raise StartupError(f"unable to write {display}/supervise/control: {errstr(err)}") from None
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StartupError(f"{display}/supervise/control exists but is not a fifo")
+    return fd
 
 
 def _mkfifo(path: str, dirfd: int) -> None:

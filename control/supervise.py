@@ -9,7 +9,6 @@ default ``/dev/shm/prefork-supervise.<dev>.<ino>`` of DIR).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 PROG = "supervise"
@@ -52,10 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     opts, operands = parse(args)
     if argv is None:
         _go_lean()
-    if len(operands) != 1 or not operands[0]:
+    if len(operands) != 1:
         usage(PROG, USAGE)
-    directory = operands[0]
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # INT kills supervise and leaves the service, as in 0.76
+    directory = operands[0]  # "" too: 0.76 says "unable to chdir to : file does not exist"
+    from control.pathexec import default_sigint
+
+    default_sigint()  # INT kills supervise and leaves the service, as in 0.76; if ignored, the service inherits that
 
     from control import servicetable
     from control.engine import Engine, StartupError
