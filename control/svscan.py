@@ -262,6 +262,9 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
             key = valued[name]
             try:
                 opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
+                # No service at all, a negative wait or a NaN deadline (it would break the timer heap) is garbage.
+                if (key == "max" and opts[key] < 1) or (key == "grace" and not opts[key] >= 0):
+                    raise ValueError(value)
             except ValueError:
                 from prefork.djb import write_line
 

@@ -15,7 +15,15 @@ import pytest
 from conftest import ours
 
 
-@pytest.mark.parametrize("command", ["tcpserver", "tcprules", "tcprulescheck", "tcpclient"])
+def _console_scripts() -> list[str]:
+    import tomllib
+    from pathlib import Path
+
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        return sorted(tomllib.load(f)["project"]["scripts"])
+
+
+@pytest.mark.parametrize("command", _console_scripts())
 def test_every_command_has_help(command):
     proc = subprocess.run([ours(command), "--help"], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
