@@ -28,6 +28,7 @@ from control.servicedir import ServiceDir, StartupError
 from prefork import tai64n
 from prefork.djb import write_line
 from prefork.environ import original_environ
+from prefork.lean import hold_std_fds
 from prefork.wakeup import noop_handler
 
 CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
@@ -55,6 +56,7 @@ class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
     def __init__(self, *, runit: bool = False, table: object | None = None, prog: str = "supervise") -> None:
+        hold_std_fds()
         self.runit = runit
         self.table = table  # a servicetable.ServiceTable, or None
         self.prog = prog
@@ -131,8 +133,6 @@ class Engine(Seam):
     def spawn(self, service: Service) -> int:
         ctx: Supervised = service.context  # type: ignore[assignment]
         if not self.sigdef:
-            from prefork.spawn import signals_to_reset
-
             self.sigdef = signals_to_reset()
         actions = []
         if ctx.stdin is not None:
@@ -276,6 +276,28 @@ class Engine(Seam):
     def services(self) -> list[Service]:
         """Every service on the engine (those whose control FIFO is watched)."""
         return [s for fd, s in self.by_fd.items() if fd == s.context.sd.control_fd]  # type: ignore[union-attr]
+
+
+def signals_to_reset() -> tuple[int, ...]:
+    """Signals a service gets back at default: those this process catches, and Python's SIG_IGN on PIPE/XFSZ.
+
+    Anything else keeps its disposition through exec, so a signal ignored when
+    the supervisor started (``nohup``, a TERM-ignoring parent) stays ignored in
+    the service, as with 0.76's fork + execve.
+    """
+    reset = {signal.SIGPIPE}
+    if hasattr(signal, "SIGXFSZ"):
+        reset.add(signal.SIGXFSZ)
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            reset.add(sig)
+    return tuple(sorted(reset))
 
 
 def _read_all(fd: int) -> bytes:

@@ -55,6 +55,7 @@ def exec_lean(name: str, make_script: object) -> None:
     """
     root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
     paths = [root] + [p for p in sys.path if p and p != root]
+    hold_std_fds()  # the memfd must not become fd 0, 1 or 2 of the new interpreter
     try:
         fd = os.memfd_create(name, 0)
     except (AttributeError, OSError):
@@ -70,11 +71,26 @@ def exec_lean(name: str, make_script: object) -> None:
             os.close(fd)
             return
         argv = [sys.argv[0], "-I", "-S", path, *sys.argv[1:]]
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None when Python started with that fd closed
+                stream.flush()
         os.execve(sys.executable, argv, original_environ())
     except OSError:
         try:
             os.close(fd)
         except OSError:
             pass
+
+
+def hold_std_fds() -> None:
+    """Put a close-on-exec /dev/null on any of fds 0-2 that is closed.
+
+    Our own descriptors then never land there (a program must not get a
+    control FIFO or a settings memfd as its stdout), while the programs we
+    exec still see those fds closed: close-on-exec keeps them out of every exec.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)

@@ -767,12 +767,8 @@ def test_what_run_inherits(rig):
     assert int(text.split()[0]) == pid
 
 
-def test_ignored_term_is_inherited(rig, request):
+def test_ignored_term_is_inherited(rig):
     """supervise catches only SIGCHLD: a TERM ignored when it was started stays ignored in ./run."""
-    if rig.impl == "prefork":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "engine.spawn resets every signal of prefork.spawn.signals_to_reset(), which always includes SIGTERM, "
-            "even when supervise was started with SIGTERM ignored")))
     rig.service(run=PROBE)
     rig.start(ignore=("TERM",))
     rig.up()
@@ -945,3 +941,16 @@ def test_runit_got_term(runit_rig):
         ("k", (0, "down: ./svc: Ns, normally up\n"), (0, 0, b"d", 0, 0, "down\n", ""),
          "svc: down S seconds, normally up\n"),
     ]
+
+
+def test_closed_stdout_stays_closed_in_the_service(rig):
+    """supervise started with fd 1 closed: ./run has fd 1 closed, as with 0.76, never one of supervise's files."""
+    rig.service(run="#!/bin/sh\nexec sleep 1000\n")
+    if rig.impl == "prefork":
+        rig.tables.append(servicetable.default_path(str(rig.root / "svc"), servicetable.KIND_SUPERVISE))
+    proc = subprocess.Popen(["sh", "-c", 'exec "$@" >&-', "sh", *rig.argv("svc")], cwd=rig.root, env=ENV,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rig.procs.append(proc)
+    pid = rig.up()
+    assert wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("sleep"), 10)
+    assert sorted(os.listdir(f"/proc/{pid}/fd"), key=int) == ["0", "2"]
