@@ -482,8 +482,11 @@ def test_services_inherit_the_environment_fds_and_signal_state_of_svscan(tmp_pat
         assert main[3] == log[3], impl
         ignored[impl] = main[3]
     # glibc's posix_spawn leaves its internal signals 32 and 33 ignored in the program (sigaddset refuses them,
-    # so they cannot be reset); nothing else is ignored, as under 0.76's fork+exec.
-    assert ignored == {"debian": "0000000000000000", "prefork": "0000000180000000"}
+    # so they cannot be reset), and an ancestor's posix_spawn may have left them ignored in svscan itself (seen in
+    # CI for Debian's); those two bits aside, nothing is ignored, as under 0.76's fork+exec.
+    glibc = (1 << 31) | (1 << 32)
+    assert {impl: int(mask, 16) & ~glibc for impl, mask in ignored.items()} == {"debian": 0, "prefork": 0}
+    assert int(ignored["prefork"], 16) & glibc == glibc
 
 
 @pytest.mark.differential
