@@ -84,8 +84,6 @@ OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL = 48, 56, 64
 OFF_LAST_ACCEPT, OFF_STARTED, OFF_DURATION_SUM, OFF_BUCKETS = 72, 80, 88, 96
 H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
 
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 def bucket_index(duration_ns: int) -> int:
@@ -116,6 +114,10 @@ class ScoreboardFile:
                 time.time_ns(), 0, b"\0\0\0\0", 0, 0, 0, 0, 0, *([0] * 12), b"",
                 name.encode("utf-8", "replace")[:NAME_SIZE],
             )
+            # One aligned store per field: struct.pack_into zeroes a field before writing it byte by byte,
+            # so a reader between the two saw a counter go to 0 (a "reset" to Prometheus).
+            self._u32 = memoryview(self.mm).cast("I")
+            self._u64 = memoryview(self.mm).cast("Q")
             # Readers never see a file without its header: it appears under its name complete.
             os.rename(tmp, path)
         except BaseException:
@@ -130,23 +132,23 @@ class ScoreboardFile:
     def set_local(self, ip: str, port: int) -> None:
         import socket
 
-        _U32.pack_into(self.mm, 28, port)
+        self.put32(28, port)
         self.mm[44:48] = socket.inet_aton(ip)
 
     def slot_offset(self, index: int) -> int:
         return HEADER_SIZE + index * SLOT_SIZE
 
     def put32(self, offset: int, value: int) -> None:
-        _U32.pack_into(self.mm, offset, value)
+        self._u32[offset >> 2] = value  # offsets of 32-bit fields are multiples of 4
 
     def put64(self, offset: int, value: int) -> None:
-        _U64.pack_into(self.mm, offset, value)
+        self._u64[offset >> 3] = value  # ... and of 64-bit fields multiples of 8
 
     def get32(self, offset: int) -> int:
-        return _U32.unpack_from(self.mm, offset)[0]
+        return self._u32[offset >> 2]
 
     def get64(self, offset: int) -> int:
-        return _U64.unpack_from(self.mm, offset)[0]
+        return self._u64[offset >> 3]
 
     def unlink(self) -> None:
         try:

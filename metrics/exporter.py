@@ -1,0 +1,462 @@
+"""``prefork-exporter``: Prometheus metrics of tcpservers and svscans, read from their shared memory.
+
+    prefork-exporter --scoreboard PATH... --services DIR... [--listen HOST:PORT]
+                     [--metrics-textfile PATH [--textfile-interval SECONDS]] [--once] [--parent-pid PID]
+
+Serves ``/metrics`` over HTTP on ``--listen`` from its single thread's
+select() loop and renders the text format itself (``collector.render_text``,
+tested byte for byte against prometheus_client's ``generate_latest``):
+without prometheus_client, threads and ``http.server`` the process is about
+half the size, and it may run beside every tcpserver.
+
+``--metrics-textfile PATH`` writes the same exposition for node_exporter's
+textfile collector through ``PATH.new`` and a rename, so the collector never
+reads half a file: every ``--textfile-interval`` seconds (15), on SIGUSR1,
+and once more on the way out (by then a server that went away shows as
+``prefork_exporter_source_up 0``, so the file never keeps its counters as if
+live).  ``--once`` writes the textfile (or stdout, without one) and exits.
+``--parent-pid PID`` exits when PID is gone (a pidfd; a one-second poll
+where pidfds are not available), so an exporter started by a tcpserver or
+svscan never outlives it.  SIGTERM, SIGINT and SIGHUP exit 0.
+
+The families, their labels and what happens on faults are described in
+``metrics/collector.py``.  ``--services`` takes a directory that a prefork
+svscan (or supervise) runs for, or a service table file (``svscan --table``).
+
+Errors: a bad command line prints why and the usage line, exit 100; an
+address that cannot be bound or a ``--once`` textfile that cannot be written
+is fatal, exit 111.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from metrics.collector import SharedMemoryCollector, start_ticks
+from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
+
+PROG = "prefork-exporter"
+USAGE = (
+    "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--listen HOST:PORT]"
+    " [--metrics-textfile PATH] [--textfile-interval SECONDS] [--once] [--parent-pid PID]"
+)
+HELP = f"""usage: {USAGE}
+
+Serve Prometheus metrics read from prefork's shared memory (no multiprocess directory).
+  --scoreboard PATH...        tcpserver scoreboards (tcpserver --scoreboard PATH)
+  --services DIR...           directories run by a prefork svscan or supervise, or their table files
+  --listen HOST:PORT          serve http://HOST:PORT/metrics (port 0: any; the address is logged)
+  --metrics-textfile PATH     also write the metrics to PATH (via PATH.new + rename), for node_exporter
+  --textfile-interval SECONDS how often to rewrite it (default 15; SIGUSR1 rewrites it at once)
+  --once                      write the textfile (stdout without one) once and exit
+  --parent-pid PID            exit when process PID is gone
+"""
+DEFAULT_INTERVAL = 15.0
+POLL_SECONDS = 1.0  # --parent-pid without pidfds
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+MAX_CLIENTS = 32
+MAX_REQUEST = 16384
+CLIENT_SECONDS = 10.0
+
+
+class UsageError(Exception):
+    """The command line is wrong; the message says how."""
+
+
+class Options:
+    """The parsed command line."""
+
+    __slots__ = ("scoreboards", "services", "listen", "textfile", "interval", "once", "parent_pid")
+
+    def __init__(self) -> None:
+        self.scoreboards: list[str] = []
+        self.services: list[str] = []
+        self.listen: tuple[str, int] | None = None
+        self.textfile: str | None = None
+        self.interval = DEFAULT_INTERVAL
+        self.once = False
+        self.parent_pid: int | None = None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT ([V6]:PORT; an empty HOST is 0.0.0.0) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise UsageError(f"--listen wants HOST:PORT, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Long options only; --scoreboard and --services take every following word up to the next option."""
+    opts = Options()
+    args = list(argv)
+    many = {"--scoreboard": opts.scoreboards, "--services": opts.services}
+    single = ("--listen", "--metrics-textfile", "--textfile-interval", "--parent-pid")
+    while args:
+        word = args.pop(0)
+        name, eq, attached = word.partition("=")
+        if name in many:
+            values = [attached] if eq else []
+            while not eq and args and not args[0].startswith("--"):
+                values.append(args.pop(0))
+            if not values or not all(values):
+                raise UsageError(f"{name} needs at least one path")
+            many[name].extend(values)
+        elif name in single:
+            if eq:
+                value = attached
+            elif args:
+                value = args.pop(0)
+            else:
+                raise UsageError(f"{name} needs a value")
+            if name == "--listen":
+                opts.listen = parse_listen(value)
+            elif name == "--metrics-textfile":
+                if not value:
+                    raise UsageError("--metrics-textfile needs a path")
+                opts.textfile = value
+            elif name == "--textfile-interval":
+                try:
+                    opts.interval = float(value)
+                except ValueError:
+                    opts.interval = -1.0
+                if not 0 < opts.interval < 1e9:
+                    raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}")
+            else:
+                if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 1 << 31:
+                    raise UsageError(f"--parent-pid wants a process id, not {value!r}")
+                opts.parent_pid = int(value)
+        elif word == "--once":
+            opts.once = True
+        elif word.startswith("-"):
+            raise UsageError(f"unknown option {word}")
+        else:
+            raise UsageError(f"unexpected argument {word!r}")
+    if not opts.scoreboards and not opts.services:
+        raise UsageError("nothing to export: give --scoreboard or --services")
+    if opts.once and opts.listen is not None:
+        raise UsageError("--once writes once and exits: it cannot --listen")
+    if not opts.once and opts.listen is None and opts.textfile is None:
+        raise UsageError("give --listen, --metrics-textfile or --once")
+    return opts
+
+
+def write_textfile(path: str, data: bytes) -> None:
+    """Replace PATH with DATA so node_exporter reads the old file or the new one, never a part (PATH.new + rename)."""
+    from prefork.atomicfile import replace
+
+    replace(path, data, mode=0o644)
+
+
+class ParentWatch:
+    """Tells when a process is gone: a pidfd that select() reports readable, else a look at /proc every second."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = -1
+        self._ticks = start_ticks(pid)
+        if self._ticks is None:
+            return
+        try:
+            self.fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._ticks = None
+        except (AttributeError, OSError):
+            pass
+
+    def gone(self) -> bool:
+        if self._ticks is None:
+            return True
+        if self.fd >= 0:
+            return bool(select.select([self.fd], [], [], 0)[0])
+        return start_ticks(self.pid) != self._ticks
+
+    def poll_timeout(self) -> float | None:
+        """How long the main loop may sleep before it must look again (None: the pidfd wakes it)."""
+        return None if self.fd >= 0 else POLL_SECONDS
+
+
+class TextfileWriter:
+    """Rewrites the textfile; logs a failure once (and once when it works again)."""
+
+    def __init__(self, path: str, render: Callable[[], bytes]) -> None:
+        self.path = path
+        self.render = render
+        self.failing: str | None = None
+
+    def write(self) -> bool:
+        try:
+            write_textfile(self.path, self.render())
+        except OSError as e:
+            why = errstr(e)
+            if why != self.failing:
+                warn(PROG, f"unable to write {self.path}", e)
+            self.failing = why
+            return False
+        if self.failing is not None:
+            write_line(f"{PROG}: {self.path}: written again")
+        self.failing = None
+        return True
+
+
+class Client:
+    """One HTTP connection: the request read so far, then the response left to send."""
+
+    __slots__ = ("sock", "request", "response", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.request = b""
+        self.response: memoryview | None = None
+        self.deadline = deadline
+
+
+def respond(request: bytes, render: Callable[[], bytes]) -> bytes:
+    """The whole HTTP response to one request head (GET or HEAD of /metrics; / says where they are)."""
+    line = request.split(b"\n", 1)[0].rstrip(b"\r")
+    parts = line.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return _response(b"400 Bad Request", b"bad request\n")
+    method, target = parts[0], parts[1].split(b"?", 1)[0]
+    if method not in (b"GET", b"HEAD"):
+        return _response(b"405 Method Not Allowed", b"only GET and HEAD\n", b"Allow: GET, HEAD\r\n")
+    if target == b"/metrics":
+        body = render()
+        ctype = CONTENT_TYPE
+    elif target == b"/":
+        body, ctype = b"prefork-exporter: the metrics are at /metrics\n", b"text/plain; charset=utf-8"
+    else:
+        return _response(b"404 Not Found", b"not found: try /metrics\n")
+    response = _response(b"200 OK", body, content_type=ctype)
+    return response[: len(response) - len(body)] if method == b"HEAD" else response
+
+
+def _response(status: bytes, body: bytes, extra: bytes = b"", content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n"
+        % (status, content_type, len(body), extra)
+    ) + body
+
+
+class HttpServer:
+    """GET /metrics, served from the main loop: no thread, no fork; one render per request.
+
+    Requests are read and responses written without blocking, so a slow or
+    silent client holds nothing up; it is dropped after CLIENT_SECONDS, and
+    beyond MAX_CLIENTS at once new connections are closed at once.
+    """
+
+    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(64)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.render = render
+        self.clients: dict[int, Client] = {}
+
+    def readers(self) -> list[int]:
+        return [self.sock.fileno()] + [fd for fd, c in self.clients.items() if c.response is None]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, c in self.clients.items() if c.response is not None]
+
+    def timeout(self, now: float) -> float | None:
+        if not self.clients:
+            return None
+        return max(0.0, min(c.deadline for c in self.clients.values()) - now)
+
+    def accept(self) -> None:
+        for _ in range(MAX_CLIENTS):
+            try:
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # the client gave up already, or we are out of descriptors: next time
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.clients[sock.fileno()] = Client(sock, time.monotonic() + CLIENT_SECONDS)
+
+    def readable(self, fd: int) -> None:
+        if fd == self.sock.fileno():
+            self.accept()
+            return
+        client = self.clients.get(fd)
+        if client is None:
+            return
+        try:
+            data = client.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close(fd)
+            return
+        client.request += data
+        if b"\r\n\r\n" in client.request or b"\n\n" in client.request:
+            client.response = memoryview(respond(client.request, self.render))
+            self.writable(fd)
+        elif len(client.request) > MAX_REQUEST:
+            client.response = memoryview(_response(b"431 Request Header Fields Too Large", b"request too large\n"))
+            self.writable(fd)
+
+    def writable(self, fd: int) -> None:
+        client = self.clients.get(fd)
+        if client is None or client.response is None:
+            return
+        try:
+            sent = client.sock.send(client.response)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(fd)
+            return
+        client.response = client.response[sent:]
+        if not client.response:
+            self.close(fd)
+
+    def expire(self, now: float) -> None:
+        for fd in [fd for fd, c in self.clients.items() if c.deadline <= now]:
+            self.close(fd)
+
+    def close(self, fd: int) -> None:
+        client = self.clients.pop(fd, None)
+        if client is not None:
+            client.sock.close()
+
+
+def run(opts: Options) -> int:
+    """Serve until told to stop (or the parent is gone); the exit code."""
+    collector = SharedMemoryCollector(opts.scoreboards, opts.services)
+    if opts.once:
+        data = collector.render()
+        if opts.textfile is None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+            return 0
+        try:
+            write_textfile(opts.textfile, data)
+        except OSError as e:
+            fatal(PROG, f"unable to write {opts.textfile}", e)
+        return 0
+
+    watch = ParentWatch(opts.parent_pid) if opts.parent_pid is not None else None
+    if watch is not None and watch.gone():
+        return 0
+    sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    received: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, note)
+
+    http = None
+    if opts.listen is not None:
+        host, port = opts.listen
+        try:
+            http = HttpServer(host, port, collector.render)
+        except OSError as e:
+            fatal(PROG, f"unable to bind {host} port {port}", e)
+        shown = f"[{host}]" if ":" in host else host
+        write_line(f"{PROG}: listening on http://{shown}:{http.port}/metrics")
+
+    textfile = TextfileWriter(opts.textfile, collector.render) if opts.textfile is not None else None
+    next_write = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if textfile is not None and now >= next_write:
+            textfile.write()
+            next_write = now + opts.interval
+        readers, writers, timeouts = [sig_r], [], []
+        if textfile is not None:
+            timeouts.append(max(0.0, next_write - now))
+        if watch is not None:
+            if watch.fd >= 0:
+                readers.append(watch.fd)
+            else:
+                timeouts.append(watch.poll_timeout())
+        if http is not None:
+            readers += http.readers()
+            writers = http.writers()
+            t = http.timeout(now)
+            if t is not None:
+                timeouts.append(t)
+        ready_r, ready_w, _ = select.select(readers, writers, [], min(timeouts) if timeouts else None)
+        if http is not None:
+            for fd in ready_r:
+                if fd != sig_r and (watch is None or fd != watch.fd):
+                    http.readable(fd)
+            for fd in ready_w:
+                http.writable(fd)
+            http.expire(time.monotonic())
+        if sig_r in ready_r:
+            try:
+                while os.read(sig_r, 256):
+                    pass
+            except BlockingIOError:
+                pass
+        if watch is not None and watch.gone():
+            break
+        if any(s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for s in received):
+            break
+        if signal.SIGUSR1 in received:
+            next_write = 0.0
+        received.clear()
+    if textfile is not None:
+        textfile.write()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" in args:
+        os.write(1, HELP.encode())
+        raise SystemExit(0)
+    try:
+        opts = parse_args(args)
+    except UsageError as e:
+        write_line(f"{PROG}: {e}")
+        write_line(f"{PROG}: usage: {USAGE}")
+        raise SystemExit(EXIT_USAGE) from None
+    if not opts.once and argv is None:
+        _go_lean()
+    try:
+        code = run(opts)
+    except KeyboardInterrupt:
+        code = 0
+    raise SystemExit(code)
+
+
+def _go_lean() -> None:
+    """Re-exec as ``python -I -S`` (no site, no editable-install finder): the exporter may run beside every server."""
+    if sys.flags.no_site:
+        return
+    from prefork.lean import bootstrap, exec_lean
+
+    exec_lean("prefork-exporter", lambda fd, paths: bootstrap(fd, paths, "from metrics.exporter import main\nmain()\n"))
+
+
+if __name__ == "__main__":
+    main()
