@@ -207,7 +207,8 @@ class Engine(Seam):
             for fd, _mask in events:
                 if fd == self.wake_r:
                     signals = _read_all(self.wake_r)
-            self.reap()
+            if signals:  # SIGCHLD (like every signal) wrote its byte: only then is there anything to reap
+                self.reap()
             for sig in set(signals):
                 func = self.signal_handlers.get(sig)
                 if func is not None:
