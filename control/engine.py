@@ -193,6 +193,12 @@ class Engine(Seam):
 
     def run(self, *, until_idle: bool) -> None:
         """Loop until ``stop`` is set, or (UNTIL_IDLE) until every service has finished after ``x``."""
+        import gc
+
+        # Everything alive now lives as long as the supervisor: keep the cyclic GC from walking it again,
+        # so a collection never adds milliseconds between a control byte and its signal.
+        gc.collect()
+        gc.freeze()
         while not self.stop:
             if until_idle and self.live == 0:
                 return
