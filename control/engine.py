@@ -69,6 +69,7 @@ class Engine(Seam):
         self._seq = 0
         self.signal_handlers: dict[int, object] = {}
         self.on_finished: object = None
+        self.on_other_child: object = None  # called (pid, wait status) for a reaped child that is no service
         self.live = 0
         self.stop = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -247,7 +248,7 @@ class Engine(Seam):
                 func()  # type: ignore[operator]
 
     def reap(self) -> None:
-        """Collect every exited child: services get their exit, orphans (subreaper, PID 1) are just reaped."""
+        """Collect every exited child: services get their exit, others go to ``on_other_child`` or are just reaped."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -261,6 +262,8 @@ class Engine(Seam):
             if service is not None and service.pid == pid:
                 self._drop_pidfd(service)
                 service.exited(status)
+            elif self.on_other_child is not None:  # svscan's metrics exporter (orphans of a subreaper: ignored)
+                self.on_other_child(pid, status)  # type: ignore[operator]
 
     def _adopted_exit(self, service: Service) -> None:
         pid = service.pid

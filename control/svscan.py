@@ -15,9 +15,12 @@ Beyond 0.76 (long options before DIR, all opt-in except the rescan signals):
 rescan at once on SIGHUP/SIGALRM (0.76 dies of them); ``--stop-services``
 brings every service down (TERM+CONT, then KILL after ``--grace``) on
 SIGTERM/SIGINT before exiting; ``--subreaper`` reaps orphans as PID 1 does;
-``--runit``; ``--table PATH``.  If svscan is killed, the services keep running,
-and the next svscan takes each over from its status file instead of starting a
-second copy (see :func:`control.engine.running_from_status`).
+``--runit``; ``--table PATH``; ``--metrics HOST:PORT`` and ``--metrics-textfile
+PATH`` run a ``prefork-exporter`` child on the service table (see
+``prefork/exporter_child.py``), restarted at most once a second if it exits,
+stopped after the services with ``--stop-services``.  If svscan is killed, the
+services keep running, and the next svscan takes each over from its status file
+instead of starting a second copy (see :func:`control.engine.running_from_status`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import sys
 
 PROG = "svscan"
 RESCAN = 5.0
-HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH] [dir]
+HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
+              [--metrics HOST:PORT] [--metrics-textfile PATH] [dir]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
   --max-services N  at most N services (default 1000)
@@ -38,6 +42,10 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
   --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
   --runit           also write runit's status, stat and pid files (for sv)
   --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO)
+  --metrics HOST:PORT
+                    serve Prometheus metrics at http://HOST:PORT/metrics (a prefork-exporter child; port 0: one chosen at start)
+  --metrics-textfile PATH
+                    also write the metrics to PATH for node_exporter's textfile collector
 """
 
 
@@ -246,8 +254,9 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     from prefork.djb import usage
 
     opts: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False,
-                               "table": None}
-    valued = {"--max-services": "max", "--grace": "grace", "--table": "table"}
+                               "table": None, "metrics": None, "textfile": None}
+    valued = {"--max-services": "max", "--grace": "grace", "--table": "table", "--metrics": "metrics",
+              "--metrics-textfile": "textfile"}
     while args and args[0].startswith("--") and args[0] != "--":
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -260,6 +269,9 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
                     usage(PROG, "svscan [dir]")
                 value = args.pop(0)
             key = valued[name]
+            if key in ("metrics", "textfile"):
+                opts[key] = _metrics_value(name, value)
+                continue
             try:
                 opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
                 # No service at all, a negative wait or a NaN deadline (it would break the timer heap) is garbage.
@@ -281,6 +293,59 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     if args and args[0] == "--":
         args.pop(0)
     return opts, args
+
+
+def _metrics_value(name: str, value: str) -> str:
+    """A --metrics HOST:PORT (read as prefork-exporter reads it) or a non-empty --metrics-textfile; else exit 100."""
+    try:
+        if name == "--metrics":
+            from prefork.exporter_child import format_address, parse_address
+
+            return format_address(*parse_address(value))
+        if not value:
+            raise ValueError("empty path")
+        return os.path.abspath(value)  # relative to where svscan was started, not to DIR
+    except ValueError as err:
+        from prefork.djb import write_line
+
+        write_line(f"{PROG}: bad value for {name}: {err}")
+        raise SystemExit(100) from None
+
+
+def _start_exporter(engine: object, opts: dict[str, object], source: str) -> object:
+    """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
+    from control.engine import signals_to_reset
+    from prefork.exporter_child import Exporter, exporter_args, format_address, parse_address, pin_port
+
+    listen = opts["metrics"]
+    if listen is not None:
+        host, port = parse_address(str(listen))
+        try:
+            port = pin_port(host, port)
+        except OSError as err:  # the exporter fails the same way and says so; it is retried every second
+            from prefork.djb import warn
+
+            warn(PROG, f"unable to bind metrics address {listen}", err)
+        listen = format_address(host, port)
+    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"])  # type: ignore[arg-type]
+    exporter = Exporter(PROG, args, engine.env, signals_to_reset())  # type: ignore[attr-defined]
+
+    def restart() -> None:
+        if exporter.due is not None:
+            exporter.start_if_due(engine.monotonic())  # type: ignore[attr-defined]
+            if exporter.due is not None:  # it could not even be started
+                engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+
+    def reaped(pid: int, status: int) -> None:
+        if pid == exporter.pid:
+            exporter.exited(status)
+            engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+
+    engine.on_other_child = reaped  # type: ignore[attr-defined]
+    exporter.start()
+    if exporter.due is not None:
+        engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+    return exporter
 
 
 def _set_subreaper() -> None:
@@ -360,8 +425,13 @@ def main(argv: list[str] | None = None) -> None:
         grace = float(opts["grace"])  # type: ignore[arg-type]
         engine.handle_signal(signal.SIGTERM, lambda: scanner.stop_all(grace))
         engine.handle_signal(signal.SIGINT, lambda: scanner.stop_all(grace))
+    exporter = None
+    if opts["metrics"] is not None or opts["textfile"] is not None:
+        exporter = _start_exporter(engine, opts, os.path.abspath(str(table_path)) if table_path else directory)
     rescan()
     engine.run(until_idle=False)
+    if exporter is not None:
+        exporter.stop()  # type: ignore[attr-defined]
     if table is not None and not table_path:
         table.close(unlink=True)
     raise SystemExit(0)

@@ -8,6 +8,12 @@ exit, reaps them and logs their ``end`` lines.  Workers die with it
 
 SIGTERM exits at once with status 0, as tcpserver does; running programs are
 not signalled and keep serving their clients.
+
+With ``--metrics``/``--metrics-textfile`` the master also runs one
+``prefork-exporter`` child (see ``exporter_child.py``): started once the
+scoreboard exists and the privileges are dropped, never counted as a program
+or an orphan, restarted like a worker when it exits, and gone by itself
+(``--parent-pid``) when the master is.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from prefork.worker import Worker, base_environment
 TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
 if TYPE_CHECKING:
     from typing import NoReturn
+
+    from prefork.exporter_child import Exporter
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -59,6 +67,7 @@ class Master:
         self.started: dict[int, float] = {}  # slot index -> monotonic start
         self.pending: dict[int, float] = {}  # slot index -> when to start it
         self.orphans: set[int] = set()
+        self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
 
     # -- messages --------------------------------------------------------------------------
     def fatal(self, text: str, err: BaseException | int | None = None) -> NoReturn:
@@ -163,14 +172,19 @@ class Master:
             from prefork.rules import RulesFile
 
             self.rules = RulesFile(cfg.rules_path, cfg.rules_missing_ok)
+        if cfg.wants_exporter:
+            self.start_exporter()
         gc.collect()
         gc.freeze()  # keep the objects the workers share out of later collections: fewer copied pages
         for index in range(cfg.workers):
             self.start_worker(index)
         while True:
             timeout = None
-            if self.pending:
-                timeout = max(0.0, min(self.pending.values()) - time.monotonic())
+            due = list(self.pending.values())
+            if self.exporter is not None and self.exporter.due is not None:
+                due.append(self.exporter.due)
+            if due:
+                timeout = max(0.0, min(due) - time.monotonic())
             try:
                 select.select([self.sig_r], [], [], timeout)
             except InterruptedError:
@@ -183,6 +197,28 @@ class Master:
                     del self.pending[index]
                     self.board.put64(sb.H_RESTARTS, self.board.get64(sb.H_RESTARTS) + 1)
                     self.start_worker(index)
+            if self.exporter is not None:
+                self.exporter.start_if_due(now)
+
+    def start_exporter(self) -> None:
+        """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile)."""
+        from prefork.exporter_child import Exporter, exporter_args, format_address, parse_address, pin_port
+
+        cfg = self.cfg
+        assert self.board is not None
+        listen = None
+        if cfg.metrics is not None:
+            host, port = parse_address(cfg.metrics)
+            try:
+                port = pin_port(host, port)
+            except OSError as e:  # the exporter will fail the same way: it says so, we retry every second
+                if self.warn:
+                    os.write(2, b"tcpserver: warning: unable to bind metrics address %s: %s\n"
+                             % (cfg.metrics.encode("utf-8", "surrogateescape"), errstr(e).encode()))
+            listen = format_address(host, port)
+        args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile)
+        self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn)
+        self.exporter.start()
 
     def start_worker(self, index: int) -> None:
         board = self.board
@@ -228,10 +264,11 @@ class Master:
             reaped.append((pid, status))
         if not reaped:
             return
+        exporter = {self.exporter.pid} if self.exporter is not None and self.exporter.pid else set()
         dead = [(pid, self.workers.pop(pid)) for pid, _ in reaped if pid in self.workers]
         if dead:
             # The dead workers' programs are our children now (reparented before we were told).
-            known = set(self.workers) | self.orphans | {pid for pid, _ in dead}
+            known = set(self.workers) | self.orphans | {pid for pid, _ in dead} | exporter
             found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
             self.orphans |= found
             added = len(found)
@@ -260,6 +297,8 @@ class Master:
                     self.cap.unlock()
                 else:
                     self.cap.orphan_ended()
+            elif pid in exporter:
+                self.exporter.exited(status)
 
 
 def _set_name() -> None:

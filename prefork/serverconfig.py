@@ -48,6 +48,8 @@ DEFAULTS: dict[str, object] = {
     "bound_ip": "0.0.0.0",  # set by the master after bind
     "scoreboard_path": None,
     "name": "",
+    "metrics": None,  # --metrics HOST:PORT (checked by the front end): serve metrics through a prefork-exporter child
+    "metrics_textfile": None,  # --metrics-textfile PATH: the exporter also writes them there
 }
 
 
@@ -72,3 +74,8 @@ class ServerConfig:
     def needs_lookups(self) -> bool:
         """True when a connection must wait for DNS or ident before its program can start."""
         return self.localname is None or self.remote_host_lookup or self.ident
+
+    @property
+    def wants_exporter(self) -> bool:
+        """True when the master must run a prefork-exporter beside itself."""
+        return self.metrics is not None or self.metrics_textfile is not None

@@ -46,6 +46,31 @@ DEFAULTS = {
 }
 
 
+class MetricsAddress(click.ParamType):
+    """``--metrics HOST:PORT``, read as prefork-exporter's ``--listen`` reads it; anything else is a usage error."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from prefork.exporter_child import format_address, parse_address  # only when the option is given
+
+        try:
+            return format_address(*parse_address(str(value)))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class FilePath(click.ParamType):
+    """A path that is not empty."""
+
+    name = "PATH"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not value:
+            self.fail("empty path", param, ctx)
+        return str(value)
+
+
 def _default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -68,6 +93,10 @@ def _default_workers() -> int:
 @click.option("--name", default="", help="service name recorded in the scoreboard for metrics")
 @click.option("--ident-port", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
 @click.option("--dns-timeout", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
+@click.option("--metrics", type=MetricsAddress(), default=None,
+              help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start)")
+@click.option("--metrics-textfile", type=FilePath(), default=None,
+              help="also write the metrics to PATH for node_exporter's textfile collector")
 @click.argument("operands", nargs=-1, type=click.UNPROCESSED)
 def main(operands: tuple[str, ...], **opts: object) -> None:
     """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
@@ -133,6 +162,8 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         workers=max(1, int(workers) if workers is not None else _default_workers()),  # type: ignore[arg-type]
         scoreboard_path=opts["scoreboard"],  # type: ignore[arg-type]
         name=str(opts["name"]),
+        metrics=opts["metrics"],
+        metrics_textfile=opts["metrics_textfile"],
     )
     from prefork.lean import exec_server
 

@@ -1,0 +1,173 @@
+"""``prefork-exporter`` as a child of a server: ``tcpserver``/``svscan --metrics HOST:PORT``, ``--metrics-textfile PATH``.
+
+``prefork/`` and ``control/`` never import ``metrics/`` (DESIGN.md, "Metrics"),
+and a process that forks must not run an HTTP thread: a server asked for
+metrics runs the exporter beside itself instead.  It is started with
+``os.posix_spawn`` (the server never forks for it), with the environment the
+server was started with, and is given the server's pid (``--parent-pid``), so
+it exits by itself when the server is gone, however the server ended.
+
+The server's loop reaps it like any child: it must know :attr:`Exporter.pid`,
+so that the exporter is never taken for a program (no ``-c`` slot, no orphan
+count) or a service, and call :meth:`Exporter.exited`, which warns and asks
+for a restart at :attr:`Exporter.due`: at once if it lived a second, else one
+second after its start (a worker's throttle).
+
+Faults never stop a server: an address that cannot be bound (a port already in
+use) makes the exporter exit 111 with its own message; the server warns and
+tries again every second until it works.  Port 0 is resolved once, here, to a
+free port (:func:`pin_port`), so every restart serves the same address.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+NAME = "prefork-exporter"
+RESTART_DELAY = 1.0
+STOP_SECONDS = 5.0  # how long stop() lets the exporter write its last textfile before SIGKILL
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT as ``prefork-exporter --listen`` reads it ([V6]:PORT; empty HOST = 0.0.0.0); ValueError says why."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"port is not a number: {text!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port is larger than 65535: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(ch.isspace() or ch in "[]/" for ch in host):
+        raise ValueError(f"not a host: {host!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    """The ``--listen`` word for HOST and PORT (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def pin_port(host: str, port: int) -> int:
+    """PORT, or for 0 a free port chosen now by binding one, so every start of the exporter serves one address.
+
+    Raises OSError when HOST port 0 cannot be bound at all.
+    """
+    if port:
+        return port
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def exporter_path() -> str:
+    """``prefork-exporter`` next to this interpreter (or next to the command that started it)."""
+    candidates = [sys.executable] + ([sys.argv[0]] if sys.argv and sys.argv[0] else [])
+    for base in candidates:
+        path = os.path.join(os.path.dirname(os.path.abspath(base)), NAME)
+        if os.access(path, os.X_OK):
+            return path
+    return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), NAME)  # the spawn error names it
+
+
+def exporter_args(
+    sources: list[str], parent_pid: int, listen: str | None, textfile: str | None
+) -> list[str]:
+    """The exporter's arguments after its name: SOURCES (``--scoreboard P`` or ``--services D``) and the rest."""
+    args = [*sources, "--parent-pid", str(parent_pid)]
+    if listen is not None:
+        args += ["--listen", listen]
+    if textfile is not None:
+        args += ["--metrics-textfile", textfile]
+    return args
+
+
+class Exporter:
+    """One exporter child: its pid while it runs, and when to start it again once it has exited."""
+
+    def __init__(
+        self,
+        prog: str,
+        args: list[str],
+        env: dict[bytes, bytes],
+        sigdef: tuple[int, ...] = (),
+        quiet: bool = False,
+        path: str | None = None,
+    ) -> None:
+        self.prog = prog
+        self.path = path or exporter_path()
+        self.argv = [self.path, *args]
+        self.env = env
+        self.sigdef = sigdef
+        self.quiet = quiet  # tcpserver -q: no warnings, and the exporter's stderr goes to /dev/null
+        self.pid = 0
+        self.started = 0.0
+        self.due: float | None = None  # monotonic time of the next start; None while it runs (or stopped)
+
+    def warn(self, text: str, err: BaseException | None = None) -> None:
+        if not self.quiet:
+            from prefork.djb import warn
+
+            warn(self.prog, text, err)
+
+    def start(self) -> None:
+        """Start it now; if that fails, warn and set :attr:`due` a second later."""
+        self.due = None
+        self.started = time.monotonic()
+        actions = [(os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)] if self.quiet else []
+        try:
+            self.pid = os.posix_spawn(
+                self.path, self.argv, self.env, file_actions=actions, setsigmask=(), setsigdef=self.sigdef
+            )
+        except OSError as e:
+            self.pid = 0
+            self.warn(f"unable to start {self.path}", e)
+            self.due = self.started + RESTART_DELAY
+
+    def exited(self, status: int) -> None:
+        """The server reaped :attr:`pid` with wait STATUS: warn, and restart it at :attr:`due`."""
+        pid, self.pid = self.pid, 0
+        if os.WIFSIGNALED(status):
+            how = f"killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with status {os.waitstatus_to_exitcode(status)}"
+        self.due = max(time.monotonic(), self.started + RESTART_DELAY)
+        self.warn(f"metrics exporter {pid} {how}; restarting it")
+
+    def start_if_due(self, now: float) -> None:
+        if self.due is not None and self.due <= now:
+            self.start()
+
+    def stop(self, seconds: float = STOP_SECONDS) -> None:
+        """SIGTERM it (it writes its textfile a last time), reap it; SIGKILL after SECONDS.  No restart."""
+        self.due = None
+        pid, self.pid = self.pid, 0
+        if not pid:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+        deadline = time.monotonic() + seconds
+        for _ in range(int(seconds / 0.01) + 1):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
