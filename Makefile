@@ -6,7 +6,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-tcpserver bench-supervision bench-multilog lint clean
+.PHONY: demo test bench bench-tcpserver bench-supervision bench-multilog bench-scrape lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
 	$(VENV)/bin/python -m pytest -n auto -q
 
-bench: bench-tcpserver bench-supervision bench-multilog
+bench: bench-tcpserver bench-supervision bench-multilog bench-scrape
 
 bench-tcpserver: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
@@ -34,6 +34,10 @@ bench-supervision: $(STAMP)
 bench-multilog: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python -m loadtest.multilog_bench $(MULTILOG_ARGS)
+
+bench-scrape: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m loadtest.scrape_bench $(SCRAPE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
