@@ -39,7 +39,10 @@ def script(settings: dict[str, object], fd: int, paths: list[str]) -> bytes:
 
 def bootstrap(fd: int, paths: list[str], body: str) -> bytes:
     """A script that closes its own memfd, puts PATHS first on sys.path, then runs BODY."""
-    return (f"import os, sys\nos.close({fd})\nsys.path[:0] = {paths!r}\n" + body).encode("utf-8", "surrogateescape")
+    return (
+        f"import os, sys\nos.close({fd})\nsys.path[:0] = {paths!r}\n"
+        "from prefork.lean import name_process\nname_process()\n" + body
+    ).encode("utf-8", "surrogateescape")
 
 
 def exec_server(settings: dict[str, object]) -> None:
@@ -94,3 +97,20 @@ def hold_std_fds() -> None:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+
+def name_process() -> None:
+    """Name the lean interpreter after the command that started it (``svscan``, not ``python``).
+
+    ``ps -C svscan``, ``pgrep multilog`` and ``killall`` match the kernel's
+    comm, which an exec of the interpreter set to ``python3``.  Writing
+    /proc/self/comm is PR_SET_NAME without ctypes.
+    """
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            name = os.path.basename(f.read().split(b"\0", 1)[0])
+        if name:
+            with open("/proc/self/comm", "wb") as f:
+                f.write(name[:15])
+    except OSError:
+        pass

@@ -48,7 +48,7 @@ def test_settings_round_trip_through_the_bootstrap_script():
     text = lean.script(cfg.as_dict(), 9, ["/a", "/b'c"])
     body = text.decode("utf-8", "surrogateescape").split("\n")
     assert body[2] == "sys.path[:0] = ['/a', \"/b'c\"]"
-    settings_line = body[5]
+    settings_line = body[7]
     assert settings_line.startswith("run(ServerConfig(**") and settings_line.endswith("))")
     restored = ServerConfig(**eval(settings_line[len("run(ServerConfig(**") : -2]))
     assert restored.as_dict() == cfg.as_dict()
