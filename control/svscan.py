@@ -32,6 +32,7 @@ import sys
 
 PROG = "svscan"
 RESCAN = 5.0
+GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
 HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
               [--metrics HOST:PORT] [--metrics-textfile PATH] [dir]
 
@@ -213,12 +214,27 @@ class Scanner:
             engine.stop = True  # type: ignore[attr-defined]
 
     def kill_all(self) -> None:
+        """The grace is over: every service still running gets KILL (logs too, and none is restarted)."""
         import signal as sig
+
+        engine = self.engine
+        for service in engine.services():  # type: ignore[attr-defined]
+            if not service.exit_requested:
+                service.control(ord("x"))  # a log that has not had its x yet must not come back
+        for service in engine.services():  # type: ignore[attr-defined]
+            if service.pid:
+                engine.kill(service, sig.SIGKILL)  # type: ignore[attr-defined]
+                engine.kill(service, sig.SIGCONT)  # type: ignore[attr-defined]
+        engine.call_at(engine.monotonic() + GIVE_UP, None, self.give_up)  # type: ignore[attr-defined]
+
+    def give_up(self) -> None:
+        """KILL did not work either (no CAP_KILL for a service that changed uid): say so and exit anyway."""
+        from prefork.djb import warn
 
         for service in self.engine.services():  # type: ignore[attr-defined]
             if service.pid:
-                self.engine.kill(service, sig.SIGKILL)  # type: ignore[attr-defined]
-                self.engine.kill(service, sig.SIGCONT)  # type: ignore[attr-defined]
+                warn(PROG, f"unable to stop {service.context.table_name} (pid {service.pid}): still running")
+        self.engine.stop = True  # type: ignore[attr-defined]
 
 
 def _recover_pipe(name: str) -> tuple[int, int] | None:

@@ -812,6 +812,33 @@ def test_stop_services_brings_everything_down_and_exits_0(tmp_path, scans):
     assert 0.9 <= down_after["deaf"] < 4, down_after
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop CAP_KILL and switch a service to nobody")
+def test_stop_services_gives_up_on_a_service_it_cannot_signal(tmp_path):
+    """svscan without CAP_KILL cannot signal a service that became nobody: it warns and exits, never hangs."""
+    root = tmp_path / "sv"
+    make_service(root, "a", "exec /usr/bin/setuidgid nobody /bin/sleep 1000", log=CAT_LOG)
+    tag = f"svscan-{uuid.uuid4().hex}"
+    err = tmp_path / "err"
+    argv = ["setpriv", "--inh-caps=-kill", "--bounding-set=-kill", ours("svscan"), "--table", str(tmp_path / "t"),
+            "--stop-services", "--grace", "1", str(root)]
+    with open(err, "wb") as errfile:
+        proc = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", TAG_VAR: tag}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=errfile, start_new_session=True)
+    try:
+        pid = wait_up(root / "a")
+        assert wait_until(lambda: psutil.Process(pid).uids().real == 65534, 5)
+        wait_up(root / "a" / "log")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert err.read_text() == f"svscan: warning: unable to stop a (pid {pid}): still running\n"
+        assert running(pid)  # it really could not be stopped; the test ends it below
+    finally:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait(10)
+        sweep([tag], tmp_path)
+
+
 def test_stop_services_lets_the_log_drain_the_pipe(tmp_path, scans):
     root = tmp_path / "sv"
     slow_log = ("exec perl -e 'open(O, \">>\", \"out\") or die; select(O); $| = 1;"
