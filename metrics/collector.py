@@ -1,8 +1,10 @@
 """Prometheus families built at scrape time from prefork's shared memory.
 
 One custom prometheus_client collector reads, on every scrape, the tcpserver
-scoreboards (layout: ``prefork/scoreboard.py``) and the supervisors' service
-tables (layout: ``control/servicetable.py``) and turns them into families.
+scoreboards (layout: ``prefork/scoreboard.py``), the supervisors' service
+tables (layout: ``control/servicetable.py``) and the counter blocks of
+multilog directories that asked for them with the script word ``M``
+(layout: ``metrics/logcounters.py``) and turns them into families.
 Nothing is kept between scrapes except what a fault report needs, so a scrape
 costs the same whether one worker or a million have lived: the counters are
 cumulative in the shared memory itself (a slot's counters survive its
@@ -12,7 +14,8 @@ is no prometheus multiprocess directory.
 Families (``service`` is the scoreboard's ``--name``, else ``HOST:PORT``;
 supervise's ``service`` is the name svscan shows, ``NAME`` or ``NAME/log`` as
 ``svstat`` prints it, and ``directory`` is the supervised directory, so two
-``--services`` trees never collide)::
+``--services`` trees never collide; multilog's ``directory`` is the log
+directory's absolute path as multilog saw it)::
 
     tcpserver_connections_accepted_total{service}   every accepted connection (denied and dropped included)
     tcpserver_connections_denied_total{service}     refused by the rules
@@ -34,12 +37,20 @@ supervise's ``service`` is the name svscan shows, ``NAME`` or ``NAME/log`` as
     supervise_last_exit_status{directory,service}   exit code, or 128 + signal (the shell's $?); absent before
     supervise_last_exit_signal{directory,service}   the signal that killed it, 0 if it exited; absent before
     svscan_services{directory} / svscan_scans_total / svscan_scan_errors_total / svscan_start_time_seconds
+    multilog_lines_total{directory}                 lines written to current
+    multilog_bytes_total{directory}                 bytes written to current
+    multilog_rotations_total{directory}             full currents made old files (@...s)
+    multilog_processor_failures_total{directory,exit}  processor runs that failed: exit="nonzero" | "signal"
+    multilog_paused_seconds_total{directory}        time paused (5 s each) after disk or processor failures
+    multilog_write_errors_total{directory}          failed system calls on the directory (each one a pause)
+    multilog_start_time_seconds{directory}          when this multilog published its counters, unix time
     prefork_exporter_source_up{kind,path}           1 if the source was served on this scrape
     prefork_exporter_source_errors_total{kind,path} scrapes on which it could not be (since the exporter started)
 
 Faults (a file missing, unreadable, truncated, of another layout version, a
-second source with the same ``service`` name, a server or supervisor that is
-not running any more): the source's families are left out of the scrape
+second source with the same ``service`` name or log ``directory``, a server,
+supervisor or multilog that is not running any more, a log directory whose
+multilog does not publish counters): the source's families are left out of the scrape
 (never served as if live: Prometheus then ends those series), its
 ``source_up`` is 0, its ``source_errors_total`` grows, and one line is
 logged when its state changes (not on every scrape).  A server counts as
@@ -63,6 +74,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from control import servicetable_read as tables
+from metrics import logcounters_read as logs
 from prefork import scoreboard_read as boards
 from prefork.djb import errstr, write_line
 from prefork.scoreboard import DURATION_BUCKETS
@@ -233,14 +245,26 @@ def read_services(arg: str, liveness: Liveness) -> tables.Snapshot:
     raise fault
 
 
+def read_multilog(arg: str, liveness: Liveness) -> logs.Snapshot:
+    """The counters of the multilog running for ARG (a log directory, or a block file); SourceFault otherwise."""
+    try:
+        snap = logs.read(logs.find(arg))
+    except logs.LogCountersError as e:
+        raise SourceFault(str(e)) from None
+    dead = liveness.check(snap.pid, snap.start_ns)
+    if dead:
+        raise SourceFault(f"multilog {dead}")
+    return snap
+
+
 # -- the collector ----------------------------------------------------------------------------
 class Source:
-    """One --scoreboard or --services argument and what the fault reports need of it."""
+    """One --scoreboard, --services or --multilog argument and what the fault reports need of it."""
 
     __slots__ = ("kind", "path", "fault", "errors", "seen")
 
     def __init__(self, kind: str, path: str) -> None:
-        self.kind = kind  # "scoreboard" or "services"
+        self.kind = kind  # "scoreboard", "services" or "multilog"
         self.path = path
         self.fault: str | None = None  # the reason last logged; None while it is served
         self.errors = 0
@@ -260,8 +284,10 @@ class SharedMemoryCollector:
         services: Sequence[str] = (),
         log: Callable[[str], None] = write_line,
         prog: str = PROG,
+        multilogs: Sequence[str] = (),
     ) -> None:
-        self.sources = [Source("scoreboard", p) for p in scoreboards] + [Source("services", d) for d in services]
+        self.sources = ([Source("scoreboard", p) for p in scoreboards] + [Source("services", d) for d in services]
+                        + [Source("multilog", d) for d in multilogs])
         self.log = log
         self.prog = prog
         self.liveness = Liveness()
@@ -283,12 +309,15 @@ class SharedMemoryCollector:
         source.fault = fault
         source.seen = True
 
-    def read(self) -> tuple[list[tuple[str, boards.Snapshot]], list[tables.Snapshot]]:
-        """Read every source once, update the fault reports; (service, scoreboard) pairs and service tables."""
+    def read(self) -> tuple[list[tuple[str, boards.Snapshot]], list[tables.Snapshot], list[logs.Snapshot]]:
+        """Read every source once, update the fault reports; (service, scoreboard) pairs, tables, log counters."""
         served_boards: list[tuple[str, boards.Snapshot]] = []
         served_tables: list[tables.Snapshot] = []
+        served_logs: list[logs.Snapshot] = []
         names: dict[str, str] = {}
         table_paths: dict[object, str] = {}
+        log_blocks: dict[object, str] = {}
+        log_dirs: dict[str, str] = {}
         writers: list[tuple[int, int]] = []
         for source in self.sources:
             fault = None
@@ -301,32 +330,39 @@ class SharedMemoryCollector:
                         raise SourceFault(f"service {name} is already served from {names[name]}")
                     names[name] = source.path
                     served_boards.append((name, snap))
-                else:
+                elif source.kind == "services":
                     table = read_services(source.path, self.liveness)
                     writers.append((table.owner_pid, table.start_ns))
-                    try:
-                        st = os.stat(table.path)
-                        identity: object = (st.st_dev, st.st_ino)
-                    except OSError:  # replaced since: the table we read is still a table of its own
-                        identity = table.path
+                    identity = _identity(table.path)
                     if identity in table_paths:
                         raise SourceFault(f"its table {table.path} is already served for {table_paths[identity]}")
                     table_paths[identity] = source.path
                     served_tables.append(table)
+                else:
+                    counters = read_multilog(source.path, self.liveness)
+                    writers.append((counters.pid, counters.start_ns))
+                    identity = _identity(counters.path)
+                    if identity in log_blocks:
+                        raise SourceFault(f"its counters {counters.path} are already served for {log_blocks[identity]}")
+                    if counters.directory in log_dirs:
+                        raise SourceFault(f"directory {counters.directory} is already served from"
+                                          f" {log_dirs[counters.directory]}")
+                    log_blocks[identity] = log_dirs[counters.directory] = source.path
+                    served_logs.append(counters)
             except SourceFault as e:
                 fault = str(e)
             except Exception as e:  # a reader bug must cost one source, never the scrape
                 fault = f"unexpected error: {type(e).__name__}: {e}"
             self._report(source, fault)
         self.liveness.forget(writers)
-        return served_boards, served_tables
+        return served_boards, served_tables, served_logs
 
     def families(self) -> list[Family]:
         """Every family, read from the shared memory now."""
         with self._lock:
-            served_boards, served_tables = self.read()
+            served_boards, served_tables, served_logs = self.read()
             sources = [(s.kind, s.path, s.fault is None, s.errors) for s in self.sources]
-        return build_families(served_boards, served_tables, sources)
+        return build_families(served_boards, served_tables, sources, served_logs)
 
     def collect(self) -> Iterable[object]:
         """prometheus_client's entry point: the families as its Metric objects."""
@@ -335,6 +371,15 @@ class SharedMemoryCollector:
     def render(self) -> bytes:
         """One scrape in the text format, without prometheus_client (what the exporter serves)."""
         return render_text(self.families())
+
+
+def _identity(path: str) -> object:
+    """(device, inode) of PATH, to tell one file given twice; the path itself if it has been replaced since."""
+    try:
+        st = os.stat(path)
+    except OSError:  # replaced since: what we read is still a file of its own
+        return path
+    return (st.st_dev, st.st_ino)
 
 
 class Family:
@@ -435,6 +480,7 @@ def build_families(
     served_boards: Sequence[tuple[str, boards.Snapshot]],
     served_tables: Sequence[tables.Snapshot],
     sources: Sequence[tuple[str, str, bool, int]] = (),
+    served_logs: Sequence[logs.Snapshot] = (),
 ) -> list[Family]:
     """The families for these snapshots; SOURCES are (kind, path, up, errors) for the exporter's own families."""
     s = "service"
@@ -523,6 +569,28 @@ def build_families(
             svscan_start.add((directory,), table.start_ns / NS)
     families += [up, want_up, paused, normally_up, since, starts, srestarts, last_exit, last_signal,
                  services, scans, scan_errors, svscan_start]
+
+    lines = Family("multilog_lines", "counter", "Lines multilog wrote to the log directory's current.")
+    nbytes = Family("multilog_bytes", "counter", "Bytes multilog wrote to the log directory's current.")
+    rotations = Family("multilog_rotations", "counter", "Full currents made old files (@...s).")
+    failures = Family("multilog_processor_failures", "counter",
+                      "Processor runs that failed: exit non-zero, or killed by a signal.")
+    paused_s = Family("multilog_paused_seconds", "counter",
+                      "Time multilog spent paused after disk or processor failures, in seconds.")
+    write_errors = Family("multilog_write_errors", "counter",
+                          "Failed system calls on the log directory (disk full, I/O errors, ...), each one a pause.")
+    log_start = Family("multilog_start_time_seconds", "gauge", "When this multilog published its counters, unix time.")
+    for c in served_logs:
+        labels = (("directory", label(c.directory)),)
+        lines.add(labels, c.lines)
+        nbytes.add(labels, c.bytes)
+        rotations.add(labels, c.rotations)
+        failures.add((*labels, ("exit", "nonzero")), c.processor_failures)
+        failures.add((*labels, ("exit", "signal")), c.processor_crashes)
+        paused_s.add(labels, c.paused_ns / NS)
+        write_errors.add(labels, c.write_errors)
+        log_start.add(labels, c.start_ns / NS)
+    families += [lines, nbytes, rotations, failures, paused_s, write_errors, log_start]
 
     if sources:
         source_up = Family("prefork_exporter_source_up", "gauge", "1 if the source was read and served on this scrape.")

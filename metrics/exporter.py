@@ -1,6 +1,6 @@
-"""``prefork-exporter``: Prometheus metrics of tcpservers and svscans, read from their shared memory.
+"""``prefork-exporter``: Prometheus metrics of tcpservers, svscans and multilogs, read from their shared memory.
 
-    prefork-exporter --scoreboard PATH... --services DIR... [--listen HOST:PORT]
+    prefork-exporter --scoreboard PATH... --services DIR... --multilog DIR... [--listen HOST:PORT]
                      [--metrics-textfile PATH [--textfile-interval SECONDS]] [--once] [--parent-pid PID]
 
 Serves ``/metrics`` over HTTP on ``--listen`` from its single thread's
@@ -21,7 +21,9 @@ svscan never outlives it.  SIGTERM, SIGINT and SIGHUP exit 0.
 
 The families, their labels and what happens on faults are described in
 ``metrics/collector.py``.  ``--services`` takes a directory that a prefork
-svscan (or supervise) runs for, or a service table file (``svscan --table``).
+svscan (or supervise) runs for, or a service table file (``svscan --table``);
+``--multilog`` a log directory whose multilog has the script word ``M``
+before it, or its counter block file (``metrics/logcounters.py``).
 
 Errors: a bad command line prints why and the usage line, exit 100; an
 address that cannot be bound or a ``--once`` textfile that cannot be written
@@ -43,7 +45,7 @@ from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
 
 PROG = "prefork-exporter"
 USAGE = (
-    "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--listen HOST:PORT]"
+    "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--multilog DIR...] [--listen HOST:PORT]"
     " [--metrics-textfile PATH] [--textfile-interval SECONDS] [--once] [--parent-pid PID]"
 )
 HELP = f"""usage: {USAGE}
@@ -51,6 +53,7 @@ HELP = f"""usage: {USAGE}
 Serve Prometheus metrics read from prefork's shared memory (no multiprocess directory).
   --scoreboard PATH...        tcpserver scoreboards (tcpserver --scoreboard PATH)
   --services DIR...           directories run by a prefork svscan or supervise, or their table files
+  --multilog DIR...           log directories of multilogs run with the script word M, or their counter files
   --listen HOST:PORT          serve http://HOST:PORT/metrics (port 0: any; the address is logged)
   --metrics-textfile PATH     also write the metrics to PATH (via PATH.new + rename), for node_exporter
   --textfile-interval SECONDS how often to rewrite it (default 15; SIGUSR1 rewrites it at once)
@@ -72,11 +75,12 @@ class UsageError(Exception):
 class Options:
     """The parsed command line."""
 
-    __slots__ = ("scoreboards", "services", "listen", "textfile", "interval", "once", "parent_pid")
+    __slots__ = ("scoreboards", "services", "multilogs", "listen", "textfile", "interval", "once", "parent_pid")
 
     def __init__(self) -> None:
         self.scoreboards: list[str] = []
         self.services: list[str] = []
+        self.multilogs: list[str] = []
         self.listen: tuple[str, int] | None = None
         self.textfile: str | None = None
         self.interval = DEFAULT_INTERVAL
@@ -95,10 +99,10 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_args(argv: list[str]) -> Options:
-    """Long options only; --scoreboard and --services take every following word up to the next option."""
+    """Long options only; --scoreboard, --services and --multilog take every following word up to the next option."""
     opts = Options()
     args = list(argv)
-    many = {"--scoreboard": opts.scoreboards, "--services": opts.services}
+    many = {"--scoreboard": opts.scoreboards, "--services": opts.services, "--multilog": opts.multilogs}
     single = ("--listen", "--metrics-textfile", "--textfile-interval", "--parent-pid")
     while args:
         word = args.pop(0)
@@ -140,7 +144,7 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError(f"unknown option {word}")
         else:
             raise UsageError(f"unexpected argument {word!r}")
-    if not opts.scoreboards and not opts.services:
+    if not opts.scoreboards and not opts.services and not opts.multilogs:
         raise UsageError("nothing to export: give --scoreboard or --services")
     if opts.once and opts.listen is not None:
         raise UsageError("--once writes once and exits: it cannot --listen")
@@ -345,7 +349,7 @@ class HttpServer:
 
 def run(opts: Options) -> int:
     """Serve until told to stop (or the parent is gone); the exit code."""
-    collector = SharedMemoryCollector(opts.scoreboards, opts.services)
+    collector = SharedMemoryCollector(opts.scoreboards, opts.services, multilogs=opts.multilogs)
     if opts.once:
         data = collector.render()
         if opts.textfile is None:

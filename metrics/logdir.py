@@ -17,7 +17,10 @@ the input read, so files tend to end at the last line end before s.
 
 The opt-in extensions of metrics/logscript.py live here too: ``S`` (total size
 of the old files) is one more pruning rule after the n−1 one, ``T`` (age) is
-``due()``/``deadline()``, acted on by the engine before each read.
+``due()``/``deadline()``, acted on by the engine before each read, and ``M``
+(counters) is ``publish()`` plus a store or two per flush, rotation and pause
+into the directory's block (metrics/logcounters.py); without ``M`` those
+are one ``is None`` test each.
 
 Every failure after start-up is a ``multilog: warning: unable to ..., pausing:
 ERR``, a 5 s sleep and a retry of the same step: nothing is lost.  All the
@@ -31,6 +34,10 @@ import errno
 import os
 
 from prefork.djb import errstr
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: multilog does not import typing
+if TYPE_CHECKING:
+    from metrics.logcounters import LogCounters
 
 PROG = "multilog"
 PAUSE = 5
@@ -133,6 +140,20 @@ class Seam:
 
         self._call(fcntl.flock, fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    # -- counters (the M extension) ---------------------------------------------------------------
+    def counters_path(self, dir_fd: int) -> str:
+        """Where the counter block of the directory open at DIR_FD lives (keyed by its device and inode)."""
+        from metrics.logcounters import default_path
+
+        st = self._call(os.fstat, dir_fd)
+        return default_path(st.st_dev, st.st_ino)
+
+    def counters(self, path: str, directory: str) -> LogCounters:
+        """Create the counter block at PATH for DIRECTORY (an absolute path); raises OSError."""
+        from metrics.logcounters import LogCounters
+
+        return LogCounters.create(path, directory)
+
     # -- processors -------------------------------------------------------------------------------
     def spawn(self, command: str, dir_fd: int) -> int:
         """Fork ``/bin/sh -c COMMAND`` in the directory: stdin previous, stdout processed, fd 4 state, fd 5 newstate."""
@@ -214,23 +235,26 @@ class LogDir:
     multilog waits for more input).
     """
 
-    __slots__ = ("path", "size", "num", "processor", "total", "age", "seam", "dirfd", "lockfd", "current",
-                 "bytes", "started", "_buf", "_pending")
+    __slots__ = ("path", "size", "num", "processor", "total", "age", "metrics", "seam", "dirfd", "lockfd", "current",
+                 "bytes", "started", "meter", "_buf", "_pending", "_lines")
 
     def __init__(self, path: str, size: int, num: int, processor: str | None, seam: Seam, total: int = 0,
-                 age: int = 0) -> None:
+                 age: int = 0, metrics: bool = False) -> None:
         self.path = path
         self.size = size
         self.num = num
         self.processor = processor
         self.total = total
         self.age = age
+        self.metrics = metrics  # the script asked for counters (M)
         self.seam = seam
         self.dirfd = self.lockfd = self.current = -1
         self.bytes = 0  # size of current
         self.started = 0.0  # monotonic time of current's first byte (age rotation)
+        self.meter: LogCounters | None = None  # the counter block, once published
         self._buf: list[bytes] = []
         self._pending = 0
+        self._lines = 0  # newlines in _buf (counted by the engine, which knows them without scanning)
 
     # -- start-up ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -307,10 +331,47 @@ class LogDir:
         except OSError:
             pass
 
+    def publish(self) -> None:
+        """``M``: create the directory's counter block (after open(): the lock is ours, so is the block).
+
+        Counters are never worth a lost line: if the block cannot be made,
+        multilog warns once and logs on without it.
+        """
+        seam, d = self.seam, self.path
+        try:
+            path = seam.counters_path(self.dirfd)
+        except OSError as err:
+            seam.warn(f"unable to publish counters for {d}: {errtext(err.errno)}")
+            return
+        try:
+            directory = os.path.abspath(d)
+        except OSError:  # the working directory is gone: keep the name as given
+            directory = d
+        try:
+            self.meter = seam.counters(path, directory)
+        except OSError as err:
+            seam.warn(f"unable to publish counters for {d} in {path}: {errtext(err.errno)}")
+
     # -- pausing ----------------------------------------------------------------------------------
-    def _pause(self, text: str, err: int | None) -> None:
+    def _pause(self, text: str, err: int | None, crashed: bool = False) -> None:
+        """A failure: count it (a processor crash, else a write error), warn, sleep 5 s."""
+        meter = self.meter
+        if meter is not None:
+            if crashed:
+                meter.crashed()
+            else:
+                meter.error()
         self.seam.warn(f"{text}, pausing: {errtext(err)}")
+        self._sleep()
+
+    def _sleep(self) -> None:
+        meter = self.meter
+        if meter is None:
+            self.seam.sleep(PAUSE)
+            return
+        start = self.seam.monotonic()
         self.seam.sleep(PAUSE)
+        meter.paused(int((self.seam.monotonic() - start) * 1e9))
 
     def _retry(self, text: str, fn, *args):  # type: ignore[no-untyped-def]
         while True:
@@ -320,10 +381,14 @@ class LogDir:
                 self._pause(text, err.errno)
 
     # -- writing ----------------------------------------------------------------------------------
-    def put(self, data: bytes) -> None:
-        """Queue DATA for current (written by flush, or now if much is queued)."""
+    def put(self, data: bytes, lines: int) -> None:
+        """Queue DATA, holding LINES newlines, for current (written by flush, or now if much is queued).
+
+        LINES feeds the ``M`` counters only (the engine may pass 0 when no directory has ``M``).
+        """
         self._buf.append(data)
         self._pending += len(data)
+        self._lines += lines
         if self._pending >= FLUSH_AT:
             self.flush()
 
@@ -336,6 +401,9 @@ class LogDir:
         buf.clear()
         self._pending = 0
         self.write(data)
+        if self.meter is not None:
+            self.meter.wrote(len(data), self._lines)
+        self._lines = 0
 
     def write(self, data: bytes) -> None:
         """0.76's c_write() rules over the whole of DATA (which must be bytes)."""
@@ -382,6 +450,8 @@ class LogDir:
         self._retry(f"unable to set mode of {d}/previous", seam.chmod, "previous", 0o744, fd)
         if not self.processor:
             self.finish("previous", "s")
+            if self.meter is not None:
+                self.meter.rotated()
             return
         while True:
             try:
@@ -395,11 +465,13 @@ class LogDir:
                 self._pause(f"wait failed for processor in {d}", err.errno)
             else:
                 if status & 127:
-                    self._pause(f"processor crashed in {d}", seam.errno)
+                    self._pause(f"processor crashed in {d}", seam.errno, crashed=True)
                 elif not (status >> 8) & 255:
                     break
+                elif self.meter is not None:
+                    self.meter.failed()  # counted before the warning, as every failure
             seam.warn(f"processor failed in {d}, pausing")
-            seam.sleep(PAUSE)
+            self._sleep()
         out = self._retry(f"unable to create {d}/processed", seam.open, "processed", _APPEND, 0o600, fd)
         self._retry(f"unable to write {d}/processed to disk", seam.fsync, out)
         self._retry(f"unable to set mode of {d}/processed", seam.fchmod, out, 0o744)
@@ -410,6 +482,8 @@ class LogDir:
         self._retry(f"unable to remove {d}/previous", seam.unlink, "previous", fd)
         self._retry(f"unable to rename newstate to state in directory {d}", seam.rename, "newstate", "state", fd)
         self.finish("processed", "s")
+        if self.meter is not None:
+            self.meter.rotated()
 
     def finish(self, name: str, code: str) -> None:
         """Turn NAME into ``@<now>.CODE`` (unless it is already linked elsewhere), then drop the oldest files."""
@@ -494,7 +568,10 @@ class LogDir:
         self._retry(f"unable to set mode of {d}/current", self.seam.fchmod, self.current, 0o744)
 
     def release(self) -> None:
-        """Close every descriptor (for callers that go on living after close(): tests, embedding)."""
+        """Close every descriptor and remove the counter block (the command's last act; tests, embedding)."""
+        if self.meter is not None:
+            self.meter.close(unlink=True)
+            self.meter = None
         for fd in (self.current, self.lockfd, self.dirfd):
             if fd >= 0:
                 self.seam.close(fd)

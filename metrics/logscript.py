@@ -20,7 +20,7 @@ use 0.76's ``*``: a star before the end skips to the *first* occurrence of the
 byte after it (no backtracking), a star at the end matches the rest, the whole
 line must be used.  ``*a`` does not match ``baa``; ``**`` needs a literal star.
 
-Extensions beyond 0.76, off by default.  0.76 ignores both words (it only knows
+Extensions beyond 0.76, off by default.  0.76 ignores these words (it only knows
 the first bytes above), so a script using them still runs under daemontools:
 
 ``SBYTES``    total-size cap, in bytes, of the old files (``@*``) of the directories
@@ -31,6 +31,11 @@ the first bytes above), so a script using them still runs under daemontools:
               non-empty at start-up counts from then), even when no more input
               comes (svlogd's ``t``; upper case because 0.76 reads a first word
               ``t...`` as the stamp action).  ``T`` or ``T0``: off (default).
+``M``         publish counters (lines, bytes, rotations, processor failures, pauses)
+              for the directories after it, in a shared-memory block the metrics
+              exporter reads (``prefork-exporter --multilog DIR``; layout and place:
+              metrics/logcounters.py).  ``M`` or ``MN`` with N > 0: on; ``M0`` (or
+              ``M`` followed by anything that is not a number above 0): off (default).
 """
 
 from __future__ import annotations
@@ -54,20 +59,21 @@ _ULONG = 1 << 64
 class DirSpec:
     """One log directory of a script and the settings in force where it was named."""
 
-    __slots__ = ("path", "size", "num", "processor", "total", "age")
+    __slots__ = ("path", "size", "num", "processor", "total", "age", "metrics")
 
     def __init__(self, path: str, size: int = DEFAULT_SIZE, num: int = DEFAULT_NUM, processor: str | None = None,
-                 total: int = 0, age: int = 0) -> None:
+                 total: int = 0, age: int = 0, metrics: bool = False) -> None:
         self.path = path
         self.size = size
         self.num = num
         self.processor = processor
         self.total = total
         self.age = age
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return (f"DirSpec({self.path!r}, size={self.size}, num={self.num}, processor={self.processor!r}, "
-                f"total={self.total}, age={self.age})")
+                f"total={self.total}, age={self.age}, metrics={self.metrics})")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DirSpec) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -111,7 +117,7 @@ def parse(words: list[str]) -> Script:
     actions: list[tuple[int, object]] = []
     files: list[str] = []
     dirs: list[DirSpec] = []
-    size, num, processor, total, age = DEFAULT_SIZE, DEFAULT_NUM, None, 0, 0
+    size, num, processor, total, age, metrics = DEFAULT_SIZE, DEFAULT_NUM, None, 0, 0, False
     for word in words:
         first = word[:1]
         if first == "-" or first == "+":
@@ -131,9 +137,11 @@ def parse(words: list[str]) -> Script:
             total = scan_ulong(word[1:])
         elif first == "T":
             age = scan_ulong(word[1:])
+        elif first == "M":
+            metrics = word == "M" or scan_ulong(word[1:]) != 0
         elif first == "." or first == "/":
             actions.append((DIR, len(dirs)))
-            dirs.append(DirSpec(word, size, num, processor, total, age))
+            dirs.append(DirSpec(word, size, num, processor, total, age, metrics))
     return Script(timestamp, actions, files, dirs)
 
 

@@ -25,6 +25,12 @@ the input.
 Deliberate coarsening: an ``=file`` is rewritten once per read with the last
 line selected for it (0.76 rewrites it for every line; the contents after each
 read are the same), and ``e`` output of one read is one write to stderr.
+
+Directories named after ``M`` publish counters (metrics/logcounters.py): each
+share queued for a directory carries its number of newlines, which the engine
+knows without a scan (a stamped chunk grew by one stamp per line, a selected
+chunk has one entry per line); only an unstamped chunk sent whole is counted
+with ``bytes.count``, and only when some directory has ``M``.
 """
 
 from __future__ import annotations
@@ -63,7 +69,9 @@ class Multilog:
     def __init__(self, script: Script, seam: Seam | None = None) -> None:
         self.script = script
         self.seam = seam if seam is not None else Seam()
-        self.dirs = [LogDir(d.path, d.size, d.num, d.processor, self.seam, d.total, d.age) for d in script.dirs]
+        self.dirs = [LogDir(d.path, d.size, d.num, d.processor, self.seam, d.total, d.age, d.metrics)
+                     for d in script.dirs]
+        self._metered = any(d.metrics for d in script.dirs)  # some directory counts its lines (M)
         self.files: list[int] = []
         self._plain = not script.selects  # every line goes to every directory
         patterns: dict[object, Pattern] = {}  # one Pattern per distinct text: evaluated once per chunk
@@ -75,7 +83,11 @@ class Multilog:
 
     # -- start-up ---------------------------------------------------------------------------------
     def open(self) -> None:
-        """Create and open every ``=file``, then open and recover every directory; raises Fatal."""
+        """Create and open every ``=file``, then open and recover every directory; raises Fatal.
+
+        Directories with ``M`` publish their counters once every directory is
+        locked and recovered, so a multilog that fails to start leaves none.
+        """
         seam = self.seam
         for name in self.script.files:
             try:
@@ -88,6 +100,9 @@ class Multilog:
                 raise Fatal(f"unable to write {name}", err.errno) from None
         for d in self.dirs:
             d.open()
+        for d in self.dirs:
+            if d.metrics:
+                d.publish()
 
     # -- input ------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -104,9 +119,12 @@ class Multilog:
         last = data.rfind(_NL, pos)
         if last >= 0:
             region = data if pos == 0 and last == end - 1 else data[pos:last + 1]
+            count = -1  # lines in region: unknown
             if stamp:
+                raw = len(region)
                 region = stamp + region[:-1].replace(_NL, _NL + stamp) + _NL
-            self._lines(region, stamp)
+                count = (len(region) - raw) // len(stamp)  # one stamp per line
+            self._lines(region, stamp, count)
             pos = last + 1
         if pos < end:
             self.line_open = True
@@ -121,9 +139,9 @@ class Multilog:
         nl = data.find(_NL)
         stream = self._stream
         if stream is not None:
-            piece = data if nl < 0 else data[:nl + 1]
+            piece, count = (data, 0) if nl < 0 else (data[:nl + 1], 1)
             for d in stream:
-                d.put(piece)
+                d.put(piece, count)
             if nl < 0:
                 return len(data)
             self._stream = None
@@ -133,7 +151,7 @@ class Multilog:
         if nl >= 0:
             self._head = None
             self.line_open = False
-            self._lines(head + _NL, self._stamp_of(head))
+            self._lines(head + _NL, self._stamp_of(head), 1)
             return nl + 1
         if len(head) >= LINE_MAX:
             self._head = None
@@ -149,26 +167,32 @@ class Multilog:
         else:
             stream = [d for d, sel in zip(self.dirs, self._evaluate([head], self._stamp_of(head)), strict=True) if sel]
         for d in stream:
-            d.put(head)
+            d.put(head, 0)
         self._stream = stream
 
     def _stamp_of(self, line: bytes) -> bytes:
         return line[:26] if self.script.timestamp else b""
 
-    def _lines(self, region: bytes, stamp: bytes) -> None:
-        """Complete lines, each ending in a newline and starting with STAMP: run the actions, queue each dir's share."""
+    def _lines(self, region: bytes, stamp: bytes, count: int = -1) -> None:
+        """Complete lines, each ending in a newline and starting with STAMP: run the actions, queue each dir's share.
+
+        COUNT is the number of lines in REGION, or -1 if the caller does not know it.
+        """
         if self._plain:
+            if count < 0:
+                count = region.count(_NL) if self._metered else 0
             for d in self.dirs:
-                d.put(region)
+                d.put(region, count)
             return
         lines = region.split(_NL)
         lines.pop()
+        count = len(lines)
         for d, sel in zip(self.dirs, self._evaluate(lines, stamp), strict=True):
             if sel is True:
-                d.put(region)
+                d.put(region, count)
             elif sel is not False:
-                d.put(_NL.join(compress(lines, sel)))  # type: ignore[arg-type]
-                d.put(_NL)
+                d.put(_NL.join(compress(lines, sel)), sel.count(1) - 1)  # type: ignore[arg-type, attr-defined]
+                d.put(_NL, 1)
 
     def _evaluate(self, lines: list[bytes], stamp: bytes) -> list[object]:
         """Run the actions over LINES; the selection (True, False or a 0/1 byte per line) at each directory.
@@ -258,17 +282,17 @@ class Multilog:
         if self.line_open:
             if self._stream is not None:
                 for d in self._stream:
-                    d.put(_NL)
+                    d.put(_NL, 1)
                 self._stream = None
             else:
                 head, self._head = self._head, None
-                self._lines(head + _NL, self._stamp_of(head))  # type: ignore[operator, arg-type]
+                self._lines(head + _NL, self._stamp_of(head), 1)  # type: ignore[operator, arg-type]
             self.line_open = False
         for d in self.dirs:
             d.close()
 
     def release(self) -> None:
-        """Close every descriptor (the command simply exits; tests and embedders call this)."""
+        """Close every descriptor and remove the counter blocks (the command's last act; tests, embedders)."""
         for d in self.dirs:
             d.release()
         for fd in self.files:

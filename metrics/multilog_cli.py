@@ -6,7 +6,8 @@ directory is locked and recovered before anything is read (a failure is
 SIGALRM rotates every non-empty ``current`` before the next read; SIGTERM ends
 at the next line boundary (at once if the last byte read was a newline,
 otherwise reading one byte at a time up to it), leaving the rest of the input
-unread; end of input completes a partial line, fsyncs, sets 0744 and exits 0.
+unread; end of input completes a partial line, fsyncs, sets 0744 and exits 0
+(removing the counter blocks of ``M`` directories on the way out).
 Signals only set flags: the main loop waits for input with select() on stdin
 and a wake-up pipe, so no byte read is ever dropped by a signal arriving.
 
@@ -38,7 +39,8 @@ Read lines from stdin and append the selected ones to log directories (daemontoo
   nNUM       keep NUM-1 old files (default 10, at least 2)
   !PROCESSOR run each full current through sh -c PROCESSOR
   ./DIR /DIR a log directory with the settings given before it
-Extensions (ignored by daemontools): SBYTES  cap the total size of old files;  TSECONDS  rotate current at that age.
+Extensions (ignored by daemontools): SBYTES  cap the total size of old files;  TSECONDS  rotate current at that age;
+  M  publish counters of the directories after it for prefork-exporter --multilog (M0: stop).
 SIGALRM rotates now; SIGTERM exits at the next line end; EOF exits 0.
 """
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         write_line(err.message())
         raise SystemExit(111) from None
     run(engine, signals, 0)
+    engine.release()
     raise SystemExit(0)
 
 

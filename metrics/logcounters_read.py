@@ -1,0 +1,130 @@
+"""Reading a multilog counter block without talking to multilog (layout: logcounters.py).
+
+This module does not import the writer: it decodes the documented layout on
+its own, so tests that write with one and read with the other check the
+layout, not a shared constant.  Each counter is loaded with one aligned 8-byte
+access (``memoryview.cast("Q")``), the way the writer stores it, so a counter
+read is never half-old, half-new.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+MAGIC = b"PFML"
+VERSION = 1
+MIN_SIZE = 4096  # version 1's size; a larger one (appended fields) is accepted
+_HEADER = 64
+_COUNTERS = 7  # the counters this reader knows, at 64
+_DIR_OFFSET, _DIR_SIZE = 256, 3840
+PREFIX = "prefork-multilog"
+
+
+class LogCountersError(Exception):
+    """The block cannot be read (missing, not a block, unknown layout, truncated); the message is one line."""
+
+
+class Snapshot:
+    """A copy of one block: every counter as loaded, the header as written."""
+
+    __slots__ = ("path", "version", "size", "pid", "start_ns", "directory", "directory_truncated", "lines",
+                 "bytes", "rotations", "processor_failures", "processor_crashes", "paused_ns", "write_errors")
+
+    def __init__(self, **fields: object) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.pop(name))
+        if fields:
+            raise TypeError(f"unexpected fields {sorted(fields)}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Snapshot(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The seven counters by name."""
+        return {n: getattr(self, n) for n in self.__slots__[7:]}
+
+
+def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
+    if mm[0:4] != MAGIC:
+        raise LogCountersError(f"{path}: not a prefork multilog counter block")
+    with memoryview(mm) as view:
+        u32 = view[:_HEADER].cast("I")
+        version, stated, count, pid, dirlen = u32[1], u32[2], u32[3], u32[4], u32[5]
+        u32.release()
+        if version != VERSION:
+            raise LogCountersError(f"{path}: unsupported layout version {version}")
+        if stated < MIN_SIZE or count < _COUNTERS:
+            raise LogCountersError(f"{path}: bad header (size {stated}, {count} counters)")
+        if size < stated:
+            raise LogCountersError(f"{path}: truncated ({size} bytes, the header says {stated})")
+        q = view[:_DIR_OFFSET].cast("Q")
+        start_ns = q[3]
+        c = [q[i] for i in range(_HEADER // 8, _HEADER // 8 + _COUNTERS)]  # one aligned load each
+        q.release()
+    stored = mm[_DIR_OFFSET:_DIR_OFFSET + min(dirlen, _DIR_SIZE)]
+    return Snapshot(
+        path=path, version=version, size=stated, pid=pid, start_ns=start_ns,
+        directory=stored.decode("utf-8", "surrogateescape"), directory_truncated=dirlen > _DIR_SIZE,
+        lines=c[0], bytes=c[1], rotations=c[2], processor_failures=c[3], processor_crashes=c[4], paused_ns=c[5],
+        write_errors=c[6],
+    )
+
+
+def read(path: str) -> Snapshot:
+    """Read the block at PATH; LogCountersError says why it cannot be."""
+    from prefork.djb import errstr
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO given by mistake must not block
+    except OSError as e:
+        raise LogCountersError(f"{path}: {errstr(e)}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size < _HEADER:
+            raise LogCountersError(f"{path}: truncated ({size} bytes)")
+        try:
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as e:  # a directory, a FIFO, ...
+            raise LogCountersError(f"{path}: {errstr(e)}") from None
+    finally:
+        os.close(fd)
+    try:
+        return _parse(path, mm, size)
+    finally:
+        mm.close()
+
+
+def path_for(directory: str) -> str:
+    """Where multilog publishes the counters of DIRECTORY (see logcounters.default_path); OSError if it is missing."""
+    st = os.stat(directory)
+    if os.path.isdir("/dev/shm"):
+        base = "/dev/shm"
+    else:
+        import tempfile
+
+        base = tempfile.gettempdir()
+    return f"{base}/{PREFIX}.{st.st_dev}.{st.st_ino}"
+
+
+def find(arg: str) -> str:
+    """The block for ARG: a log directory's, or ARG itself if it is a file; LogCountersError if there is none."""
+    from prefork.djb import errstr
+
+    try:
+        if not os.path.isdir(arg):
+            os.stat(arg)
+            return arg
+        path = path_for(arg)
+    except OSError as e:
+        raise LogCountersError(errstr(e)) from None
+    if not os.path.exists(path):
+        raise LogCountersError("no multilog publishes counters for it (script word M)")
+    return path
+
