@@ -134,7 +134,9 @@ class Engine(Seam):
     def spawn(self, service: Service) -> int:
         ctx: Supervised = service.context  # type: ignore[assignment]
         if not self.sigdef:
-            self.sigdef = signals_to_reset()
+            from prefork.spawn import signals_to_reset
+
+            self.sigdef = signals_to_reset(always=())  # an ignored-at-start signal stays ignored in services
         actions = []
         if ctx.stdin is not None:
             actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
@@ -286,28 +288,6 @@ class Engine(Seam):
     def services(self) -> list[Service]:
         """Every service on the engine (those whose control FIFO is watched)."""
         return [s for fd, s in self.by_fd.items() if fd == s.context.sd.control_fd]  # type: ignore[union-attr]
-
-
-def signals_to_reset() -> tuple[int, ...]:
-    """Signals a service gets back at default: those this process catches, and Python's SIG_IGN on PIPE/XFSZ.
-
-    Anything else keeps its disposition through exec, so a signal ignored when
-    the supervisor started (``nohup``, a TERM-ignoring parent) stays ignored in
-    the service, as with 0.76's fork + execve.
-    """
-    reset = {signal.SIGPIPE}
-    if hasattr(signal, "SIGXFSZ"):
-        reset.add(signal.SIGXFSZ)
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            handler = signal.getsignal(sig)
-        except (OSError, ValueError):
-            continue
-        if callable(handler):
-            reset.add(sig)
-    return tuple(sorted(reset))
 
 
 def _read_all(fd: int) -> bytes:

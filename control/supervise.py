@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     opts, operands = parse(args)
     if argv is None:
-        _go_lean()
+        from prefork.lean import go_lean
+
+        go_lean("supervise", "control.supervise")
     if len(operands) != 1:
         usage(PROG, USAGE)
     directory = operands[0]  # "" too: 0.76 says "unable to chdir to : file does not exist"
@@ -80,17 +82,3 @@ def main(argv: list[str] | None = None) -> None:
     if engine.table is not None and not table_path:
         engine.table.close(unlink=True)
     raise SystemExit(0)
-
-
-def _go_lean() -> None:
-    """Re-exec as ``python -I -S`` importing only the supervisor (no site, no editable-install finder).
-
-    A supervisor lives as long as the machine: every MB it carries is paid for
-    its whole life.  Returns (and the supervisor runs in this process) when that
-    is not possible or already done.
-    """
-    if sys.flags.no_site:
-        return
-    from prefork.lean import bootstrap, exec_lean
-
-    exec_lean("supervise", lambda fd, paths: bootstrap(fd, paths, "from control.supervise import main\nmain()\n"))

@@ -330,7 +330,6 @@ def _metrics_value(name: str, value: str) -> str:
 
 def _start_exporter(engine: object, opts: dict[str, object], source: str) -> object:
     """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
-    from control.engine import signals_to_reset
     from prefork.exporter_child import Exporter, exporter_args, format_address, parse_address, pin_port
 
     listen = opts["metrics"]
@@ -344,7 +343,9 @@ def _start_exporter(engine: object, opts: dict[str, object], source: str) -> obj
             warn(PROG, f"unable to bind metrics address {listen}", err)
         listen = format_address(host, port)
     args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"])  # type: ignore[arg-type]
-    exporter = Exporter(PROG, args, engine.env, signals_to_reset())  # type: ignore[attr-defined]
+    from prefork.spawn import signals_to_reset
+
+    exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()))  # type: ignore[attr-defined]
 
     def restart() -> None:
         if exporter.due is not None:
@@ -393,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
 
     opts, operands = parse(list(sys.argv[1:] if argv is None else argv))
     if argv is None:
-        _go_lean()
+        from prefork.lean import go_lean
+
+        go_lean("svscan", "control.svscan")
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if operands:
         try:
@@ -451,17 +454,3 @@ def main(argv: list[str] | None = None) -> None:
     if table is not None and not table_path:
         table.close(unlink=True)
     raise SystemExit(0)
-
-
-def _go_lean() -> None:
-    """Re-exec as ``python -I -S`` importing only the supervisor (no site, no editable-install finder).
-
-    A supervisor lives as long as the machine: every MB it carries is paid for
-    its whole life.  Returns (and the supervisor runs in this process) when that
-    is not possible or already done.
-    """
-    if sys.flags.no_site:
-        return
-    from prefork.lean import bootstrap, exec_lean
-
-    exec_lean("svscan", lambda fd, paths: bootstrap(fd, paths, "from control.svscan import main\nmain()\n"))

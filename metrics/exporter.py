@@ -445,21 +445,14 @@ def main(argv: list[str] | None = None) -> None:
         write_line(f"{PROG}: usage: {USAGE}")
         raise SystemExit(EXIT_USAGE) from None
     if not opts.once and argv is None:
-        _go_lean()
+        from prefork.lean import go_lean
+
+        go_lean("prefork-exporter", "metrics.exporter")
     try:
         code = run(opts)
     except KeyboardInterrupt:
         code = 0
     raise SystemExit(code)
-
-
-def _go_lean() -> None:
-    """Re-exec as ``python -I -S`` (no site, no editable-install finder): the exporter may run beside every server."""
-    if sys.flags.no_site:
-        return
-    from prefork.lean import bootstrap, exec_lean
-
-    exec_lean("prefork-exporter", lambda fd, paths: bootstrap(fd, paths, "from metrics.exporter import main\nmain()\n"))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         os.write(1, HELP.encode())
         raise SystemExit(0)
     if argv is None:
-        _go_lean()
+        from prefork.lean import go_lean
+
+        go_lean("multilog", "metrics.multilog_cli")
     os.umask(0o022)
     signals = Signals()
 
@@ -154,15 +156,3 @@ def run(engine: Multilog, signals: Signals, fd: int = 0) -> None:
             break
         feed(data)
     engine.close()
-
-
-def _go_lean() -> None:
-    """Re-exec as ``python -I -S`` importing only multilog (no site, no editable-install finder).
-
-    Returns (and multilog runs in this process) when that is not possible or already done.
-    """
-    if sys.flags.no_site:
-        return
-    from prefork.lean import bootstrap, exec_lean
-
-    exec_lean("multilog", lambda fd, paths: bootstrap(fd, paths, "from metrics.multilog_cli import main\nmain()\n"))

@@ -114,3 +114,15 @@ def name_process() -> None:
                 f.write(name[:15])
     except OSError:
         pass
+
+
+def go_lean(name: str, module: str) -> None:
+    """Re-exec this command as ``python -I -S`` running ``MODULE.main()`` (no site, no editable-install finder).
+
+    For the long-lived commands (svscan, supervise, multilog, prefork-exporter):
+    every MB they carry is paid for as long as they live.  Returns, and the
+    command runs in this process, when that is not possible or already done.
+    """
+    if sys.flags.no_site:
+        return
+    exec_lean(name, lambda fd, paths: bootstrap(fd, paths, f"from {module} import main\nmain()\n"))

@@ -12,13 +12,17 @@ import os
 import signal
 
 
-def signals_to_reset() -> tuple[int, ...]:
+def signals_to_reset(always: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """Signals whose disposition this process changed; the program gets them back at default.
 
-    Python ignores SIGPIPE and SIGXFSZ at start-up and prefork catches SIGCHLD
-    (and SIGTERM in the master); tcpserver's children see all of them at default.
+    Python ignores SIGPIPE and SIGXFSZ at start-up, and every signal this
+    process catches is reset too.  ALWAYS adds more: tcpserver's children see
+    SIGCHLD and SIGTERM at default whatever the server inherited (the default);
+    a supervisor passes ``()`` so that a signal ignored when it started stays
+    ignored in its services, as with 0.76's fork + execve.
     """
-    reset = {signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM}
+    reset = {signal.SIGPIPE}
+    reset.update((signal.SIGCHLD, signal.SIGTERM) if always is None else always)
     if hasattr(signal, "SIGXFSZ"):
         reset.add(signal.SIGXFSZ)
     for sig in signal.valid_signals():
