@@ -83,19 +83,27 @@ def _describe(dirfd: int, now: float | None) -> str:
     # svstat subtracts TAI64 labels and prints the difference through a double (tai_approx):
     # absurd labels come out rounded exactly as the real one rounds them.
     elapsed = int(float(max(now_seconds - status.seconds, 0)))
-    if status.pid:
-        text = f"up (pid {status.pid}) {elapsed} seconds"
+    return describe(status.pid, elapsed, normally_up, status.paused, status.want)
+
+
+def describe(pid: int, elapsed: int, normally_up: bool, paused: bool, want: bytes) -> str:
+    """svstat's words for a state: ``up (pid P) S seconds`` or ``down S seconds``, then its suffixes in order.
+
+    Shared by svstat (from the status file) and ``svstat --all`` (from the service table).
+    """
+    if pid:
+        text = f"up (pid {pid}) {elapsed} seconds"
         if not normally_up:
             text += ", normally down"
-        if status.paused:
+        if paused:
             text += ", paused"
-        if status.want == b"d":
+        if want == b"d":
             text += ", want down"
     else:
         text = f"down {elapsed} seconds"
         if normally_up:
             text += ", normally up"
-        if status.want == b"u":
+        if want == b"u":
             text += ", want up"
     return text
 

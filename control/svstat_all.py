@@ -50,22 +50,11 @@ def exit_text(status: int) -> str | None:
 
 def format_line(entry: Entry, now: float) -> str:
     """One svstat line (without newline) for ENTRY at unix time NOW, then the prefork extras."""
+    from control.svstat import describe
+
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
-    if entry.pid:
-        text = f"{entry.name}: up (pid {entry.pid}) {seconds} seconds"
-        if not normally_up:
-            text += ", normally down"
-        if entry.paused:
-            text += ", paused"
-        if entry.want == b"d":
-            text += ", want down"
-    else:
-        text = f"{entry.name}: down {seconds} seconds"
-        if normally_up:
-            text += ", normally up"
-        if entry.want == b"u":
-            text += ", want up"
+    text = f"{entry.name}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"
     text += f" restarts {entry.restarts}"
     last = exit_text(entry.last_status)
     if last is not None:
