@@ -81,6 +81,8 @@ import os
 import struct
 import time
 
+from prefork.record import Record
+
 MAGIC = b"PFST"
 VERSION = 1
 HEADER_SIZE = 1024
@@ -108,7 +110,7 @@ _IN_USE = 48
 assert _HEADER.size == 40 and 8 + _BODY.size == NAME_OFFSET + NAME_SIZE
 
 
-class ServiceRecord:
+class ServiceRecord(Record):
     """What the supervisor knows about one service (or its log), as published.
 
     A plain slotted class, not a dataclass: ``dataclasses`` pulls in inspect,
@@ -140,17 +142,6 @@ class ServiceRecord:
         self.restarts = restarts
         self.last_status = last_status
         self.flags = flags
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ServiceRecord):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __repr__(self) -> str:
-        return "ServiceRecord(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 class TableFull(Exception):

@@ -14,6 +14,8 @@ import os
 import struct
 import time
 
+from prefork.record import Record
+
 MAGIC = b"PFST"
 VERSION = 1
 MIN_HEADER_SIZE, MIN_SLOT_SIZE = 1024, 512  # version 1's sizes; the header's own values give the offsets
@@ -41,28 +43,7 @@ class ServiceTableError(Exception):
     """The table cannot be read (missing, not a table, unknown layout, truncated); the message is one line."""
 
 
-class _Record:
-    """Slotted keyword-built record with value equality (dataclasses would cost svstat --all ~5 ms of imports)."""
-
-    __slots__ = ()
-
-    def __init__(self, **fields: object) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.pop(name))
-        if fields:
-            raise TypeError(f"unexpected fields {sorted(fields)}")
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({inner})"
-
-
-class Entry(_Record):
+class Entry(Record):
     """One service (or log) slot as a reader sees it.
 
     slot, name, pid, want (b"u", b"d", b"o"), paused, state (0 down, 1 up, 2 stopping), since_ns,
@@ -84,7 +65,7 @@ class Entry(_Record):
     flags: int
 
 
-class Snapshot(_Record):
+class Snapshot(Record):
     """A copy of the table: every entry consistent on its own, the set of entries from one generation if possible."""
 
     __slots__ = ("path", "version", "header_size", "slot_size", "capacity", "kind", "owner_pid", "start_ns",

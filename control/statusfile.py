@@ -20,13 +20,14 @@ import os
 import struct
 
 from prefork import atomicfile, tai64n
+from prefork.record import Record
 
 SIZE = 18
 WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"\0"
 _TAIL = struct.Struct("<IB1s")
 
 
-class Status:
+class Status(Record):
     """One decoded status file (a plain class: dataclasses would cost svstat 7 ms of imports per run)."""
 
     __slots__ = ("label", "pid", "paused", "want")
@@ -36,14 +37,6 @@ class Status:
         self.pid = pid
         self.paused = paused
         self.want = want  # one byte: b"u", b"d", b"\0" (or whatever another writer put there)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Status):
-            return NotImplemented
-        return (self.label, self.pid, self.paused, self.want) == (other.label, other.pid, other.paused, other.want)
-
-    def __repr__(self) -> str:
-        return f"Status(label={self.label!r}, pid={self.pid}, paused={self.paused}, want={self.want!r})"
 
     @property
     def seconds(self) -> int:

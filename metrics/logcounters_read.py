@@ -12,6 +12,8 @@ from __future__ import annotations
 import mmap
 import os
 
+from prefork.record import Record
+
 MAGIC = b"PFML"
 VERSION = 1
 MIN_SIZE = 4096  # version 1's size; a larger one (appended fields) is accepted
@@ -25,25 +27,11 @@ class LogCountersError(Exception):
     """The block cannot be read (missing, not a block, unknown layout, truncated); the message is one line."""
 
 
-class Snapshot:
+class Snapshot(Record):
     """A copy of one block: every counter as loaded, the header as written."""
 
     __slots__ = ("path", "version", "size", "pid", "start_ns", "directory", "directory_truncated", "lines",
                  "bytes", "rotations", "processor_failures", "processor_crashes", "paused_ns", "write_errors")
-
-    def __init__(self, **fields: object) -> None:
-        for name in self.__slots__:
-            setattr(self, name, fields.pop(name))
-        if fields:
-            raise TypeError(f"unexpected fields {sorted(fields)}")
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __repr__(self) -> str:
-        return "Snapshot(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     @property
     def counters(self) -> dict[str, int]:
