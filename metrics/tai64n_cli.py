@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from prefork import tai64n
 
@@ -99,17 +100,22 @@ def run(infd: int = 0, outfd: int = 1, chunk: int = CHUNK) -> int:
             return EXIT_IO
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command entry point: ``tai64n`` (any arguments are ignored, as daemontools does; ``--help`` first prints usage)."""
+def filter_main(argv: list[str] | None, usage: bytes, body: Callable[[], int]) -> int:
+    """The command line of tai64n and tai64nlocal: arguments ignored as daemontools does, ``--help`` first prints USAGE."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--help"]:
         try:
-            write_all(1, USAGE)
+            write_all(1, usage)
         except OSError:
             return EXIT_IO
         return 0
     default_signals()
-    return run()
+    return body()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command entry point: ``tai64n``."""
+    return filter_main(argv, USAGE, run)
 
 
 if __name__ == "__main__":

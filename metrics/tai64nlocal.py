@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from metrics.tai64n_cli import EXIT_IO, default_signals, write_all
+from metrics.tai64n_cli import EXIT_IO, filter_main, write_all
 from prefork.tai64n import OFFSET
 
 USAGE = (
@@ -135,16 +135,8 @@ def run(infd: int = 0, outfd: int = 1, chunk: int = CHUNK) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command entry point: ``tai64nlocal`` (arguments are ignored as daemontools does; ``--help`` first prints usage)."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--help"]:
-        try:
-            write_all(1, USAGE)
-        except OSError:
-            return EXIT_IO
-        return 0
-    default_signals()
-    return run()
+    """Command entry point: ``tai64nlocal``."""
+    return filter_main(argv, USAGE, run)
 
 
 if __name__ == "__main__":
