@@ -12,7 +12,10 @@ Three measurements, both implementations in the same run, each service tree in i
   handler; exit→restart is from the old instance's last statement to the new instance's first.
   Operations are sequential, round-robin over the services, and only touch a service that has been
   up for more than 1.25 s, so daemontools' one-second sleep after each start (and prefork's restart
-  throttle) is never measured. Implementations alternate in rounds, order reversed every round;
+  throttle) is never measured. Operations are paired: each one on a daemontools service is run
+  back to back with one on a prefork service, the two in a random order (seeded), so both see the
+  same moment of the machine; a bootstrap interval says how far the p50 and p99 ratios can be
+  trusted;
 - idle cost: utime+stime (and the scheduler's exact run time and context switches) of the
   supervisor processes with N idle services over a window, both trees idling side by side.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import select
 import shlex
 import shutil
@@ -505,15 +509,13 @@ class LatencyRig:
             os.close(fd)
         self.control.clear()
 
-    def pick(self) -> tuple[str, int]:
+    def next_target(self) -> tuple[str, int, float]:
+        """The next service round-robin: (name, pid, the monotonic time from which it may be touched)."""
         names = self.tree.names
         name = names[self.turn % len(names)]
         self.turn += 1
         pid, started = self.events.started[name]
-        wait = started + MIN_UPTIME - clock()
-        if wait > 0:
-            time.sleep(wait)
-        return name, pid
+        return name, pid, started + MIN_UPTIME
 
     def _missed(self, what: str, name: str) -> None:
         self.timeouts[what] += 1
@@ -528,9 +530,8 @@ class LatencyRig:
             self.tree.check_alive()
             raise BenchError(f"{self.tree.impl}: {name} did not start again within {OP_TIMEOUT:g} s")
 
-    def term_op(self) -> None:
+    def term_op(self, name: str, pid: int) -> None:
         """write(`d`) → the service's TERM handler; then `u` (not timed) and wait for the new instance."""
-        name, pid = self.pick()
         fd = self.control[name]
         t0 = clock()
         os.write(fd, b"d")
@@ -543,9 +544,8 @@ class LatencyRig:
             self.stalls = 0
         self._back_up(name, pid)
 
-    def restart_op(self) -> None:
+    def restart_op(self, name: str, pid: int) -> None:
         """SIGUSR1 makes the service exit on its own: its last statement → the new instance's first."""
-        name, pid = self.pick()
         os.kill(pid, signal.SIGUSR1)
         exited = self.events.wait("E", name, OP_TIMEOUT, pid=pid)
         started = self.events.wait("S", name, OP_TIMEOUT, not_pid=pid)
@@ -593,9 +593,65 @@ def latency_summary(samples: list[float], timeouts: int) -> dict:
             "mean_ms": sum(ms) / len(ms) if ms else 0.0, "samples_ms": [round(x, 4) for x in ms]}
 
 
+def paired_op(rigs: dict[str, LatencyRig], what: str, rng: random.Random) -> None:
+    """One operation of kind WHAT on each implementation, back to back, in a random order.
+
+    Both services are picked first and the pair waits until both have been up
+    MIN_UPTIME, so the two operations meet the same machine: a hiccup, a busy
+    moment or the wake-up from a sleep falls on either implementation by chance,
+    never on whichever always comes first.
+    """
+    order = list(rigs)
+    rng.shuffle(order)
+    targets = {impl: rigs[impl].next_target() for impl in order}
+    wait = max(ready for _name, _pid, ready in targets.values()) - clock()
+    if wait > 0:
+        time.sleep(wait)
+    for impl in order:
+        name, pid, _ready = targets[impl]
+        getattr(rigs[impl], f"{what}_op")(name, pid)
+
+
+def ratio_interval(prefork: list[float], debian: list[float], q: float, *, iterations: int = 2000,
+                   seed: int = 1) -> tuple[float, float]:
+    """95% bootstrap interval of percentile(prefork, Q) / percentile(debian, Q).
+
+    Each implementation's samples are drawn again with replacement ITERATIONS
+    times; the interval is the 2.5th..97.5th percentile of the ratios so found.
+    It says whether a p99 ratio of, say, 1.05 is a difference or run-to-run noise.
+    """
+    if not prefork or not debian:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(iterations):
+        p = percentile(sorted(rng.choices(prefork, k=len(prefork))), q)
+        d = percentile(sorted(rng.choices(debian, k=len(debian))), q)
+        if d > 0:
+            ratios.append(p / d)
+    ratios.sort()
+    if not ratios:
+        return (0.0, 0.0)
+    return (percentile(ratios, 2.5), percentile(ratios, 97.5))
+
+
+def latency_ratios(lat: dict) -> dict:
+    """prefork/daemontools at p50 and p99 for each operation, with bootstrap intervals."""
+    out = {}
+    for what in ("term", "restart"):
+        d, p = lat["debian"][what], lat["prefork"][what]
+        row = {}
+        for q in (50, 99):
+            key = f"p{q}_ms"
+            row[f"p{q}"] = p[key] / d[key] if d[key] else 0.0
+            row[f"p{q}_interval"] = list(ratio_interval(p["samples_ms"], d["samples_ms"], q))
+        out[what] = row
+    return out
+
+
 def measure_latency(paths: dict[str, str], ops: int, services: int, rounds: int, perl: str,
-                    workdir: str | None) -> dict:
-    """Both trees up side by side; in each round every implementation does its share of `d`→TERM then exit→restart."""
+                    workdir: str | None, seed: int = 1) -> dict:
+    """Both trees up side by side; each round does its share of `d`→TERM pairs, then of exit→restart pairs."""
     run_text = PERL_RUN.format(perl=perl)
     k = max(1, min(services, ops))
     trees: list[Tree] = []
@@ -609,26 +665,23 @@ def measure_latency(paths: dict[str, str], ops: int, services: int, rounds: int,
             rigs[tree.impl] = rig
         log(f"latency: {k} Perl services per implementation up; {ops} operations of each kind, {rounds} rounds")
         floor = startup_floor(trees[0].scan / trees[0].names[0] / "run", min(ops, 200), trees[0].env)
+        rng = random.Random(seed)
         shares = split_evenly(ops, rounds)
         for rnd, share in enumerate(shares):
-            order = list(rigs) if rnd % 2 == 0 else list(rigs)[::-1]
-            for impl in order:
-                rig = rigs[impl]
+            for what, label in (("term", "d→TERM"), ("restart", "exit→restart")):
                 t0 = time.monotonic()
                 for _ in range(share):
-                    rig.term_op()
-                for _ in range(share):
-                    rig.restart_op()
-                log(f"latency: round {rnd + 1}/{rounds} {impl}: {share} d→TERM + {share} exit→restart "
-                    f"in {time.monotonic() - t0:.1f} s")
+                    paired_op(rigs, what, rng)
+                log(f"latency: round {rnd + 1}/{rounds}: {share} {label} pairs in {time.monotonic() - t0:.1f} s")
     finally:
         for rig in rigs.values():
             rig.close()
         stop_all(trees)
-    out: dict = {"services": k, "rounds": rounds, "ops": ops,
+    out: dict = {"services": k, "rounds": rounds, "ops": ops, "seed": seed, "paired": True,
                  "floor": latency_summary(floor, min(ops, 200) - len(floor))}
     for impl, rig in rigs.items():
         out[impl] = {what: latency_summary(rig.samples[what], rig.timeouts[what]) for what in ("term", "restart")}
+    out["ratios"] = latency_ratios(out)
     return out
 
 
@@ -696,7 +749,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "per implementation (default 1000)")
     ap.add_argument("--latency-services", type=int, default=100, help="services the operations rotate over "
                     "(default 100; at most --ops)")
-    ap.add_argument("--rounds", type=int, default=4, help="latency rounds, implementation order reversed each round")
+    ap.add_argument("--rounds", type=int, default=4, help="latency rounds: each does its share of d→TERM pairs, "
+                    "then of exit→restart pairs (default 4)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the random order within each pair of operations "
+                    "and of the bootstrap (default 1)")
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle measurement window (default 60)")
     ap.add_argument("--idle-services", type=int, default=100, help="services in the idle trees (default 100)")
     ap.add_argument("--settle", type=float, default=6.0, help="seconds after every service is up before memory or "
@@ -734,7 +790,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts = [python_command(), "-m", "loadtest.supervision", "--services", ",".join(map(str, args.services)),
              "--ops", str(args.ops), "--latency-services", str(args.latency_services), "--rounds", str(args.rounds),
              "--idle-seconds", f"{args.idle_seconds:g}", "--idle-services", str(args.idle_services),
-             "--settle", f"{args.settle:g}"]
+             "--settle", f"{args.settle:g}", "--seed", str(args.seed)]
     if args.phases != ["memory", "latency", "idle"]:
         parts += ["--phases", ",".join(args.phases)]
     if args.debian != DEBIAN:
@@ -771,6 +827,17 @@ def evaluate_targets(data: dict) -> list[dict]:
         out.append({"target": f"marginal PSS per service ({m['from']}→{m['to']}) < {TARGET_MARGINAL // 1024} KiB",
                     "measured": f"{per / 1024:.1f} KiB", "met": per < TARGET_MARGINAL,
                     "by": f"{(per - TARGET_MARGINAL) / 1024:+.1f} KiB against the target"})
+    lat = data.get("latency")
+    if lat:
+        ratios = lat.get("ratios") or latency_ratios(lat)
+        for what, label in (("term", "`d`→TERM"), ("restart", "exit→restart")):
+            r = ratios[what]
+            lo, hi = r["p99_interval"]
+            verdict = ("prefork is faster beyond noise" if hi < 1 else "daemontools is faster beyond noise" if lo > 1
+                       else "the difference is within noise")
+            out.append({"target": f"{label} p99 ≤ 1 × daemontools' p99", "measured": f"{r['p99']:.3f} ×",
+                        "met": r["p99"] <= 1.0,
+                        "by": f"95% interval {lo:.3f}–{hi:.3f} × ({verdict})"})
     return out
 
 
@@ -788,7 +855,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         log("warning: the machine is busy (1-minute load average above half the CPUs): latencies will be noisy")
     data: dict = {"command": reproduce_command(args), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": facts,
                   "config": {"services": args.services, "ops": args.ops, "latency_services": args.latency_services,
-                             "rounds": args.rounds, "idle_seconds": args.idle_seconds,
+                             "rounds": args.rounds, "seed": args.seed, "idle_seconds": args.idle_seconds,
                              "idle_services": args.idle_services, "settle": args.settle, "phases": args.phases,
                              "min_uptime": MIN_UPTIME, "perl": args.perl},
                   "commands": {impl: f"env PATH={DEBIAN_PATH.decode()} {path} DIR" for impl, path in paths.items()}}
@@ -799,7 +866,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         if not os.access(args.perl, os.X_OK):
             raise BenchError(f"the latency services need Perl; {args.perl} is not executable (--perl)")
         data["latency"] = measure_latency(paths, args.ops, args.latency_services, args.rounds, args.perl,
-                                          args.workdir)
+                                          args.workdir, args.seed)
     if "idle" in args.phases:
         data["idle"] = measure_idle(paths, args.idle_services, args.idle_seconds, args.settle, args.workdir)
     data["targets"] = evaluate_targets(data)
@@ -831,6 +898,12 @@ def print_summary(data: dict) -> None:
                 s = lat[impl][what]
                 print(f"latency {label:<13} {impl:<8} p50 {s['p50_ms']:8.3f} ms  p99 {s['p99_ms']:8.3f} ms  "
                       f"max {s['max_ms']:8.3f} ms  n {s['n']}  timeouts {s['timeouts']}")
+        for what, label in (("term", "d→TERM"), ("restart", "exit→restart")):
+            r = lat.get("ratios", {}).get(what)
+            if r:
+                print(f"latency {label:<13} prefork/debian p50 {r['p50']:.3f} (95% {r['p50_interval'][0]:.3f}–"
+                      f"{r['p50_interval'][1]:.3f})  p99 {r['p99']:.3f} (95% {r['p99_interval'][0]:.3f}–"
+                      f"{r['p99_interval'][1]:.3f})")
         f = lat["floor"]
         print(f"latency start-up floor (posix_spawn → first statement of run): p50 {f['p50_ms']:.3f} ms "
               f"p99 {f['p99_ms']:.3f} ms")
@@ -855,7 +928,7 @@ def render_markdown(data: dict) -> str:
     load = m.get("load_average") or [0.0]
     if load[0] > 0.5 * m["nproc"]:
         out += [f"> **Busy machine:** 1-minute load average {load[0]:.2f} on {m['nproc']} CPUs at the start. "
-                "Latencies are noisy; the alternating rounds keep the ratios fairer.", ""]
+                "Latencies are noisy; pairing the operations keeps the ratios fair.", ""]
     targets = data.get("targets", [])
     if targets:
         out += ["## Targets", "", "| target | measured | met | margin |", "|---|---:|:---:|---:|"]
@@ -889,9 +962,13 @@ def render_markdown(data: dict) -> str:
     if lat:
         out += ["## Control latency", "",
                 f"{lat['ops']} operations of each kind per implementation over {lat['services']} Perl services "
-                f"each, in {lat['rounds']} rounds (order reversed every round), sequential, round-robin; a service is "
-                f"touched only after it has been up {cfg['min_uptime']:g} s, so no start throttle is measured. "
-                "Times are CLOCK_MONOTONIC taken in the processes themselves:", "",
+                f"each, sequential, round-robin; a service is touched only after it has been up "
+                f"{cfg['min_uptime']:g} s, so no start throttle is measured. " + (
+                    "Operations are paired: each one on a daemontools service runs back to back with the same one on "
+                    f"a prefork service, the two in a random order (seed {lat.get('seed', 1)}), so both meet the "
+                    "same moment of the machine. " if lat.get("paired") else
+                    f"Implementations took turns in {lat['rounds']} rounds, order reversed every round. ")
+                + "Times are CLOCK_MONOTONIC taken in the processes themselves:", "",
                 "- **`d`→TERM**: from the benchmark's write(2) of `d` into the service's `supervise/control` FIFO "
                 "(opened once beforehand, so no `svc` start-up is timed) to the first statement of the service's TERM "
                 "handler; then `u` (not timed) brings it back.",
@@ -906,10 +983,15 @@ def render_markdown(data: dict) -> str:
                 out.append(f"| {label} | {impl} | {s['p50_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | "
                            f"{s['max_ms']:.3f} | {s['mean_ms']:.3f} | {s['n']} | {s['timeouts']} |")
         out.append("")
+        ratios = lat.get("ratios") or latency_ratios(lat)
         for what, label in (("term", "`d`→TERM"), ("restart", "exit→restart")):
-            d, p = lat["debian"][what], lat["prefork"][what]
-            out.append(f"**{label} prefork/daemontools**: p50 × {_ratio(p['p50_ms'], d['p50_ms'])}, "
-                       f"p99 × {_ratio(p['p99_ms'], d['p99_ms'])}.  ")
+            r = ratios[what]
+            out.append(f"**{label} prefork/daemontools**: p50 × {r['p50']:.3f} (95% interval "
+                       f"{r['p50_interval'][0]:.3f}–{r['p50_interval'][1]:.3f}), p99 × {r['p99']:.3f} (95% interval "
+                       f"{r['p99_interval'][0]:.3f}–{r['p99_interval'][1]:.3f}).  ")
+        out += ["", "The intervals come from a bootstrap: each implementation's samples are drawn again with "
+                "replacement 2000 times and the ratio recomputed. An interval that straddles 1 means this run "
+                "cannot tell the two apart at that percentile."]
         f = lat["floor"]
         out += ["", f"Start-up floor: the benchmark itself `posix_spawn`s the same `run` {f['n']} times; spawn → its "
                 f"first statement takes p50 {f['p50_ms']:.3f} ms, p99 {f['p99_ms']:.3f} ms. That much of exit→restart "

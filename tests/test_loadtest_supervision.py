@@ -194,7 +194,7 @@ def _fake_data() -> dict:
 def test_targets_are_evaluated_against_the_issue() -> None:
     data = _fake_data()
     targets = {t["target"]: t for t in data["targets"]}
-    assert len(targets) == 3
+    assert len(targets) == 5  # three memory targets, a p99 target for each latency
     small = next(t for name, t in targets.items() if "at 100 services" in name)
     large = next(t for name, t in targets.items() if "at 1000 services" in name)
     per = next(t for name, t in targets.items() if "marginal" in name)
@@ -204,6 +204,59 @@ def test_targets_are_evaluated_against_the_issue() -> None:
     data["marginal"] = {impl: sv.marginal(data["memory"], impl) for impl in sv.IMPLS}
     missed = [t for t in sv.evaluate_targets(data) if not t["met"]]
     assert len(missed) == 2
+
+
+def test_latency_targets_compare_p99_and_say_whether_it_is_noise() -> None:
+    data = _fake_data()
+    lat = data["latency"]
+    slow = [0.0001 * (i + 1) for i in range(200)]  # 0.1..20 ms
+    lat["debian"]["term"] = sv.latency_summary(slow, 0)
+    lat["prefork"]["term"] = sv.latency_summary([x * 2 for x in slow], 0)  # twice as slow everywhere
+    lat["debian"]["restart"] = sv.latency_summary(slow, 0)
+    lat["prefork"]["restart"] = sv.latency_summary(slow, 0)  # the same samples
+    lat["ratios"] = sv.latency_ratios(lat)
+    targets = {t["target"].split(" p99")[0]: t for t in sv.evaluate_targets(data) if "p99" in t["target"]}
+    term, restart = targets["`d`→TERM"], targets["exit→restart"]
+    assert not term["met"] and term["measured"] == "2.000 ×"
+    assert "daemontools is faster beyond noise" in term["by"]
+    assert restart["met"] and restart["measured"] == "1.000 ×"
+    assert "within noise" in restart["by"]
+
+
+def test_ratio_interval_brackets_the_ratio() -> None:
+    base = [0.001 * (1 + (i * 7919) % 997 / 997) for i in range(1000)]
+    lo, hi = sv.ratio_interval([x * 1.5 for x in base], base, 99, iterations=300)
+    assert 1.3 < lo <= 1.5 <= hi < 1.7
+    lo, hi = sv.ratio_interval(base, base, 50, iterations=300)
+    assert lo < 1.0 < hi or lo == hi == 1.0
+    assert sv.ratio_interval([], base, 99) == (0.0, 0.0)
+
+
+def test_paired_operations_meet_both_implementations_in_random_order() -> None:
+    calls: list[tuple[str, str, str, int]] = []
+
+    class FakeRig:
+        def __init__(self, impl: str) -> None:
+            self.impl = impl
+            self.turn = 0
+
+        def next_target(self) -> tuple[str, int, float]:
+            self.turn += 1
+            return f"s{self.turn}", 100 + self.turn, 0.0  # ready long ago: no sleep
+
+        def term_op(self, name: str, pid: int) -> None:
+            calls.append((self.impl, "term", name, pid))
+
+    rigs = {impl: FakeRig(impl) for impl in sv.IMPLS}
+    rng = sv.random.Random(3)
+    for _ in range(40):
+        sv.paired_op(rigs, "term", rng)  # type: ignore[arg-type]
+    assert len(calls) == 80
+    pairs = [calls[i:i + 2] for i in range(0, 80, 2)]
+    assert all({c[0] for c in pair} == set(sv.IMPLS) for pair in pairs)  # one of each in every pair
+    firsts = [pair[0][0] for pair in pairs]
+    assert 5 < firsts.count("debian") < 35  # each goes first some of the time
+    assert [c[2:] for c in calls if c[0] == "prefork"] == [(f"s{i}", 100 + i) for i in range(1, 41)]
 
 
 def test_markdown_has_tables_ratios_and_reproduce_line() -> None:
