@@ -8,6 +8,12 @@ handler), and the loop reaps with ``waitpid(-1, WNOHANG)``.  Restart throttles
 are entries in a timer heap, so a service waiting out its second never delays
 another service's control bytes.
 
+After a signal or a start, the next status write first yields the CPU
+(``sched_yield``): the service just woken may be queued on this CPU, and the
+write (open, write, rename on a journalled file system: up to hundreds of µs)
+would otherwise run before it.  0.76's supervise writes first; here the
+service's TERM handler or start-up comes first and the bookkeeping after.
+
 Programs are started with ``os.posix_spawn`` after an ``fchdir`` into the
 service directory: vfork-based, so a start costs the same whatever the size of
 this process.  They get the environment this process was started with (not
@@ -77,6 +83,7 @@ class Engine(Seam):
         signal.signal(signal.SIGCHLD, noop_handler)
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self.sigdef: tuple[int, ...] = ()
+        self.let_run = False  # a kill or spawn happened since the last status write
 
     # -- adding and removing services ----------------------------------------------------
     def add(self, path: str, display: str, *, base_fd: int | None = None, stdin: int | None = None,
@@ -149,13 +156,15 @@ class Engine(Seam):
         finally:
             os.fchdir(self.home_fd)
         self.by_pid[pid] = service
+        self.let_run = True
         return pid
 
     def kill(self, service: Service, sig: int) -> None:
         try:
             os.kill(service.pid, sig)
         except OSError:
-            pass
+            return
+        self.let_run = True
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -164,6 +173,11 @@ class Engine(Seam):
         return tai64n.now()
 
     def publish(self, service: Service) -> None:
+        if self.let_run:
+            # A service just signalled or started may be queued on this CPU behind us: let it run before
+            # the status write (hundreds of µs on a journalled file system), so the write never delays it.
+            self.let_run = False
+            os.sched_yield()
         ctx: Supervised = service.context  # type: ignore[assignment]
         warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent)
         if warning is not None:
@@ -208,6 +222,7 @@ class Engine(Seam):
             timeout = MAX_SLEEP
             if self.timers:
                 timeout = max(0.0, min(timeout, self.timers[0][0] - time.monotonic()))
+            self.let_run = False
             try:
                 events = self.epoll.poll(timeout)
             except InterruptedError:

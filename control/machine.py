@@ -183,11 +183,12 @@ class Service:
         self.adopted = False
         self.last_status = status
         self.label = self.seam.label()
+        if self.want == WANT_UP and not self.exit_requested:
+            self._start(automatic=True, announce_down=True)
+            return
         self.seam.publish(self)
         if self.exit_requested:
             self._finish()
-        elif self.want == WANT_UP:
-            self._start(automatic=True)
 
     def timer(self) -> None:
         """The throttle second is over: make the deferred start if it is still wanted."""
@@ -207,11 +208,24 @@ class Service:
             return "down"
         return "stopping" if self.term_sent else "up"
 
-    def _start(self, automatic: bool = False) -> None:
+    def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
+        """Start ./run now, or at the end of the throttle second.
+
+        ANNOUNCE_DOWN: the service has just exited and its down status is not
+        written yet.  0.76 writes it, forks, then writes the new pid; here the
+        spawn comes first and both writes follow, in the same order, so the
+        restart does not wait for two file operations.  A reader sees the
+        same sequence of status files; 0.76 too shows the old status while it
+        reaps and "down" while its child is already starting.
+        """
         if self.pid or self.done:
+            if announce_down:
+                self.seam.publish(self)
             return
         now = self.seam.monotonic()
         if self.last_start is not None and now < self.last_start + THROTTLE:
+            if announce_down:
+                self.seam.publish(self)
             self.restart_pending = self.restart_pending or automatic
             if not self.start_pending:
                 self.start_pending = True
@@ -224,6 +238,8 @@ class Service:
         try:
             pid = self.seam.spawn(self)
         except OSError as err:
+            if announce_down:
+                self.seam.publish(self)
             from prefork.djb import errstr
 
             # 0.76's child prints this and exits 111; the same line, and the same retry a second later.
@@ -237,6 +253,8 @@ class Service:
             elif self.want == WANT_UP:
                 self._start(automatic=True)
             return
+        if announce_down:
+            self.seam.publish(self)  # the exit, as 0.76 writes it before its fork
         self.pid = pid
         self.paused = False
         self.term_sent = False

@@ -470,11 +470,26 @@ def test_a_restart_within_the_second_is_deferred_to_exactly_last_start_plus_one(
 
 
 def test_a_restart_a_second_or_more_after_the_start_is_immediate(up):
+    """The spawn comes first; the down status (label of the exit) and the new pid follow, in 0.76's order."""
     seam, service = up
     service.exited(0)
-    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(3))),
-                           ("spawn",), ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
+    assert seam.take() == [("spawn",), ("publish", Snap(0, WANT_UP, False, False, False, label_number(3))),
+                           ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
     assert (service.starts, service.restarts) == (2, 1)
+
+
+def test_a_restart_whose_spawn_fails_writes_the_exit_before_the_failure(up):
+    seam, service = up
+    seam.fail = OSError(errno.ENOENT, "No such file or directory")
+    service.exited(0)
+    assert seam.take() == [
+        ("spawn",),
+        ("publish", Snap(0, WANT_UP, False, False, False, label_number(3))),
+        ("report", "supervise: fatal: unable to start svc/run: file does not exist"),
+        ("publish", Snap(0, WANT_UP, False, False, False, label_number(4))),
+        ("schedule", 6.0),
+    ]
+    assert (service.last_status, service.starts, service.restarts) == (EXIT_FAILED_START, 2, 1)
 
 
 def test_svc_d_during_the_deferral_cancels_the_restart(down_want_up_throttled):
@@ -582,13 +597,13 @@ def test_exit_restarts_only_when_wanted_up(up, command, want):
     seam.take()
     service.exited(256)
     events = seam.take()
-    assert events[0] == ("publish", Snap(0, want, False, False, False, label_number(3)))
     assert service.last_status == 256
     if want == WANT_UP:
-        assert events[1:] == [("spawn",), ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
+        assert events == [("spawn",), ("publish", Snap(0, want, False, False, False, label_number(3))),
+                          ("publish", Snap(101, WANT_UP, False, False, False, label_number(4)))]
         assert (service.starts, service.restarts) == (2, 1)
     else:
-        assert events[1:] == []
+        assert events == [("publish", Snap(0, want, False, False, False, label_number(3)))]
         assert (service.pid, service.starts, service.restarts) == (0, 1, 0)
         seam.advance(60.0)
         assert seam.take() == []
@@ -599,7 +614,7 @@ def test_exit_after_term_clears_term_sent(stopping_after_t):
     service.exited(signal.SIGTERM)
     assert service.state == "up"  # restarted: want is still up
     assert service.term_sent is False
-    assert seam.take()[0] == ("publish", Snap(0, WANT_UP, False, False, False, label_number(3)))
+    assert seam.take()[:2] == [("spawn",), ("publish", Snap(0, WANT_UP, False, False, False, label_number(3)))]
 
 
 def test_x_then_exit_finishes_without_restarting(exit_requested_while_up):
@@ -746,7 +761,7 @@ def test_adopt_publishes_once_and_starts_nothing(want, kept):
 def test_adopted_service_that_exits_restarts_at_once_when_wanted_up(adopted):
     seam, service = adopted
     service.exited(-1)
-    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1))), ("spawn",),
+    assert seam.take() == [("spawn",), ("publish", Snap(0, WANT_UP, False, False, False, label_number(1))),
                            ("publish", Snap(100, WANT_UP, False, False, False, label_number(2)))]
     assert (service.adopted, service.last_status, service.starts, service.restarts) == (False, -1, 1, 1)
 
