@@ -1056,14 +1056,18 @@ def write_chart(data: dict, path: Path) -> Path:
             ax.set_title("supervisor PSS, MiB (lower is better)")
         elif panel == "latency":
             lat = data["latency"]
+            ratios = lat.get("ratios") or latency_ratios(lat)
             groups = [("term", "p50"), ("term", "p99"), ("restart", "p50"), ("restart", "p99")]
-            for k, impl in enumerate(IMPLS):
-                xs = [i + (k - 0.5) * width for i in range(len(groups))]
-                ys = [lat[impl][w][f"{q}_ms"] for w, q in groups]
-                ax.bar(xs, ys, width, label=impl, color=f"C{k}")
+            ys = [ratios[w][q] for w, q in groups]
+            lows = [max(0.0, y - ratios[w][f"{q}_interval"][0]) for y, (w, q) in zip(ys, groups, strict=True)]
+            highs = [max(0.0, ratios[w][f"{q}_interval"][1] - y) for y, (w, q) in zip(ys, groups, strict=True)]
+            ax.bar(range(len(groups)), ys, 0.6, color="C1", yerr=[lows, highs], capsize=4, ecolor="black")
+            for x, y in enumerate(ys):
+                ax.annotate(f"{y:.2f}×", (x, y), xytext=(6, 2), textcoords="offset points", fontsize=8)
+            ax.axhline(1.0, color="C0", lw=2, label="daemontools = 1")
             ax.set_xticks(range(len(groups)), ["d→TERM\np50", "d→TERM\np99", "exit→restart\np50", "exit→restart\np99"])
-            ax.axhline(lat["floor"]["p50_ms"], color="grey", ls="--", lw=1, label="start-up floor p50")
-            ax.set_title(f"control latency, ms, {lat['ops']} ops (lower is better)")
+            ax.set_title(f"control latency, prefork / daemontools, {lat['ops']} ops\n(below 1 is better; bars: 95% "
+                         "bootstrap interval)", fontsize=10)
         else:
             idle = data["idle"]
             ys = [idle[impl]["run_ms_per_min"] for impl in IMPLS]
