@@ -66,7 +66,7 @@ class Master:
         self.workers: dict[int, int] = {}  # pid -> slot index
         self.started: dict[int, float] = {}  # slot index -> monotonic start
         self.pending: dict[int, float] = {}  # slot index -> when to start it
-        self.orphans: set[int] = set()
+        self.orphans: dict[int, int] = {}  # pid -> start, CLOCK_BOOTTIME ns (for the duration histogram)
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
 
     # -- messages --------------------------------------------------------------------------
@@ -268,9 +268,10 @@ class Master:
         dead = [(pid, self.workers.pop(pid)) for pid, _ in reaped if pid in self.workers]
         if dead:
             # The dead workers' programs are our children now (reparented before we were told).
-            known = set(self.workers) | self.orphans | {pid for pid, _ in dead} | exporter
+            known = set(self.workers) | set(self.orphans) | {pid for pid, _ in dead} | exporter
             found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
-            self.orphans |= found
+            for pid in found:
+                self.orphans[pid] = _start_boottime_ns(pid)
             added = len(found)
             for _pid, index in dead:
                 self.cap.absorb_dead_worker(index, added)
@@ -282,7 +283,7 @@ class Master:
                 self.pending[index] = time.monotonic() + (0.0 if lived >= RESTART_DELAY else RESTART_DELAY - lived)
         for pid, status in reaped:
             if pid in self.orphans:
-                self.orphans.discard(pid)
+                self._orphan_duration(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - self.orphans.pop(pid))
                 cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
                 off = sb.H_ORPHAN_EXITS + 8 * cls
                 self.board.put64(off, self.board.get64(off) + 1)
@@ -299,6 +300,29 @@ class Master:
                     self.cap.orphan_ended()
             elif pid in exporter:
                 self.exporter.exited(status)
+
+    def _orphan_duration(self, duration_ns: int) -> None:
+        """Count an orphan's connection time in the master's histogram (the workers' own are per slot)."""
+        duration_ns = max(0, duration_ns)
+        self.board.put64(sb.H_ORPHAN_DURATION_SUM, self.board.get64(sb.H_ORPHAN_DURATION_SUM) + duration_ns)
+        off = sb.H_ORPHAN_BUCKETS + 8 * sb.bucket_index(duration_ns)
+        self.board.put64(off, self.board.get64(off) + 1)
+
+
+def _start_boottime_ns(pid: int) -> int:
+    """When PID started, in CLOCK_BOOTTIME ns (clock-tick resolution); now if /proc cannot say.
+
+    A worker's own programs are timed by the worker; a program that outlives
+    its worker is timed from here, so the duration histogram still counts
+    every program that the exit counters count.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _set_name() -> None:

@@ -291,7 +291,14 @@ def test_exporter_is_not_an_orphan_program(prefork):
         assert recv_all(first) == b""
         third.settimeout(10)
         assert third.recv(10) == b"three\n", "the orphan's slot was not given back"
-        wait_value(port, 0, "tcpserver_orphan_connections")
+        text = wait_value(port, 0, "tcpserver_orphan_connections")
+        # The orphan's exit is counted, and so is its duration (over a second: the third client waited 1 s).
+        exits = sum(value(text, "tcpserver_program_exits_total", exit=e) or 0 for e in ("zero", "nonzero", "signal"))
+        assert exits == 1
+        assert value(text, "tcpserver_connection_duration_seconds_count") == 1
+        assert value(text, "tcpserver_connection_duration_seconds_bucket", le="0.5") == 0
+        assert value(text, "tcpserver_connection_duration_seconds_bucket", le="+Inf") == 1
+        assert value(text, "tcpserver_connection_duration_seconds_sum") >= 0.99
     assert exporter.is_running() and exporter.status() != psutil.STATUS_ZOMBIE
     assert "metrics exporter" not in server.stderr()
 
