@@ -584,5 +584,7 @@ def test_processes_are_named_for_ps_and_pgrep(tree):
             return f.read().strip()
 
     assert comm(server) == "tcpserver"
+    # The port answers once the master listens; its second worker may still be on its way.
+    assert wait_until(lambda: len(psutil.Process(server).children()) == 2, 10)
     assert [comm(p.pid) for p in psutil.Process(server).children()] == ["tcpserver", "tcpserver"]
     assert (comm(tree.svscan.pid), comm(logger)) == ("svscan", "multilog")
