@@ -45,7 +45,7 @@ from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
 
 PROG = "prefork-exporter"
 USAGE = (
-    "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--multilog DIR...] [--listen HOST:PORT]"
+    "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--multilog DIR...] [--listen HOST:PORT | --listen-fd N]"
     " [--metrics-textfile PATH] [--textfile-interval SECONDS] [--once] [--parent-pid PID]"
 )
 HELP = f"""usage: {USAGE}
@@ -55,6 +55,8 @@ Serve Prometheus metrics read from prefork's shared memory (no multiprocess dire
   --services DIR...           directories run by a prefork svscan or supervise, or their table files
   --multilog DIR...           log directories of multilogs run with the script word M, or their counter files
   --listen HOST:PORT          serve http://HOST:PORT/metrics (port 0: any; the address is logged)
+  --listen-fd N               serve on the listening socket inherited as descriptor N (what tcpserver
+                              and svscan --metrics pass: they hold the address across restarts)
   --metrics-textfile PATH     also write the metrics to PATH (via PATH.new + rename), for node_exporter
   --textfile-interval SECONDS how often to rewrite it (default 15; SIGUSR1 rewrites it at once)
   --once                      write the textfile (stdout without one) once and exit
@@ -75,13 +77,15 @@ class UsageError(Exception):
 class Options:
     """The parsed command line."""
 
-    __slots__ = ("scoreboards", "services", "multilogs", "listen", "textfile", "interval", "once", "parent_pid")
+    __slots__ = ("scoreboards", "services", "multilogs", "listen", "listen_fd", "textfile", "interval", "once",
+                 "parent_pid")
 
     def __init__(self) -> None:
         self.scoreboards: list[str] = []
         self.services: list[str] = []
         self.multilogs: list[str] = []
         self.listen: tuple[str, int] | None = None
+        self.listen_fd: int | None = None
         self.textfile: str | None = None
         self.interval = DEFAULT_INTERVAL
         self.once = False
@@ -103,7 +107,7 @@ def parse_args(argv: list[str]) -> Options:
     opts = Options()
     args = list(argv)
     many = {"--scoreboard": opts.scoreboards, "--services": opts.services, "--multilog": opts.multilogs}
-    single = ("--listen", "--metrics-textfile", "--textfile-interval", "--parent-pid")
+    single = ("--listen", "--listen-fd", "--metrics-textfile", "--textfile-interval", "--parent-pid")
     while args:
         word = args.pop(0)
         name, eq, attached = word.partition("=")
@@ -123,6 +127,10 @@ def parse_args(argv: list[str]) -> Options:
                 raise UsageError(f"{name} needs a value")
             if name == "--listen":
                 opts.listen = parse_listen(value)
+            elif name == "--listen-fd":
+                if not (value.isascii() and value.isdigit()) or int(value) < 3 or int(value) >= 1 << 20:
+                    raise UsageError(f"--listen-fd wants a descriptor number of 3 or more, not {value!r}")
+                opts.listen_fd = int(value)
             elif name == "--metrics-textfile":
                 if not value:
                     raise UsageError("--metrics-textfile needs a path")
@@ -146,9 +154,11 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError(f"unexpected argument {word!r}")
     if not opts.scoreboards and not opts.services and not opts.multilogs:
         raise UsageError("nothing to export: give --scoreboard or --services")
-    if opts.once and opts.listen is not None:
+    if opts.listen is not None and opts.listen_fd is not None:
+        raise UsageError("give --listen or --listen-fd, not both")
+    if opts.once and (opts.listen is not None or opts.listen_fd is not None):
         raise UsageError("--once writes once and exits: it cannot --listen")
-    if not opts.once and opts.listen is None and opts.textfile is None:
+    if not opts.once and opts.listen is None and opts.listen_fd is None and opts.textfile is None:
         raise UsageError("give --listen, --metrics-textfile or --once")
     return opts
 
@@ -258,16 +268,20 @@ class HttpServer:
     beyond MAX_CLIENTS at once new connections are closed at once.
     """
 
-    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((host, port))
-            self.sock.listen(64)
-        except OSError:
-            self.sock.close()
-            raise
+    def __init__(self, host: str, port: int, render: Callable[[], bytes], sock: socket.socket | None = None) -> None:
+        """Bind HOST PORT, or serve on SOCK, a listening socket made by someone else (``--listen-fd``)."""
+        if sock is not None:
+            self.sock = sock
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.sock.bind((host, port))
+                self.sock.listen(64)
+            except OSError:
+                self.sock.close()
+                raise
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.render = render
@@ -377,12 +391,17 @@ def run(opts: Options) -> int:
         signal.signal(sig, note)
 
     http = None
-    if opts.listen is not None:
+    if opts.listen_fd is not None:
+        inherited = inherited_listener(opts.listen_fd)
+        host = inherited.getsockname()[0]
+        http = HttpServer(host, 0, collector.render, inherited)
+    elif opts.listen is not None:
         host, port = opts.listen
         try:
             http = HttpServer(host, port, collector.render)
         except OSError as e:
             fatal(PROG, f"unable to bind {host} port {port}", e)
+    if http is not None:
         shown = f"[{host}]" if ":" in host else host
         write_line(f"{PROG}: listening on http://{shown}:{http.port}/metrics")
 
@@ -432,6 +451,23 @@ def run(opts: Options) -> int:
         textfile.write()
     return 0
 
+
+
+def inherited_listener(fd: int) -> socket.socket:
+    """The listening TCP socket at descriptor FD (``--listen-fd``); exits 111 with a fatal line if it is not one."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        fatal(PROG, f"unable to use descriptor {fd}", e)
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) or not listening:
+        sock.detach()
+        fatal(PROG, f"descriptor {fd} is not a listening TCP socket")
+    sock.set_inheritable(False)
+    return sock
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv

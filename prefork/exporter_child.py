@@ -13,21 +13,26 @@ count) or a service, and call :meth:`Exporter.exited`, which warns and asks
 for a restart at :attr:`Exporter.due`: at once if it lived a second, else one
 second after its start (a worker's throttle).
 
-Faults never stop a server: an address that cannot be bound (a port already in
-use) makes the exporter exit 111 with its own message; the server warns and
-tries again every second until it works.  Port 0 is resolved once, here, to a
-free port (:func:`pin_port`), so every restart serves the same address.
+The server binds the metrics address itself (:func:`bind_listener`) and holds
+it; every start of the exporter serves that socket (``--listen-fd``), so a
+restart serves the same address, port 0 included, and no other process can
+take the port in between.  Faults never stop a server: if the address cannot
+be bound (a port already in use), the server warns and passes HOST:PORT
+instead; the exporter then exits 111 with its own message, and the server
+warns and tries again every second until it works.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 
 NAME = "prefork-exporter"
 RESTART_DELAY = 1.0
+LISTEN_FD = 3  # where the exporter finds the server's metrics socket (--listen-fd)
 STOP_SECONDS = 5.0  # how long stop() lets the exporter write its last textfile before SIGKILL
 
 
@@ -52,20 +57,29 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def pin_port(host: str, port: int) -> int:
-    """PORT, or for 0 a free port chosen now by binding one, so every start of the exporter serves one address.
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The metrics address, bound and listening, for the server to hold for its whole life.
 
-    Raises OSError when HOST port 0 cannot be bound at all.
+    Every start of the exporter gets it as descriptor :data:`LISTEN_FD`
+    (``--listen-fd``), so a restart serves the same address, port 0 included,
+    and nothing else can take the port between two exporters.  The socket is
+    close-on-exec and never at :data:`LISTEN_FD` itself (a dup2 onto itself
+    would keep close-on-exec).  OSError if HOST PORT cannot be bound.
     """
-    if port:
-        return port
-    import socket
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        sock.bind((host, port))
+        sock.listen(64)
+        if sock.fileno() == LISTEN_FD:
+            moved = sock.dup()
+            sock.close()
+            sock = moved
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def exporter_path() -> str:
@@ -79,11 +93,17 @@ def exporter_path() -> str:
 
 
 def exporter_args(
-    sources: list[str], parent_pid: int, listen: str | None, textfile: str | None
+    sources: list[str], parent_pid: int, listen: str | socket.socket | None, textfile: str | None
 ) -> list[str]:
-    """The exporter's arguments after its name: SOURCES (``--scoreboard P`` or ``--services D``) and the rest."""
+    """The exporter's arguments after its name: SOURCES (``--scoreboard P`` or ``--services D``) and the rest.
+
+    LISTEN is the server's socket from :func:`bind_listener` (passed as ``--listen-fd``),
+    or HOST:PORT for the exporter to bind itself when the server could not.
+    """
     args = [*sources, "--parent-pid", str(parent_pid)]
-    if listen is not None:
+    if isinstance(listen, socket.socket):
+        args += ["--listen-fd", str(LISTEN_FD)]
+    elif listen is not None:
         args += ["--listen", listen]
     if textfile is not None:
         args += ["--metrics-textfile", textfile]
@@ -101,8 +121,10 @@ class Exporter:
         sigdef: tuple[int, ...] = (),
         quiet: bool = False,
         path: str | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         self.prog = prog
+        self.listener = listener  # the server's metrics socket, dup2'd to LISTEN_FD in every start
         self.path = path or exporter_path()
         self.argv = [self.path, *args]
         self.env = env
@@ -123,6 +145,8 @@ class Exporter:
         self.due = None
         self.started = time.monotonic()
         actions = [(os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)] if self.quiet else []
+        if self.listener is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, self.listener.fileno(), LISTEN_FD))
         try:
             self.pid = os.posix_spawn(
                 self.path, self.argv, self.env, file_actions=actions, setsigmask=(), setsigdef=self.sigdef

@@ -202,7 +202,7 @@ class Master:
 
     def start_exporter(self) -> None:
         """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile)."""
-        from prefork.exporter_child import Exporter, exporter_args, format_address, parse_address, pin_port
+        from prefork.exporter_child import Exporter, bind_listener, exporter_args, format_address, parse_address
 
         cfg = self.cfg
         assert self.board is not None
@@ -210,14 +210,15 @@ class Master:
         if cfg.metrics is not None:
             host, port = parse_address(cfg.metrics)
             try:
-                port = pin_port(host, port)
+                listen = bind_listener(host, port)
             except OSError as e:  # the exporter will fail the same way: it says so, we retry every second
                 if self.warn:
                     os.write(2, b"tcpserver: warning: unable to bind metrics address %s: %s\n"
                              % (cfg.metrics.encode("utf-8", "surrogateescape"), errstr(e).encode()))
-            listen = format_address(host, port)
+                listen = format_address(host, port)
         args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile)
-        self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn)
+        self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn,
+                                 listener=listen if not isinstance(listen, str) else None)
         self.exporter.start()
 
     def start_worker(self, index: int) -> None:
@@ -242,6 +243,8 @@ class Master:
                 signal.set_wakeup_fd(-1)
                 os.close(self.sig_r)
                 os.close(self.sig_w)
+                if self.exporter is not None and self.exporter.listener is not None:
+                    self.exporter.listener.close()  # the metrics address is the master's, not a worker's
                 Worker(
                     self.cfg, self.lsock, board, index, self.wake_r, self.wake_w,
                     self.base_env, self.spawner, self.rules,

@@ -280,6 +280,66 @@ def test_address_in_use_is_fatal(tmp_path):
     assert out.stderr == f"prefork-exporter: fatal: unable to bind 127.0.0.1 port {port}: address already used\n".encode()
 
 
+def _exporter_with_fd(tmp_path: Path, sock_or_fd: socket.socket | int) -> subprocess.Popen:
+    fd = sock_or_fd if isinstance(sock_or_fd, int) else sock_or_fd.fileno()
+    err = open(tmp_path / "fd.err", "wb")  # noqa: SIM115 - closed by the caller's wait below
+    proc = subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen-fd", str(fd)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(fd,),
+                            env={"PATH": "/usr/bin:/bin"})
+    err.close()
+    return proc
+
+
+def test_listen_fd_serves_on_the_inherited_socket(tmp_path):
+    """What tcpserver and svscan --metrics pass: their own listening socket, which outlives each exporter."""
+    make_board(tmp_path / "board")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        for _ in range(2):  # a second exporter on the same socket serves the same address
+            proc = _exporter_with_fd(tmp_path, listener)
+            try:
+                assert wait_until(lambda: "listening on" in (tmp_path / "fd.err").read_text(), 15)
+                assert (tmp_path / "fd.err").read_text() == (
+                    f"prefork-exporter: listening on http://127.0.0.1:{port}/metrics\n")
+                assert raw_request(port, b"GET /metrics HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 OK")
+            finally:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.mark.parametrize("what", ["pipe", "unbound_socket", "udp_socket", "closed"])
+def test_listen_fd_that_is_no_listening_socket_is_fatal(tmp_path, what):
+    make_board(tmp_path / "board")
+    with contextlib.ExitStack() as stack:
+        if what == "pipe":
+            r, w = os.pipe()
+            stack.callback(os.close, r)
+            stack.callback(os.close, w)
+            fd = r
+        elif what == "closed":
+            fd = 1000
+        else:
+            sock = stack.enter_context(socket.socket(type=socket.SOCK_DGRAM if what == "udp_socket" else
+                                                     socket.SOCK_STREAM))
+            if what == "udp_socket":
+                sock.bind(("127.0.0.1", 0))
+            fd = sock.fileno()
+        if what == "closed":
+            proc = subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen-fd",
+                                     str(fd)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=open(tmp_path / "fd.err", "wb"), env={"PATH": "/usr/bin:/bin"})  # noqa: SIM115
+        else:
+            proc = _exporter_with_fd(tmp_path, fd)
+        assert proc.wait(30) == 111
+    err = (tmp_path / "fd.err").read_text()
+    if what in ("pipe", "closed"):
+        assert re.fullmatch(rf"prefork-exporter: fatal: unable to use descriptor {fd}: [a-z ]+\n", err), err
+    else:
+        assert err == f"prefork-exporter: fatal: descriptor {fd} is not a listening TCP socket\n"
+
+
 USAGE_CASES = {
     "nothing": ([], "nothing to export: give --scoreboard or --services"),
     "no_output": (["--scoreboard", "b"], "give --listen, --metrics-textfile or --once"),
@@ -306,6 +366,14 @@ USAGE_CASES = {
                                 "--parent-pid wants a process id, not 'abc'"),
     "parent_pid_zero": (["--scoreboard", "b", "--once", "--parent-pid", "0"], "--parent-pid wants a process id, not '0'"),
     "textfile_empty": (["--scoreboard", "b", "--metrics-textfile="], "--metrics-textfile needs a path"),
+    "listen_fd_stdin": (["--scoreboard", "b", "--listen-fd", "0"],
+                        "--listen-fd wants a descriptor number of 3 or more, not '0'"),
+    "listen_fd_not_a_number": (["--scoreboard", "b", "--listen-fd=three"],
+                               "--listen-fd wants a descriptor number of 3 or more, not 'three'"),
+    "listen_and_listen_fd": (["--scoreboard", "b", "--listen", "127.0.0.1:0", "--listen-fd", "3"],
+                             "give --listen or --listen-fd, not both"),
+    "once_and_listen_fd": (["--scoreboard", "b", "--once", "--listen-fd", "3"],
+                           "--once writes once and exits: it cannot --listen"),
 }
 
 

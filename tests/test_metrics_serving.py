@@ -17,6 +17,7 @@ through the PREFORK_TEST_TAG their environment carries).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -152,6 +153,11 @@ def wait_value(port: int, expected: float, name: str, timeout: float = 15.0, **l
     return last[0] or ""
 
 
+def listening_ports(proc: psutil.Process) -> list[int]:
+    """The TCP ports PROC has listening sockets on."""
+    return sorted(c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN)
+
+
 def fd_targets(pid: int) -> dict[int, str]:
     out = {}
     for entry in os.scandir(f"/proc/{pid}/fd"):
@@ -187,7 +193,8 @@ def test_scrape_counts_the_connections_made(prefork):
     exporter = exporter_of(server.pid)
     argv = exporter.cmdline()
     assert argv[argv.index("--parent-pid") + 1] == str(server.pid)
-    assert argv[argv.index("--listen") + 1] == f"127.0.0.1:{port}"
+    assert argv[argv.index("--listen-fd") + 1] == "3"
+    assert listening_ports(exporter) == [port]  # fd 3: the master's socket
     assert argv[argv.index("--scoreboard") + 1] == f"/dev/shm/prefork-tcpserver.{server.pid}"
 
 
@@ -313,7 +320,29 @@ def test_exporter_gets_the_start_up_environment_and_no_descriptors(prefork):
     assert mine[0] == mine[1] == os.devnull
     assert mine[2] == master[2] == str(server.errfile)
     shared = {t for fd, t in mine.items() if fd > 2} & {t for fd, t in master.items() if fd > 2}
-    assert not {t for t in shared if t.startswith(("socket:", "pipe:"))}, shared
+    # The one thing shared is the metrics socket the master holds (--listen-fd 3); workers do not have it.
+    assert {t for t in shared if t.startswith(("socket:", "pipe:"))} == {mine[3]}, (shared, mine)
+    assert listening_ports(exporter) == [metrics_port(server.stderr)]
+    for worker in workers_of(server.pid):
+        assert mine[3] not in fd_targets(worker.pid).values()
+
+
+def test_the_metrics_port_is_held_while_the_exporter_restarts(prefork):
+    """Port 0 is picked once and held by the server: between two exporters nothing else can bind it, and a
+    scrape in the gap waits in the backlog and is answered by the next exporter."""
+    server = echo_server(prefork, "--metrics", "127.0.0.1:0")
+    port = metrics_port(server.stderr)
+    wait_value(port, 0, "tcpserver_connections_accepted_total")
+    exporter = exporter_of(server.pid)
+    os.kill(exporter.pid, signal.SIGKILL)
+    with socket.socket() as thief:
+        thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, stopped only by a listener
+        with pytest.raises(OSError) as err:
+            thief.bind(("127.0.0.1", port))
+        assert err.value.errno == errno.EADDRINUSE
+    # a scrape made now is queued, then answered by the restarted exporter on the same address
+    assert value(scrape(port, 15), "tcpserver_connections_accepted_total") == 0
+    assert exporter_of(server.pid, other_than=exporter.pid).pid != exporter.pid
 
 
 def test_port_in_use_is_retried_every_second_while_serving(prefork):
@@ -340,7 +369,8 @@ def test_quiet_silences_the_exporter_too(prefork):
     server = echo_server(prefork, "-q", "--metrics", "127.0.0.1:0")
     exporter = exporter_of(server.pid)
     argv = exporter.cmdline()
-    port = int(argv[argv.index("--listen") + 1].rpartition(":")[2])
+    assert "--listen-fd" in argv
+    (port,) = listening_ports(exporter)
     talk(server.port)
     wait_value(port, 1, "tcpserver_connections_accepted_total")
     os.kill(exporter.pid, signal.SIGKILL)
