@@ -349,11 +349,10 @@ class Worker:
         """A connection that runs no program still logs pid/…/end/status, as 0.88's child that exited.
 
         Its id is not a pid (see next_ident); the lines are written in one
-        write() before the token is released.
+        write() before the token is released, and before the connection is
+        closed: 0.88's child writes its warning and then exits, so a client
+        that has seen its connection end finds the warning already logged.
         """
-        if conn.fd >= 0:
-            os.close(conn.fd)
-            conn.fd = -1
         if self.verbose:
             ident = self.next_ident()
             lines = [b"tcpserver: pid %d from %s\n" % (ident, conn.remoteip.encode())]
@@ -367,12 +366,20 @@ class Worker:
                 % (ident, status, self.cap.in_use() - 1, self.limit_b)
             )
             os.write(2, b"".join(lines))
+            self._close(conn)
             self.cap.ended()
             self.cap.unlock()
             return
         if warning is not None and self.warn:
             os.write(2, warning)
+        self._close(conn)
         self.cap.ended()
+
+    @staticmethod
+    def _close(conn: Conn) -> None:
+        if conn.fd >= 0:
+            os.close(conn.fd)
+            conn.fd = -1
 
     def next_ident(self) -> int:
         """An id for a connection that starts no program: above any pid the kernel can hand out
