@@ -280,14 +280,12 @@ def test_address_in_use_is_fatal(tmp_path):
     assert out.stderr == f"prefork-exporter: fatal: unable to bind 127.0.0.1 port {port}: address already used\n".encode()
 
 
-def _exporter_with_fd(tmp_path: Path, sock_or_fd: socket.socket | int) -> subprocess.Popen:
-    fd = sock_or_fd if isinstance(sock_or_fd, int) else sock_or_fd.fileno()
-    err = open(tmp_path / "fd.err", "wb")  # noqa: SIM115 - closed by the caller's wait below
-    proc = subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen-fd", str(fd)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(fd,),
-                            env={"PATH": "/usr/bin:/bin"})
-    err.close()
-    return proc
+def _exporter_with_fd(tmp_path: Path, fd: int, *, pass_fd: bool = True) -> subprocess.Popen:
+    """prefork-exporter --listen-fd FD (given FD when PASS_FD); its stderr goes to fd.err."""
+    with open(tmp_path / "fd.err", "wb") as err:
+        return subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen-fd", str(fd)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                pass_fds=(fd,) if pass_fd else (), env={"PATH": "/usr/bin:/bin"})
 
 
 def test_listen_fd_serves_on_the_inherited_socket(tmp_path):
@@ -298,7 +296,7 @@ def test_listen_fd_serves_on_the_inherited_socket(tmp_path):
         listener.listen(8)
         port = listener.getsockname()[1]
         for _ in range(2):  # a second exporter on the same socket serves the same address
-            proc = _exporter_with_fd(tmp_path, listener)
+            proc = _exporter_with_fd(tmp_path, listener.fileno())
             try:
                 assert wait_until(lambda: "listening on" in (tmp_path / "fd.err").read_text(), 15)
                 assert (tmp_path / "fd.err").read_text() == (
@@ -326,12 +324,7 @@ def test_listen_fd_that_is_no_listening_socket_is_fatal(tmp_path, what):
             if what == "udp_socket":
                 sock.bind(("127.0.0.1", 0))
             fd = sock.fileno()
-        if what == "closed":
-            proc = subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen-fd",
-                                     str(fd)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=open(tmp_path / "fd.err", "wb"), env={"PATH": "/usr/bin:/bin"})  # noqa: SIM115
-        else:
-            proc = _exporter_with_fd(tmp_path, fd)
+        proc = _exporter_with_fd(tmp_path, fd, pass_fd=what != "closed")
         assert proc.wait(30) == 111
     err = (tmp_path / "fd.err").read_text()
     if what in ("pipe", "closed"):
