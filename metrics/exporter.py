@@ -452,7 +452,6 @@ def run(opts: Options) -> int:
     return 0
 
 
-
 def inherited_listener(fd: int) -> socket.socket:
     """The listening TCP socket at descriptor FD (``--listen-fd``); exits 111 with a fatal line if it is not one."""
     try:
@@ -468,6 +467,7 @@ def inherited_listener(fd: int) -> socket.socket:
         fatal(PROG, f"descriptor {fd} is not a listening TCP socket")
     sock.set_inheritable(False)
     return sock
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
