@@ -81,6 +81,7 @@ import os
 import struct
 import time
 
+from prefork import shmfile
 from prefork.record import Record
 
 MAGIC = b"PFST"
@@ -190,25 +191,15 @@ class ServiceTable:
             raise ValueError(f"unknown table kind {kind}")
         dirbytes = os.path.abspath(directory).encode("utf-8", "surrogateescape")
         size = HEADER_SIZE + capacity * SLOT_SIZE
-        tmp = f"{path}.new.{os.getpid()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # readers may run as other users, whatever our umask
-            os.ftruncate(fd, size)  # sparse: only the pages written below get allocated
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+        def fill(mm: mmap.mmap) -> None:
             _HEADER.pack_into(
                 mm, 0, MAGIC, VERSION, HEADER_SIZE, SLOT_SIZE, capacity, kind, os.getpid(), len(dirbytes),
                 time.time_ns(),
             )
             mm[DIR_OFFSET:DIR_OFFSET + min(len(dirbytes), DIR_SIZE)] = dirbytes[:DIR_SIZE]
-            os.rename(tmp, path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+
+        fd, mm, _identity = shmfile.create(path, size, fill)
         return cls(path, fd, mm, capacity)
 
     def _header_write(self, offset: int, packer: struct.Struct, *values: object) -> None:
@@ -275,12 +266,7 @@ class ServiceTable:
         if self._fd < 0:
             return
         if unlink:
-            try:
-                st = os.stat(self.path)
-                if (st.st_dev, st.st_ino) == self._identity:
-                    os.unlink(self.path)
-            except OSError:
-                pass
+            shmfile.unlink_if_same(self.path, self._identity)
         self._mm.close()
         os.close(self._fd)
         self._fd = -1

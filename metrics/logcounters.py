@@ -56,6 +56,8 @@ import mmap
 import os
 import time
 
+from prefork import shmfile
+
 MAGIC = b"PFML"
 VERSION = 1
 SIZE = 4096
@@ -95,20 +97,8 @@ class LogCounters:
     def create(cls, path: str, directory: str) -> LogCounters:
         """Build a fresh block for DIRECTORY under a temporary name and rename it over PATH; raises OSError."""
         dirbytes = directory.encode("utf-8", "surrogateescape")
-        tmp = f"{path}.new.{os.getpid()}"
-        _unlink(tmp)  # left by a killed process that had our pid; O_EXCL below: never someone else's file
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # readers may run as other users, whatever our umask
-            os.ftruncate(fd, SIZE)
-            mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink(tmp)
-            raise
-        os.close(fd)  # the mapping is all we need
-        try:
+
+        def fill(mm: mmap.mmap) -> None:
             with memoryview(mm) as view:
                 u32 = view.cast("I")
                 mm[0:4] = MAGIC
@@ -123,12 +113,10 @@ class LogCounters:
                 q.release()
             stored = dirbytes[:DIR_SIZE]
             mm[DIR_OFFSET:DIR_OFFSET + len(stored)] = stored
-            os.rename(tmp, path)
-        except BaseException:
-            mm.close()
-            _unlink(tmp)
-            raise
-        return cls(path, mm, (st.st_dev, st.st_ino))
+
+        fd, mm, identity = shmfile.create(path, SIZE, fill)
+        os.close(fd)  # the mapping is all we need
+        return cls(path, mm, identity)
 
     def _add(self, index: int, amount: int) -> None:
         value = self._values[index] + amount
@@ -170,18 +158,6 @@ class LogCounters:
         if self._mm.closed:
             return
         if unlink:
-            try:
-                st = os.stat(self.path)
-                if (st.st_dev, st.st_ino) == self._identity:
-                    os.unlink(self.path)
-            except OSError:
-                pass
+            shmfile.unlink_if_same(self.path, self._identity)
         self._q.release()
         self._mm.close()
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

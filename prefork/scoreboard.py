@@ -61,6 +61,8 @@ import struct
 import time
 from bisect import bisect_left
 
+from prefork import shmfile
+
 MAGIC = b"PFSB"
 VERSION = 1
 HEADER_SIZE = 256
@@ -104,29 +106,20 @@ class ScoreboardFile:
         self.path = path
         self.workers = workers
         size = HEADER_SIZE + workers * SLOT_SIZE
-        tmp = f"{path}.new.{master_pid}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(fd, size)
-            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self.mm[:HEADER_SIZE] = _HEADER.pack(
+
+        def fill(mm: mmap.mmap) -> None:
+            mm[:HEADER_SIZE] = _HEADER.pack(
                 MAGIC, VERSION, HEADER_SIZE, SLOT_SIZE, workers, limit, master_pid, 0,
                 time.time_ns(), 0, b"\0\0\0\0", 0, 0, 0, 0, 0, *([0] * 12), b"",
                 name.encode("utf-8", "replace")[:NAME_SIZE],
             )
-            # One aligned store per field: struct.pack_into zeroes a field before writing it byte by byte,
-            # so a reader between the two saw a counter go to 0 (a "reset" to Prometheus).
-            self._u32 = memoryview(self.mm).cast("I")
-            self._u64 = memoryview(self.mm).cast("Q")
-            # Readers never see a file without its header: it appears under its name complete.
-            os.rename(tmp, path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+
+        # Readers never see a file without its header: it appears under its name complete.
+        fd, self.mm, self._identity = shmfile.create(path, size, fill)
+        # One aligned store per field: struct.pack_into zeroes a field before writing it byte by byte,
+        # so a reader between the two saw a counter go to 0 (a "reset" to Prometheus).
+        self._u32 = memoryview(self.mm).cast("I")
+        self._u64 = memoryview(self.mm).cast("Q")
         self.fd = fd
 
     def set_local(self, ip: str, port: int) -> None:
@@ -151,7 +144,5 @@ class ScoreboardFile:
         return self._u64[offset >> 3]
 
     def unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        """Remove the file, unless another server's scoreboard has been renamed over it since."""
+        shmfile.unlink_if_same(self.path, self._identity)

@@ -1,0 +1,117 @@
+"""prefork/shmfile.py: shared-memory files appear whole, and a file planted in /dev/shm never receives our writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from control import servicetable as st
+from metrics import logcounters as lc
+from prefork import scoreboard as sb
+from prefork import shmfile
+
+VICTIM_TEXT = b"root:x:0:0:precious\n"
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.write_bytes(VICTIM_TEXT)
+    return victim
+
+
+def test_create_fills_and_renames(tmp_path):
+    path = tmp_path / "block"
+    fd, mm, identity = shmfile.create(str(path), 4096, lambda m: m.__setitem__(slice(0, 4), b"HEAD"))
+    try:
+        assert path.read_bytes()[:4] == b"HEAD" and path.stat().st_size == 4096
+        assert (path.stat().st_dev, path.stat().st_ino) == identity
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert os.get_inheritable(fd) is False
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["block"]  # no temporary left
+    finally:
+        mm.close()
+        os.close(fd)
+
+
+def test_mode_is_0644_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        fd, mm, _ = shmfile.create(str(tmp_path / "block"), 4096, lambda m: None)
+    finally:
+        os.umask(old)
+    mm.close()
+    os.close(fd)
+    assert stat.S_IMODE((tmp_path / "block").stat().st_mode) == 0o644
+
+
+def test_a_failing_fill_leaves_nothing(tmp_path):
+    def fill(mm: object) -> None:
+        raise RuntimeError("header does not fit")
+
+    with pytest.raises(RuntimeError):
+        shmfile.create(str(tmp_path / "block"), 4096, fill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _planted_at_temporary_name(tmp_path: Path, name: str) -> Path:
+    victim = _victim(tmp_path)
+    os.symlink(victim, tmp_path / f"{name}.new.{os.getpid()}")
+    return victim
+
+
+CREATORS = {
+    "scoreboard": lambda path: sb.ScoreboardFile(path, 2, 10, os.getpid(), "svc"),
+    "service_table": lambda path: st.ServiceTable.create(path, 4, st.KIND_SVSCAN, "/service"),
+    "multilog_counters": lambda path: lc.LogCounters.create(path, "/var/log/x"),
+}
+MAGICS = {"scoreboard": sb.MAGIC, "service_table": st.MAGIC, "multilog_counters": lc.MAGIC}
+
+
+@pytest.mark.parametrize("kind", sorted(CREATORS))
+def test_a_symlink_planted_at_the_temporary_name_gets_none_of_our_bytes(tmp_path, kind):
+    """/dev/shm is everybody's: a symlink named like our next temporary file must not make a root-run
+    server truncate and overwrite the file it points to."""
+    victim = _planted_at_temporary_name(tmp_path, "shm")
+    made = CREATORS[kind](str(tmp_path / "shm"))
+    assert victim.read_bytes() == VICTIM_TEXT
+    path = tmp_path / "shm"
+    assert not path.is_symlink() and path.read_bytes().startswith(MAGICS[kind])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shm", "victim"]
+    del made
+
+
+@pytest.mark.parametrize("kind", sorted(CREATORS))
+def test_a_symlink_at_the_final_name_is_replaced_not_followed(tmp_path, kind):
+    victim = _victim(tmp_path)
+    os.symlink(victim, tmp_path / "shm")
+    CREATORS[kind](str(tmp_path / "shm"))
+    assert victim.read_bytes() == VICTIM_TEXT
+    assert not (tmp_path / "shm").is_symlink()
+
+
+def test_unlink_if_same_spares_a_newer_file(tmp_path):
+    path = tmp_path / "block"
+    fd, mm, identity = shmfile.create(str(path), 4096, lambda m: None)
+    mm.close()
+    os.close(fd)
+    fd2, mm2, identity2 = shmfile.create(str(path), 4096, lambda m: None)  # a newer owner renamed over it
+    mm2.close()
+    os.close(fd2)
+    assert identity2 != identity
+    shmfile.unlink_if_same(str(path), identity)
+    assert path.exists()
+    shmfile.unlink_if_same(str(path), identity2)
+    assert not path.exists()
+    shmfile.unlink_if_same(str(path), identity2)  # already gone: nothing to say
+
+
+def test_unlink_if_same_never_removes_what_a_symlink_points_to(tmp_path):
+    victim = _victim(tmp_path)
+    link = tmp_path / "block"
+    os.symlink(victim, link)
+    st_victim = victim.stat()
+    shmfile.unlink_if_same(str(link), (st_victim.st_dev, st_victim.st_ino))
+    assert victim.read_bytes() == VICTIM_TEXT and link.is_symlink()
