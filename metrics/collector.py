@@ -4,7 +4,8 @@ One custom prometheus_client collector reads, on every scrape, the tcpserver
 scoreboards (layout: ``prefork/scoreboard.py``), the supervisors' service
 tables (layout: ``control/servicetable.py``) and the counter blocks of
 multilog directories that asked for them with the script word ``M``
-(layout: ``metrics/logcounters.py``) and turns them into families.
+(layout: ``metrics/logcounters.py``; given with ``--multilog``, or found as
+the log services of a ``--services`` tree) and turns them into families.
 Nothing is kept between scrapes except what a fault report needs, so a scrape
 costs the same whether one worker or a million have lived: the counters are
 cumulative in the shared memory itself (a slot's counters survive its
@@ -354,8 +355,37 @@ class SharedMemoryCollector:
             except Exception as e:  # a reader bug must cost one source, never the scrape
                 fault = f"unexpected error: {type(e).__name__}: {e}"
             self._report(source, fault)
+        served_logs += self._tree_logs(served_tables, log_blocks, log_dirs, writers)
         self.liveness.forget(writers)
         return served_boards, served_tables, served_logs
+
+    def _tree_logs(self, served_tables: list[tables.Snapshot], log_blocks: dict[object, str],
+                   log_dirs: dict[str, str], writers: list[tuple[int, int]]) -> list[logs.Snapshot]:
+        """The counters of the multilogs that are the log services of the served trees.
+
+        A log service whose ``log/run`` execs ``multilog ... M dir`` has the
+        pid that multilog writes into its block, so ``--services`` (and
+        ``svscan --metrics``) serves those without a ``--multilog`` for each.
+        A block that cannot be read, or whose writer is gone, is left out.
+        """
+        pids = {e.pid for table in served_tables for e in table.entries if e.flags & tables.FLAG_LOG and e.pid}
+        if not pids:
+            return []
+        found = []
+        for path in logs.every_block():
+            try:
+                snap = logs.read(path)
+            except logs.LogCountersError:
+                continue
+            if snap.pid not in pids or snap.directory in log_dirs:
+                continue
+            identity = _identity(path)
+            if identity in log_blocks or self.liveness.check(snap.pid, snap.start_ns) is not None:
+                continue
+            writers.append((snap.pid, snap.start_ns))
+            log_blocks[identity] = log_dirs[snap.directory] = path
+            found.append(snap)
+        return found
 
     def families(self) -> list[Family]:
         """Every family, read from the shared memory now."""

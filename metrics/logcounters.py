@@ -56,6 +56,7 @@ import mmap
 import os
 import time
 
+from metrics.logcounters_read import PREFIX, blocks_dir
 from prefork import shmfile
 
 MAGIC = b"PFML"
@@ -63,7 +64,6 @@ VERSION = 1
 SIZE = 4096
 COUNTERS_OFFSET, COUNTERS = 64, 7
 DIR_OFFSET, DIR_SIZE = 256, 3840
-PREFIX = "prefork-multilog"
 
 # Indexes of the 8-byte words (offset / 8).
 LINES, BYTES, ROTATIONS, PROCESSOR_FAILURES, PROCESSOR_CRASHES, PAUSED_NS, WRITE_ERRORS = range(8, 8 + COUNTERS)
@@ -72,13 +72,7 @@ _START = 3  # start time, offset 24
 
 def default_path(st_dev: int, st_ino: int) -> str:
     """Where the block of the log directory with this device and inode lives."""
-    if os.path.isdir("/dev/shm"):
-        base = "/dev/shm"
-    else:
-        import tempfile  # only without /dev/shm: not a light import
-
-        base = tempfile.gettempdir()
-    return f"{base}/{PREFIX}.{st_dev}.{st_ino}"
+    return f"{blocks_dir()}/{PREFIX}.{st_dev}.{st_ino}"
 
 
 class LogCounters:

@@ -89,16 +89,34 @@ def read(path: str) -> Snapshot:
         mm.close()
 
 
-def path_for(directory: str) -> str:
-    """Where multilog publishes the counters of DIRECTORY (see logcounters.default_path); OSError if it is missing."""
-    st = os.stat(directory)
+def blocks_dir() -> str:
+    """Where multilogs publish their blocks (see logcounters.default_path)."""
     if os.path.isdir("/dev/shm"):
-        base = "/dev/shm"
-    else:
-        import tempfile
+        return "/dev/shm"
+    import tempfile  # only without /dev/shm: not a light import
 
-        base = tempfile.gettempdir()
-    return f"{base}/{PREFIX}.{st.st_dev}.{st.st_ino}"
+    return tempfile.gettempdir()
+
+
+def path_for(directory: str) -> str:
+    """Where multilog publishes the counters of DIRECTORY; OSError if it is missing."""
+    st = os.stat(directory)
+    return f"{blocks_dir()}/{PREFIX}.{st.st_dev}.{st.st_ino}"
+
+
+def every_block() -> list[str]:
+    """The paths of every published block (PREFIX.DEV.INODE; a block still being made is skipped)."""
+    base = blocks_dir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == PREFIX and parts[1].isdigit() and parts[2].isdigit():
+            out.append(f"{base}/{name}")
+    return sorted(out)
 
 
 def find(arg: str) -> str:

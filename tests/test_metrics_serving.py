@@ -567,6 +567,42 @@ def test_svscan_supervise_up_follows_svc_down(svscan, tmp_path):
     assert environ_of(exporter.pid) == {"PATH": "/usr/bin:/bin", TAG_VAR: scan.tag}
 
 
+def _log_service(service: Path, words: str) -> Path:
+    log = service / "log"
+    log.mkdir()
+    (log / "run").write_text(f"#!/bin/sh\nexec {ours('multilog')} {words}\n")
+    (log / "run").chmod(0o755)
+    return log
+
+
+def test_svscan_serves_the_counters_of_its_log_services(svscan, tmp_path):
+    """A log service that execs multilog with M: svscan --metrics serves its counters, no --multilog needed.
+    A multilog without M publishes nothing, and one run outside the tree is not this tree's."""
+    root, start = svscan
+    a = make_service(root, "a", "for i in 1 2 3; do echo line $i; done; exec sleep 100000")
+    _log_service(a, "M ./main")
+    b = make_service(root, "b", "echo quiet; exec sleep 100000")
+    _log_service(b, "./main")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stranger = subprocess.Popen([ours("multilog"), "M", str(outside / "main")], stdin=subprocess.PIPE)
+    try:
+        stranger.stdin.write(b"not in the tree\n")
+        stranger.stdin.flush()
+        scan = start("--metrics", "127.0.0.1:0")
+        port = metrics_port(scan.stderr)
+        main = os.path.realpath(a / "log" / "main")
+        text = wait_value(port, 3, "multilog_lines_total", directory=main)
+        assert value(text, "multilog_bytes_total", directory=main) == len(b"line 1\nline 2\nline 3\n")
+        assert wait_until(lambda: (b / "log" / "main" / "current").exists(), 10)
+        assert value(text, "multilog_lines_total", directory=os.path.realpath(b / "log" / "main")) is None
+        assert value(text, "multilog_lines_total", directory=str(outside / "main")) is None
+        assert value(text, "multilog_lines_total", directory=os.path.realpath(outside / "main")) is None
+    finally:
+        stranger.stdin.close()
+        stranger.wait(10)
+
+
 def test_svscan_exporter_restart_is_not_a_service_exit(svscan):
     root, start = svscan
     a = make_service(root, "a")
