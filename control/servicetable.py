@@ -152,13 +152,7 @@ class TableFull(Exception):
 def default_path(directory: str, kind: int) -> str:
     """/dev/shm/prefork-svscan.<st_dev>.<st_ino> (or prefork-supervise.) of DIRECTORY's stat(); tempfile.gettempdir() if /dev/shm is missing."""
     st = os.stat(directory)
-    if os.path.isdir("/dev/shm"):
-        base = "/dev/shm"
-    else:
-        import tempfile  # only on systems without /dev/shm: it is not a light import
-
-        base = tempfile.gettempdir()
-    return f"{base}/{_KIND_PREFIX[kind]}.{st.st_dev}.{st.st_ino}"
+    return f"{shmfile.shm_dir()}/{_KIND_PREFIX[kind]}.{st.st_dev}.{st.st_ino}"
 
 
 def _name_bytes(name: str) -> bytes:

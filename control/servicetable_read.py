@@ -14,6 +14,7 @@ import os
 import struct
 import time
 
+from prefork import shmfile
 from prefork.record import Record
 
 MAGIC = b"PFST"
@@ -154,19 +155,11 @@ def read(path: str) -> Snapshot:
     from prefork.djb import errstr
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        mm, size = shmfile.map_regular(path, _FIXED.size)
     except OSError as e:
         raise ServiceTableError(f"{path}: {errstr(e)}") from None
-    try:
-        size = os.fstat(fd).st_size
-        if size < _FIXED.size:
-            raise ServiceTableError(f"{path}: truncated ({size} bytes)")
-        try:
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        except OSError as e:
-            raise ServiceTableError(f"{path}: {errstr(e)}") from None
-    finally:
-        os.close(fd)
+    except ValueError as e:
+        raise ServiceTableError(f"{path}: {e}") from None
     try:
         return _parse(path, mm, size)
     finally:
@@ -176,12 +169,7 @@ def read(path: str) -> Snapshot:
 def paths(directory: str) -> list[str]:
     """Where a running svscan, then a supervise, for DIRECTORY publishes its table (see servicetable.default_path)."""
     st = os.stat(directory)
-    if os.path.isdir("/dev/shm"):
-        base = "/dev/shm"
-    else:
-        import tempfile
-
-        base = tempfile.gettempdir()
+    base = shmfile.shm_dir()
     return [f"{base}/prefork-{kind}.{st.st_dev}.{st.st_ino}" for kind in ("svscan", "supervise")]
 
 

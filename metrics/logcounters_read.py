@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 
+from prefork import shmfile
 from prefork.record import Record
 
 MAGIC = b"PFML"
@@ -70,19 +71,11 @@ def read(path: str) -> Snapshot:
     from prefork.djb import errstr
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO given by mistake must not block
+        mm, size = shmfile.map_regular(path, _HEADER)
     except OSError as e:
         raise LogCountersError(f"{path}: {errstr(e)}") from None
-    try:
-        size = os.fstat(fd).st_size
-        if size < _HEADER:
-            raise LogCountersError(f"{path}: truncated ({size} bytes)")
-        try:
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        except OSError as e:  # a directory, a FIFO, ...
-            raise LogCountersError(f"{path}: {errstr(e)}") from None
-    finally:
-        os.close(fd)
+    except ValueError as e:
+        raise LogCountersError(f"{path}: {e}") from None
     try:
         return _parse(path, mm, size)
     finally:
@@ -91,11 +84,7 @@ def read(path: str) -> Snapshot:
 
 def blocks_dir() -> str:
     """Where multilogs publish their blocks (see logcounters.default_path)."""
-    if os.path.isdir("/dev/shm"):
-        return "/dev/shm"
-    import tempfile  # only without /dev/shm: not a light import
-
-    return tempfile.gettempdir()
+    return shmfile.shm_dir()
 
 
 def path_for(directory: str) -> str:

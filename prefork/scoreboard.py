@@ -56,7 +56,6 @@ reader (status tools, metrics, tests); this module is the writer's side.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 import time
 from bisect import bisect_left
@@ -95,8 +94,7 @@ def bucket_index(duration_ns: int) -> int:
 
 def default_path(master_pid: int) -> str:
     """Where the scoreboard lives when --scoreboard is not given (removed when the server exits)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-    return f"{base}/prefork-tcpserver.{master_pid}"
+    return f"{shmfile.shm_dir()}/prefork-tcpserver.{master_pid}"
 
 
 class ScoreboardFile:

@@ -104,6 +104,14 @@ def parse(data: bytes) -> Snapshot:
 
 
 def read(path: str) -> Snapshot:
-    """Read a scoreboard file without talking to the server."""
-    with open(path, "rb") as f:
-        return parse(f.read())
+    """Read a scoreboard file without talking to the server; OSError, or ScoreboardError saying why it is none."""
+    from prefork import shmfile
+
+    try:
+        mm, size = shmfile.map_regular(path, 1)
+    except ValueError as e:
+        raise ScoreboardError(str(e) if "truncated" not in str(e) else "truncated header") from None
+    try:
+        return parse(mm[:size])
+    finally:
+        mm.close()

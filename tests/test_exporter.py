@@ -333,6 +333,23 @@ def test_listen_fd_that_is_no_listening_socket_is_fatal(tmp_path, what):
         assert err == f"prefork-exporter: fatal: descriptor {fd} is not a listening TCP socket\n"
 
 
+@pytest.mark.parametrize("kind", ["scoreboard", "services", "multilog"])
+@pytest.mark.parametrize("what", ["fifo", "device"])
+def test_a_fifo_or_device_given_as_a_source_is_a_fault_not_a_hang(tmp_path, kind, what):
+    """A careless --scoreboard/--services/--multilog PATH: a FIFO must not block the scrape, /dev/zero must not be
+    read without end; the source is down with a one-line reason and the exporter goes on."""
+    if what == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    out = run_once(f"--{kind}", str(path), "--once", timeout=20)
+    assert out.returncode == 0
+    assert value(samples(out.stdout), "prefork_exporter_source_up", kind=kind, path=str(path)) == 0
+    (line,) = out.stderr.decode().splitlines()
+    assert line.startswith(f"prefork-exporter: warning: {kind} {path}: ") and line.endswith("not a regular file")
+
+
 USAGE_CASES = {
     "nothing": ([], "nothing to export: give --scoreboard or --services"),
     "no_output": (["--scoreboard", "b"], "give --listen, --metrics-textfile or --once"),

@@ -115,3 +115,31 @@ def test_unlink_if_same_never_removes_what_a_symlink_points_to(tmp_path):
     st_victim = victim.stat()
     shmfile.unlink_if_same(str(link), (st_victim.st_dev, st_victim.st_ino))
     assert victim.read_bytes() == VICTIM_TEXT and link.is_symlink()
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda d: os.mkfifo(d / "x"), "not a regular file"),
+    (lambda d: (d / "x").mkdir(), "is a directory"),
+    (lambda d: (d / "x").write_bytes(b"abc"), "truncated (3 bytes)"),
+    (lambda d: (d / "x").write_bytes(b""), "truncated (0 bytes)"),
+], ids=["fifo", "directory", "short", "empty"])
+def test_map_regular_refuses_what_is_no_shared_memory_file(tmp_path, make, reason):
+    make(tmp_path)
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        shmfile.map_regular(str(tmp_path / "x"), 16)
+
+
+def test_map_regular_refuses_a_device():
+    with pytest.raises(ValueError, match="not a regular file"):
+        shmfile.map_regular("/dev/zero", 16)
+
+
+def test_map_regular_maps_a_file(tmp_path):
+    (tmp_path / "x").write_bytes(b"0123456789abcdef!")
+    mm, size = shmfile.map_regular(str(tmp_path / "x"), 16)
+    try:
+        assert (size, mm[:17]) == (17, b"0123456789abcdef!")
+    finally:
+        mm.close()
+    with pytest.raises(FileNotFoundError):
+        shmfile.map_regular(str(tmp_path / "missing"), 16)
