@@ -707,6 +707,14 @@ def test_status_missing_scoreboard_is_111(tmp_path, capfd):
     assert capfd.readouterr() == ("", f"tcpserver-status: fatal: unable to read {tmp_path}/nope: file does not exist\n")
 
 
+def test_status_of_a_fifo_is_111_not_a_hang(tmp_path, capfd):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(SystemExit) as exc:
+        tcpserver_status.main([str(tmp_path / "fifo")])
+    assert exc.value.code == 111
+    assert capfd.readouterr() == ("", f"tcpserver-status: fatal: unable to read {tmp_path}/fifo: not a regular file\n")
+
+
 def test_status_truncated_scoreboard_is_111(tmp_path, capfd):
     (tmp_path / "board").write_bytes(b"PFSB")
     with pytest.raises(SystemExit) as exc:
