@@ -183,12 +183,17 @@ class Service:
         self.adopted = False
         self.last_status = status
         self.label = self.seam.label()
-        if self.want == WANT_UP and not self.exit_requested:
+        if self.want == WANT_UP and not self.exit_requested and not self._throttled(self.seam.monotonic()):
+            # 0.76 writes the exit, forks, then writes the new pid.  Here the spawn comes first and both writes
+            # follow in that order, so the restart does not wait for two file operations; a reader sees the
+            # same sequence of status files (0.76 too shows "down" while its child is already starting).
             self._start(automatic=True, announce_down=True)
             return
         self.seam.publish(self)
         if self.exit_requested:
             self._finish()
+        elif self.want == WANT_UP:
+            self._start(automatic=True)  # deferred to the end of the throttle second
 
     def timer(self) -> None:
         """The throttle second is over: make the deferred start if it is still wanted."""
@@ -208,24 +213,19 @@ class Service:
             return "down"
         return "stopping" if self.term_sent else "up"
 
+    def _throttled(self, now: float) -> bool:
+        return self.last_start is not None and now < self.last_start + THROTTLE
+
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
         """Start ./run now, or at the end of the throttle second.
 
-        ANNOUNCE_DOWN: the service has just exited and its down status is not
-        written yet.  0.76 writes it, forks, then writes the new pid; here the
-        spawn comes first and both writes follow, in the same order, so the
-        restart does not wait for two file operations.  A reader sees the
-        same sequence of status files; 0.76 too shows the old status while it
-        reaps and "down" while its child is already starting.
+        ANNOUNCE_DOWN (from :meth:`exited`, never throttled): the exit is
+        written right after the spawn attempt, before anything else.
         """
         if self.pid or self.done:
-            if announce_down:
-                self.seam.publish(self)
             return
         now = self.seam.monotonic()
-        if self.last_start is not None and now < self.last_start + THROTTLE:
-            if announce_down:
-                self.seam.publish(self)
+        if self._throttled(now):
             self.restart_pending = self.restart_pending or automatic
             if not self.start_pending:
                 self.start_pending = True
@@ -235,15 +235,18 @@ class Service:
         self.starts += 1
         if automatic:
             self.restarts += 1
+        error: OSError | None = None
         try:
             pid = self.seam.spawn(self)
         except OSError as err:
-            if announce_down:
-                self.seam.publish(self)
+            pid, error = 0, err
+        if announce_down:
+            self.seam.publish(self)  # the exit
+        if error is not None:
             from prefork.djb import errstr
 
             # 0.76's child prints this and exits 111; the same line, and the same retry a second later.
-            self.seam.report(self, f"supervise: fatal: unable to start {self.name}/run: {errstr(err)}")
+            self.seam.report(self, f"supervise: fatal: unable to start {self.name}/run: {errstr(error)}")
             self.label = self.seam.label()
             self.paused = False
             self.last_status = EXIT_FAILED_START
@@ -253,8 +256,6 @@ class Service:
             elif self.want == WANT_UP:
                 self._start(automatic=True)
             return
-        if announce_down:
-            self.seam.publish(self)  # the exit, as 0.76 writes it before its fork
         self.pid = pid
         self.paused = False
         self.term_sent = False
