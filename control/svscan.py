@@ -330,23 +330,17 @@ def _metrics_value(name: str, value: str) -> str:
 
 def _start_exporter(engine: object, opts: dict[str, object], source: str) -> object:
     """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
-    from prefork.exporter_child import Exporter, bind_listener, exporter_args, format_address, parse_address
+    from prefork.djb import warn
+    from prefork.exporter_child import Exporter, exporter_args, metrics_listener
 
     listen = opts["metrics"]
     if listen is not None:
-        host, port = parse_address(str(listen))
-        try:
-            listen = bind_listener(host, port)
-        except OSError as err:  # the exporter fails the same way and says so; it is retried every second
-            from prefork.djb import warn
-
-            warn(PROG, f"unable to bind metrics address {listen}", err)
-            listen = format_address(host, port)
+        listen = metrics_listener(str(listen), lambda text, err: warn(PROG, text, err))
     args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"])  # type: ignore[arg-type]
     from prefork.spawn import signals_to_reset
 
     exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),  # type: ignore[attr-defined]
-                        listener=None if isinstance(listen, str) else listen)  # type: ignore[arg-type]
+                        listener=listen)  # type: ignore[arg-type]
 
     def restart() -> None:
         if exporter.due is not None:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 from metrics.collector import SharedMemoryCollector, start_ticks
 from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
+from prefork.exporter_child import bind_listener
 
 PROG = "prefork-exporter"
 USAGE = (
@@ -268,20 +269,9 @@ class HttpServer:
     beyond MAX_CLIENTS at once new connections are closed at once.
     """
 
-    def __init__(self, host: str, port: int, render: Callable[[], bytes], sock: socket.socket | None = None) -> None:
-        """Bind HOST PORT, or serve on SOCK, a listening socket made by someone else (``--listen-fd``)."""
-        if sock is not None:
-            self.sock = sock
-        else:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self.sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self.sock.bind((host, port))
-                self.sock.listen(64)
-            except OSError:
-                self.sock.close()
-                raise
+    def __init__(self, sock: socket.socket, render: Callable[[], bytes]) -> None:
+        """Serve on SOCK, a listening socket: bound here for ``--listen``, inherited for ``--listen-fd``."""
+        self.sock = sock
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.render = render
@@ -394,11 +384,11 @@ def run(opts: Options) -> int:
     if opts.listen_fd is not None:
         inherited = inherited_listener(opts.listen_fd)
         host = inherited.getsockname()[0]
-        http = HttpServer(host, 0, collector.render, inherited)
+        http = HttpServer(inherited, collector.render)
     elif opts.listen is not None:
         host, port = opts.listen
         try:
-            http = HttpServer(host, port, collector.render)
+            http = HttpServer(bind_listener(host, port), collector.render)
         except OSError as e:
             fatal(PROG, f"unable to bind {host} port {port}", e)
     if http is not None:

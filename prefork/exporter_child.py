@@ -30,6 +30,10 @@ import socket
 import sys
 import time
 
+TYPE_CHECKING = False  # the lean server processes do not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 NAME = "prefork-exporter"
 RESTART_DELAY = 1.0
 LISTEN_FD = 3  # where the exporter finds the server's metrics socket (--listen-fd)
@@ -82,6 +86,20 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def metrics_listener(text: str, warn: Callable[[str, OSError], None]) -> socket.socket | str:
+    """The server's side of ``--metrics HOST:PORT``: the bound socket, or HOST:PORT if it cannot be bound now.
+
+    WARN(text, err) says why not; the exporter is then given HOST:PORT to bind
+    itself, exits 111 with its own message, and is retried every second.
+    """
+    host, port = parse_address(text)
+    try:
+        return bind_listener(host, port)
+    except OSError as e:
+        warn(f"unable to bind metrics address {text}", e)
+        return format_address(host, port)
+
+
 def exporter_path() -> str:
     """``prefork-exporter`` next to this interpreter (or next to the command that started it)."""
     candidates = [sys.executable] + ([sys.argv[0]] if sys.argv and sys.argv[0] else [])
@@ -121,10 +139,11 @@ class Exporter:
         sigdef: tuple[int, ...] = (),
         quiet: bool = False,
         path: str | None = None,
-        listener: socket.socket | None = None,
+        listener: socket.socket | str | None = None,
     ) -> None:
         self.prog = prog
-        self.listener = listener  # the server's metrics socket, dup2'd to LISTEN_FD in every start
+        # The server's metrics socket, dup2'd to LISTEN_FD in every start (HOST:PORT: the exporter binds it).
+        self.listener = listener if isinstance(listener, socket.socket) else None
         self.path = path or exporter_path()
         self.argv = [self.path, *args]
         self.env = env

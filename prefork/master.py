@@ -200,25 +200,25 @@ class Master:
             if self.exporter is not None:
                 self.exporter.start_if_due(now)
 
+    def warning(self, text: str, err: BaseException) -> None:
+        """``tcpserver: warning: TEXT: ERR``, unless -q."""
+        if self.warn:
+            from prefork.djb import warn
+
+            warn("tcpserver", text, err)
+
     def start_exporter(self) -> None:
         """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile)."""
-        from prefork.exporter_child import Exporter, bind_listener, exporter_args, format_address, parse_address
+        from prefork.exporter_child import Exporter, exporter_args, metrics_listener
 
         cfg = self.cfg
         assert self.board is not None
         listen = None
         if cfg.metrics is not None:
-            host, port = parse_address(cfg.metrics)
-            try:
-                listen = bind_listener(host, port)
-            except OSError as e:  # the exporter will fail the same way: it says so, we retry every second
-                if self.warn:
-                    os.write(2, b"tcpserver: warning: unable to bind metrics address %s: %s\n"
-                             % (cfg.metrics.encode("utf-8", "surrogateescape"), errstr(e).encode()))
-                listen = format_address(host, port)
+            listen = metrics_listener(cfg.metrics, self.warning)
         args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile)
         self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn,
-                                 listener=listen if not isinstance(listen, str) else None)
+                                 listener=listen)
         self.exporter.start()
 
     def start_worker(self, index: int) -> None:
