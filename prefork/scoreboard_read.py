@@ -108,9 +108,9 @@ def read(path: str) -> Snapshot:
     from prefork import shmfile
 
     try:
-        mm, size = shmfile.map_regular(path, 1)
+        mm, size = shmfile.map_regular(path, HEADER_SIZE)
     except ValueError as e:
-        raise ScoreboardError(str(e) if "truncated" not in str(e) else "truncated header") from None
+        raise ScoreboardError(str(e)) from None
     try:
         return parse(mm[:size])
     finally:

@@ -720,7 +720,7 @@ def test_status_truncated_scoreboard_is_111(tmp_path, capfd):
     with pytest.raises(SystemExit) as exc:
         tcpserver_status.main([str(tmp_path / "board")])
     assert exc.value.code == 111
-    assert capfd.readouterr() == ("", f"tcpserver-status: fatal: unable to read {tmp_path}/board: truncated header\n")
+    assert capfd.readouterr() == ("", f"tcpserver-status: fatal: unable to read {tmp_path}/board: truncated (4 bytes)\n")
 
 
 def test_status_other_layout_version_is_111(tmp_path, capfd):

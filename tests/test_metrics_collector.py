@@ -349,7 +349,7 @@ def test_fault_scoreboard_is_a_directory(tmp_path):
 def test_fault_scoreboard_empty(tmp_path):
     (tmp_path / "board").write_bytes(b"")
     _, log = fault_scrape(tmp_path, tmp_path / "board")
-    assert log == [f"prefork-exporter: warning: scoreboard {tmp_path}/board: truncated header"]
+    assert log == [f"prefork-exporter: warning: scoreboard {tmp_path}/board: truncated (0 bytes)"]
 
 
 def test_fault_scoreboard_truncated_slots(tmp_path):
@@ -505,7 +505,7 @@ def test_one_log_line_per_state_change_not_per_scrape(tmp_path):
     scrape(collector)
     os.unlink(path)
     data = scrape(collector)
-    assert log[2:] == [f"prefork-exporter: warning: scoreboard {path}: truncated header",
+    assert log[2:] == [f"prefork-exporter: warning: scoreboard {path}: truncated (10 bytes)",
                        f"prefork-exporter: warning: scoreboard {path}: file does not exist"]
     assert value(data, "prefork_exporter_source_errors_total", kind="scoreboard", path=str(path)) == 6
 
