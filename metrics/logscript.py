@@ -1,4 +1,4 @@
-"""multilog's script language (daemontools 0.76, spec §8), parsed once; pure, no I/O.
+"""multilog's script language (daemontools 0.76), parsed once; pure, no I/O.
 
 A script is a list of words, each one action, read exactly as 0.76 reads them
 (by the first byte only):

@@ -9,11 +9,11 @@ directly::
     engine.flush()           # before waiting for more input
     engine.close()           # end of input: newline for a partial line, flush, fsync, 0744
 
-Semantics are 0.76's (spec §8), line by line: the stamp is taken when a
-line's first byte is read (here: one label per ``feed``, shared by the lines
-starting in it, as 0.76's lines starting in one 1024-byte read got labels
-microseconds apart); patterns, ``e`` and ``=`` see the first 1000 bytes; the
-directories get the whole line.  The work is done per chunk, not per byte:
+Semantics are 0.76's, line by line: the stamp is taken when a line's first
+byte is read (here: one label per ``feed``, shared by the lines starting in
+it, as 0.76's lines starting in one 1024-byte read got labels microseconds
+apart); patterns, ``e`` and ``=`` see the first 1000 bytes; the directories
+get the whole line.  The work is done per chunk, not per byte:
 stamping is one ``replace`` over all the complete lines of a read, a script
 without ``+``/``-``/``e``/``=`` never splits lines at all, and patterns are
 evaluated by compiled expressions over the chunk's lines with the selection
@@ -21,6 +21,14 @@ of each directory kept as a 0/1 byte per line.  A line longer than the chunk
 is held until its first 1000 bytes are there (what the patterns need), then
 streamed to the directories that selected it, so memory stays bounded whatever
 the input.
+
+0.76 runs every action of the script over one line before reading the next,
+so what the chunk-wide evaluation could reorder is put back in line order:
+with several ``e`` actions each line is printed once per ``e`` that selected
+it, line after line (``e e`` over 1, 2 prints 1 1 2 2, not 1 2 1 2); several
+``=`` actions naming the same file (``=st - =st``, or ``=st =./st``: same
+device and inode) end with the line 0.76 wrote last, the latest line any of
+them selected.  A single ``e`` and distinct files need no such care.
 
 Deliberate coarsening: an ``=file`` is rewritten once per read with the last
 line selected for it (0.76 rewrites it for every line; the contents after each
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import os
 from itertools import compress, repeat
+from operator import add, mul
 
 from metrics.logdir import Fatal, LogDir, Seam, errtext
 from metrics.logscript import (
@@ -77,6 +86,9 @@ class Multilog:
         patterns: dict[object, Pattern] = {}  # one Pattern per distinct text: evaluated once per chunk
         self._actions = [(kind, patterns.setdefault(arg, Pattern(arg)) if kind in (MINUS, PLUS) else arg)  # type: ignore
                          for kind, arg in script.actions]
+        # Several e actions: their output is gathered and printed line by line, as 0.76 prints it.
+        self._interleave = sum(kind == STDERR for kind, _ in script.actions) > 1
+        self._same: list[int] = []  # per =file: the first =file open on the same file (set by open())
         self._head: bytes | None = None  # the line being read, until its first 1000 bytes are known
         self._stream: list[LogDir] | None = None  # directories taking the rest of a long line
         self.line_open = False  # inside a line (its first byte read, its newline not yet)
@@ -98,6 +110,7 @@ class Multilog:
                 self.files.append(seam.open(name, _WRITE))
             except OSError as err:
                 raise Fatal(f"unable to write {name}", err.errno) from None
+        self._same = _same_files(self.files)
         for d in self.dirs:
             d.open()
         for d in self.dirs:
@@ -197,12 +210,15 @@ class Multilog:
     def _evaluate(self, lines: list[bytes], stamp: bytes) -> list[object]:
         """Run the actions over LINES; the selection (True, False or a 0/1 byte per line) at each directory.
 
-        Side effects in order: ``e`` lines to stderr, ``=file`` rewritten with its last selected line.
+        Side effects: ``e`` lines to stderr (in line order when there are several ``e``), each
+        ``=file`` rewritten with the last line selected for it by any ``=`` naming that file.
         """
         n = len(lines)
         sel: object = True
         cache: dict[int, object] = {}
         result: list[object] = []
+        errs: list[object] | None = [] if self._interleave else None
+        last_of: dict[int, tuple[int, int]] = {}  # first =file of a file: (last line selected, =file that wrote it)
         for kind, arg in self._actions:
             if kind == MINUS:
                 if sel is not False:
@@ -215,13 +231,37 @@ class Multilog:
             elif sel is False:
                 continue
             elif kind == STDERR:
+                if errs is not None:
+                    errs.append(sel)
+                    continue
                 chosen = lines if sel is True else compress(lines, sel)  # type: ignore[arg-type]
                 self.seam.stderr(b"".join([line[:200] + b"...\n" if len(line) > 200 else line + _NL
                                            for line in chosen]))
             elif kind == FILE:
                 last = n - 1 if sel is True else sel.rfind(1)  # type: ignore[attr-defined]
-                self._set_file(arg, lines[last][:LINE_MAX])  # type: ignore[arg-type]
+                key = self._same[arg]  # type: ignore[index]
+                if last >= last_of.get(key, (-1, 0))[0]:  # the same line later in the script: that =file wrote last
+                    last_of[key] = (last, arg)  # type: ignore[assignment]
+        if errs:
+            self._stderr_in_line_order(lines, errs)
+        for last, index in last_of.values():
+            self._set_file(index, lines[last][:LINE_MAX])
         return result
+
+    def _stderr_in_line_order(self, lines: list[bytes], sels: list[object]) -> None:
+        """Several ``e``: each line printed once per ``e`` that selected it, line after line (0.76's order)."""
+        n = len(lines)
+        if len(sels) < 256:  # 0/1 bytes added as one big number: no carry from one line to the next
+            total = 0
+            for sel in sels:
+                total += int.from_bytes(b"\x01" * n if sel is True else sel, "little")  # type: ignore[arg-type]
+            counts: bytes | list[int] = total.to_bytes(n, "little")
+        else:
+            counts = [0] * n
+            for sel in sels:
+                counts = list(map(add, counts, b"\x01" * n if sel is True else sel))  # type: ignore[arg-type]
+        shown = [line[:200] + b"...\n" if len(line) > 200 else line + _NL for line in lines]
+        self.seam.stderr(b"".join(map(mul, shown, counts)))
 
     def _set_file(self, index: int, line: bytes) -> None:
         """0.76's ``=file``: 1001 bytes at offset 0, the line padded with newlines; pause and retry on failure."""
@@ -336,6 +376,20 @@ class Pattern:
         if kind == EQUAL and len(stamp) + len(rest) < LINE_MAX:
             return _norm(bytes(map((stamp + rest).__eq__, lines)))
         return _norm(bytes(map(bool, map(self.matcher(), lines, repeat(0), repeat(LINE_MAX)))))  # type: ignore
+
+
+def _same_files(fds: list[int]) -> list[int]:
+    """For each descriptor, the index of the first one open on the same file (device and inode)."""
+    first: dict[tuple[int, int], int] = {}
+    out = []
+    for index, fd in enumerate(fds):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            out.append(index)
+            continue
+        out.append(first.setdefault((st.st_dev, st.st_ino), index))
+    return out
 
 
 def _vector(pattern: Pattern, lines: list[bytes], stamp: bytes, cache: dict[int, object]) -> object:

@@ -1,4 +1,4 @@
-"""tai64n: put a TAI64N label (daemontools spec §2) before every line of the input.
+"""tai64n: put a TAI64N label (as daemontools 0.76 does) before every line of the input.
 
 The label is the time the line's first byte was read, so a line that arrives in
 pieces keeps the time of its first piece.  Every line that starts inside one

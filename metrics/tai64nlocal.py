@@ -1,4 +1,4 @@
-"""tai64nlocal: turn the TAI64N labels at the start of lines into local time (daemontools spec §2).
+"""tai64nlocal: turn the TAI64N labels at the start of lines into local time (daemontools 0.76).
 
 A line starting with ``@`` and exactly 24 lowercase hex digits (then any byte
 that is not one, or the end of the input) gets them replaced by

@@ -1,4 +1,4 @@
-"""TAI64N labels as daemontools writes them (daemontools spec §2): the one shared codec.
+"""TAI64N labels as daemontools writes them: the one shared codec.
 
 12 bytes: big-endian seconds plus 2^62 + 10, then big-endian nanoseconds.
 djb's programs take the time from gettimeofday(), so their nanoseconds are
@@ -23,7 +23,9 @@ def pack(seconds: int, nanoseconds: int) -> bytes:
 
 
 def unpack(label: bytes) -> tuple[int, int]:
-    """(Unix seconds, nanoseconds) of a 12-byte binary label."""
+    """(Unix seconds, nanoseconds) of a 12-byte binary label (its first 12 bytes); ValueError if shorter."""
+    if len(label) < SIZE:
+        raise ValueError(f"a TAI64N label is {SIZE} bytes, not {len(label)}")
     secs, nano = _LABEL.unpack_from(label)
     return secs - OFFSET, nano
 

@@ -352,6 +352,31 @@ def test_equals_file_is_not_truncated_when_opened(tmp_path):
     assert f.read_bytes() == b"abc" + b"\n" * 998 + b"x" * 999
 
 
+def test_several_e_print_each_line_once_per_e_before_the_next_line(tmp_path):
+    """0.76 runs the whole script over a line before reading the next: ``e e`` over 1, 2 prints 1 1 2 2."""
+    seam = FakeSeam(fixed=True)
+    pump(make("e", "e", seam=seam), b"1\n2\n")
+    assert bytes(seam.err) == b"1\n1\n2\n2\n"
+    seam = FakeSeam(fixed=True)
+    pump(make("e", "-x", "e", "+*", "ex", seam=seam), b"1\nx\n" + b"y" * 300 + b"\n2", size=5)
+    assert bytes(seam.err) == b"1\n1\n1\nx\nx\n" + (b"y" * 200 + b"...\n") * 3 + b"2\n2\n2\n"
+
+
+def test_a_file_named_by_two_equals_gets_the_last_line_either_selected(tmp_path):
+    """``=st - =st``: the empty line, written by the first ``=st`` after the second wrote ``a`` (as 0.76)."""
+    for second in ("st", "./st", "st.symlink", "st.hardlink"):  # one file, whatever the name
+        where = tmp_path / second.replace("/", "_")
+        where.mkdir()
+        (where / "st").write_bytes(b"")
+        (where / "st.symlink").symlink_to("st")
+        os.link(where / "st", where / "st.hardlink")
+        pump(make("=" + str(where / "st"), "-", "=" + str(where / second)), b"a\n\n")
+        assert (where / "st").read_bytes() == b"\n" * 1001, second
+    f, g = tmp_path / "f", tmp_path / "g"
+    pump(make("=" + str(f), "-b", "=" + str(g)), b"a\nb\n")  # two files: each its own last line
+    assert (f.read_bytes(), g.read_bytes()) == (b"b" + b"\n" * 1000, b"a" + b"\n" * 1000)
+
+
 @pytest.mark.parametrize("size", [4096, 5000, 10000])
 def test_finished_files_are_s_minus_2000_to_s_bytes_and_end_at_a_line_end(tmp_path, size):
     data = numbered(3000)
@@ -599,6 +624,11 @@ DIFF_CASES = {
     "dir-then-bad-equals": (["./a", "=nodir/f"], b"x\n"),
     "missing-parent": (["./no/such"], b"x\n"),
     "dot-dir": (["t", "."], b"in the start directory\n"),
+    "e-twice": (["e", "e"], b"1\n2\n"),
+    "e-thrice-with-patterns": (["t", "e", "-* x", "e", "+*", "e", "./m"], b"1\nx\n" + b"y" * 300 + b"\n2"),
+    "equals-same-file-twice": (["=st", "-", "=st"], b"a\n\n"),
+    "equals-same-file-two-names": (["=st", "-", "=./st", "./m"], b"a\n\nb\n\n"),
+    "equals-same-file-long-lines": (["=st", "-y*", "=./st"], b"x" * 1500 + b"\n" + b"y" * 1200 + b"\n"),
 }
 
 
