@@ -1,6 +1,6 @@
 """The files of one service directory, opened and written exactly as daemontools' supervise does.
 
-Start-up follows spec §3 step by step (chdir, ``down``, ``mkdir supervise``,
+Start-up follows 0.76's supervise step by step (chdir, ``down``, ``mkdir supervise``,
 the flock on ``supervise/lock``, the ``control`` FIFO, the first status, the
 ``ok`` FIFO) with supervise's own error texts, so ``supervise DIR`` can die
 with them and svscan can print them for a service it cannot take on yet.
@@ -10,19 +10,30 @@ process holds hundreds of services; a renamed service directory keeps working.
 ``control`` is opened once read-write: on Linux that is both the reader that
 makes ``svc`` succeed and the writer that keeps the reader from seeing EOF, in
 one descriptor instead of 0.76's two.
+
+A service directory belongs to the service's owner, who may not be the user
+supervise runs as (root, most often): anything in it can be a link planted
+to make root write elsewhere.  So ``supervise/`` is opened once, without
+following a link (unless root or this user made the link: Debian's
+``supervise -> /var/run/...``), and every file in it is reached through that
+descriptor: the fixed names with ``O_NOFOLLOW``, the temporary ``*.new``
+names made afresh with ``O_EXCL`` (prefork/atomicfile.py).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
 import struct
 
+from prefork.atomicfile import create
 from prefork.djb import errstr
 
 _TAIL = struct.Struct("<IB1s")
 _RUNIT_TAIL = struct.Struct("<IB1sBB")
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC  # for every fixed name in supervise/
 
 
 class StartupError(Exception):
@@ -32,11 +43,12 @@ class StartupError(Exception):
 class ServiceDir:
     """Open descriptors of a service directory (all close-on-exec)."""
 
-    __slots__ = ("display", "dirfd", "lock_fd", "control_fd", "ok_fd", "runit")
+    __slots__ = ("display", "dirfd", "supfd", "lock_fd", "control_fd", "ok_fd", "runit")
 
     def __init__(self, display: str, dirfd: int, runit: bool) -> None:
         self.display = display
         self.dirfd = dirfd
+        self.supfd = -1  # supervise/, opened once: a later swap of the name reaches nothing of ours
         self.lock_fd = -1
         self.control_fd = -1
         self.ok_fd = -1
@@ -62,44 +74,65 @@ class ServiceDir:
                 down = False
             except OSError as err:
                 raise StartupError(f"unable to stat {display}/down: {errstr(err)}") from None
-            sd._make_supervise_dir()
+            sd.supfd = sd._open_supervise_dir()
             try:
-                sd.lock_fd = os.open("supervise/lock", os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT,
-                                     0o600, dir_fd=dirfd)
+                sd.lock_fd = os.open("lock", os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT | _NOFOLLOW,
+                                     0o600, dir_fd=sd.supfd)
                 fcntl.flock(sd.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 raise StartupError(f"unable to acquire {display}/supervise/lock: {errstr(err)}") from None
-            _mkfifo("supervise/control", dirfd)
-            sd.control_fd = _open_control(display, dirfd)
+            _mkfifo("control", sd.supfd)
+            sd.control_fd = _open_control(display, sd.supfd)
         except BaseException:
             sd.close()
             raise
         return sd, down
 
-    def _make_supervise_dir(self) -> None:
+    def _open_supervise_dir(self) -> int:
+        """``mkdir supervise``, then the directory open; a failure reads as 0.76's failure to open the lock in it.
+
+        A link is followed only if root or this process's user made it: the
+        service's owner could otherwise point it at any directory of root's.
+        """
         try:
             os.mkdir("supervise", 0o700, dir_fd=self.dirfd)
         except OSError:
-            # Debian's patch: a dangling ``supervise -> /run/x`` symlink gets its target made.
+            pass
+        where = f"{self.display}/supervise"
+        try:
+            node = os.open("supervise", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dirfd)
+        except OSError as err:
+            raise StartupError(f"unable to acquire {where}/lock: {errstr(err)}") from None
+        try:
+            st = os.fstat(node)
+            if stat.S_ISDIR(st.st_mode):
+                return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node)
+            if not stat.S_ISLNK(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if st.st_uid not in (0, os.geteuid()):
+                raise StartupError(
+                    f"unable to acquire {where}/lock: {where} is a symbolic link of uid {st.st_uid}, not followed")
+            target = os.readlink("", dir_fd=node)  # the link we checked, not whatever the name is by now
             try:
-                target = os.readlink("supervise", dir_fd=self.dirfd)
-            except OSError:
-                return
-            try:
-                os.mkdir(target, 0o700, dir_fd=self.dirfd)
+                os.mkdir(target, 0o700, dir_fd=self.dirfd)  # Debian's patch: a dangling link gets its target made
             except OSError:
                 pass
+            return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.dirfd)
+        except OSError as err:
+            raise StartupError(f"unable to acquire {where}/lock: {errstr(err)}") from None
+        finally:
+            os.close(node)
 
     def open_ok(self) -> None:
         """Step 7: the ``ok`` FIFO, held open for reading for life (svok's sign that supervise runs)."""
-        _mkfifo("supervise/ok", self.dirfd)
+        _mkfifo("ok", self.supfd)
         try:
-            self.ok_fd = os.open("supervise/ok", os.O_RDONLY | os.O_NONBLOCK, dir_fd=self.dirfd)
+            self.ok_fd = os.open("ok", os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.supfd)
         except OSError as err:
             raise StartupError(f"unable to read {self.display}/supervise/ok: {errstr(err)}") from None
 
     def close(self) -> None:
-        for name in ("ok_fd", "control_fd", "lock_fd", "dirfd"):
+        for name in ("ok_fd", "control_fd", "lock_fd", "supfd", "dirfd"):
             fd = getattr(self, name)
             if fd >= 0:
                 try:
@@ -135,39 +168,41 @@ class ServiceDir:
         return warning
 
     def _replace(self, name: str, data: bytes) -> str | None:
-        new = f"supervise/{name}.new"
+        new = f"{name}.new"
+        shown = f"{self.display}/supervise/{new}"
         try:
-            fd = os.open(new, os.O_WRONLY | os.O_NONBLOCK | os.O_TRUNC | os.O_CREAT, 0o644, dir_fd=self.dirfd)
+            fd = create(new, 0o644, dir_fd=self.supfd)  # never through a link: see the module's text
         except OSError as err:
-            return f"unable to open {self.display}/{new}: {errstr(err)}"
+            return f"unable to open {shown}: {errstr(err)}"
         try:
             written = os.write(fd, data)
         except OSError as err:
-            return f"unable to write {self.display}/{new}: {errstr(err)}"
+            return f"unable to write {shown}: {errstr(err)}"
         finally:
             os.close(fd)
         if written < len(data):
-            return f"unable to write {self.display}/{new}: partial write"
+            return f"unable to write {shown}: partial write"
         try:
-            os.rename(new, f"supervise/{name}", src_dir_fd=self.dirfd, dst_dir_fd=self.dirfd)
+            os.rename(new, name, src_dir_fd=self.supfd, dst_dir_fd=self.supfd)
         except OSError as err:
-            return f"unable to rename {self.display}/{new} to {name}: {errstr(err)}"
+            return f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
 
 
-def _open_control(display: str, dirfd: int) -> int:
+def _open_control(display: str, supfd: int) -> int:
     """supervise/control opened read-write; on failure, 0.76's message for whichever of its two opens fails.
 
     0.76 opens it for reading, then for writing: a directory passes the first
     and fails the second ("unable to write ...: is a directory").  A control
     that is no FIFO is refused: 0.76 would poll a regular file as always
-    readable and spin; epoll cannot watch one at all.
+    readable and spin; epoll cannot watch one at all.  Nor is a link: it
+    could lead to somebody else's FIFO, or a device.
     """
     try:
-        fd = os.open("supervise/control", os.O_RDWR | os.O_NONBLOCK, dir_fd=dirfd)
+        fd = os.open("control", os.O_RDWR | os.O_NONBLOCK | _NOFOLLOW, dir_fd=supfd)
     except OSError as err:
         try:
-            os.close(os.open("supervise/control", os.O_RDONLY | os.O_NONBLOCK, dir_fd=dirfd))
+            os.close(os.open("control", os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=supfd))
         except OSError as read_err:
             raise StartupError(f"unable to read {display}/supervise/control: {errstr(read_err)}") from None
         raise StartupError(f"unable to write {display}/supervise/control: {errstr(err)}") from None

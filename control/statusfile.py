@@ -1,4 +1,4 @@
-"""``supervise/status``: daemontools' 18-byte service status (daemontools spec §3).
+"""``supervise/status``: daemontools' 18-byte service status (daemontools 0.76).
 
 =====  =========================================================================
 bytes  meaning

@@ -1,4 +1,4 @@
-"""One multilog log directory, with daemontools 0.76's protocol exactly (spec §8).
+"""One multilog log directory, with daemontools 0.76's protocol exactly.
 
 Files: ``lock`` (flock'ed for life), ``current`` (mode 0744 = closed cleanly,
 0644 while written), ``state``/``newstate`` (the processor's fds 4 and 5),
@@ -26,6 +26,15 @@ Every failure after start-up is a ``multilog: warning: unable to ..., pausing:
 ERR``, a 5 s sleep and a retry of the same step: nothing is lost.  All the
 system calls go through one :class:`Seam` so tests can make the disk fail, the
 clock and the sleeps fake, and processors imaginary.
+
+The directory often belongs to someone else than the user multilog runs as
+(root, or the log user with the service's owner able to write there): no
+name in it is ever opened through a symbolic link (``O_NOFOLLOW``), and the
+files made anew, ``state`` and the processor's ``processed`` and
+``newstate``, are unlinked and created with ``O_EXCL`` instead of truncated
+(prefork/atomicfile.py), so a planted link can neither be written through
+nor make root create the file it names.  The directory's own path is the
+script's: it is followed like any path given on a command line.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import errno
 import os
 
+from prefork.atomicfile import create
 from prefork.djb import errstr
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: multilog does not import typing
@@ -44,8 +54,8 @@ PAUSE = 5
 FLUSH_AT = 256 * 1024  # buffered bytes that force a write before the next read
 
 _RDONLY = os.O_RDONLY | os.O_NONBLOCK
-_APPEND = os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT  # djb's open_append, 0600
-_TRUNC = os.O_WRONLY | os.O_NONBLOCK | os.O_TRUNC | os.O_CREAT  # djb's open_trunc, 0644
+_READ = _RDONLY | os.O_NOFOLLOW | os.O_NOCTTY  # a name in the directory, for reading
+_APPEND = os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY  # open_append, 0600
 
 
 def errtext(err: int | None) -> str:
@@ -109,8 +119,17 @@ class Seam:
     def fchmod(self, fd: int, mode: int) -> None:
         self._call(os.fchmod, fd, mode)
 
+    def create(self, name: str, mode: int, dir_fd: int) -> int:
+        """A new empty NAME (what djb's open_trunc gives), made afresh: never through a link."""
+        return self._call(create, name, mode, dir_fd)
+
     def chmod(self, name: str, mode: int, dir_fd: int) -> None:
-        self._call(os.chmod, name, mode, dir_fd=dir_fd)
+        """chmod NAME, as fchmod of NAME opened without following a link (Linux has no lchmod)."""
+        fd = self._call(os.open, name, _READ | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            self._call(os.fchmod, fd, mode)
+        finally:
+            os.close(fd)
 
     def rename(self, src: str, dst: str, dir_fd: int) -> None:
         self._call(os.rename, src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -172,10 +191,10 @@ class Seam:
                 _signal.signal(sig, _signal.SIG_DFL)
             _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
             os.fchdir(dir_fd)
-            _fd_move(0, os.open("previous", _RDONLY))
-            _fd_move(1, os.open("processed", _TRUNC, 0o644))
-            _fd_move(4, os.open("state", _RDONLY))
-            _fd_move(5, os.open("newstate", _TRUNC, 0o644))
+            _fd_move(0, os.open("previous", _READ))
+            _fd_move(1, create("processed", 0o644))
+            _fd_move(4, os.open("state", _READ))
+            _fd_move(5, create("newstate", 0o644))
             os.execve("/bin/sh", ["sh", "-c", command], env)
         except OSError as err:
             text = f"{PROG}: fatal: unable to run {command}: {errtext(err.errno)}\n"
@@ -312,7 +331,7 @@ class LogDir:
             self.finish("previous", "u")
         self.finish("current", "u")
         try:
-            seam.close(seam.open("state", _TRUNC, 0o644, dir_fd=fd))
+            seam.close(seam.create("state", 0o644, fd))
         except OSError as err:
             raise Fatal(f"unable to write to {d}/state", err.errno) from None
         try:

@@ -1,4 +1,4 @@
-"""``multilog script...``: daemontools 0.76's logger (spec §8) over :class:`metrics.multilog.Multilog`.
+"""``multilog script...``: daemontools 0.76's logger over :class:`metrics.multilog.Multilog`.
 
 umask 022; every ``=file`` is created before any directory is opened, every
 directory is locked and recovered before anything is read (a failure is

@@ -4,27 +4,66 @@ djb's way: write everything to a temporary name in the same directory, then
 rename() it over the real name.  supervise's ``status.new`` and multilog's
 ``newstate`` follow it; so does everything prefork writes for other
 programs to read.
+
+The temporary name is always a file made afresh (:func:`create`): whatever
+is there is unlinked (unlink never follows a symbolic link) and the new file
+is created with ``O_EXCL | O_NOFOLLOW``.  These programs often run as root in
+directories that someone else can write (a service directory is its owner's,
+a textfile directory node_exporter's); a link planted at the temporary name,
+followed by an ``O_TRUNC`` open, would make root overwrite any file the
+link's owner likes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+ATTEMPTS = 3  # unlink-and-create rounds lost to something making the name again before giving up
+
+
+def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
+    """A new, empty file at PATH open for writing (what djb's open_trunc gives, without following links).
+
+    Whatever is at PATH first (a stale leftover, a link) is removed; a
+    directory there is an error (EISDIR), as is losing the name to another
+    creator ATTEMPTS times in a row (EEXIST).  The mode is subject to the umask.
+    """
+    for _ in range(ATTEMPTS):
+        try:
+            os.unlink(path, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, CREATE, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
 def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, fsync: bool = False) -> None:
     """Write ``data`` to ``tmp`` (default ``path + ".new"``), then rename it over ``path``.
 
-    Raises OSError from whichever step failed; ``path`` is untouched then.
-    The mode is subject to the umask, as with djb's open_trunc.
+    Raises OSError from whichever step failed; ``path`` is untouched then, and
+    the temporary file is removed again.  The mode is subject to the umask,
+    as with djb's open_trunc.
     """
     tmp = path + ".new" if tmp is None else tmp
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    fd = create(tmp, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

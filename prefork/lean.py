@@ -16,6 +16,12 @@ names itself (PR_SET_NAME) after it.
 
 If anything here is unavailable (no memfd, no /proc), the caller serves
 in-process instead: same behaviour, more memory.
+
+Either way :func:`fail_fast` is in force: an uncaught exception, in any
+thread, prints one traceback and exits 111, so the supervisor restarts the
+program.  Python's own printer would read each frame's source file, and the
+bootstrap's is ``/proc/self/fd/N``: by then another file (a pipe, whose read
+never returns), so the traceback is made without ever opening such a name.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def bootstrap(fd: int, paths: list[str], body: str) -> bytes:
     """A script that closes its own memfd, puts PATHS first on sys.path, then runs BODY."""
     return (
         f"import os, sys\nos.close({fd})\nsys.path[:0] = {paths!r}\n"
-        "from prefork.lean import name_process\nname_process()\n" + body
+        "from prefork.lean import fail_fast, name_process\nfail_fast(); name_process()\n" + body
     ).encode("utf-8", "surrogateescape")
 
 
@@ -56,6 +62,7 @@ def exec_lean(name: str, make_script: object) -> None:
     Shared by tcpserver and svscan: both are long-lived and hold nothing the
     front end's imports (click, site, an editable install's finder) are needed for.
     """
+    fail_fast()  # for the in-process fallback: an exec replaces it with the bootstrap's own
     root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
     paths = [root] + [p for p in sys.path if p and p != root]
     hold_std_fds()  # the memfd must not become fd 0, 1 or 2 of the new interpreter
@@ -124,5 +131,87 @@ def go_lean(name: str, module: str) -> None:
     command runs in this process, when that is not possible or already done.
     """
     if sys.flags.no_site:
+        fail_fast()
         return
     exec_lean(name, lambda fd, paths: bootstrap(fd, paths, f"from {module} import main\nmain()\n"))
+
+
+EXIT_UNCAUGHT = 111  # djb's "temporary failure": the supervisor starts the program again
+
+
+def fail_fast() -> None:
+    """From now on an uncaught exception, in any thread, prints one traceback and exits 111 at once.
+
+    A long-lived program that meets a bug must not linger half-alive (or hang
+    printing, see the module's text): it dies, its supervisor restarts it.
+    For threads the hook goes into ``_thread``, where ``threading`` takes its
+    default from when it is imported, so this does not import ``threading``.
+    """
+    sys.excepthook = _uncaught
+    import _thread
+
+    _thread._excepthook = _uncaught_in_thread  # type: ignore[attr-defined]
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading.excepthook = _uncaught_in_thread  # type: ignore[attr-defined]
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    try:
+        _print_traceback(kind, value, tb)
+    finally:
+        if issubclass(kind, KeyboardInterrupt):  # die of the SIGINT, as Python does
+            try:
+                import _signal
+
+                _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+                os.kill(os.getpid(), _signal.SIGINT)
+            finally:
+                os._exit(130)
+        os._exit(EXIT_UNCAUGHT)
+
+
+def _uncaught_in_thread(args: object) -> None:
+    kind = args.exc_type  # type: ignore[attr-defined]
+    if issubclass(kind, SystemExit):  # a thread's own way to end, quietly (threading's default too)
+        return
+    try:
+        thread = args.thread  # type: ignore[attr-defined]
+        name = thread.name if thread is not None else "unknown"
+        _print_traceback(kind, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")  # type: ignore[attr-defined]
+    finally:
+        os._exit(EXIT_UNCAUGHT)
+
+
+def _print_traceback(kind: type[BaseException], value: BaseException | None, tb: object, head: str = "") -> None:
+    """The traceback on stderr in one write, without opening any ``/proc/self/fd/N`` to show a line."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    try:
+        import linecache
+        import traceback
+
+        original = linecache.updatecache
+
+        def updatecache(filename: str, module_globals: object = None) -> list[str]:
+            if filename.startswith("/proc/"):  # a memfd script's name: another file by now, maybe a pipe
+                return []
+            return original(filename, module_globals)  # type: ignore[arg-type]
+
+        linecache.updatecache = updatecache  # what linecache reads a file not yet in its cache with
+        text = "".join(traceback.format_exception(kind, value, tb))  # type: ignore[arg-type]
+    except BaseException:  # no memory, a broken import...: still one line saying what
+        try:
+            text = f"{kind.__name__}: {value}\n"
+        except BaseException:
+            text = "uncaught exception\n"
+    data = (head + text).encode("utf-8", "backslashreplace")
+    try:
+        while data:
+            data = data[os.write(2, data):]
+    except OSError:
+        pass
