@@ -1,6 +1,6 @@
 """Host and port arguments, and the DNS look-ups tcpserver and tcpclient make.
 
-The one home of ucspi-tcp's address rules (spec §2, §2.2, §6):
+The one home of ucspi-tcp's address rules:
 
 - a host made only of digits, dots and brackets is parsed locally the way
   djb's ``dns_ip4`` does (fields mod 256, brackets ignored, extra fields make
@@ -13,7 +13,10 @@ The one home of ucspi-tcp's address rules (spec §2, §2.2, §6):
   ``no IP address`` rather than silently connecting somewhere;
 - PTR and forward-confirmation look-ups also use the system resolver, run in
   a helper thread so that a caller's deadline holds whatever the resolver
-  does; names come back in djb's escaped, lowercased form.
+  does; names come back in djb's escaped, lowercased form.  A PTR name is
+  whatever the owner of the address (or of /etc/hosts) put there: any byte
+  but NUL may come back, UTF-8 or not, and every one of them is escaped, so
+  a name is always printable ASCII.
 
 Every function here is thread-safe.
 """
@@ -54,6 +57,7 @@ DNS_TIMEOUT = 30.0
 # Resolver seams: tests replace these module attributes (looked up at call time).
 _getaddrinfo = socket.getaddrinfo
 _gethostbyaddr = socket.gethostbyaddr
+_getnameinfo = socket.getnameinfo
 
 _LITERAL = frozenset(b"0123456789.[]")
 _DIGITS = frozenset(b"0123456789")
@@ -248,9 +252,9 @@ def dns_escape(name: str | bytes) -> str:
     return _escape_labels(raw.split(b"."))
 
 
-def _labels_from_presentation(name: str) -> list[bytes]:
+def _labels_from_presentation(name: str | bytes) -> list[bytes]:
     """Labels of a name in the C resolver's presentation form (``\\.`` and ``\\DDD`` decimal escapes)."""
-    raw = os.fsencode(name)
+    raw = os.fsencode(name) if isinstance(name, str) else bytes(name)
     labels: list[bytes] = []
     label = bytearray()
     i = 0
@@ -332,8 +336,16 @@ def reverse_name(ip: str, timeout: float = DNS_TIMEOUT) -> str | None:
     leaves them unset in the second; tcpserver treats both as unset.
     """
 
-    def lookup() -> str:
-        return _gethostbyaddr(ip)[0]
+    def lookup() -> str | bytes:
+        try:
+            return _gethostbyaddr(ip)[0]
+        except UnicodeDecodeError:
+            # Python decodes the name and its aliases as UTF-8: ask for the name alone, and
+            # take its bytes from the error when it is not UTF-8.
+            try:
+                return _getnameinfo((ip, 0), socket.NI_NAMEREQD | socket.NI_NUMERICSERV)[0]
+            except UnicodeDecodeError as e:
+                return bytes(e.object)
 
     try:
         name = _with_deadline(lookup, timeout)

@@ -3,8 +3,11 @@
 Every connection holds a token from before its ``accept()`` until its program
 is reaped (or it is denied or dropped).  A worker takes a token only while the
 sum of tokens held by all slots plus the orphans (programs whose worker died)
-is below the limit, and takes it under a POSIX record lock on the scoreboard
-file, so two workers can never both take the last one.  The kernel releases
+is below the limit, and takes it under a POSIX record lock, so two workers
+can never both take the last one.  The lock is on the scoreboard's private
+``lock_fd`` (a memfd only the server's own processes hold), never on the
+world-readable scoreboard file itself: a lock any local user could take there
+would stall every accept until they let go.  The kernel releases
 that lock when its holder dies, so a worker killed at any moment cannot
 wedge the others; what it held is handed back by the master, which counts
 the dead worker's still-running programs from the kernel's own list of its
@@ -33,6 +36,7 @@ class Capacity:
         self.wake_r = wake_r
         self.wake_w = wake_w
         self.index = index
+        self.lock_fd = board.lock_fd
         self._helds = [board.slot_offset(i) + sb.OFF_HELD for i in range(board.workers)]
         self._actives = [board.slot_offset(i) + sb.OFF_ACTIVE for i in range(board.workers)]
         self._waitings = [board.slot_offset(i) + sb.OFF_WAITING for i in range(board.workers)]
@@ -48,16 +52,16 @@ class Capacity:
     def lock(self) -> None:
         """Hold the limit lock; with -v the status: lines are written under it, so their counts
         step by exactly one as 0.88's do."""
-        fcntl.lockf(self.board.fd, fcntl.LOCK_EX)
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_EX)
 
     def unlock(self) -> None:
-        fcntl.lockf(self.board.fd, fcntl.LOCK_UN)
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_UN)
 
     # -- worker side -------------------------------------------------------------
     def try_reserve(self) -> bool:
         """Take a token for the next accept if the limit allows; False means wait for a wake-up."""
         get32 = self.board.get32
-        fd = self.board.fd
+        fd = self.lock_fd
         fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
             total = get32(sb.H_ORPHANS)
@@ -124,7 +128,7 @@ class Capacity:
     # -- master side ------------------------------------------------------------------
     def absorb_dead_worker(self, index: int, orphans_added: int) -> None:
         """Forget a dead worker's tokens; its still-running programs become orphans (counted exactly)."""
-        fd = self.board.fd
+        fd = self.lock_fd
         base = self.board.slot_offset(index)
         fcntl.lockf(fd, fcntl.LOCK_EX)
         try:

@@ -1,4 +1,4 @@
-"""RFC 1413 ident client, the way ucspi-tcp asks for TCPREMOTEINFO (spec §3).
+"""RFC 1413 ident client, the way ucspi-tcp asks for TCPREMOTEINFO.
 
 One new TCP connection from the connection's local IP (any port) to the
 remote IP's ident port, one query ``RPORT , LPORT\\r\\n`` (the remote port
@@ -8,6 +8,11 @@ socket that is already ready is used even when the deadline has just passed.
 
 Blocking with a deadline and no shared state, so tcpserver's workers may call
 ``ident_query`` from a thread pool.
+
+The reply comes from whoever answers on the remote host, so any byte may be
+in it.  0.88 keeps the bytes in a C string, so its TCPREMOTEINFO (and the log
+line, and the ``INFO@IP`` rule key) ends at the first NUL: the value here is
+cut at the first NUL too, which also keeps it usable in an environment.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import select
 import socket
 import time
 
-__all__ = ["IDENT_PORT", "MAX_INFO", "IdentReply", "ident_query", "parse_ident_reply"]
+__all__ = ["IDENT_PORT", "MAX_INFO", "IdentReply", "ident_query", "ident_query_bytes", "parse_ident_reply"]
 
 IDENT_PORT = 113
 MAX_INFO = 256  # once more than this many bytes are collected the reply counts as complete
@@ -31,7 +36,9 @@ class IdentReply:
 
     Complete at the first ``\\n`` or as soon as more than MAX_INFO bytes are
     collected (257 kept).  ``ERROR`` replies have only two colons, so they
-    complete with an empty value, which still counts as an answer.
+    complete with an empty value, which still counts as an answer.  NUL bytes
+    are collected like any other (they count towards the 257), and the value
+    ends at the first of them, as 0.88's C string does.
     """
 
     def __init__(self) -> None:
@@ -58,9 +65,15 @@ class IdentReply:
         return self.done
 
     @property
+    def raw(self) -> bytes:
+        """The collected bytes up to the first NUL: at most MAX_INFO + 1 bytes, never a NUL, CR or LF."""
+        end = self.info.find(0)
+        return bytes(self.info if end < 0 else self.info[:end])
+
+    @property
     def value(self) -> str:
-        """The collected text (bytes kept via surrogateescape, as os.fsdecode does)."""
-        return os.fsdecode(bytes(self.info))
+        """``raw`` as text (bytes kept via surrogateescape, as os.fsdecode does)."""
+        return os.fsdecode(self.raw)
 
 
 def parse_ident_reply(line: bytes) -> str:
@@ -92,6 +105,20 @@ def ident_query(
     None means failure: refused, reset, EOF before the end of the reply, or
     TIMEOUT seconds passed.  ``ident_port`` exists for tests (a stub server).
     """
+    raw = ident_query_bytes(local_ip, local_port, remote_ip, remote_port, timeout, ident_port=ident_port)
+    return None if raw is None else os.fsdecode(raw)
+
+
+def ident_query_bytes(
+    local_ip: str,
+    local_port: int,
+    remote_ip: str,
+    remote_port: int,
+    timeout: float,
+    *,
+    ident_port: int = IDENT_PORT,
+) -> bytes | None:
+    """``ident_query``'s answer as the bytes the server sent (IdentReply.raw), or None."""
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -124,8 +151,8 @@ def ident_query(
                 if data == b"":
                     return None
                 if data and reply.feed(data):
-                    return reply.value
+                    return reply.raw
                 if time.monotonic() >= deadline:
                     return None
-    except OSError:
+    except (OSError, ValueError, OverflowError):  # ValueError/OverflowError: an unusable address or port
         return None

@@ -1,8 +1,10 @@
-"""tcpserver's ``-v`` log lines, byte-compatible with ucspi-tcp 0.88 (spec §2.3).
+"""tcpserver's ``-v`` log lines, byte-compatible with ucspi-tcp 0.88.
 
 Log analysers parse these lines, so the sanitising rules are djb's exactly:
-bytes outside 33..126, ``%`` and ``:`` become ``?``; a field keeps its first
-100 bytes and gets ``...`` when it was 100 bytes or longer.
+a field is a C string there, so it ends at its first NUL; bytes outside
+33..126, ``%`` and ``:`` become ``?``; a field keeps its first 100 bytes and
+gets ``...`` when it was 100 bytes or longer.  Whatever a field holds, its
+output is at most 103 bytes, all in 33..126, none of them ``%`` or ``:``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ def safe(field: bytes | str | None) -> bytes:
     if field is None:
         return b""
     if isinstance(field, str):
-        field = field.encode("utf-8", "surrogateescape")
+        try:
+            field = field.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that no byte decoded to: shown as "?"
+            field = field.encode("utf-8", "replace")
+    end = field.find(b"\0")
+    if end >= 0:
+        field = field[:end]
     if len(field) >= 100:
         return field[:100].translate(_SAFE) + b"..."
     return field.translate(_SAFE)
@@ -36,10 +44,25 @@ def decision_line(
     remoteport: int,
 ) -> bytes:
     """``PROG: ok|deny ID LOCALHOST:LOCALIP:LOCALPORT REMOTEHOST:REMOTEIP:REMOTEINFO:REMOTEPORT``."""
-    return b"%s: %s %s %s:%s:%s %s:%s:%s:%s\n" % (
+    return b"%s: %s %s %s" % (
         prog,
         safe(word),
         safe(str(ident)),
+        decision_tail(localhost, localip, localport, remotehost, remoteip, remoteinfo, remoteport),
+    )
+
+
+def decision_tail(
+    localhost: bytes | str | None,
+    localip: str,
+    localport: int,
+    remotehost: bytes | str | None,
+    remoteip: str,
+    remoteinfo: bytes | str | None,
+    remoteport: int,
+) -> bytes:
+    """The part of a decision line after its id: ``LOCAL REMOTE\\n`` (no NUL, one newline, at the end)."""
+    return b"%s:%s:%s %s:%s:%s:%s\n" % (
         safe(localhost),
         safe(localip),
         safe(str(localport)),

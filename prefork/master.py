@@ -3,7 +3,10 @@
 The master serves nothing itself and stays single-threaded (it forks).  It is
 the child subreaper of everything below it, so the programs of a worker that
 died are reparented to it: it keeps counting them against ``-c`` until they
-exit, reaps them and logs their ``end`` lines.  Workers die with it
+exit, reaps them and logs their ``end`` lines.  With ``-v`` it also writes
+the ``pid``/``ok`` lines a killed worker may not have written (``SpawnLog`` in
+worker.py), so that a worker killed at any moment leaves no ``end`` line
+without them before it.  Workers die with it
 (PR_SET_PDEATHSIG), so no orphaned acceptor keeps the port.
 
 SIGTERM exits at once with status 0, as tcpserver does; running programs are
@@ -33,7 +36,7 @@ from prefork.environ import original_environ
 from prefork.serverconfig import ServerConfig
 from prefork.spawn import Spawner, signals_to_reset
 from prefork.wakeup import drain, noop_handler
-from prefork.worker import Worker, base_environment
+from prefork.worker import SpawnLog, Worker, base_environment
 
 TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
 if TYPE_CHECKING:
@@ -67,6 +70,8 @@ class Master:
         self.started: dict[int, float] = {}  # slot index -> monotonic start
         self.pending: dict[int, float] = {}  # slot index -> when to start it
         self.orphans: dict[int, int] = {}  # pid -> start, CLOCK_BOOTTIME ns (for the duration histogram)
+        self.logged_orphans: set[int] = set()  # orphans whose pid/ok lines were written (-v): they get an end line
+        self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
 
     # -- messages --------------------------------------------------------------------------
@@ -165,6 +170,8 @@ class Master:
         self.sig_w = sig_w
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, noop_handler)
+        if self.verbose:
+            self.spawnlog = SpawnLog(cfg.workers, cfg.limit)
         self.base_env = base_environment(original_environ())
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
@@ -178,6 +185,7 @@ class Master:
         gc.freeze()  # keep the objects the workers share out of later collections: fewer copied pages
         for index in range(cfg.workers):
             self.start_worker(index)
+        readable = [self.sig_r]
         while True:
             timeout = None
             due = list(self.pending.values())
@@ -186,7 +194,7 @@ class Master:
             if due:
                 timeout = max(0.0, min(due) - time.monotonic())
             try:
-                select.select([self.sig_r], [], [], timeout)
+                select.select(readable, [], [], timeout)
             except InterruptedError:
                 pass
             drain(self.sig_r)
@@ -228,6 +236,8 @@ class Master:
         board.put32(slot + sb.OFF_PID, 0)
         board.put32(slot + sb.OFF_STATE, sb.STATE_STARTING)
         board.put32(slot + sb.OFF_GENERATION, board.get32(slot + sb.OFF_GENERATION) + 1)
+        if self.spawnlog is not None:
+            self.spawnlog.reset(index)
         try:
             pid = os.fork()
         except OSError as e:
@@ -247,7 +257,7 @@ class Master:
                     self.exporter.listener.close()  # the metrics address is the master's, not a worker's
                 Worker(
                     self.cfg, self.lsock, board, index, self.wake_r, self.wake_w,
-                    self.base_env, self.spawner, self.rules,
+                    self.base_env, self.spawner, self.rules, self.spawnlog,
                 ).run()
             finally:
                 os._exit(111)
@@ -275,6 +285,9 @@ class Master:
             found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
             for pid in found:
                 self.orphans[pid] = _start_boottime_ns(pid)
+            if self.spawnlog is not None:
+                # Before any end line: the dead workers' programs whose pid/ok lines are still missing get them.
+                self.logged_orphans |= self.spawnlog.settle_dead([index for _pid, index in dead], found)
             added = len(found)
             for _pid, index in dead:
                 self.cap.absorb_dead_worker(index, added)
@@ -290,7 +303,8 @@ class Master:
                 cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
                 off = sb.H_ORPHAN_EXITS + 8 * cls
                 self.board.put64(off, self.board.get64(off) + 1)
-                if self.verbose:
+                if self.verbose and (self.spawnlog is None or pid in self.logged_orphans):
+                    self.logged_orphans.discard(pid)
                     self.cap.lock()
                     os.write(
                         2,

@@ -3,8 +3,12 @@
 The master creates it; each worker writes only its own slot; readers (the
 status command, the metrics exporter, tests) map it read-only and sum slots.
 One writer per field means no lock is needed for counters.  The only lock is
-the one around the ``-c`` limit check (see ``capacity.py``): it is a POSIX
-record lock on this file, which the kernel drops when its holder dies.
+the one around the ``-c`` limit check (see ``capacity.py``).  It is NOT taken
+on this file: the file is readable by every user, and any user may hold a
+record lock on a file it can open, which would stall every accept.  It is a
+POSIX record lock on ``lock_fd``, a private memory file (memfd) made with the
+scoreboard and inherited by the workers, which nobody else can open; the
+kernel still drops the lock when its holder dies.
 
 Layout version 1, all integers little-endian::
 
@@ -56,6 +60,7 @@ reader (status tools, metrics, tests); this module is the writer's side.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import time
 from bisect import bisect_left
@@ -97,6 +102,29 @@ def default_path(master_pid: int) -> str:
     return f"{shmfile.shm_dir()}/prefork-tcpserver.{master_pid}"
 
 
+def private_lock_file() -> int:
+    """A close-on-exec descriptor of an empty file no other process can open, for record locks.
+
+    A memfd has no name in any directory; only processes that inherit the
+    descriptor (or may ptrace ours, as our own user) can reach it.  Without
+    memfd_create, an unnamed O_TMPFILE file, or else a 0600 file unlinked at once.
+    """
+    try:
+        return os.memfd_create("prefork-capacity", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        pass
+    directory = shmfile.shm_dir()
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError):
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="prefork-capacity.", dir=directory)
+        os.unlink(path)
+        os.set_inheritable(fd, False)
+        return fd
+
+
 class ScoreboardFile:
     """The writable mapping shared by master and workers (created by the master before forking)."""
 
@@ -119,6 +147,9 @@ class ScoreboardFile:
         self._u32 = memoryview(self.mm).cast("I")
         self._u64 = memoryview(self.mm).cast("Q")
         self.fd = fd
+        # The private file of the -c lock, made here, before the master forks: every worker must lock
+        # the same file, so it is never made lazily in a worker.
+        self.lock_fd = private_lock_file()
 
     def set_local(self, ip: str, port: int) -> None:
         import socket

@@ -7,7 +7,7 @@ can take seconds, so they run in a small thread pool (created only when the
 options ask for lookups) and never stall accepting and serving others; the
 fast path (``-H -R -l NAME``) has no threads at all.
 
-Per connection, in 0.88's order (spec §2.1): IP options and Nagle, banner,
+Per connection, in 0.88's order: IP options and Nagle, banner,
 local address, lookups, rules, the ``ok``/``deny`` line, then the program with
 the socket as fds 0 and 1.  Log lines are written whole, one write() each.
 """
@@ -15,6 +15,8 @@ the socket as fds 0 and 1.  Log lines are written whole, one write() each.
 from __future__ import annotations
 
 import collections
+import errno
+import mmap
 import os
 import select
 import signal
@@ -24,7 +26,8 @@ import time
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.djb import errstr
-from prefork.logline import decision_line
+from prefork.environ import set_variable
+from prefork.logline import decision_line, decision_tail
 from prefork.serverconfig import TCP_VARS, ServerConfig
 from prefork.spawn import Spawner
 from prefork.wakeup import drain, noop_handler
@@ -72,6 +75,7 @@ class Worker:
         base_env: dict[bytes, bytes],
         spawner: Spawner,
         rules: object | None,
+        spawnlog: SpawnLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.lsock = lsock
@@ -84,6 +88,8 @@ class Worker:
         self.spawner = spawner
         self.rules = rules
         self.children: dict[int, Conn] = {}
+        self.spawnlog = spawnlog if cfg.verbosity >= 2 else None  # the master writes pid/ok lines (-v)
+        self.live_pos: dict[int, int] = {}  # pid -> its place in this slot's list of live programs
         self.reserved = False
         self.listening = False
         self.waiting_registered = False
@@ -253,7 +259,11 @@ class Worker:
             self.decide(conn)
 
     def lookups(self, conn: Conn) -> None:
-        """DNS and ident for one connection (runs in a pool thread)."""
+        """DNS and ident for one connection (runs in a pool thread).
+
+        Each answer comes from outside; a look-up that fails in any way is "no
+        answer" for that variable only, never a lost connection or a dead worker.
+        """
         from prefork import addr, ident
 
         cfg = self.cfg
@@ -262,20 +272,25 @@ class Worker:
                 conn.localhost = cfg.localname
             else:
                 name = addr.reverse_name(conn.localip, cfg.dns_timeout)
-                conn.localhost = name.encode() if name else None
+                conn.localhost = os.fsencode(name) if name else None
+        except Exception:
+            conn.localhost = None
+        try:
             if cfg.remote_host_lookup:
                 name = addr.reverse_name(conn.remoteip, cfg.dns_timeout)
                 if name and cfg.paranoid and not addr.forward_confirms(name, conn.remoteip, cfg.dns_timeout):
                     name = None
-                conn.remotehost = name.encode() if name else None
+                conn.remotehost = os.fsencode(name) if name else None
+        except Exception:
+            conn.remotehost = None
+        try:
             if cfg.ident:
-                info = ident.ident_query(
+                conn.remoteinfo = ident.ident_query_bytes(
                     conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
                     ident_port=cfg.ident_port,
                 )
-                conn.remoteinfo = None if info is None else info.encode("utf-8", "surrogateescape")
-        except Exception:  # a lookup failing is "no answer", never a lost connection
-            pass
+        except Exception:
+            conn.remoteinfo = None
         self.done.append(conn)
         try:
             os.write(self.lookup_w, b"x")
@@ -290,38 +305,40 @@ class Worker:
             try:
                 db = self.rules.current()
                 decision = db.lookup(conn.remoteip, conn.remotehost, conn.remoteinfo) if db is not None else None
-            except OSError as e:
-                self.drop(conn, b"unable to read %s: %s" % (os.fsencode(cfg.rules_path), errstr(e).encode()))
+            except Exception as e:  # OSError; anything else a hostile file might cause counts as a bad file
+                err = e if isinstance(e, OSError) else errno.EPROTO
+                self.drop(conn, b"unable to read %s: %s" % (os.fsencode(cfg.rules_path), errstr(err).encode()))
                 return
             if decision is not None:
                 if decision.deny:
                     self.deny(conn)
                     return
                 env_rules = decision.env
-        env = self.base_env.copy()
-        env[b"PROTO"] = b"TCP"
-        env[b"TCPLOCALIP"] = conn.localip.encode()
-        env[b"TCPLOCALPORT"] = b"%d" % conn.localport
-        if conn.localhost is not None:
-            env[b"TCPLOCALHOST"] = conn.localhost
-        env[b"TCPREMOTEIP"] = conn.remoteip.encode()
-        env[b"TCPREMOTEPORT"] = b"%d" % conn.remoteport
-        if conn.remotehost is not None:
-            env[b"TCPREMOTEHOST"] = conn.remotehost
-        if conn.remoteinfo is not None:
-            env[b"TCPREMOTEINFO"] = conn.remoteinfo
-        for name, value in env_rules:
-            if name:  # posix_spawn cannot pass an entry with an empty name ("=VALUE"); 0.88 would
-                env[name] = value
+        env = connection_env(self.base_env, conn, env_rules)
+        log = self.spawnlog
+        if log is not None:
+            try:
+                inode = os.fstat(conn.fd).st_ino
+            except OSError:
+                inode = 0
+            log.begin(self.index, conn.remoteip.encode(), decision_tail(
+                conn.localhost, conn.localip, conn.localport, conn.remotehost, conn.remoteip, conn.remoteinfo,
+                conn.remoteport,
+            ), inode)
         try:
             pid = self.spawner.spawn(conn.fd, env)
-        except OSError as e:
-            self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(e).encode()), b"ok")
+        except (OSError, ValueError) as e:  # ValueError: cannot happen with connection_env's output
+            if log is not None:
+                log.failed(self.index)
+            err = e if isinstance(e, OSError) else errno.EINVAL
+            self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(err).encode()), b"ok")
             return
         os.close(conn.fd)
         conn.fd = -1
         self.children[pid] = conn
-        if self.verbose:
+        if log is not None:
+            log.spawned(self.index, pid, self.live_pos)  # writes the pid and ok lines (see SpawnLog)
+        elif self.verbose:
             os.write(2, b"tcpserver: pid %d from %s\n" % (pid, conn.remoteip.encode()) + self.ok_line(b"ok", pid, conn))
         # The program is queued on this CPU (posix_spawn's vfork ran it here until its exec): let it serve its
         # client before this worker accepts and spawns the next one.  Under load this cuts tail latency by a
@@ -400,6 +417,8 @@ class Worker:
             conn = children.pop(pid, None)
             if conn is None:
                 continue
+            if self.spawnlog is not None:
+                self.spawnlog.reaped(self.index, pid, self.live_pos)
             self.record_exit(status, time.monotonic_ns() - conn.started)
             # The end line goes out before the token is released, so no log shows more than -c
             # connections in flight (0.88 reaps and accepts in one process).
@@ -424,6 +443,201 @@ class Worker:
         i = sb.bucket_index(duration_ns)
         self.buckets[i] += 1
         self.board.put64(self.slot + sb.OFF_BUCKETS + 8 * i, self.buckets[i])
+
+
+class SpawnLog:
+    """How ``-v``'s ``pid``/``ok`` lines of every program get written before its ``end``, even by a killed worker.
+
+    A worker knows a program's pid only when ``posix_spawn`` returns, after the
+    program has started, and it may be SIGKILLed at any moment, before, while
+    or after it writes the lines.  The master, which then reaps the program and
+    logs its ``end``, must know whether those lines were written.  So each
+    worker keeps a record the master can read after its death:
+
+    1. the worker puts the connection's facts in its record and sets SPAWNING;
+    2. ``posix_spawn`` returns the pid: the worker stores it, sets SPAWNED and
+       adds the pid to its list of live programs;
+    3. the worker writes the lines itself and sets LOGGED.
+
+    The master reads a record only once its worker is dead: SPAWNED means the
+    lines may not be written (the master writes them), LOGGED means written,
+    and every pid in the list of live programs has been through LOGGED (or is
+    the SPAWNED one).  A worker dead in SPAWNING may have started a program
+    whose pid it never learnt: the master picks it out among its new children
+    as the one that is in no list, by the connection's socket (the program's
+    fd 0) when it can.  The master writes an ``end`` line only for a program
+    whose ``pid``/``ok`` lines were written.  So no ``end`` line ever lacks its
+    ``pid``/``ok`` lines; a worker killed in the instant between its write and
+    the LOGGED mark leaves them written twice, never missing.  Nothing crosses
+    to the master per connection: a live worker logs as it always did.
+
+    The records live in memory shared by the master and its workers only
+    (anonymous, inherited at fork): the connection facts are nobody else's.
+    Each record: state, pid, text length, live-program count (4 bytes each),
+    socket inode (8), SPAWNING time in CLOCK_BOOTTIME ns (8), then TEXT bytes
+    (remote IP, a space, the ``ok`` line after its id), then the live pids.
+    """
+
+    IDLE, SPAWNING, SPAWNED, LOGGED = range(4)
+    HEAD = 32
+    TEXT = 1024
+
+    def __init__(self, workers: int, limit: int) -> None:
+        self.capacity = limit + 1  # a worker's live programs never exceed its tokens (at most the limit)
+        self.size = (self.HEAD + self.TEXT + 4 * self.capacity + 7) & ~7
+        self.mm = mmap.mmap(-1, max(1, workers) * self.size)  # MAP_SHARED | MAP_ANONYMOUS
+        self.u32 = memoryview(self.mm).cast("I")
+        self.u64 = memoryview(self.mm).cast("Q")
+
+    def _base(self, index: int) -> int:
+        return index * self.size
+
+    def state(self, index: int) -> int:
+        return self.u32[self._base(index) >> 2]
+
+    def pid(self, index: int) -> int:
+        return self.u32[(self._base(index) + 4) >> 2]
+
+    def lines(self, index: int, pid: int) -> bytes:
+        base = self._base(index)
+        size = min(self.u32[(base + 8) >> 2], self.TEXT)
+        text = bytes(self.mm[base + self.HEAD : base + self.HEAD + size])
+        ip, _, tail = text.partition(b" ")
+        return b"tcpserver: pid %d from %s\ntcpserver: ok %d %s" % (pid, ip, pid, tail)
+
+    def live(self, index: int) -> list[int]:
+        base = self._base(index)
+        count = min(self.u32[(base + 12) >> 2], self.capacity)
+        first = (base + self.HEAD + self.TEXT) >> 2
+        return list(self.u32[first : first + count])
+
+    # -- worker side -------------------------------------------------------------------
+    def begin(self, index: int, ip: bytes, tail: bytes, inode: int) -> None:
+        base = self._base(index)
+        text = (ip + b" " + tail)[: self.TEXT]
+        self.mm[base + self.HEAD : base + self.HEAD + len(text)] = text
+        self.u32[(base + 8) >> 2] = len(text)
+        self.u64[(base + 16) >> 3] = inode
+        self.u64[(base + 24) >> 3] = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        self.u32[(base + 4) >> 2] = 0  # a pid here while SPAWNING is the new program's (spawned() stores it first)
+        self.u32[base >> 2] = self.SPAWNING
+
+    def failed(self, index: int) -> None:
+        self.u32[self._base(index) >> 2] = self.IDLE
+
+    def spawned(self, index: int, pid: int, positions: dict[int, int]) -> None:
+        """Record PID as started, write its lines, then mark them written."""
+        base = self._base(index)
+        self.u32[(base + 4) >> 2] = pid
+        self.u32[base >> 2] = self.SPAWNED
+        count = self.u32[(base + 12) >> 2]
+        if count < self.capacity:
+            self.u32[((base + self.HEAD + self.TEXT) >> 2) + count] = pid
+            positions[pid] = count
+            self.u32[(base + 12) >> 2] = count + 1
+        os.write(2, self.lines(index, pid))
+        self.u32[base >> 2] = self.LOGGED
+
+    def reaped(self, index: int, pid: int, positions: dict[int, int]) -> None:
+        """PID is no longer a live program of this worker (swap-remove from its list)."""
+        pos = positions.pop(pid, None)
+        if pos is None:
+            return
+        base = self._base(index)
+        first = (base + self.HEAD + self.TEXT) >> 2
+        last = self.u32[(base + 12) >> 2] - 1
+        if pos != last:
+            moved = self.u32[first + last]
+            self.u32[first + pos] = moved
+            positions[moved] = pos
+        self.u32[(base + 12) >> 2] = last
+
+    # -- master side -------------------------------------------------------------------
+    def reset(self, index: int) -> None:
+        """A fresh record for the slot's next worker."""
+        base = self._base(index)
+        self.u32[base >> 2] = self.IDLE
+        self.u32[(base + 12) >> 2] = 0
+
+    def settle_dead(self, indices: list[int], found: set[int]) -> set[int]:
+        """Write the missing lines of dead workers' programs; returns the pids, among FOUND (the
+        master's new children), whose lines are now known to be written."""
+        logged: set[int] = set()
+        spawning: list[int] = []
+        for index in indices:
+            logged.update(pid for pid in self.live(index) if pid in found)
+            state = self.state(index)
+            pid = self.pid(index)
+            if state == self.SPAWNED:
+                os.write(2, self.lines(index, pid))
+                self.u32[self._base(index) >> 2] = self.LOGGED
+            if state in (self.SPAWNED, self.LOGGED) and pid in found:
+                logged.add(pid)
+            if state == self.SPAWNING:
+                if pid and pid in found:  # killed between storing the pid and saying SPAWNED
+                    os.write(2, self.lines(index, pid))
+                    logged.add(pid)
+                else:
+                    spawning.append(index)
+        unknown = found - logged
+        for index in spawning:
+            pick = self._program_of(index, unknown, alone=len(spawning) == 1)
+            if pick:
+                os.write(2, self.lines(index, pick))
+                logged.add(pick)
+                unknown.discard(pick)
+        return logged
+
+    def _program_of(self, index: int, candidates: set[int], alone: bool) -> int:
+        """The program a worker dead in SPAWNING started, or 0: the candidate whose fd 0 is the
+        connection's socket; failing that, when this was the only such worker, the one candidate
+        started no earlier than the SPAWNING mark (clock ticks)."""
+        base = self._base(index)
+        inode = self.u64[(base + 16) >> 3]
+        for pid in sorted(candidates):
+            try:
+                if os.stat(f"/proc/{pid}/fd/0").st_ino == inode:
+                    return pid
+            except OSError:
+                continue
+        if not alone or len(candidates) != 1:
+            return 0
+        (pid,) = candidates
+        tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            started = int(stat[stat.rindex(b")") + 2 :].split()[19]) * tick
+        except (OSError, ValueError, IndexError):
+            return pid  # reaped already: the only candidate
+        return pid if started + tick > self.u64[(base + 24) >> 3] else 0
+
+
+def connection_env(
+    base: dict[bytes, bytes], conn: Conn, rules_env: list[tuple[bytes, bytes]] | tuple[()] = ()
+) -> dict[bytes, bytes]:
+    """The program's environment: BASE, the TCP variables of CONN, then the rules' variables in order.
+
+    Names and host names, the ident answer and the rules' entries come from
+    outside; each is set as 0.88 sets C strings (``environ.set_variable``: cut
+    at the first NUL, an empty name skipped), so posix_spawn always accepts
+    the result.
+    """
+    env = base.copy()
+    env[b"PROTO"] = b"TCP"
+    env[b"TCPLOCALIP"] = conn.localip.encode()
+    env[b"TCPLOCALPORT"] = b"%d" % conn.localport
+    if conn.localhost is not None:
+        set_variable(env, b"TCPLOCALHOST", conn.localhost)
+    env[b"TCPREMOTEIP"] = conn.remoteip.encode()
+    env[b"TCPREMOTEPORT"] = b"%d" % conn.remoteport
+    if conn.remotehost is not None:
+        set_variable(env, b"TCPREMOTEHOST", conn.remotehost)
+    if conn.remoteinfo is not None:
+        set_variable(env, b"TCPREMOTEINFO", conn.remoteinfo)
+    for name, value in rules_env:
+        set_variable(env, name, value)
+    return env
 
 
 def base_environment(original: dict[bytes, bytes]) -> dict[bytes, bytes]:

@@ -8,7 +8,9 @@ Timing is only used for ordering and overlap, never to assert speed.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import threading
 import time
 
@@ -185,3 +187,68 @@ def test_programs_are_children_of_workers(prefork, tmp_path):
         assert psutil.Process(pid).ppid() in workers
         sock.shutdown(1)
         assert recv_all(sock, 10) == f"done {pid}\n".encode()
+
+
+# ---- stress: every client is answered, at -c 1 and -c 2 -----------------------------------------
+STRESS_SECONDS = float(os.environ.get("PREFORK_STRESS_SECONDS", "5"))
+# 0-70 ms per program, one in 40 (by pid) holds its slot for a second
+VARIABLE = ["/bin/sh", "-c", "case $(($$ % 40)) in 0) sleep 1;; *) sleep 0.0$(($$ % 8));; esac; echo ok"]
+
+
+@pytest.mark.parametrize(("limit", "workers"), [(1, 2), (2, 2), (2, 3)])
+def test_stress_every_client_is_answered(prefork, limit, workers):
+    """Many concurrent clients of varying patterns (read to EOF, half-close first, or give up at
+    once) against a small -c limit: every client that waits is answered "ok" within a bound, the
+    log never shows more than the limit in use, and every connection's lines are balanced.  A lost
+    wake-up in the capacity wait, or a connection accepted and never served, shows as a timeout."""
+    server = prefork(["-v", "-c", str(limit), "--workers", str(workers), *QUIET], VARIABLE)
+    assert wait_until(lambda: len(server.workers()) == workers, 10)
+    stop = threading.Event()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+    given_up = [0]
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(10_000):
+            if stop.is_set():
+                return
+            kind = rng.random()
+            started = time.monotonic()
+            try:
+                with connect(server.port, timeout=20) as sock:
+                    if kind < 0.1:
+                        with lock:
+                            given_up[0] += 1
+                        continue  # closes at once: the program still runs and holds its slot
+                    if kind < 0.4:
+                        sock.shutdown(socket.SHUT_WR)
+                    reply = recv_all(sock, 20)
+            except (OSError, TimeoutError) as exc:
+                reply = repr(exc).encode()
+            elapsed = time.monotonic() - started
+            with lock:
+                latencies.append(elapsed)
+                if reply != b"ok\n":
+                    failures.append(f"{reply!r} after {elapsed:.1f}s")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    time.sleep(STRESS_SECONDS)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures, failures[:5]
+    assert len(latencies) > 20
+    # every connection (the given-up ones too) ends and is logged
+    total = len(latencies) + given_up[0]
+    lines = server.wait_ends(total, 30)
+    counts = [int(m[1]) for m in map(STATUS_RE.match, lines) if m]
+    assert max(counts) <= limit
+    pids = [m[1] for line in lines if (m := PID_RE.match(line))]
+    ends = [m[1] for line in lines if (m := END_RE.match(line))]
+    assert len(pids) == len(ends) == total, (len(pids), len(ends), total)
+    print(f"-c {limit} --workers {workers}: {total} connections, max latency {max(latencies):.2f}s")

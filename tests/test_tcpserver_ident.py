@@ -124,8 +124,12 @@ IDENT = ["-H", "-r", "-t", "5", "-l0", "-v"]
         (answer(b"USERID:UNIX:" + b"y" * 300 + b"\r\n"), "y" * 257),
         (lambda query: b"garbage without newline", None),
         (lambda query: b"", None),
+        (answer(b"USERID : UNIX : jo\0e\r\n"), "jo"),
+        (answer(b"USERID : UNIX : \0joe\r\n"), ""),
+        (answer(b"USERID : UNIX : " + b"y" * 200 + b"\0z\r\n"), "y" * 200),
+        (answer(b"USERID : UNIX : j\x01\x7f%o=e\r\n"), "j\x01\x7f%o=e"),
     ],
-    ids=["joe", "colons-spaces", "error", "long", "no-newline", "eof"],
+    ids=["joe", "colons-spaces", "error", "long", "no-newline", "eof", "nul", "nul-first", "long-nul", "control"],
 )
 def test_ident_result(launch, stubs, reply, info):
     stub = stubs(reply)
@@ -140,7 +144,7 @@ def test_ident_result(launch, stubs, reply, info):
     shown = (
         ""
         if info is None
-        else "".join("?" if c in "%: \t" else c for c in info[:100]) + ("..." if len(info) >= 100 else "")
+        else "".join("?" if c in "%:" or not 33 <= ord(c) <= 126 else c for c in info[:100]) + ("..." if len(info) >= 100 else "")
     )
     assert lines[3] == f"tcpserver: ok #1 0:127.0.0.1:PORT :{stub.address}:{shown}:RPORT"
 
