@@ -1,0 +1,204 @@
+"""Bytes from outside are data: svstat's status decoder, envdir's files and supervise's control FIFO.
+
+Each test drives a real command with arbitrary bytes drawn by hypothesis (seeded through
+``derandomize``, bounded in count) and checks the result is one of the documented forms; where
+Debian's binary reads the same bytes, both must say the same (docs/THREAT_MODEL.md, "Every byte
+is data").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ours, real
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from control import statusfile
+
+ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+    proc = subprocess.run(argv, cwd=cwd, env=env or ENV, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+# -- svstat: any status file, as Debian's svstat reads it ---------------------------------------------------------
+_SECONDS = re.compile(rb"(\d+) seconds")
+SVSTAT_LINE = re.compile(
+    rb"^[^:]+: (up \(pid \d+\) \d+ seconds(, normally down)?(, paused)?(, want down)?"
+    rb"|down \d+ seconds(, normally up)?(, want up)?"
+    rb"|unable to read supervise/status: bad format)\n$"
+)
+
+
+def _close_enough(a: bytes, b: bytes) -> bool:
+    """The same line, except an elapsed time that may differ by the one second between two runs."""
+    if _SECONDS.sub(b"N seconds", a) != _SECONDS.sub(b"N seconds", b):
+        return False
+    return all(abs(int(x) - int(y)) <= 1 for x, y in zip(_SECONDS.findall(a), _SECONDS.findall(b), strict=True))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=24), down=st.booleans())
+def test_svstat_reads_any_status_file_as_debian_does(tmp_path_factory, data: bytes, down: bool) -> None:
+    service = tmp_path_factory.mktemp("svc")
+    (service / "supervise").mkdir()
+    (service / "supervise" / "ok").touch()  # the open of ok succeeds, as with a running supervise
+    (service / "supervise" / "status").write_bytes(data)
+    if down:
+        (service / "down").touch()
+    theirs = run([real("svstat"), str(service)])
+    mine = run([ours("svstat"), str(service)])
+    assert mine[0] == theirs[0] == 0
+    assert mine[2] == theirs[2] == b""
+    assert SVSTAT_LINE.match(mine[1]), mine[1]
+    assert _close_enough(mine[1], theirs[1]), (mine, theirs)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=40))
+def test_status_decoder_is_total(data: bytes) -> None:
+    """decode() takes any bytes: a Status for 18 or more, ValueError('bad format') for fewer."""
+    try:
+        status = statusfile.decode(data)
+    except ValueError as e:
+        assert len(data) < statusfile.SIZE and str(e) == "bad format"
+    else:
+        assert len(data) >= statusfile.SIZE
+        assert 0 <= status.pid < 2**32 and len(status.want) == 1
+        paused = b"\1" if data[16] else b"\0"
+        assert statusfile.encode(status) == data[:16] + paused + data[17:18]
+
+
+# -- envdir: any file contents, as Debian's envdir reads them ------------------------------------------------------
+NAMES = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_abc0123456789", min_size=1, max_size=8)
+
+
+def _environment(output: bytes) -> set[bytes]:
+    return set(output.split(b"\0")) - {b""}
+
+
+@SETTINGS
+@given(files=st.dictionaries(NAMES, st.binary(max_size=48), max_size=5))
+def test_envdir_reads_any_file_as_debian_does(tmp_path_factory, files: dict[str, bytes]) -> None:
+    directory = tmp_path_factory.mktemp("env")
+    for name, text in files.items():
+        (directory / name).write_bytes(text)
+    env = dict(ENV, KEEP="1", **{name: "old" for name in list(files)[:2]})
+    theirs = run([real("envdir"), str(directory), "/usr/bin/env", "-0"], env=env)
+    mine = run([ours("envdir"), str(directory), "/usr/bin/env", "-0"], env=env)
+    assert mine[0] == theirs[0] == 0
+    assert mine[2] == theirs[2] == b""
+    assert _environment(mine[1]) == _environment(theirs[1])
+    assert b"KEEP=1" in _environment(mine[1])
+
+
+# -- supervise: any bytes on the control FIFO ----------------------------------------------------------------------
+RUN = "#!/bin/sh\nexec sleep 1000\n"
+
+
+def _status(service: Path) -> statusfile.Status | None:
+    try:
+        return statusfile.read(str(service / "supervise"))
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(predicate, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / 0.02) + 1):
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory):
+    """prefork's supervise on a service that sleeps; ended by pid, with every service it started."""
+    service = tmp_path_factory.mktemp("ctl") / "svc"
+    service.mkdir()
+    (service / "run").write_text(RUN)
+    (service / "run").chmod(0o755)
+    errors = open(service.parent / "stderr", "wb")
+    proc = subprocess.Popen([ours("supervise"), str(service)], env=ENV, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=errors)
+    started: set[int] = set()
+    try:
+        assert _wait(lambda: (s := _status(service)) is not None and s.pid != 0)
+        yield service, proc, started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in started | ({s.pid} if (s := _status(service)) and s.pid else set()):
+            try:
+                child = psutil.Process(pid)
+                if child.cwd() == str(service):
+                    child.kill()
+            except psutil.Error:
+                pass
+        errors.close()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(data=st.binary(min_size=1, max_size=32).map(lambda b: b.replace(b"x", b"")))
+def test_supervise_survives_any_control_bytes(supervised, data: bytes) -> None:
+    """Every byte is a command or ignored; supervise never dies, and `u` + `c` always bring the service back."""
+    service, proc, started = supervised
+    fd = os.open(service / "supervise" / "control", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, data)
+        os.write(fd, b"uc")
+    finally:
+        os.close(fd)
+
+    def back_up() -> bool:
+        s = _status(service)
+        if s is not None and s.pid:
+            started.add(s.pid)
+        return s is not None and s.pid != 0 and not s.paused and s.want == b"u" and _alive(s.pid)
+
+    assert _wait(back_up), (data, _status(service))
+    assert proc.poll() is None
+    assert run([ours("svok"), str(service)])[0] == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED)
+    except psutil.Error:
+        return False
+
+
+def test_supervise_control_flood_is_bounded(supervised) -> None:
+    """A writer that fills the FIFO (64 KiB of noise) neither blocks supervise nor wedges the next command."""
+    service, proc, started = supervised
+    fd = os.open(service / "supervise" / "control", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        written = 0
+        for _ in range(64):
+            try:
+                written += os.write(fd, b"\xff?z" * 1365)
+            except BlockingIOError:
+                time.sleep(0.01)
+        os.kill(proc.pid, 0)
+    finally:
+        os.close(fd)
+    assert written > 0
+    assert _wait(lambda: run([ours("svc"), "-t", str(service)])[0] == 0)
+    assert proc.poll() is None
+    assert _wait(lambda: (s := _status(service)) is not None and s.pid != 0 and _alive(s.pid))
