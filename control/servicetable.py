@@ -12,7 +12,17 @@ The file is ``/dev/shm/prefork-svscan.<st_dev>.<st_ino>`` (or
 ``prefork-supervise.``) of the supervised directory's ``stat()``, so a reader
 finds it from the directory alone.  It is built under a temporary name and
 renamed over that path: a reader that still maps an older file keeps a
-consistent (if stale) view.  Mode 0644 whatever the umask.
+consistent (if stale) view.  Mode 0600 whatever the umask (the service names,
+their pids and the directory are what daemontools keeps in 0700 ``supervise/``
+directories), or 0640 with a group allowed to read it (``svscan
+--table-group``); readers that are not allowed get "access denied".
+
+The header records the supervisor's pid and its start time in clock ticks
+since boot (/proc/PID/stat field 22), so readers tell a table whose writer has
+died (a killed svscan leaves its table behind) even when its pid has been
+reused; such a table is stale and is not shown as live.  A new svscan for the
+same directory renames its own table over it; :func:`remove_stale` removes one
+that nothing will replace.
 
 Layout version 1, all integers little-endian::
 
@@ -33,7 +43,8 @@ Layout version 1, all integers little-endian::
      64  Q    services (svscan's count, set_counters)
      72  Q    scan errors (svscan's count of failed scans or stats)
      80  Q    scans (svscan's count of directory scans)
-     88  40s  reserved
+     88  Q    start time of the owner pid in clock ticks since boot (/proc/PID/stat field 22), 0 = unknown
+     96  32s  reserved
     128  896s directory: absolute path, UTF-8 (surrogateescape: raw bytes), NUL padded (truncated)
 
     slot i at 1024 + i * 512
@@ -63,8 +74,10 @@ load or store, so a sequence counter itself is never seen half-changed; x86-64
 makes stores visible in program order, which is all the protocol needs there.
 There is no explicit memory fence, so on weakly ordered CPUs the guarantee
 rests on the interpreter's own barriers.  Readers take offsets from the sizes
-in the header and accept larger ones, so a field can be added in reserved or
-appended space without a new layout version; anything else is a new version.
+in the header and accept larger ones (up to 4096 bytes each), so a field can be
+added in reserved or appended space without a new layout version; anything
+else is a new version.  A table has at most MAX_CAPACITY (65536) slots, what a
+reader is prepared to read; readers refuse a header that says more.
 
 Slots are allocated lowest-free-first and pages of slots that were never
 allocated are never written (the file is sparse, tmpfs allocates only pages
@@ -78,6 +91,7 @@ from __future__ import annotations
 import heapq
 import mmap
 import os
+import stat
 import struct
 import time
 
@@ -90,7 +104,8 @@ HEADER_SIZE = 1024
 SLOT_SIZE = 512
 DIR_OFFSET, DIR_SIZE = 128, 896
 NAME_OFFSET, NAME_SIZE = 64, 259
-MAX_CAPACITY = 1 << 20
+MAX_CAPACITY = 1 << 16  # slots; svscan caps its --max-services table there
+DEFAULT_MODE = 0o600
 
 KIND_SVSCAN, KIND_SUPERVISE = 1, 2
 STATE_DOWN, STATE_UP, STATE_STOPPING = 0, 1, 2  # STOPPING: TERM sent, not yet exited
@@ -105,6 +120,7 @@ _SEQ = struct.Struct("<Q")
 _GEN_USED = struct.Struct("<QI")  # header 48
 _COUNTERS = struct.Struct("<QQQ")  # header 64
 _H_SEQ, _H_GEN, _H_COUNTERS = 40, 48, 64
+_H_OWNER_PID, _H_OWNER_TICKS = 24, 88
 # Slot body from offset 8 up to the end of the name; pack_into writes its pad bytes as zeros.
 _BODY = struct.Struct("<IIQQQq BBcBH10x 259s")
 _IN_USE = 48
@@ -177,23 +193,30 @@ class ServiceTable:
         self._generation = 0
 
     @classmethod
-    def create(cls, path: str, capacity: int, kind: int, directory: str) -> ServiceTable:
-        """Build a fresh table under a temporary name and rename it over PATH (readers never see it half-made)."""
+    def create(
+        cls, path: str, capacity: int, kind: int, directory: str, mode: int = DEFAULT_MODE, group: int | None = None
+    ) -> ServiceTable:
+        """Build a fresh table under a temporary name and rename it over PATH (readers never see it half-made).
+
+        MODE 0600 unless told (0640 with GROUP, a gid, for svscan --table-group).
+        """
         if not 1 <= capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be 1..{MAX_CAPACITY}, not {capacity}")
         if kind not in _KIND_PREFIX:
             raise ValueError(f"unknown table kind {kind}")
         dirbytes = os.path.abspath(directory).encode("utf-8", "surrogateescape")
         size = HEADER_SIZE + capacity * SLOT_SIZE
+        ticks = shmfile.start_ticks(os.getpid()) or 0
 
         def fill(mm: mmap.mmap) -> None:
             _HEADER.pack_into(
                 mm, 0, MAGIC, VERSION, HEADER_SIZE, SLOT_SIZE, capacity, kind, os.getpid(), len(dirbytes),
                 time.time_ns(),
             )
+            _SEQ.pack_into(mm, _H_OWNER_TICKS, ticks)
             mm[DIR_OFFSET:DIR_OFFSET + min(len(dirbytes), DIR_SIZE)] = dirbytes[:DIR_SIZE]
 
-        fd, mm, _identity = shmfile.create(path, size, fill)
+        fd, mm, _identity = shmfile.create(path, size, fill, mode, group)
         return cls(path, fd, mm, capacity)
 
     def _header_write(self, offset: int, packer: struct.Struct, *values: object) -> None:
@@ -264,3 +287,41 @@ class ServiceTable:
         self._mm.close()
         os.close(self._fd)
         self._fd = -1
+
+
+def remove_stale(path: str) -> bool:
+    """Remove PATH if it is a service table whose writer is gone and that belongs to our uid; True if removed.
+
+    What a killed supervisor leaves behind when no new table will be renamed
+    over it.  A table of a running writer, a file of another user, or
+    anything that is not a table is left alone.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, _H_OWNER_TICKS + 8, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and len(head) == _H_OWNER_TICKS + 8):
+        return False
+    if head[:4] != MAGIC:
+        return False
+    pid = struct.unpack_from("<I", head, _H_OWNER_PID)[0]
+    ticks = _SEQ.unpack_from(head, _H_OWNER_TICKS)[0]
+    if pid == os.getpid() or shmfile.writer_running(pid, ticks):
+        return False
+    shmfile.unlink_if_same(path, (st.st_dev, st.st_ino))
+    return _identity_of(path) != (st.st_dev, st.st_ino)
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

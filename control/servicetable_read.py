@@ -5,6 +5,15 @@ on its own, so the tests that pass records from one to the other check the
 layout, not a shared struct.  It maps the file read-only and reads only the
 slots below the header's "slots used" mark (reading a never-written page of a
 tmpfs file through a mapping would allocate it).
+
+The file is hostile data (anyone can plant one at the predictable path while
+the supervisor is down): the header's sizes and counts are checked against
+their maximums (header and slot size at most 4096 bytes, at most MAX_CAPACITY
+slots, at most MAX_TABLE_SIZE bytes in all) before anything is mapped, only
+the bytes they call for are mapped, a file shorter than they say is refused,
+and slot fields outside their documented range read as unknown (a wait status
+that is none, a state or want shown as it is).  The only exception
+:func:`read` raises is :class:`ServiceTableError`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from prefork.record import Record
 MAGIC = b"PFST"
 VERSION = 1
 MIN_HEADER_SIZE, MIN_SLOT_SIZE = 1024, 512  # version 1's sizes; the header's own values give the offsets
+MAX_HEADER_SIZE = MAX_SLOT_SIZE = 4096  # larger ones (appended fields) are accepted up to a page
+MAX_CAPACITY = 1 << 16  # slots (the writer's maximum)
+MAX_TABLE_SIZE = MAX_HEADER_SIZE + MAX_CAPACITY * MIN_SLOT_SIZE  # 32 MiB + 4 KiB: the most a reader maps
+MAX_WAIT_STATUS = 0xFFFF  # a wait status is 16 bits; anything else in the field is no status
 KIND_NAMES = {1: "svscan", 2: "supervise"}
 STATE_NAMES = {0: "down", 1: "up", 2: "stopping"}
 WANT_NAMES = {b"u": "up", b"d": "down", b"o": "once"}
@@ -32,6 +45,7 @@ _SEQ = struct.Struct("<Q")
 _MUTABLE = struct.Struct("<QQI4xQQQ")  # header 40-87: sequence, generation, used, services, scan errors, scans
 _SLOT = struct.Struct("<QIIQQQq BBcBH10x 259s")  # slot 0-322
 _DIR_OFFSET, _DIR_SIZE = 128, 896
+_OWNER_TICKS = 88
 
 # Retry bounds: a torn slot means the writer is between two stores, which it leaves within microseconds
 # unless it is descheduled; a slot still odd after this long belongs to a writer that died mid-write.
@@ -69,9 +83,9 @@ class Entry(Record):
 class Snapshot(Record):
     """A copy of the table: every entry consistent on its own, the set of entries from one generation if possible."""
 
-    __slots__ = ("path", "version", "header_size", "slot_size", "capacity", "kind", "owner_pid", "start_ns",
-                 "directory", "directory_truncated", "generation", "used", "services", "scan_errors", "scans",
-                 "entries")
+    __slots__ = ("path", "version", "header_size", "slot_size", "capacity", "kind", "owner_pid", "owner_ticks",
+                 "start_ns", "directory", "directory_truncated", "generation", "used", "services", "scan_errors",
+                 "scans", "entries")
     path: str
     version: int
     header_size: int
@@ -79,6 +93,7 @@ class Snapshot(Record):
     capacity: int
     kind: int
     owner_pid: int
+    owner_ticks: int  # the owner's start time in clock ticks since boot (/proc/PID/stat field 22), 0 = unknown
     start_ns: int
     directory: str
     directory_truncated: bool
@@ -94,9 +109,12 @@ class Snapshot(Record):
         return KIND_NAMES.get(self.kind, str(self.kind))
 
 
-def _read_seqlocked(mm: mmap.mmap, offset: int, size: int, what: str) -> bytes:
-    """Copy SIZE bytes at OFFSET whose first 8 bytes are a sequence counter, retrying while it moves or is odd."""
-    deadline = None
+def _read_seqlocked(mm: mmap.mmap, offset: int, size: int, what: str, deadline: list[float]) -> bytes:
+    """Copy SIZE bytes at OFFSET whose first 8 bytes are a sequence counter, retrying while it moves or is odd.
+
+    DEADLINE holds the monotonic time after which a read of the table stops waiting (set at its first wait):
+    one budget for the whole table, so a file whose slots never settle costs TORN_SECONDS, not that per slot.
+    """
     for attempt in range(TORN_TRIES):
         seq = _SEQ.unpack_from(mm, offset)[0]
         if not seq & 1:
@@ -104,58 +122,86 @@ def _read_seqlocked(mm: mmap.mmap, offset: int, size: int, what: str) -> bytes:
             if _SEQ.unpack_from(mm, offset)[0] == seq and _SEQ.unpack_from(data, 0)[0] == seq:
                 return data
         if attempt >= 10:  # the writer is probably descheduled mid-write: let it run
-            if deadline is None:
-                deadline = time.monotonic() + TORN_SECONDS
-            elif time.monotonic() > deadline:
+            if not deadline:
+                deadline.append(time.monotonic() + TORN_SECONDS)
+            elif time.monotonic() > deadline[0]:
                 break
             time.sleep(0.0005)
     raise ServiceTableError(f"{what} is being written and did not settle (writer died mid-write?)")
 
 
-def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
-    magic, version, header_size, slot_size, capacity, kind, owner, dirlen, start_ns = _FIXED.unpack_from(mm, 0)
+def _check_header(path: str, head: bytes, size: int) -> int:
+    """The number of bytes the fixed header HEAD of a SIZE-byte file says the table has; ServiceTableError."""
+    magic, version, header_size, slot_size, capacity, _kind, _owner, _dirlen, _start = _FIXED.unpack_from(head, 0)
     if magic != MAGIC:
         raise ServiceTableError(f"{path}: not a prefork service table")
     if version != VERSION:
         raise ServiceTableError(f"{path}: unsupported layout version {version}")
-    if header_size < MIN_HEADER_SIZE or slot_size < MIN_SLOT_SIZE:
+    if not (MIN_HEADER_SIZE <= header_size <= MAX_HEADER_SIZE and MIN_SLOT_SIZE <= slot_size <= MAX_SLOT_SIZE):
         raise ServiceTableError(f"{path}: bad header (header size {header_size}, slot size {slot_size})")
     need = header_size + capacity * slot_size
+    if capacity > MAX_CAPACITY or need > MAX_TABLE_SIZE:
+        raise ServiceTableError(f"{path}: bad header ({capacity} slots of {slot_size} bytes,"
+                                f" at most {MAX_CAPACITY} and {MAX_TABLE_SIZE} bytes)")
     if size < need:
         raise ServiceTableError(f"{path}: truncated ({size} bytes, the header says {need})")
+    return need
+
+
+def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
+    _magic, version, header_size, slot_size, capacity, kind, owner, dirlen, start_ns = _FIXED.unpack_from(mm, 0)
+    owner_ticks = _SEQ.unpack_from(mm, _OWNER_TICKS)[0]
     stored = mm[_DIR_OFFSET:_DIR_OFFSET + min(dirlen, _DIR_SIZE)]
     directory = stored.decode("utf-8", "surrogateescape")
+    deadline: list[float] = []
     for _ in range(SNAPSHOT_TRIES):
-        h = _MUTABLE.unpack(_read_seqlocked(mm, 40, _MUTABLE.size, "the header"))
+        h = _MUTABLE.unpack(_read_seqlocked(mm, 40, _MUTABLE.size, "the header", deadline))
         generation, used = h[1], min(h[2], capacity)
         entries = []
         for i in range(used):
             off = header_size + i * slot_size
-            v = _SLOT.unpack(_read_seqlocked(mm, off, _SLOT.size, f"slot {i}"))
+            v = _SLOT.unpack(_read_seqlocked(mm, off, _SLOT.size, f"slot {i}", deadline))
             if v[7] != 1:  # free (or never written)
                 continue
             name = v[12][: v[11]].decode("utf-8", "surrogateescape")
+            status = v[6] if 0 <= v[6] <= MAX_WAIT_STATUS else NO_STATUS
             entries.append(
                 Entry(
                     slot=i, name=name, pid=v[1], want=v[9], paused=bool(v[10]), state=v[8], since_ns=v[3],
-                    starts=v[4], restarts=v[5], last_status=v[6], flags=v[2],
+                    starts=v[4], restarts=v[5], last_status=status, flags=v[2],
                 )
             )
         if _SEQ.unpack_from(mm, 48)[0] == generation:
             break  # no slot was allocated or released while we read
     return Snapshot(
         path=path, version=version, header_size=header_size, slot_size=slot_size, capacity=capacity, kind=kind,
-        owner_pid=owner, start_ns=start_ns, directory=directory, directory_truncated=dirlen > _DIR_SIZE,
+        owner_pid=owner, owner_ticks=owner_ticks, start_ns=start_ns, directory=directory,
+        directory_truncated=dirlen > _DIR_SIZE,
         generation=generation, used=used, services=h[3], scan_errors=h[4], scans=h[5], entries=entries,
     )
 
 
-def read(path: str) -> Snapshot:
-    """Read a service table file without talking to the supervisor; ServiceTableError says why it cannot."""
+def read(path: str, fd: int | None = None) -> Snapshot:
+    """Read a service table file without talking to the supervisor; ServiceTableError says why it cannot.
+
+    FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
+    """
     from prefork.djb import errstr
 
+    own = fd is None
     try:
-        mm, size = shmfile.map_regular(path, _FIXED.size)
+        if fd is None:
+            fd = shmfile.open_source(path)
+        try:
+            mm, size = shmfile.map_regular(path, _FIXED.size, _FIXED.size, fd)
+            try:
+                need = _check_header(path, mm[:_FIXED.size], size)
+            finally:
+                mm.close()
+            mm, size = shmfile.map_regular(path, need, need, fd)  # the same file: what was checked is mapped
+        finally:
+            if own:
+                os.close(fd)
     except OSError as e:
         raise ServiceTableError(f"{path}: {errstr(e)}") from None
     except ValueError as e:
@@ -188,13 +234,6 @@ def find(directory: str) -> str:
 
 
 def owner_running(snap: Snapshot) -> bool:
-    """Whether the supervisor that wrote the table still exists (a killed svscan leaves its table behind)."""
-    if snap.owner_pid <= 0:
-        return False
-    try:
-        os.kill(snap.owner_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether the supervisor that wrote the table still runs: its pid exists, is no zombie, and is the same
+    process (started at the recorded time), not a later one that got the pid of a killed svscan."""
+    return shmfile.writer_running(snap.owner_pid, snap.owner_ticks)

@@ -1,9 +1,18 @@
 """``svstat --all [--json] DIR``: every service of a prefork svscan (or supervise) from its service table.
 
-The lines are svstat's own (daemontools spec §6), so what people and scripts
-parse keeps working, followed by what only prefork knows (` restarts N`,
-` last exit E`).  Nothing is asked of the supervisor: the table is read from
-shared memory (layout in ``servicetable.py``).
+The lines are svstat's own, so what people and scripts parse keeps working,
+followed by what only prefork knows (` restarts N`, ` last exit E`).  Nothing
+is asked of the supervisor: the table is read from shared memory (layout in
+``servicetable.py``).  Control characters in a service name are shown as
+``?``, so one service is always one line.
+
+Exit 0 when the services are shown.  111, with one line on stderr and nothing
+on stdout, when there is nothing to trust: the table cannot be read (missing,
+not readable by this user -- it is 0600 unless svscan was given
+``--table-group`` --, garbage), or its supervisor is not running any more
+(``svstat: fatal: DIR: svscan not running (table written by pid N)``; a
+killed svscan leaves its table behind, and its services must not be shown up
+from it).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import time
 from control.servicetable_read import (
     FLAG_NAMES,
     FLAG_NORMALLY_UP,
+    KIND_NAMES,
     NO_STATUS,
     STATE_NAMES,
     WANT_NAMES,
@@ -25,7 +35,8 @@ from control.servicetable_read import (
     owner_running,
     read,
 )
-from prefork.djb import EXIT_TEMP, warn, write_line
+from prefork.djb import EXIT_TEMP, write_line
+from prefork.shmfile import printable
 
 PROG = "svstat"
 
@@ -38,8 +49,8 @@ def _sort_key(entry: Entry) -> tuple[str, int]:
 
 
 def exit_text(status: int) -> str | None:
-    """``0``, ``1``.. for an exit, ``signal N`` for a kill; None when there was no exit yet."""
-    if status == NO_STATUS or status < 0:
+    """``0``, ``1``.. for an exit, ``signal N`` for a kill; None when there was no exit yet (or STATUS is none)."""
+    if status == NO_STATUS or not 0 <= status <= 0xFFFF:
         return None
     if os.WIFEXITED(status):
         return str(os.WEXITSTATUS(status))
@@ -54,7 +65,7 @@ def format_line(entry: Entry, now: float) -> str:
 
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
-    text = f"{entry.name}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"
+    text = f"{printable(entry.name)}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"
     text += f" restarts {entry.restarts}"
     last = exit_text(entry.last_status)
     if last is not None:
@@ -97,19 +108,21 @@ def _json(snap: Snapshot, running: bool, now: float) -> str:
 
 
 def main_all(directory: str, as_json: bool) -> int:
-    """Print every service of the supervisor running for DIRECTORY; 0, or 111 when its table cannot be read."""
+    """Print every service of the supervisor running for DIRECTORY; 0, or 111 when its table cannot be read
+    or its supervisor is gone (one line on stderr)."""
     try:
         snap = read(find(directory))
     except ServiceTableError as e:
         write_line(f"{PROG}: fatal: unable to read service table for {directory}: {e}")
         return EXIT_TEMP
+    if not owner_running(snap):
+        who = KIND_NAMES.get(snap.kind, "supervisor")
+        write_line(f"{PROG}: fatal: {directory}: {who} not running (table written by pid {snap.owner_pid})")
+        return EXIT_TEMP
     now = time.time()
-    running = owner_running(snap)
     if as_json:
-        out = _json(snap, running, now) + "\n"
+        out = _json(snap, True, now) + "\n"
     else:
-        if not running:
-            warn(PROG, f"supervisor pid {snap.owner_pid} for {directory} is not running: the table is stale")
         out = "".join(format_line(e, now) + "\n" for e in sorted(snap.entries, key=_sort_key))
     try:
         sys.stdout.flush()

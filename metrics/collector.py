@@ -77,8 +77,10 @@ from collections.abc import Callable, Iterable, Sequence
 from control import servicetable_read as tables
 from metrics import logcounters_read as logs
 from prefork import scoreboard_read as boards
+from prefork import shmfile
 from prefork.djb import errstr, write_line
 from prefork.scoreboard import DURATION_BUCKETS
+from prefork.shmfile import start_ticks  # looked up in this module at each call: tests replace it
 
 PROG = "prefork-exporter"
 NS = 1e9
@@ -91,44 +93,26 @@ class SourceFault(Exception):
 
 
 # -- is the writer still there? ---------------------------------------------------------------
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if it is gone or a zombie."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc here: kill(0) is all we can ask
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0
-    fields = data[data.rfind(b")") + 2:].split()
-    if not fields or fields[0] in (b"Z", b"X", b"x"):
-        return None
-    return int(fields[19])
-
-
 class Liveness:
     """Remembers each writer's start time, so a pid taken over by another process reads as dead."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[int, int], int] = {}
 
-    def check(self, pid: int, start_ns: int) -> str | None:
-        """None if the writer (PID, which made the file at START_NS) is running, else why not."""
+    def check(self, pid: int, start_ns: int, recorded: int = 0) -> str | None:
+        """None if the writer (PID, which made the file at START_NS) is running, else why not.
+
+        RECORDED is the writer's start time in clock ticks as the file itself says (a service table does;
+        0 if unknown): a pid running a process started at another time is another process, from the first
+        look on.  Without it the first sighting trusts the pid, later ones compare with it.
+        """
         ticks = start_ticks(pid)
         key = (pid, start_ns)
         if ticks is None:
             self._seen.pop(key, None)
             return f"pid {pid} is not running"
-        first = self._seen.setdefault(key, ticks)
-        if first != ticks:
+        first = self._seen.setdefault(key, recorded or ticks)
+        if first != ticks and ticks:
             return f"pid {pid} is not running (now another process)"
         return None
 
@@ -156,8 +140,9 @@ def supervised_name(snap: tables.Snapshot, entry: tables.Entry) -> str:
 
 
 def exit_status(raw: int) -> tuple[int, int] | None:
-    """(status as the shell's $? shows it, signal or 0) of a raw wait status; None if there is none."""
-    if raw < 0:
+    """(status as the shell's $? shows it, signal or 0) of a raw wait status; None if there is none (or RAW is
+    no 16-bit wait status)."""
+    if not 0 <= raw <= 0xFFFF:
         return None
     if os.WIFSIGNALED(raw):
         sig = os.WTERMSIG(raw)
@@ -174,7 +159,7 @@ _HEADER_COUNTERS = ("worker_restarts", "orphan_exit_zero", "orphan_exit_nonzero"
                     "orphan_duration_sum_ns")
 
 
-def read_board(path: str) -> boards.Snapshot:
+def read_board(path: str, fd: int | None = None) -> boards.Snapshot:
     """A scoreboard read twice, each counter the larger of its two readings.
 
     The writer's ``struct.pack_into`` zeroes a field before it writes the
@@ -184,8 +169,8 @@ def read_board(path: str) -> boards.Snapshot:
     of two is the true one, unless both land in a rewrite of the same
     field, a window of nanoseconds.  Gauges are taken from the second read.
     """
-    first = boards.read(path)
-    snap = boards.read(path)
+    first = boards.read(path, fd)
+    snap = boards.read(path, fd)
     if len(first.slots) != len(snap.slots) or first.start_ns != snap.start_ns:
         return snap  # replaced between the two reads: the new file is right
     for a, b in zip(first.slots, snap.slots, strict=True):
@@ -202,10 +187,10 @@ def read_board(path: str) -> boards.Snapshot:
     return snap
 
 
-def read_scoreboard(path: str, liveness: Liveness) -> boards.Snapshot:
-    """The scoreboard at PATH if its server is running; SourceFault otherwise."""
+def read_scoreboard(path: str, liveness: Liveness, fd: int | None = None) -> boards.Snapshot:
+    """The scoreboard at PATH (read through FD if given) if its server is running; SourceFault otherwise."""
     try:
-        snap = read_board(path)
+        snap = read_board(path, fd)
     except OSError as e:
         raise SourceFault(errstr(e)) from None
     except boards.ScoreboardError as e:
@@ -226,19 +211,22 @@ def table_candidates(arg: str) -> list[str]:
         raise SourceFault(errstr(e)) from None
 
 
-def read_services(arg: str, liveness: Liveness) -> tables.Snapshot:
-    """The table of the supervisor running for ARG (a directory, or a table file); SourceFault otherwise."""
-    candidates = table_candidates(arg)
+def read_services(arg: str, liveness: Liveness, pinned: Sequence[tuple[str, int]] | None = None) -> tables.Snapshot:
+    """The table of the supervisor running for ARG (a directory, or a table file); SourceFault otherwise.
+
+    PINNED, (path, descriptor) pairs opened earlier, are read instead of looking for the tables now.
+    """
+    candidates = [(p, None) for p in table_candidates(arg)] if pinned is None else list(pinned)
     if not candidates:
         raise SourceFault("no prefork svscan or supervise has a table for it")
     fault = None
-    for path in candidates:
+    for path, fd in candidates:
         try:
-            snap = tables.read(path)
+            snap = tables.read(path, fd)
         except tables.ServiceTableError as e:
             fault = fault or SourceFault(str(e))
             continue
-        dead = liveness.check(snap.owner_pid, snap.start_ns)
+        dead = liveness.check(snap.owner_pid, snap.start_ns, snap.owner_ticks)
         if dead is None:
             return snap
         fault = fault or SourceFault(f"{snap.kind_name} {dead}")
@@ -246,10 +234,13 @@ def read_services(arg: str, liveness: Liveness) -> tables.Snapshot:
     raise fault
 
 
-def read_multilog(arg: str, liveness: Liveness) -> logs.Snapshot:
-    """The counters of the multilog running for ARG (a log directory, or a block file); SourceFault otherwise."""
+def read_multilog(arg: str, liveness: Liveness, pinned: tuple[str, int] | None = None) -> logs.Snapshot:
+    """The counters of the multilog running for ARG (a log directory, or a block file); SourceFault otherwise.
+
+    PINNED, the block's (path, descriptor) opened earlier, is read instead of looking for it now.
+    """
     try:
-        snap = logs.read(logs.find(arg))
+        snap = logs.read(*pinned) if pinned is not None else logs.read(logs.find(arg))
     except logs.LogCountersError as e:
         raise SourceFault(str(e)) from None
     dead = liveness.check(snap.pid, snap.start_ns)
@@ -262,7 +253,7 @@ def read_multilog(arg: str, liveness: Liveness) -> logs.Snapshot:
 class Source:
     """One --scoreboard, --services or --multilog argument and what the fault reports need of it."""
 
-    __slots__ = ("kind", "path", "fault", "errors", "seen")
+    __slots__ = ("kind", "path", "fault", "errors", "seen", "pinned")
 
     def __init__(self, kind: str, path: str) -> None:
         self.kind = kind  # "scoreboard", "services" or "multilog"
@@ -270,6 +261,28 @@ class Source:
         self.fault: str | None = None  # the reason last logged; None while it is served
         self.errors = 0
         self.seen = False
+        self.pinned: list[tuple[str, int]] | None = None  # (file, descriptor) pairs opened by pin()
+
+    def pin(self) -> None:
+        """Open the source's files now and read them through these descriptors from then on (see
+        :meth:`SharedMemoryCollector.pin`); a file that cannot be opened now is left to be read by path."""
+        try:
+            if self.kind == "scoreboard":
+                paths = [self.path]
+            elif self.kind == "services":
+                paths = table_candidates(self.path)
+            else:
+                paths = [logs.find(self.path)]
+        except (SourceFault, logs.LogCountersError):
+            return
+        pinned = []
+        for path in paths:
+            try:
+                pinned.append((path, shmfile.open_source(path)))
+            except OSError:
+                pass
+        if pinned:
+            self.pinned = pinned
 
 
 class SharedMemoryCollector:
@@ -298,6 +311,20 @@ class SharedMemoryCollector:
         """Nothing up front: registering must not read the sources (and log) before the first scrape."""
         return []
 
+    def pin(self) -> None:
+        """Open every source's files now and read them through these descriptors on every scrape.
+
+        For an exporter that gives up its privileges (``prefork-exporter
+        --user``): it opens the 0600 service table and the scoreboard while it
+        still may, then reads them through the descriptors it kept.  A server
+        never re-creates these files while it runs (the exporter it starts
+        dies with it), so the descriptors stay right.  multilog counter blocks
+        found through a tree's log services are still looked up on every
+        scrape: they are readable by all (0644).
+        """
+        for source in self.sources:
+            source.pin()
+
     def _report(self, source: Source, fault: str | None) -> None:
         """Log a source's state change, once."""
         if fault is not None:
@@ -305,8 +332,8 @@ class SharedMemoryCollector:
         if fault != source.fault and (fault is not None or source.seen):
             if fault is None:
                 self.log(f"{self.prog}: {source.kind} {source.path}: ok")
-            else:
-                self.log(f"{self.prog}: warning: {source.kind} {source.path}: {fault}")
+            else:  # one line, whatever a file put in the reason (a service name, a directory)
+                self.log(f"{self.prog}: warning: {source.kind} {source.path}: {shmfile.printable(fault)}")
         source.fault = fault
         source.seen = True
 
@@ -324,7 +351,8 @@ class SharedMemoryCollector:
             fault = None
             try:
                 if source.kind == "scoreboard":
-                    snap = read_scoreboard(source.path, self.liveness)
+                    fd = None if source.pinned is None else source.pinned[0][1]
+                    snap = read_scoreboard(source.path, self.liveness, fd)
                     writers.append((snap.master_pid, snap.start_ns))
                     name = service_name(snap)
                     if name in names:
@@ -332,7 +360,7 @@ class SharedMemoryCollector:
                     names[name] = source.path
                     served_boards.append((name, snap))
                 elif source.kind == "services":
-                    table = read_services(source.path, self.liveness)
+                    table = read_services(source.path, self.liveness, source.pinned)
                     writers.append((table.owner_pid, table.start_ns))
                     identity = _identity(table.path)
                     if identity in table_paths:
@@ -340,7 +368,8 @@ class SharedMemoryCollector:
                     table_paths[identity] = source.path
                     served_tables.append(table)
                 else:
-                    counters = read_multilog(source.path, self.liveness)
+                    counters = read_multilog(source.path, self.liveness,
+                                             None if source.pinned is None else source.pinned[0])
                     writers.append((counters.pid, counters.start_ns))
                     identity = _identity(counters.path)
                     if identity in log_blocks:
@@ -366,16 +395,21 @@ class SharedMemoryCollector:
         A log service whose ``log/run`` execs ``multilog ... M dir`` has the
         pid that multilog writes into its block, so ``--services`` (and
         ``svscan --metrics``) serves those without a ``--multilog`` for each.
-        A block that cannot be read, or whose writer is gone, is left out.
+        A block that cannot be read, or whose writer is gone, is left out, and
+        so is one whose file does not belong to the user a log service runs as:
+        anyone can plant a block in /dev/shm naming a log service's pid.
         """
         pids = {e.pid for table in served_tables for e in table.entries if e.flags & tables.FLAG_LOG and e.pid}
         if not pids:
             return []
+        owners = {uid for uid in map(_euid, pids) if uid is not None}
         found = []
         for path in logs.every_block():
             try:
+                if os.stat(path, follow_symlinks=False).st_uid not in owners:
+                    continue
                 snap = logs.read(path)
-            except logs.LogCountersError:
+            except (OSError, logs.LogCountersError):
                 continue
             if snap.pid not in pids or snap.directory in log_dirs:
                 continue
@@ -401,6 +435,18 @@ class SharedMemoryCollector:
     def render(self) -> bytes:
         """One scrape in the text format, without prometheus_client (what the exporter serves)."""
         return render_text(self.families())
+
+
+def _euid(pid: int) -> int | None:
+    """The effective uid of PID (the Uid: line of /proc/PID/status), None if it cannot be known."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _identity(path: str) -> object:

@@ -25,29 +25,38 @@ svscan (or supervise) runs for, or a service table file (``svscan --table``);
 ``--multilog`` a log directory whose multilog has the script word ``M``
 before it, or its counter block file (``metrics/logcounters.py``).
 
-Errors: a bad command line prints why and the usage line, exit 100; an
-address that cannot be bound or a ``--once`` textfile that cannot be written
-is fatal, exit 111.
+``--user USER`` (an account name, or UID:GID) is what a server running as
+root passes (see ``prefork/exporter_child.py``): the exporter opens its
+sources and binds its address first, then becomes USER (no supplementary
+groups) and reads the sources through the descriptors it opened, so a 0600
+service table stays readable.  A textfile is then written as USER: its
+directory must be writable by USER.
+
+Errors: a bad command line (an unknown ``--user`` included) prints why and the
+usage line, exit 100; an address that cannot be bound, a ``--once`` textfile
+that cannot be written, or ids that cannot be changed are fatal, exit 111.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 from metrics.collector import SharedMemoryCollector, start_ticks
 from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
-from prefork.exporter_child import bind_listener
+from prefork.exporter_child import bind_listener, drop_privileges, resolve_user
 
 PROG = "prefork-exporter"
 USAGE = (
     "prefork-exporter [--scoreboard PATH...] [--services DIR...] [--multilog DIR...] [--listen HOST:PORT | --listen-fd N]"
-    " [--metrics-textfile PATH] [--textfile-interval SECONDS] [--once] [--parent-pid PID]"
+    " [--metrics-textfile PATH] [--textfile-interval SECONDS] [--once] [--parent-pid PID] [--user USER]"
 )
 HELP = f"""usage: {USAGE}
 
@@ -62,13 +71,18 @@ Serve Prometheus metrics read from prefork's shared memory (no multiprocess dire
   --textfile-interval SECONDS how often to rewrite it (default 15; SIGUSR1 rewrites it at once)
   --once                      write the textfile (stdout without one) once and exit
   --parent-pid PID            exit when process PID is gone
+  --user USER                 open the sources, then run as USER (a name or UID:GID; what a root server passes)
 """
 DEFAULT_INTERVAL = 15.0
 POLL_SECONDS = 1.0  # --parent-pid without pidfds
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-MAX_CLIENTS = 32
-MAX_REQUEST = 16384
-CLIENT_SECONDS = 10.0
+MAX_CLIENTS = 4096  # clients held at once, at most (fewer under a lower descriptor limit)
+MIN_CLIENTS = 16
+RESERVED_FDS = 64  # descriptors kept for the sources, the textfile and the rest
+MAX_REQUEST = 8192  # bytes of request head: a scrape sends a few hundred
+HEAD_SECONDS = 3.0  # from the accept to the end of the request head
+WRITE_SECONDS = 10.0  # from the request to the last byte of the response
+ACCEPT_BATCH = 256  # connections accepted (and events handled) per wake-up
 
 
 class UsageError(Exception):
@@ -79,7 +93,7 @@ class Options:
     """The parsed command line."""
 
     __slots__ = ("scoreboards", "services", "multilogs", "listen", "listen_fd", "textfile", "interval", "once",
-                 "parent_pid")
+                 "parent_pid", "user")
 
     def __init__(self) -> None:
         self.scoreboards: list[str] = []
@@ -91,6 +105,7 @@ class Options:
         self.interval = DEFAULT_INTERVAL
         self.once = False
         self.parent_pid: int | None = None
+        self.user: tuple[str, int, int] | None = None  # --user: (as given, uid, gid)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -108,7 +123,7 @@ def parse_args(argv: list[str]) -> Options:
     opts = Options()
     args = list(argv)
     many = {"--scoreboard": opts.scoreboards, "--services": opts.services, "--multilog": opts.multilogs}
-    single = ("--listen", "--listen-fd", "--metrics-textfile", "--textfile-interval", "--parent-pid")
+    single = ("--listen", "--listen-fd", "--metrics-textfile", "--textfile-interval", "--parent-pid", "--user")
     while args:
         word = args.pop(0)
         name, eq, attached = word.partition("=")
@@ -143,6 +158,11 @@ def parse_args(argv: list[str]) -> Options:
                     opts.interval = -1.0
                 if not 0 < opts.interval < 1e9:
                     raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}")
+            elif name == "--user":
+                try:
+                    opts.user = (value, *resolve_user(value))
+                except ValueError as e:
+                    raise UsageError(f"--user: {e}") from None
             else:
                 if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 1 << 31:
                     raise UsageError(f"--parent-pid wants a process id, not {value!r}")
@@ -165,7 +185,11 @@ def parse_args(argv: list[str]) -> Options:
 
 
 def write_textfile(path: str, data: bytes) -> None:
-    """Replace PATH with DATA so node_exporter reads the old file or the new one, never a part (PATH.new + rename)."""
+    """Replace PATH with DATA so node_exporter reads the old file or the new one, never a part (PATH.new + rename).
+
+    PATH.new is made afresh, never opened through a link planted there, and
+    removed again when the write fails (prefork/atomicfile.py).
+    """
     from prefork.atomicfile import replace
 
     replace(path, data, mode=0o644)
@@ -222,16 +246,22 @@ class TextfileWriter:
         return True
 
 
-class Client:
-    """One HTTP connection: the request read so far, then the response left to send."""
+HEAD, BODY, CLOSED = 0, 1, 2  # Client.state: reading the request head, sending the response, gone
 
-    __slots__ = ("sock", "request", "response", "deadline")
+
+class Client:
+    """One HTTP connection: the request head read so far, then the response left to send."""
+
+    __slots__ = ("sock", "fd", "state", "request", "response", "deadline", "unread")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        self.state = HEAD
         self.request = b""
         self.response: memoryview | None = None
         self.deadline = deadline
+        self.unread = False  # the request was refused before its end: read the rest away before closing
 
 
 def respond(request: bytes, render: Callable[[], bytes]) -> bytes:
@@ -264,9 +294,16 @@ def _response(status: bytes, body: bytes, extra: bytes = b"", content_type: byte
 class HttpServer:
     """GET /metrics, served from the main loop: no thread, no fork; one render per request.
 
-    Requests are read and responses written without blocking, so a slow or
-    silent client holds nothing up; it is dropped after CLIENT_SECONDS, and
-    beyond MAX_CLIENTS at once new connections are closed at once.
+    The clients live in an epoll set of their own, so the main loop's
+    select() sees two descriptors however many clients there are.  Nothing
+    a client does holds a scrape up: requests are read and responses written
+    without blocking; a request head must be complete within HEAD_SECONDS of
+    the accept and at most MAX_REQUEST bytes (431 beyond), a response sent
+    within WRITE_SECONDS.  Clients are held up to the descriptor limit less a
+    reserve (at most MAX_CLIENTS); when that is reached, the client waiting
+    longest for its request head is dropped to make room for the new one, so
+    a flood of idle connections costs each of them its place, not the scrapes
+    theirs.
     """
 
     def __init__(self, sock: socket.socket, render: Callable[[], bytes]) -> None:
@@ -276,39 +313,79 @@ class HttpServer:
         self.port = self.sock.getsockname()[1]
         self.render = render
         self.clients: dict[int, Client] = {}
+        self.max_clients = client_limit()
+        # Clients in the order of their deadlines (a constant after the accept, or after the request):
+        # the front is the next to expire, and of the heads the one to evict.  Entries of clients that
+        # moved on or closed stay until they reach the front (Client.state tells).
+        self.heads: deque[Client] = deque()
+        self.bodies: deque[Client] = deque()
+        self.poller = select.epoll()
+        self.listening = True
+        self.poller.register(self.sock.fileno(), select.EPOLLIN)
 
     def readers(self) -> list[int]:
-        return [self.sock.fileno()] + [fd for fd, c in self.clients.items() if c.response is None]
+        return [self.poller.fileno()]
 
     def writers(self) -> list[int]:
-        return [fd for fd, c in self.clients.items() if c.response is not None]
+        return []
 
     def timeout(self, now: float) -> float | None:
-        if not self.clients:
-            return None
-        return max(0.0, min(c.deadline for c in self.clients.values()) - now)
+        fronts = [q[0].deadline for q in (self.heads, self.bodies) if q]
+        return max(0.0, min(fronts) - now) if fronts else None
+
+    def readable(self, fd: int) -> None:
+        """FD is ready: the epoll set (every client and the listening socket), or one of them."""
+        if fd == self.poller.fileno():
+            for ready, mask in self.poller.poll(0, ACCEPT_BATCH):
+                if mask & select.EPOLLOUT:
+                    self.writable(ready)
+                else:
+                    self.readable(ready)
+        elif fd == self.sock.fileno():
+            self.accept()
+        else:
+            client = self.clients.get(fd)
+            if client is not None and client.response is not None:
+                self.writable(fd)  # an error or hang-up while the response is on its way
+            elif client is not None:
+                self.read(client)
 
     def accept(self) -> None:
-        for _ in range(MAX_CLIENTS):
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # the client gave up already, or we are out of descriptors: next time
-                return
-            if len(self.clients) >= MAX_CLIENTS:
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: an idle client's is ours
+                    if self.evict():
+                        continue
+                    self.pause()  # every client is being answered: accept again when one is done
+                return  # else the client gave up already: next time
+            if len(self.clients) >= self.max_clients and not self.evict():
                 sock.close()
                 continue
             sock.setblocking(False)
-            self.clients[sock.fileno()] = Client(sock, time.monotonic() + CLIENT_SECONDS)
+            client = Client(sock, time.monotonic() + HEAD_SECONDS)
+            self.clients[client.fd] = client
+            self.heads.append(client)
+            self.poller.register(client.fd, select.EPOLLIN)
 
-    def readable(self, fd: int) -> None:
-        if fd == self.sock.fileno():
-            self.accept()
-            return
-        client = self.clients.get(fd)
-        if client is None:
-            return
+    def evict(self) -> bool:
+        """Close the client that has waited longest for its request head; False if no client is at its head."""
+        while self.heads:
+            client = self.heads.popleft()
+            if client.state == HEAD:
+                self.close(client.fd)
+                return True
+        return False
+
+    def pause(self) -> None:
+        if self.listening:
+            self.listening = False
+            self.poller.modify(self.sock.fileno(), 0)
+
+    def read(self, client: Client) -> None:
         try:
             data = client.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -316,15 +393,25 @@ class HttpServer:
         except OSError:
             data = b""
         if not data:
-            self.close(fd)
+            self.close(client.fd)
             return
+        start = max(0, len(client.request) - 3)
         client.request += data
-        if b"\r\n\r\n" in client.request or b"\n\n" in client.request:
-            client.response = memoryview(respond(client.request, self.render))
-            self.writable(fd)
+        if client.request.find(b"\r\n\r\n", start) >= 0 or client.request.find(b"\n\n", start) >= 0:
+            self.answer(client, respond(client.request, self.render))
         elif len(client.request) > MAX_REQUEST:
-            client.response = memoryview(_response(b"431 Request Header Fields Too Large", b"request too large\n"))
-            self.writable(fd)
+            client.unread = True
+            self.answer(client, _response(b"431 Request Header Fields Too Large", b"request too large\n"))
+
+    def answer(self, client: Client, response: bytes) -> None:
+        client.state = BODY
+        client.request = b""
+        client.response = memoryview(response)
+        client.deadline = time.monotonic() + WRITE_SECONDS
+        self.bodies.append(client)
+        self.writable(client.fd)
+        if client.state == BODY:
+            self.poller.modify(client.fd, select.EPOLLOUT)
 
     def writable(self, fd: int) -> None:
         client = self.clients.get(fd)
@@ -339,22 +426,70 @@ class HttpServer:
             return
         client.response = client.response[sent:]
         if not client.response:
+            if client.unread:
+                _discard(client.sock)
             self.close(fd)
 
     def expire(self, now: float) -> None:
-        for fd in [fd for fd, c in self.clients.items() if c.deadline <= now]:
-            self.close(fd)
+        for queue, state in ((self.heads, HEAD), (self.bodies, BODY)):
+            while queue and queue[0].deadline <= now:
+                client = queue.popleft()
+                if client.state == state:  # not one that has moved on (or is gone) since
+                    self.close(client.fd)
 
     def close(self, fd: int) -> None:
         client = self.clients.pop(fd, None)
         if client is not None:
-            client.sock.close()
+            client.state = CLOSED
+            client.sock.close()  # which takes it out of the epoll set too
+            if not self.listening:
+                self.listening = True
+                self.poller.modify(self.sock.fileno(), select.EPOLLIN)
+
+
+def _discard(sock: socket.socket) -> None:
+    """Read away (a bounded amount of) what the client sent beyond the head we refused.
+
+    Closing a socket with unread input makes the kernel answer with a reset,
+    which can reach the client before the response and destroy it there.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(16):
+            if not sock.recv(65536):
+                return
+    except OSError:
+        return
+
+
+def client_limit() -> int:
+    """How many clients to hold at once: the descriptor limit less a reserve for everything else."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CLIENTS
+    return max(MIN_CLIENTS, min(MAX_CLIENTS, soft - RESERVED_FDS))
+
+
+def become_user(opts: Options) -> None:
+    """--user: give up our ids for good (the sources are open, the address bound); exit 111 if that fails."""
+    if opts.user is None:
+        return
+    name, uid, gid = opts.user
+    try:
+        drop_privileges(uid, gid)
+    except OSError as e:
+        fatal(PROG, f"unable to become {name}", e)
 
 
 def run(opts: Options) -> int:
     """Serve until told to stop (or the parent is gone); the exit code."""
     collector = SharedMemoryCollector(opts.scoreboards, opts.services, multilogs=opts.multilogs)
+    if opts.user is not None:
+        collector.pin()  # while we may still open them
     if opts.once:
+        become_user(opts)
         data = collector.render()
         if opts.textfile is None:
             view = memoryview(data)
@@ -394,6 +529,7 @@ def run(opts: Options) -> int:
     if http is not None:
         shown = f"[{host}]" if ":" in host else host
         write_line(f"{PROG}: listening on http://{shown}:{http.port}/metrics")
+    become_user(opts)
 
     textfile = TextfileWriter(opts.textfile, collector.render) if opts.textfile is not None else None
     next_write = time.monotonic()

@@ -13,7 +13,10 @@ it only after it has locked the directory (a second multilog refused by the
 lock never touches the block of the one running), under a temporary name
 renamed over that path (readers never see half a header; a new multilog's
 block replaces the one a killed multilog left behind), mode 0644 whatever the
-umask.  It removes the block when it ends (end of input, SIGTERM) unless a
+umask: it holds line and byte counts and the log directory's path, never a
+line of the log, and an exporter that runs as another user (a root server's
+exporter runs as nobody) finds and reads the blocks of a tree's log services
+anew on every scrape.  No one but multilog may write it.  It removes the block when it ends (end of input, SIGTERM) unless a
 newer one has replaced it; a killed multilog leaves it behind with its pid,
 which readers check.
 

@@ -5,6 +5,11 @@ its own, so tests that write with one and read with the other check the
 layout, not a shared constant.  Each counter is loaded with one aligned 8-byte
 access (``memoryview.cast("Q")``), the way the writer stores it, so a counter
 read is never half-old, half-new.
+
+The block is hostile data (its path is predictable): a header that states a
+size above MAX_SIZE is refused, only the first MIN_SIZE bytes (all that
+version 1 defines) are mapped, and the only exception :func:`read` raises is
+:class:`LogCountersError`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from prefork.record import Record
 MAGIC = b"PFML"
 VERSION = 1
 MIN_SIZE = 4096  # version 1's size; a larger one (appended fields) is accepted
+MAX_SIZE = 1 << 16  # the largest stated size accepted
 _HEADER = 64
 _COUNTERS = 7  # the counters this reader knows, at 64
 _DIR_OFFSET, _DIR_SIZE = 256, 3840
@@ -49,7 +55,7 @@ def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
         u32.release()
         if version != VERSION:
             raise LogCountersError(f"{path}: unsupported layout version {version}")
-        if stated < MIN_SIZE or count < _COUNTERS:
+        if not MIN_SIZE <= stated <= MAX_SIZE or not _COUNTERS <= count <= (stated - _HEADER) // 8:
             raise LogCountersError(f"{path}: bad header (size {stated}, {count} counters)")
         if size < stated:
             raise LogCountersError(f"{path}: truncated ({size} bytes, the header says {stated})")
@@ -66,12 +72,15 @@ def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
     )
 
 
-def read(path: str) -> Snapshot:
-    """Read the block at PATH; LogCountersError says why it cannot be."""
+def read(path: str, fd: int | None = None) -> Snapshot:
+    """Read the block at PATH; LogCountersError says why it cannot be.
+
+    FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
+    """
     from prefork.djb import errstr
 
     try:
-        mm, size = shmfile.map_regular(path, _HEADER)
+        mm, size = shmfile.map_regular(path, _HEADER, MIN_SIZE, fd)
     except OSError as e:
         raise LogCountersError(f"{path}: {errstr(e)}") from None
     except ValueError as e:

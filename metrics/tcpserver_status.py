@@ -25,6 +25,7 @@ import time
 from metrics.collector import LIVE_STATES, read_board, service_name, start_ticks
 from prefork.djb import EXIT_USAGE, errstr, fatal, write_line
 from prefork.scoreboard_read import ScoreboardError, Snapshot
+from prefork.shmfile import printable
 
 PROG = "tcpserver-status"
 USAGE = "tcpserver-status [--json] scoreboard|pid"
@@ -103,7 +104,7 @@ def format_text(path: str, snap: Snapshot, is_running: bool, now_ns: int) -> str
         head = f"{path}: down (pid {snap.master_pid} is not running), started {seconds} seconds ago"
     lines = [
         head,
-        f"service {service_name(snap)}, {t['active']}/{snap.limit} connections, "
+        f"service {printable(service_name(snap))}, {t['active']}/{snap.limit} connections, "
         f"{workers_alive(snap, is_running)}/{len(snap.slots)} workers, {snap.worker_restarts} worker restarts",
         _row(COLUMNS),
     ]

@@ -1,6 +1,6 @@
 """``prefork-exporter`` as a child of a server: ``tcpserver``/``svscan --metrics HOST:PORT``, ``--metrics-textfile PATH``.
 
-``prefork/`` and ``control/`` never import ``metrics/`` (DESIGN.md, "Metrics"),
+``prefork/`` and ``control/`` never import ``metrics/``,
 and a process that forks must not run an HTTP thread: a server asked for
 metrics runs the exporter beside itself instead.  It is started with
 ``os.posix_spawn`` (the server never forks for it), with the environment the
@@ -20,6 +20,16 @@ take the port in between.  Faults never stop a server: if the address cannot
 be bound (a port already in use), the server warns and passes HOST:PORT
 instead; the exporter then exits 111 with its own message, and the server
 warns and tries again every second until it works.
+
+A server running as root never gives root to the exporter: it passes
+``--user nobody`` (:data:`DEFAULT_USER`; ``65534:65534`` where there is no
+such user; ``svscan --metrics-user NAME`` chooses another).  The exporter
+opens its sources (the 0600 service table, the scoreboard) and binds its
+address while still root, then calls :func:`drop_privileges` and reads the
+sources through the descriptors it kept.  So a ``--metrics-textfile`` is
+written by that user, and its directory must be writable by it: a directory
+owned by ``nobody``, or one writable by a group that the exporter is given
+with ``--metrics-user UID:GID``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 NAME = "prefork-exporter"
+DEFAULT_USER = "nobody"  # who a root server's exporter runs as
+FALLBACK_IDS = (65534, 65534)  # nobody/nogroup's usual ids, where there is no user nobody
 RESTART_DELAY = 1.0
 LISTEN_FD = 3  # where the exporter finds the server's metrics socket (--listen-fd)
 STOP_SECONDS = 5.0  # how long stop() lets the exporter write its last textfile before SIGKILL
@@ -110,13 +122,59 @@ def exporter_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(sys.executable)), NAME)  # the spawn error names it
 
 
+def resolve_user(text: str) -> tuple[int, int]:
+    """(uid, gid) of a ``--user``/``--metrics-user`` value: an account name (its uid and primary gid), or
+    ``UID:GID`` in numbers; ValueError says why not."""
+    uid_text, sep, gid_text = text.partition(":")
+    if sep:
+        if not (uid_text.isascii() and uid_text.isdigit() and gid_text.isascii() and gid_text.isdigit()):
+            raise ValueError(f"not an account name or UID:GID: {text!r}")
+        uid, gid = int(uid_text), int(gid_text)
+        if uid >= 1 << 32 or gid >= 1 << 32:
+            raise ValueError(f"not an account name or UID:GID: {text!r}")
+        return uid, gid
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(text)
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        raise ValueError(f"unknown account {text!r}") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def default_user() -> str:
+    """What a root server passes as ``--user`` unless told otherwise: ``nobody``, or its usual ids without one."""
+    try:
+        resolve_user(DEFAULT_USER)
+    except ValueError:
+        return f"{FALLBACK_IDS[0]}:{FALLBACK_IDS[1]}"
+    return DEFAULT_USER
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become UID:GID for good: no supplementary groups, real, effective and saved ids all changed; OSError.
+
+    A process that is not root and already is UID:GID has nothing to give up (and may not drop its groups).
+    """
+    if os.geteuid() != 0 and os.getresuid() == (uid, uid, uid) and os.getresgid() == (gid, gid, gid):
+        return
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid or os.getegid() != gid:
+        raise PermissionError(1, "ids did not change")
+
+
 def exporter_args(
-    sources: list[str], parent_pid: int, listen: str | socket.socket | None, textfile: str | None
+    sources: list[str], parent_pid: int, listen: str | socket.socket | None, textfile: str | None,
+    user: str | None = None,
 ) -> list[str]:
     """The exporter's arguments after its name: SOURCES (``--scoreboard P`` or ``--services D``) and the rest.
 
     LISTEN is the server's socket from :func:`bind_listener` (passed as ``--listen-fd``),
-    or HOST:PORT for the exporter to bind itself when the server could not.
+    or HOST:PORT for the exporter to bind itself when the server could not.  USER is who the exporter
+    becomes once it has opened its sources (``--user``, :func:`default_user` if None), passed only when the
+    server is root: any other server has nothing to give up.
     """
     args = [*sources, "--parent-pid", str(parent_pid)]
     if isinstance(listen, socket.socket):
@@ -125,6 +183,8 @@ def exporter_args(
         args += ["--listen", listen]
     if textfile is not None:
         args += ["--metrics-textfile", textfile]
+    if os.geteuid() == 0:
+        args += ["--user", user or default_user()]
     return args
 
 

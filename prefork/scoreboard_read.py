@@ -3,10 +3,21 @@
 Kept apart from the writer so that the server processes never import what
 only readers need, and so that the layout is tested by code that does not
 write it.
+
+The file is hostile data (its path is predictable, and a reader may be
+pointed at anything): a header that claims more than MAX_SLOTS (4096) worker
+slots is refused, only the header and the slots it declares are mapped (a
+larger file costs no more than that), nothing is copied but the fields, and
+the only exceptions :func:`read` raises are OSError (the file cannot be
+opened) and :class:`ScoreboardError`.  The scoreboard is mode 0644, written by
+the master only: it holds connection counters and worker pids, which ``ps``
+shows anyway.
 """
 
 from __future__ import annotations
 
+import mmap
+import struct
 from dataclasses import dataclass, field
 
 from prefork.scoreboard import _HEADER, _SLOT, HEADER_SIZE, MAGIC, SLOT_SIZE, SLOT_STATES, VERSION
@@ -65,12 +76,18 @@ class Snapshot:
         return sum(s.accepted for s in self.slots)
 
 
+MAX_SLOTS = 4096  # worker slots a reader accepts: 1 MiB of scoreboard
+MAX_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE
+_NSLOTS = struct.Struct("<I")  # header offset 16
+
+
 class ScoreboardError(Exception):
     """The file is not a scoreboard this reader understands (message says why)."""
 
 
-def parse(data: bytes) -> Snapshot:
-    """Decode a scoreboard image; raises ScoreboardError for anything that is not layout version 1."""
+def parse(data: bytes | mmap.mmap) -> Snapshot:
+    """Decode a scoreboard image; ScoreboardError for anything that is not layout version 1 with at most
+    MAX_SLOTS slots.  Bytes past the slots the header declares are ignored."""
     if len(data) < HEADER_SIZE:
         raise ScoreboardError("truncated header")
     h = _HEADER.unpack_from(data, 0)
@@ -79,6 +96,8 @@ def parse(data: bytes) -> Snapshot:
         raise ScoreboardError("not a prefork scoreboard")
     if version != VERSION or header_size != HEADER_SIZE or slot_size != SLOT_SIZE:
         raise ScoreboardError(f"unsupported layout version {version}")
+    if nslots > MAX_SLOTS:
+        raise ScoreboardError(f"bad header ({nslots} slots, at most {MAX_SLOTS})")
     if len(data) < HEADER_SIZE + nslots * SLOT_SIZE:
         raise ScoreboardError("truncated slots")
     start_ns, orphans, ip, restarts, oz, onz, osig, osum = h[8:16]
@@ -103,15 +122,22 @@ def parse(data: bytes) -> Snapshot:
     )
 
 
-def read(path: str) -> Snapshot:
-    """Read a scoreboard file without talking to the server; OSError, or ScoreboardError saying why it is none."""
+def read(path: str, fd: int | None = None) -> Snapshot:
+    """Read a scoreboard file without talking to the server; OSError, or ScoreboardError saying why it is none.
+
+    FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
+    At most MAX_SIZE bytes are mapped, and only the header and the slots it declares are copied.
+    """
     from prefork import shmfile
 
     try:
-        mm, size = shmfile.map_regular(path, HEADER_SIZE)
+        mm, _size = shmfile.map_regular(path, HEADER_SIZE, MAX_SIZE, fd)
     except ValueError as e:
         raise ScoreboardError(str(e)) from None
     try:
-        return parse(mm[:size])
+        # One copy of the header and the declared slots (a memcpy: each counter copied whole, as the writer's
+        # single aligned stores left it), never more than MAX_SIZE; parse() checks the rest.
+        nslots = _NSLOTS.unpack_from(mm, 16)[0] if len(mm) >= HEADER_SIZE else 0
+        return parse(mm[: HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE])
     finally:
         mm.close()

@@ -1,16 +1,35 @@
 """Shared-memory files that appear whole: the tcpserver scoreboard, the service table, multilog's counters.
 
 Writers and readers meet here: where the files live (:func:`shm_dir`), how a
-writer makes one (:func:`create`) and removes it (:func:`unlink_if_same`), and
-how a reader maps one it was pointed at (:func:`map_regular`).
+writer makes one (:func:`create`) and removes it (:func:`unlink_if_same`), how
+a reader maps one it was pointed at (:func:`map_regular`), and whether the
+process that wrote one is still running (:func:`writer_running`).
 
 Each is built under ``PATH.new.PID`` and renamed over PATH once its header is
 written, so a reader never maps a file without one.  The files live in
 ``/dev/shm``, a directory every user may write to, so the temporary name is
 created with ``O_EXCL | O_NOFOLLOW``: a symlink or file planted there by
 someone else makes the creation fail instead of sending our writes (as root,
-perhaps) into the file it names.  Mode 0644 whatever the umask: readers (the
-exporter, svstat --all) may run as other users.
+perhaps) into the file it names.
+
+Modes, whatever the umask; never writable by anyone but the owner:
+
+* the service table (``control/servicetable.py``): 0600, or 0640 with a group
+  given to svscan (``--table-group``).  It names every service, its pids and
+  the scanned directory, which daemontools keeps in 0700 ``supervise/``
+  directories.
+* the scoreboard and multilog's counter block: 0644.  A scoreboard holds
+  connection counters and worker pids (``ps`` shows the workers anyway), a
+  counter block line and byte counts and the log directory's path, not a
+  line of the log.  An exporter that runs as another user (``prefork-exporter
+  --user``) finds counter blocks anew on every scrape, so they must stay
+  readable by all.
+
+Readers treat what a file holds as hostile: anyone can plant a file at a
+predictable name while its writer is down.  They check every count against
+its documented maximum before they use it, map no more than the header's
+counts call for (:func:`map_regular`'s MAX_SIZE), and never raise anything but
+their own error class.
 """
 
 from __future__ import annotations
@@ -33,15 +52,26 @@ def shm_dir() -> str:
     return tempfile.gettempdir()
 
 
-def map_regular(path: str, min_size: int) -> tuple[mmap.mmap, int]:
+def open_source(path: str) -> int:
+    """A read-only descriptor of PATH for :func:`map_regular`'s FD (never blocks on a FIFO); OSError."""
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def map_regular(path: str, min_size: int, max_size: int | None = None, fd: int | None = None) -> tuple[mmap.mmap, int]:
     """PATH mapped read-only, with its size, for a reader given PATH by a person.
 
     OSError if it cannot be opened or mapped; ValueError (a one-line reason)
     if it is not a regular file or has fewer than MIN_SIZE bytes.  The open
     never blocks (a FIFO given by mistake), and a device (``/dev/zero``) is
-    refused instead of read without end.
+    refused instead of read without end.  At most MAX_SIZE bytes are mapped
+    (the most the reader's layout can use), so a huge file costs no more than
+    a file of that size; the size returned is the file's.  FD, a descriptor
+    from :func:`open_source`, is read instead of opening PATH (and is left
+    open): a reader that has given up the right to open PATH keeps reading it.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    own = fd is None
+    if fd is None:
+        fd = open_source(path)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -50,22 +80,103 @@ def map_regular(path: str, min_size: int) -> tuple[mmap.mmap, int]:
             raise ValueError("not a regular file")
         if st.st_size < max(min_size, 1):
             raise ValueError(f"truncated ({st.st_size} bytes)")
-        return mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ), st.st_size
+        length = st.st_size if max_size is None else min(st.st_size, max_size)
+        if st.st_uid not in (0, os.geteuid()):
+            # Its owner may truncate it under a mapping, and touching a page past the new end kills
+            # the reader with SIGBUS: a file of another user's is read as a copy instead.
+            return _Copy(_pread_all(fd, length)), st.st_size
+        return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ), st.st_size
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
-def create(path: str, size: int, fill: Callable[[mmap.mmap], None]) -> tuple[int, mmap.mmap, tuple[int, int]]:
+class _Copy(bytes):
+    """What :func:`map_regular` gives for a file of another user's: its bytes, read once (``close`` does nothing)."""
+
+    def close(self) -> None:
+        pass
+
+
+def _pread_all(fd: int, length: int) -> bytes:
+    """LENGTH bytes from the start of FD; a file that shrank meanwhile reads as zeros past its new end."""
+    chunks = []
+    got = 0
+    while got < length:
+        chunk = os.pread(fd, length - got, got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks).ljust(length, b"\0")
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if it is gone or a zombie.
+
+    0 where there is no /proc to ask (the pid exists, its start time is unknown).
+    """
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc here: kill(0) is all we can ask
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except (PermissionError, OverflowError):
+            pass
+        return 0
+    fields = data[data.rfind(b")") + 2:].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(fields[19])
+
+
+def printable(text: str) -> str:
+    """TEXT read from a shared-memory file, fit to print as (part of) one line: control characters and line or
+    paragraph separators become ``?`` (a newline in a service name would forge another service's line); raw
+    bytes kept by surrogateescape stay as they are."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or "\udc80" <= ch <= "\udcff" else "?" for ch in text)
+
+
+def writer_running(pid: int, ticks: int) -> bool:
+    """Whether the process that wrote a file, PID started at TICKS (see :func:`start_ticks`), still runs.
+
+    A pid that now belongs to a process started at another time is a reused
+    pid: the writer is gone.  TICKS 0 (not recorded) trusts the pid alone.
+    """
+    now = start_ticks(pid)
+    if now is None:
+        return False
+    return not (ticks and now and now != ticks)
+
+
+def create(
+    path: str, size: int, fill: Callable[[mmap.mmap], None], mode: int = 0o644, group: int | None = None
+) -> tuple[int, mmap.mmap, tuple[int, int]]:
     """Create PATH of SIZE bytes, FILL its mapping, then rename it into place: (fd, mapping, (dev, inode)).
 
-    OSError if the temporary file cannot be made (one planted by someone else
-    included) or the rename fails; nothing is left behind then.
+    MODE whatever the umask (nothing but the owner may write: 0o022 is
+    refused), group GROUP (a gid) if given.  OSError if the temporary file
+    cannot be made (one planted by someone else included), given GROUP, or
+    renamed; nothing is left behind then.
     """
+    if mode & ~0o755:
+        raise ValueError(f"mode {mode:o}: only the owner may write a shared-memory file")
     tmp = f"{path}.new.{os.getpid()}"
     _unlink(tmp)  # left by a killed process that had our pid (unlink never follows a symlink)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o700)
     try:
-        os.fchmod(fd, 0o644)
+        if group is not None:
+            os.fchown(fd, -1, group)
+        os.fchmod(fd, mode)
         os.ftruncate(fd, size)  # sparse: only the pages written get allocated
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:

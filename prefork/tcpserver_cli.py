@@ -8,6 +8,7 @@ import click
 
 from prefork.cli import Flag, Number, djb_command
 from prefork.djb import EXIT_USAGE
+from prefork.scoreboard_read import MAX_SLOTS
 from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
 
 USAGE = (
@@ -87,7 +88,8 @@ def _default_workers() -> int:
 @click.option("-b", "backlog", type=Number(), default=DEFAULT_BACKLOG, help=f"listen() backlog ({DEFAULT_BACKLOG})")
 @click.option("-l", "localname", default=None, help="TCPLOCALHOST, instead of a DNS lookup of the local IP")
 @click.option("-t", "timeout", type=Number(), default=26, help="ident timeout in seconds (26)")
-@click.option("--workers", type=Number(), default=None, help="worker processes that accept (default: CPUs)")
+@click.option("--workers", type=Number(maximum=MAX_SLOTS), default=None,
+              help=f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})")
 @click.option("--scoreboard", "scoreboard", default=None,
               help="shared-memory status file (default /dev/shm/prefork-tcpserver.PID, removed at exit)")
 @click.option("--name", default="", help="service name recorded in the scoreboard for metrics")

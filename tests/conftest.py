@@ -66,3 +66,36 @@ def prefork(tmp_path):
     launcher = Launcher("prefork", tmp_path)
     yield launcher
     launcher.close()
+
+
+# -- shared-memory files keyed by a directory of the test's -----------------------------------------------------
+_SHM_KEYED = ("prefork-svscan", "prefork-supervise", "prefork-multilog")
+
+
+@pytest.fixture(autouse=True)
+def _remove_shm_files_of_tmp_path(request):
+    """Remove what this test's svscan, supervise and multilog left in /dev/shm for its own directories.
+
+    Their tables and counter blocks are named after a directory's device and inode, so a process
+    killed by the test (or one that never removes its file, as svscan without --stop-services)
+    leaves one there.  Autouse fixtures are set up first, so this teardown runs after the test's
+    other fixtures have ended its processes.
+    """
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tmp_path")  # now: its teardown then comes after this one's
+    yield
+    keys = set()
+    for directory, _subdirs, _files in os.walk(root):
+        try:
+            st = os.stat(directory, follow_symlinks=False)
+        except OSError:
+            continue
+        keys.add(f"{st.st_dev}.{st.st_ino}")
+    for key in keys:
+        for prefix in _SHM_KEYED:
+            try:
+                os.unlink(f"/dev/shm/{prefix}.{key}")
+            except OSError:
+                pass

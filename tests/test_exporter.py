@@ -763,3 +763,192 @@ def test_status_help(capfd):
     assert exc.value.code == 0
     out, err = capfd.readouterr()
     assert out.startswith(f"usage: {tcpserver_status.USAGE}\n") and "--json" in out and err == ""
+
+
+# == idle, slow and greedy clients cannot starve scrapes ================================================
+SCRAPE_BOUND = 5.0
+
+
+def _scrape_within(port: int, bound: float = SCRAPE_BOUND) -> bytes:
+    """One GET /metrics on a fresh connection, answered in full within BOUND seconds."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=bound) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        out = b""
+        for _ in range(10_000):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    assert time.monotonic() - started < bound
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), out[:200]
+    assert int(re.search(rb"Content-Length: (\d+)", head)[1]) == len(body)
+    return body
+
+
+@contextlib.contextmanager
+def _descriptors(n: int):
+    """Room for N more descriptors in this process (soft limit raised up to the hard one; skip if it cannot)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = len(os.listdir("/proc/self/fd")) + n + 64
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {want}")
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _connect_many(port: int, n: int, batch: int = 200) -> list[socket.socket]:
+    """N connections to PORT, made BATCH at a time in parallel (a dropped SYN costs a second, not one each)."""
+    import selectors
+
+    made: list[socket.socket] = []
+    with selectors.DefaultSelector() as sel:
+        for _ in range(0, n, batch):
+            pending = []
+            for _ in range(min(batch, n - len(made))):
+                s = socket.socket()
+                s.setblocking(False)
+                made.append(s)
+                s.connect_ex(("127.0.0.1", port))
+                sel.register(s, selectors.EVENT_WRITE)
+                pending.append(s)
+            deadline = time.monotonic() + 15
+            for _ in range(100_000):
+                if not sel.get_map() or time.monotonic() >= deadline:
+                    break
+                for key, _events in sel.select(0.5):
+                    sel.unregister(key.fileobj)
+            assert not sel.get_map(), "connections not made within 15 s"
+            for s in pending:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                s.setblocking(True)
+    return made
+
+
+def _start_exporter_limited(tmp_path: Path, nofile: int | None) -> Exporter:
+    """An exporter with NOFILE as its descriptor limit (None: this process's)."""
+    import resource
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    errfile = tmp_path / "exporter.err"
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen([*exporter_argv(), "--scoreboard", str(tmp_path / "board"), "--listen", "127.0.0.1:0"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env={"PATH": "/usr/bin:/bin"}, preexec_fn=limit)
+    ex = Exporter(proc, errfile)
+    ex.wait_port()
+    return ex
+
+
+@pytest.mark.parametrize("nofile", [None, 256], ids=["room-for-all", "fd-limit-256"])
+def test_http_two_thousand_idle_connections_do_not_starve_scrapes(tmp_path, nofile):
+    fill_board(make_board(tmp_path / "board", name="web"))
+    idle: list[socket.socket] = []
+    with _descriptors(2100):
+        ex = _start_exporter_limited(tmp_path, nofile)
+        try:
+            idle += _connect_many(ex.port, 2000)
+            for _ in range(5):
+                body = _scrape_within(ex.port)
+                assert value(samples(body), "tcpserver_connections_accepted_total", service="web") == 30
+            assert ex.proc.poll() is None
+        finally:
+            for s in idle:
+                s.close()
+            ex.proc.kill()
+            ex.proc.wait(10)
+
+
+def test_http_slowloris_clients_do_not_block_scrapes_and_are_cut_off(tmp_path, run_exporter):
+    """Forty clients sending a request head one byte a second: scrapes go on; the slow ones are dropped."""
+    make_board(tmp_path / "board")
+    ex = run_exporter("--scoreboard", str(tmp_path / "board"))
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: slow\r\n\r\n"
+    slow = [socket.create_connection(("127.0.0.1", ex.port), timeout=10) for _ in range(40)]
+    started = time.monotonic()
+    cut: set[int] = set()
+    try:
+        for second in range(8):
+            for i, s in enumerate(slow):
+                if i not in cut:
+                    try:
+                        s.send(request[second:second + 1])
+                    except OSError:
+                        cut.add(i)
+            _scrape_within(ex.port)
+            time.sleep(max(0.0, started + second + 1 - time.monotonic()))
+        for s in slow:
+            s.settimeout(5)
+            try:
+                assert s.recv(100) == b""  # closed, no answer: the head never came in time
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in slow:
+            s.close()
+    assert ex.proc.poll() is None
+
+
+def test_http_request_head_over_8_kib_is_refused_at_once(tmp_path, run_exporter):
+    make_board(tmp_path / "board")
+    ex = run_exporter("--scoreboard", str(tmp_path / "board"))
+    started = time.monotonic()
+    reply = raw_request(ex.port, b"GET /metrics HTTP/1.1\r\nX: " + b"y" * 8200 + b"\r\n", timeout=5)
+    assert reply.startswith(b"HTTP/1.1 431 ") and time.monotonic() - started < 2
+
+
+def _pump(server: exporter.HttpServer, seconds: float) -> None:
+    """Drive SERVER as prefork-exporter's main loop does, for about SECONDS."""
+    import select
+
+    deadline = time.monotonic() + seconds
+    for _ in range(10_000):
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        t = server.timeout(now)
+        ready_r, ready_w, _ = select.select(server.readers(), server.writers(), [], min(0.02, t if t is not None else 1))
+        for fd in ready_r:
+            server.readable(fd)
+        for fd in ready_w:
+            server.writable(fd)
+        server.expire(time.monotonic())
+
+
+def test_http_when_full_the_oldest_idle_client_makes_room():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    server = exporter.HttpServer(listener, lambda: b"m 1\n")
+    server.max_clients = 4
+    port = server.port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+    try:
+        _pump(server, 0.3)
+        assert len(server.clients) == 4
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as scrape:
+            scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            _pump(server, 0.3)
+            assert scrape.recv(200).endswith(b"\r\n\r\nm 1\n")
+        for s in idle[:3]:  # the first two when the fifth and sixth came, the third for the scrape
+            assert s.recv(10) == b""
+        for s in idle[3:]:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):  # still held, still waiting
+                s.recv(10)
+    finally:
+        for s in idle:
+            s.close()
+        for fd in list(server.clients):
+            server.close(fd)
+        listener.close()

@@ -452,6 +452,60 @@ def test_fault_services_table_of_a_dead_svscan_is_not_served(tmp_path):
     assert log == [f"prefork-exporter: warning: services {tmp_path}/table: svscan pid {NOT_A_PID} is not running"]
 
 
+def test_fault_services_table_whose_svscan_pid_was_reused_from_the_first_scrape(tmp_path):
+    """The table records its writer's start time: a pid now running another process is caught at once."""
+    table = make_table(tmp_path / "table")
+    publish(table, st.ServiceRecord("a", pid=os.getpid(), state=st.STATE_UP))
+    set_owner(tmp_path / "table", 1)  # pid 1 runs, but started long before this table's writer
+    _, log = fault_scrape(tmp_path, tmp_path / "table", "services")
+    assert log == [f"prefork-exporter: warning: services {tmp_path}/table: svscan pid 1 is not running"
+                   " (now another process)"]
+
+
+def test_liveness_with_recorded_ticks():
+    me = mc.start_ticks(os.getpid())
+    live = mc.Liveness()
+    assert live.check(os.getpid(), 1, me) is None
+    assert live.check(os.getpid(), 2, me + 1) == f"pid {os.getpid()} is not running (now another process)"
+    assert live.check(os.getpid(), 3) is None and live.check(os.getpid(), 3) is None
+    assert live.check(NOT_A_PID, 4, 5) == f"pid {NOT_A_PID} is not running"
+
+
+def test_pinned_sources_are_read_through_their_descriptors(tmp_path):
+    """An exporter that drops its privileges opens its sources first and reads them through those descriptors."""
+    fill_board(make_board(tmp_path / "board", name="web"))
+    table = make_table(tmp_path / "table")
+    publish(table, st.ServiceRecord("a", pid=os.getpid(), state=st.STATE_UP))
+    log = Log()
+    collector = mc.SharedMemoryCollector([str(tmp_path / "board")], [str(tmp_path / "table")], log=log)
+    collector.pin()
+    for name in ("board", "table"):
+        os.rename(tmp_path / name, tmp_path / f"{name}.gone")  # were the paths opened again, nothing would be found
+    data = scrape(collector)
+    assert value(data, "tcpserver_connections_accepted_total", service="web") == 30
+    assert value(data, "supervise_up", directory="/service", service="a") == 1
+    assert log == []
+    publish(table, st.ServiceRecord("b", pid=os.getpid(), state=st.STATE_UP))  # read live, not a copy
+    assert value(scrape(collector), "supervise_up", directory="/service", service="b") == 1
+
+
+def test_a_source_missing_when_pinned_is_looked_up_by_path_later(tmp_path):
+    collector = mc.SharedMemoryCollector([str(tmp_path / "board")], log=Log())
+    collector.pin()
+    assert value(scrape(collector), "prefork_exporter_source_up", kind="scoreboard", path=str(tmp_path / "board")) == 0
+    make_board(tmp_path / "board", name="late")
+    assert value(scrape(collector), "tcpserver_workers", service="late") == 2
+
+
+def test_fault_reasons_from_file_contents_are_logged_on_one_line(tmp_path):
+    make_board(tmp_path / "a", name="web\nforged: line")
+    make_board(tmp_path / "b", name="web\nforged: line")
+    log = Log()
+    scrape(mc.SharedMemoryCollector([str(tmp_path / "a"), str(tmp_path / "b")], log=log))
+    assert log == [f"prefork-exporter: warning: scoreboard {tmp_path}/b: service web?forged: line is already"
+                   f" served from {tmp_path}/a"]
+
+
 def test_fault_services_given_twice_is_served_once(tmp_path):
     table = make_table(tmp_path / "table")
     publish(table, st.ServiceRecord("a"))
@@ -479,7 +533,7 @@ def test_a_fault_in_one_source_serves_the_others(tmp_path):
 def test_a_reader_bug_costs_the_source_not_the_scrape(tmp_path, monkeypatch):
     make_board(tmp_path / "board")
 
-    def broken(path, liveness):
+    def broken(path, liveness, fd=None):
         raise ZeroDivisionError("oops")
 
     monkeypatch.setattr(mc, "read_scoreboard", broken)

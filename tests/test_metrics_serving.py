@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -53,6 +54,26 @@ SLEEP = "exec sleep 300"
 
 
 # -- helpers ------------------------------------------------------------------------------------
+@pytest.fixture
+def textfile_dir(tmp_path) -> Iterator[Path]:
+    """A directory the exporter may write its textfile in: a root server's exporter runs as nobody
+    (docs/THREAT_MODEL.md), and pytest's tmp_path is root's 0700, so as root it is a directory of
+    nobody's under a 0711 parent; removed afterwards."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    import shutil
+    import tempfile
+
+    parent = Path(tempfile.mkdtemp(prefix="prefork-textfile-"))
+    parent.chmod(0o711)
+    directory = parent / "textfile"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)
+    yield directory
+    shutil.rmtree(parent, ignore_errors=True)
+
+
 def exporters_of(pid: int) -> list[psutil.Process]:
     """Live children of PID that are a prefork-exporter (the console script under its interpreter, or its lean exec)."""
     found = []
@@ -379,8 +400,8 @@ def test_quiet_silences_the_exporter_too(prefork):
     assert server.stderr() == ""
 
 
-def test_textfile_without_listening(prefork, tmp_path):
-    path = tmp_path / "tcpserver.prom"
+def test_textfile_without_listening(prefork, textfile_dir):
+    path = textfile_dir / "tcpserver.prom"
     server = echo_server(prefork, "--metrics-textfile", str(path))
     exporter = exporter_of(server.pid)
     assert "--listen" not in exporter.cmdline()
@@ -400,11 +421,11 @@ def test_textfile_without_listening(prefork, tmp_path):
     text = path.read_text()
     assert value(text, "prefork_exporter_source_up", kind="scoreboard") == 0, text
     assert value(text, "tcpserver_connections_accepted_total") is None
-    assert not list(tmp_path.glob("tcpserver.prom.new*"))
+    assert not list(textfile_dir.glob("tcpserver.prom.new*"))
 
 
-def test_both_options_together(prefork, tmp_path):
-    path = tmp_path / "m.prom"
+def test_both_options_together(prefork, textfile_dir):
+    path = textfile_dir / "m.prom"
     server = echo_server(prefork, "--metrics", "127.0.0.1:0", "--metrics-textfile", str(path))
     port = metrics_port(server.stderr)
     talk(server.port)
@@ -633,11 +654,11 @@ def test_svscan_sigterm_takes_the_exporter_away(svscan):
     assert wait_until(lambda: gone(exporter), 3, 0.02), "the exporter outlived svscan"
 
 
-def test_svscan_textfile_and_stop_services(svscan, tmp_path):
+def test_svscan_textfile_and_stop_services(svscan, textfile_dir):
     """The textfile is written; with --stop-services the exporter stops after the services, svscan exits 0."""
     root, start = svscan
     a = make_service(root, "a")
-    path = tmp_path / "svscan.prom"
+    path = textfile_dir / "svscan.prom"
     scan = start("--stop-services", "--grace", "2", "--metrics-textfile", str(path))
     assert wait_until(lambda: path.exists() and value(path.read_text(), "supervise_up", service="a") == 1, 15)
     exporter = exporter_of(scan.pid)
@@ -654,11 +675,11 @@ def test_svscan_textfile_and_stop_services(svscan, tmp_path):
     assert value(text, "supervise_up", service="a") is None  # and its services were gone
 
 
-def test_svscan_relative_textfile_is_relative_to_where_it_started(svscan, tmp_path):
+def test_svscan_relative_textfile_is_relative_to_where_it_started(svscan, textfile_dir):
     root, start = svscan
     make_service(root, "a")
-    scan = start("--metrics-textfile", "rel.prom", cwd=tmp_path)
-    assert wait_until(lambda: (tmp_path / "rel.prom").exists(), 15), scan.stderr()
+    scan = start("--metrics-textfile", "rel.prom", cwd=textfile_dir)
+    assert wait_until(lambda: (textfile_dir / "rel.prom").exists(), 15), scan.stderr()
     assert not (root / "rel.prom").exists()
 
 

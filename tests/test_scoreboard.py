@@ -103,3 +103,36 @@ def test_dead_worker_tokens_become_exact_orphans(tmp_path):
     assert not b.try_reserve()
     master.orphan_ended()
     assert b.try_reserve()
+
+
+def test_reader_refuses_more_slots_than_it_accepts_before_reading_them(tmp_path):
+    make_board(tmp_path)
+    raw = bytearray((tmp_path / "board").read_bytes())
+    struct.pack_into("<I", raw, 16, reader.MAX_SLOTS + 1)
+    raw += bytes((reader.MAX_SLOTS + 1) * sb.SLOT_SIZE)  # even with the bytes there
+    with pytest.raises(reader.ScoreboardError, match=rf"^bad header \({reader.MAX_SLOTS + 1} slots, at most 4096\)$"):
+        reader.parse(bytes(raw))
+    struct.pack_into("<I", raw, 16, reader.MAX_SLOTS)
+    assert len(reader.parse(bytes(raw)).slots) == reader.MAX_SLOTS
+
+
+def test_reader_ignores_bytes_past_the_declared_slots(tmp_path):
+    board = make_board(tmp_path)
+    board.put64(board.slot_offset(1) + sb.OFF_ACCEPTED, 9)
+    with open(tmp_path / "board", "ab") as f:
+        f.write(b"\xff" * 5000)
+    snap = reader.read(str(tmp_path / "board"))
+    assert len(snap.slots) == 2 and snap.accepted == 9
+
+
+def test_reader_reads_through_a_descriptor(tmp_path):
+    from prefork import shmfile
+
+    board = make_board(tmp_path)
+    board.put64(board.slot_offset(0) + sb.OFF_ACCEPTED, 4)
+    fd = shmfile.open_source(str(tmp_path / "board"))
+    try:
+        os.unlink(tmp_path / "board")
+        assert reader.read(str(tmp_path / "board"), fd).accepted == 4
+    finally:
+        os.close(fd)

@@ -208,13 +208,42 @@ def test_publish_or_release_of_a_free_slot_is_refused(tmp_path):
     table.close()
 
 
-def test_mode_is_0644_whatever_the_umask(tmp_path):
-    old = os.umask(0o077)
+@pytest.mark.parametrize("umask", [0o077, 0o000, 0o022])
+def test_mode_is_0600_whatever_the_umask(tmp_path, umask):
+    """Service names, their pids and the directory are what daemontools keeps in 0700 supervise/ dirs."""
+    old = os.umask(umask)
     try:
         table = make(tmp_path)
     finally:
         os.umask(old)
-    assert os.stat(table.path).st_mode & 0o777 == 0o644
+    assert os.stat(table.path).st_mode & 0o777 == 0o600
+    table.close()
+
+
+def test_a_group_may_be_given_read_access(tmp_path):
+    gid = next(g for g in sorted({os.getgid(), *os.getgroups()}) if g != 0) if os.getuid() else 65534
+    table = st.ServiceTable.create(str(tmp_path / "table"), 4, st.KIND_SVSCAN, "/service", mode=0o640, group=gid)
+    info = os.stat(table.path)
+    assert (info.st_mode & 0o777, info.st_gid) == (0o640, gid)
+    table.close()
+
+
+def test_a_world_writable_mode_is_refused(tmp_path):
+    for mode in (0o666, 0o620, 0o602):
+        with pytest.raises(ValueError):
+            st.ServiceTable.create(str(tmp_path / "table"), 4, st.KIND_SVSCAN, "/service", mode=mode)
+    assert os.listdir(tmp_path) == []
+
+
+def test_header_records_the_owners_start_ticks(tmp_path):
+    table = make(tmp_path)
+    with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+        ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+    raw = (tmp_path / "table").read_bytes()
+    assert struct.unpack_from("<Q", raw, 88)[0] == ticks
+    snap = reader.read(table.path)
+    assert (snap.owner_pid, snap.owner_ticks) == (os.getpid(), ticks)
+    assert reader.owner_running(snap)
     table.close()
 
 
@@ -548,17 +577,62 @@ def test_main_all_of_a_bad_table(tmp_path, shm_tables, capfd):
     assert err == f"svstat: fatal: unable to read service table for {tmp_path}: {table.path}: not a prefork service table\n"
 
 
-def test_main_all_warns_when_the_supervisor_is_gone(tmp_path, shm_tables, capfd):
+def test_main_all_of_a_table_whose_svscan_is_gone(tmp_path, shm_tables, capfd):
+    """A killed svscan leaves its table behind: its services must not be shown up from it (exit 111, one line)."""
     table = svscan_table(tmp_path, shm_tables)
     dead = subprocess.Popen(["true"])
     dead.wait()
     table._mm[24:28] = struct.pack("<I", dead.pid)  # as if the svscan that wrote it had been killed
-    assert svstat_all.main_all(str(tmp_path), False) == 0
+    for as_json in (False, True):
+        assert svstat_all.main_all(str(tmp_path), as_json) == 111
+        out, err = capfd.readouterr()
+        assert out == ""
+        assert err == f"svstat: fatal: {tmp_path}: svscan not running (table written by pid {dead.pid})\n"
+
+
+def test_main_all_of_a_table_whose_svscan_pid_was_reused(tmp_path, shm_tables, capfd):
+    """The pid of the dead svscan now runs another process (here pid 1, started long before the table)."""
+    table = svscan_table(tmp_path, shm_tables)
+    table._mm[24:28] = struct.pack("<I", 1)
+    assert svstat_all.main_all(str(tmp_path), False) == 111
     out, err = capfd.readouterr()
-    assert out.count("\n") == 5
-    assert err == f"svstat: warning: supervisor pid {dead.pid} for {tmp_path} is not running: the table is stale\n"
-    assert svstat_all.main_all(str(tmp_path), True) == 0
-    assert json.loads(capfd.readouterr().out)["supervisor_running"] is False
+    assert (out, err) == ("", f"svstat: fatal: {tmp_path}: svscan not running (table written by pid 1)\n")
+
+
+def test_main_all_trusts_the_pid_of_a_table_without_start_ticks(tmp_path, shm_tables, capfd):
+    table = svscan_table(tmp_path, shm_tables)
+    table._mm[88:96] = bytes(8)  # written by a supervisor that did not record them
+    assert svstat_all.main_all(str(tmp_path), False) == 0
+    assert capfd.readouterr().out.count("\n") == 5
+
+
+def test_svstat_all_of_a_stale_table_from_the_command(tmp_path, shm_tables):
+    from conftest import ours
+
+    table = svscan_table(tmp_path, shm_tables)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    table._mm[24:28] = struct.pack("<I", dead.pid)
+    done = subprocess.run([ours("svstat"), "--all", str(tmp_path)], capture_output=True, timeout=30)
+    assert (done.returncode, done.stdout) == (111, b"")
+    assert done.stderr == f"svstat: fatal: {tmp_path}: svscan not running (table written by pid {dead.pid})\n".encode()
+
+
+def test_remove_stale_removes_only_a_dead_writers_table_of_our_uid(tmp_path):
+    live = make(tmp_path, directory="/live")
+    assert not st.remove_stale(live.path)  # its writer (this process) runs
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live._mm[24:28] = struct.pack("<I", dead.pid)
+    (tmp_path / "other").write_bytes(b"not a table" + bytes(2000))
+    assert not st.remove_stale(str(tmp_path / "other")) and (tmp_path / "other").exists()
+    assert not st.remove_stale(str(tmp_path / "nothing"))
+    if os.getuid() == 0:
+        os.chown(live.path, 65534, -1)  # someone else's: left alone
+        assert not st.remove_stale(live.path) and os.path.exists(live.path)
+        os.chown(live.path, 0, -1)
+    assert st.remove_stale(live.path) and not os.path.exists(live.path)
+    live.close()
 
 
 def test_main_all_reads_a_supervise_table(tmp_path, shm_tables, capsys):

@@ -143,3 +143,98 @@ def test_map_regular_maps_a_file(tmp_path):
         mm.close()
     with pytest.raises(FileNotFoundError):
         shmfile.map_regular(str(tmp_path / "missing"), 16)
+
+
+# -- modes -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])
+def test_mode_is_the_one_asked_whatever_the_umask(tmp_path, mode):
+    old = os.umask(0o000)
+    try:
+        fd, mm, _ = shmfile.create(str(tmp_path / "block"), 4096, lambda m: None, mode=mode)
+    finally:
+        os.umask(old)
+    mm.close()
+    os.close(fd)
+    assert stat.S_IMODE((tmp_path / "block").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o664, 0o4755])
+def test_a_mode_that_lets_others_write_is_refused(tmp_path, mode):
+    with pytest.raises(ValueError):
+        shmfile.create(str(tmp_path / "block"), 4096, lambda m: None, mode=mode)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_group_is_set_before_the_file_appears(tmp_path):
+    gid = 65534 if os.getuid() == 0 else os.getgid()
+    seen = []
+    fd, mm, _ = shmfile.create(str(tmp_path / "block"), 4096,
+                               lambda m: seen.append(os.stat(tmp_path / f"block.new.{os.getpid()}").st_gid),
+                               mode=0o640, group=gid)
+    mm.close()
+    os.close(fd)
+    assert seen == [gid] and (tmp_path / "block").stat().st_gid == gid
+
+
+# -- readers: bounded mappings, descriptors -------------------------------------------------------------
+def test_map_regular_maps_at_most_max_size(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(b"head")
+    os.truncate(path, 1 << 30)  # 1 GB, sparse
+    mm, size = shmfile.map_regular(str(path), 4, 4096)
+    try:
+        assert (size, len(mm), mm[:4]) == (1 << 30, 4096, b"head")
+    finally:
+        mm.close()
+
+
+def test_map_regular_reads_a_descriptor_it_leaves_open(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes(b"0123456789abcdef")
+    fd = shmfile.open_source(str(path))
+    try:
+        os.chmod(path, 0)
+        path.rename(tmp_path / "y")  # neither the name nor the mode matters once it is open
+        mm, size = shmfile.map_regular(str(path), 16, fd=fd)
+        assert (size, mm[:]) == (16, b"0123456789abcdef")
+        mm.close()
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+
+
+# -- is the writer still running? -----------------------------------------------------------------------
+def _ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
+def test_start_ticks_and_writer_running():
+    me = _ticks(os.getpid())
+    assert shmfile.start_ticks(os.getpid()) == me
+    assert shmfile.writer_running(os.getpid(), me) and shmfile.writer_running(os.getpid(), 0)
+    assert not shmfile.writer_running(os.getpid(), me + 1)  # the pid now runs a process started at another time
+    assert shmfile.start_ticks(0) is None and shmfile.start_ticks(-5) is None
+    assert not shmfile.writer_running(4_194_305, 0)  # above pid_max: never a process
+
+
+def test_a_zombie_writer_is_not_running():
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] != "Z":
+            time.sleep(0.01)
+        assert shmfile.start_ticks(proc.pid) is None and not shmfile.writer_running(proc.pid, 0)
+    finally:
+        proc.wait(5)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("web", "web"), ("caf\u00e9", "caf\u00e9"), ("a\nb", "a?b"), ("a\x1b[2Jb", "a?[2Jb"), ("\x7f\x85\u2028", "???"),
+    ("raw\udcff", "raw\udcff"),
+])
+def test_printable(text, shown):
+    assert shmfile.printable(text) == shown

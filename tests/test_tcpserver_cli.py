@@ -157,6 +157,12 @@ def test_unknown_long_option_prefork():
     assert lines and lines[-1] == USAGE and "frobnicate" in lines[0]
 
 
+def test_workers_beyond_what_readers_accept_is_usage():
+    """Readers refuse a scoreboard of more than 4096 slots (docs/THREAT_MODEL.md), so tcpserver never makes one."""
+    usage_error("prefork", ["--workers", "4097", "-HRl0", "127.0.0.1", "0", "true"],
+                "tcpserver: bad value for --workers: 4097 is larger than 4096")
+
+
 def listen_backlog(port: int) -> int:
     """The listening socket's backlog, as ss shows it (Send-Q of a LISTEN socket)."""
     if shutil.which("ss") is None:
