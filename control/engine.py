@@ -27,6 +27,7 @@ import heapq
 import os
 import select
 import signal
+import stat
 import time
 
 from control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
@@ -98,11 +99,10 @@ class Engine(Seam):
                 ctx.slot = self.table.allocate(ctx.table_name)
             except Exception as err:  # TableFull: supervise anyway, just unpublished
                 self.report(service, f"{self.prog}: warning: no room in the service table for {display}: {err}")
-        previous = _running_from_status(sd)
+        previous = running_from_status(sd.dirfd, sd.supfd)
         try:
             if previous is not None:
-                pid, label, want, paused = previous
-                pidfd = os.pidfd_open(pid)
+                pid, label, want, paused, pidfd = previous
                 ctx.pidfd = pidfd
                 self.by_pid[pid] = service
                 self.epoll.register(pidfd, select.EPOLLIN)
@@ -340,58 +340,155 @@ def _record(service: Service) -> object:
     )
 
 
-def _running_from_status(sd: ServiceDir) -> tuple[int, bytes, bytes, bool] | None:
-    """A service left running by a supervisor that died: (pid, label, want, paused), else None.
+def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool, int] | None:
+    """A service left running by a supervisor that died: (pid, label, want, paused, pidfd), else None.
 
-    The lock was free, so no supervisor holds the directory; the status names a
-    pid.  It is taken over only if that process is alive and started within two
-    seconds of the status label (a start writes the label right after the
-    spawn), which a recycled pid does not.
+    DIRFD is the service directory, SUPFD its ``supervise/``.  The lock was free, so no supervisor
+    holds the directory, and the status names a pid.  Adopting it makes that process the one
+    ``svc -k`` signals as root, so the status must be ours and name the process we started:
+
+    * ``status`` is a regular file (not a link) owned by our own user: only we write it, and
+      the service's owner cannot make a file of root's;
+    * the process is alive and started within two seconds of the status label (a start
+      writes the label right after the spawn), which a recycled pid does not;
+    * and either ``supervise/`` is ours and nobody else may write in it (so nobody else put
+      the status there), or the process works in the service directory.  ``supervise/``
+      made by the service's owner could hold a status of ours moved from another of their
+      services; the working directory is not required otherwise, because a service may
+      leave its directory (``cd /var/qmail && exec ...``) and must still be taken over.
+
+    The pidfd is opened before the checks, so a process that exits during them is not
+    taken (the pid could be somebody else's by then); the caller owns it.
     """
-    return running_from_status("supervise/status", sd.dirfd)
-
-
-def running_from_status(path: str, dir_fd: int | None = None) -> tuple[int, bytes, bytes, bool] | None:
-    """What :func:`_running_from_status` says of the status file PATH."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 20)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) < 18:
+    data = _own_status(supfd)
+    if data is None or len(data) < 18:
         return None
     pid = int.from_bytes(data[12:16], "little")
     if pid <= 1:
         return None
-    started = process_start_time(pid)
-    if started is None:
-        return None
     label = bytes(data[:12])
     try:
-        seconds, _nanos = tai64n.unpack(label)
-    except ValueError:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
         return None
-    if not (seconds - 2 <= started <= seconds + 2):
-        return None
+    try:
+        if not (_started_at(pid, label) and (_ours_alone(supfd) or _works_in(pid, dirfd))) or exited(pidfd):
+            os.close(pidfd)
+            return None
+    except BaseException:
+        os.close(pidfd)
+        raise
     want = data[17:18]
     if want not in (b"u", b"d"):
         want = WANT_ONCE
-    return pid, label, want, bool(data[16])
+    return pid, label, want, bool(data[16]), pidfd
+
+
+def running_in(path: str) -> tuple[int, bytes, bytes, bool, int] | None:
+    """:func:`running_from_status` for the service directory PATH, with ``supervise/`` reached as svc reaches it."""
+    from control.svok import open_supervise_dir
+
+    try:
+        dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        supfd = open_supervise_dir(dirfd)  # a link only if root or we made it
+    except OSError:
+        os.close(dirfd)
+        return None
+    try:
+        return running_from_status(dirfd, supfd)
+    finally:
+        os.close(supfd)
+        os.close(dirfd)
+
+
+def exited(pidfd: int) -> bool:
+    """The process of PIDFD has ended (its pidfd polls as readable)."""
+    watch = select.poll()  # not select(): svscan's descriptors go far past FD_SETSIZE
+    watch.register(pidfd, select.POLLIN)
+    return bool(watch.poll(0))
+
+
+def reopen_pipe(pid: int, fd: int, pidfd: int) -> tuple[int, int] | None:
+    """Both ends of the FIFO that PID (alive as PIDFD) holds as FD, reopened through /proc, blocking; else None."""
+    proc = f"/proc/{pid}/fd/{fd}"
+    try:
+        if not stat.S_ISFIFO(os.stat(proc).st_mode):
+            return None
+        r = os.open(proc, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        w = os.open(proc, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks: r is a reader
+    except OSError:
+        os.close(r)
+        return None
+    rst, wst = os.fstat(r), os.fstat(w)
+    # Both opens reached one FIFO, and PID was alive after them: /proc/PID was not somebody else's by then.
+    if not stat.S_ISFIFO(rst.st_mode) or (rst.st_dev, rst.st_ino) != (wst.st_dev, wst.st_ino) or exited(pidfd):
+        os.close(r)
+        os.close(w)
+        return None
+    os.set_blocking(r, True)
+    os.set_blocking(w, True)
+    return r, w
+
+
+def _own_status(supfd: int) -> bytes | None:
+    """Up to 20 bytes of ``status`` in SUPFD if it is a regular file of our own user, else None."""
+    try:
+        fd = os.open("status", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=supfd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return os.read(fd, 20)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _started_at(pid: int, label: bytes) -> bool:
+    """PID is alive and started within two seconds of LABEL."""
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    seconds, _nanos = tai64n.unpack(label)
+    return seconds - 2 <= started <= seconds + 2
+
+
+def _ours_alone(supfd: int) -> bool:
+    """SUPFD is a directory of our own user that nobody else may write in."""
+    try:
+        st = os.fstat(supfd)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _works_in(pid: int, dirfd: int) -> bool:
+    """PID's working directory is the directory DIRFD."""
+    try:
+        cwd = os.stat(f"/proc/{pid}/cwd")
+        here = os.fstat(dirfd)
+    except OSError:
+        return False
+    return (cwd.st_dev, cwd.st_ino) == (here.st_dev, here.st_ino)
 
 
 def process_start_time(pid: int) -> float | None:
     """Unix time at which PID started (None if it does not exist or is a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+            line = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = line[line.rindex(b")") + 2:].split()
     if fields[0] in (b"Z", b"X"):
         return None
     ticks = int(fields[19])
@@ -413,4 +510,5 @@ def _boot_time() -> float:
     return _BOOT[0]
 
 
-__all__ = ["Engine", "StartupError", "Supervised", "process_start_time", "running_from_status"]
+__all__ = ["Engine", "StartupError", "Supervised", "exited", "process_start_time", "reopen_pipe", "running_from_status",
+           "running_in"]

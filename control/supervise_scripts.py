@@ -1,4 +1,4 @@
-"""supervise-scripts 4.0 (Bruce Guenter's ``svc-*`` shell scripts) in one module (spec §10).
+"""supervise-scripts 4.0 (Bruce Guenter's ``svc-*`` shell scripts) in one module.
 
 The originals are small ``sh`` scripts around ``svc``, ``svok`` and ``svstat``;
 people type them and other scripts parse their output, so the texts, the
@@ -14,6 +14,14 @@ instead of taking it for a service, and ``svc-kill -l`` lists the signals.
 
 Each command is a thin entry function over library functions that take a
 :class:`Settings` (directories, timeout, where the output goes).
+
+The scripts run as root on service directories that may belong to the
+service's owner.  Where they create, chmod or remove a file in one
+(``down``, ``run``, the sticky bit, ``supervise/``), a symbolic link at the
+last step of the path is followed only if root or this user made it, as
+svc and supervise do for ``supervise``: the owner's link fails with ELOOP
+("symbolic link loop") instead of making root touch ``/etc/nologin``,
+``chmod -t /tmp`` or empty ``/etc``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO, NoReturn
 
 from control.svc import control
-from control.svok import running
+from control.svok import open_trusted, running, trusted_link
 from control.svstat import status_line
 from prefork.djb import errstr, write_line
 
@@ -216,13 +224,14 @@ def run(body: Callable[[], int]) -> NoReturn:
 # -- svok / svstat / svc, in-process -------------------------------------------------------------------------
 
 
-def svok(directory: str, seen: set[str] | None = None) -> int:
+def svok(directory: str, seen: set[str] | None = None, dirfd: int | None = None) -> int:
     """svok's exit code: 0 supervise running, 100 not, 111 (after svok's message on stderr) on other errors.
 
-    A wait passes ``seen`` so that a message repeated by its polling is printed once.
+    A wait passes ``seen`` so that a message repeated by its polling is printed once.  DIRFD:
+    DIRECTORY already opened by the caller.
     """
     try:
-        return 0 if running(directory) else 100
+        return 0 if running(directory, dirfd) else 100
     except OSError as err:
         text = f"svok: fatal: {_svok_text(directory, err)}"
         if seen is None or text not in seen:
@@ -244,9 +253,9 @@ def svstat(directory: str) -> str:
     return f"{directory}: {status_line(directory)}"
 
 
-def svc(directory: str, commands: str) -> None:
+def svc(directory: str, commands: str, dirfd: int | None = None) -> None:
     """``svc -COMMANDS DIR``: send the bytes; svc's warning goes to stderr and never fails the script."""
-    problem = control(directory, commands.encode("ascii"))
+    problem = control(directory, commands.encode("ascii"), dirfd)
     if problem is not None:
         write_line(f"svc: warning: {problem}")
 
@@ -314,10 +323,37 @@ def waitdown(settings: Settings, directory: str) -> bool:
 # -- file helpers ----------------------------------------------------------------------------------------------
 
 
+def _split(path: str) -> tuple[str, str]:
+    """PATH's directory and last component (``a/b/`` -> ``a``, ``b``; ``b`` -> ``.``, ``b``)."""
+    stripped = path.rstrip("/") or "/"
+    parent, base = os.path.split(stripped)
+    return parent or ".", base or "."
+
+
+def open_dir(path: str, flags: int = os.O_RDONLY) -> int:
+    """The directory PATH, its last component a link only if root or this user made it (else ELOOP)."""
+    parent, base = _split(path)
+    parent_fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return open_trusted(parent_fd, base, flags | os.O_DIRECTORY)
+    finally:
+        os.close(parent_fd)
+
+
+def _open_in(path: str, flags: int, mode: int = 0o777) -> int:
+    """PATH opened with FLAGS, a link neither at its last component nor at its directory's followed unless trusted."""
+    parent, base = _split(path)
+    dirfd = open_dir(parent, os.O_PATH)
+    try:
+        return open_trusted(dirfd, base, flags, mode)
+    finally:
+        os.close(dirfd)
+
+
 def touch(prog: str, path: str) -> None:
     """``touch PATH`` (create it or refresh its times); failing is fatal, as under ``set -e``."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+        fd = _open_in(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, 0o666)
         try:
             os.utime(fd)
         finally:
@@ -328,8 +364,13 @@ def touch(prog: str, path: str) -> None:
 
 def remove(prog: str, path: str) -> None:
     """``rm -f PATH``: a missing file is fine, anything else is fatal."""
+    parent, base = _split(path)
     try:
-        os.unlink(path)
+        dirfd = open_dir(parent, os.O_PATH)
+        try:
+            os.unlink(base, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
     except FileNotFoundError:
         pass
     except OSError as err:
@@ -339,8 +380,12 @@ def remove(prog: str, path: str) -> None:
 def set_sticky(prog: str, path: str, on: bool) -> None:
     """``chmod +t`` / ``chmod -t`` (the sticky bit marked "has a log" for older svscans)."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        os.chmod(path, (mode | stat.S_ISVTX) if on else (mode & ~stat.S_ISVTX))
+        fd = open_dir(path)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            os.fchmod(fd, (mode | stat.S_ISVTX) if on else (mode & ~stat.S_ISVTX))
+        finally:
+            os.close(fd)
     except OSError as err:
         fatal(prog, f"unable to chmod '{path}': {errstr(err)}")
 
@@ -466,41 +511,86 @@ def status(settings: Settings, services: Sequence[str]) -> None:
             settings.echo(f"Supervise not running on {name}")
 
 
-def _wait_exit(settings: Settings, directory: str) -> None:
+def _wait_exit(settings: Settings, directory: str, dirfd: int | None = None) -> None:
     """Until the supervise told to exit (``svc -dx``) has gone; the script slept one second."""
     deadline = settings.clock() + max(settings.timeout, 1)
     seen: set[str] = set()
-    while svok(directory, seen) == 0:
+    while svok(directory, seen, dirfd) == 0:
         if settings.clock() >= deadline:
             fatal("svc-remove", f"supervise for '{directory}' did not exit.")
         settings.sleep(POLL)
 
 
 def _clear_supervise(settings: Settings, directory: str) -> None:
-    """``svc -dx DIR``, wait for supervise to exit, remove ``down`` and ``supervise/``."""
+    """``svc -dx DIR``, wait for supervise to exit, remove ``down`` and ``supervise/``.
+
+    DIR is opened once (a link there only if trusted) and everything after goes through that
+    descriptor; a ``supervise`` link of somebody else's is removed, and nothing where it points.
+    """
     prog = "svc-remove"
-    svc(directory, "dx")
-    _wait_exit(settings, directory)
-    remove(prog, f"{directory}/down")
-    state = f"{directory}/supervise"
     try:
-        entries = os.listdir(state)
+        dirfd = open_dir(directory)
+    except OSError as err:
+        fatal(prog, f"unable to chdir to {directory}: {errstr(err)}")
+    try:
+        svc(directory, "dx", dirfd)
+        _wait_exit(settings, directory, dirfd)
+        try:
+            os.unlink("down", dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            fatal(prog, f"unable to remove '{directory}/down': {errstr(err)}")
+        _remove_state(prog, dirfd, f"{directory}/supervise")
+    finally:
+        os.close(dirfd)
+
+
+def _remove_state(prog: str, dirfd: int, state: str) -> None:
+    """Empty and remove ``supervise`` in DIRFD (STATE names it in messages); of a link, only the link goes."""
+    try:
+        st = os.stat("supervise", dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return
     except OSError as err:
         fatal(prog, f"unable to read '{state}': {errstr(err)}")
-    for entry in sorted(entries):
-        if not os.path.isdir(f"{state}/{entry}") or os.path.islink(f"{state}/{entry}"):
-            remove(prog, f"{state}/{entry}")
+    if not stat.S_ISLNK(st.st_mode) or trusted_link(st):  # Debian's supervise -> /run/... is root's
+        try:
+            supfd = open_trusted(dirfd, "supervise", os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            supfd = -1  # a dangling link: only the link to remove
+        except OSError as err:
+            fatal(prog, f"unable to read '{state}': {errstr(err)}")
+        if supfd >= 0:
+            try:
+                _remove_files(prog, supfd, state)
+            finally:
+                os.close(supfd)
     try:
-        if os.path.islink(state):
-            os.unlink(state)  # Debian's supervise -> /run/... link: its target stays
+        if stat.S_ISLNK(st.st_mode):
+            os.unlink("supervise", dir_fd=dirfd)  # its target stays
         else:
-            os.rmdir(state)
+            os.rmdir("supervise", dir_fd=dirfd)
     except FileNotFoundError:
         pass
     except OSError as err:
         fatal(prog, f"unable to remove '{state}': {errstr(err)}")
+
+
+def _remove_files(prog: str, dirfd: int, shown: str) -> None:
+    """Remove every entry of DIRFD that is not a directory (links included, never followed)."""
+    try:
+        entries = sorted(os.listdir(dirfd))
+    except OSError as err:
+        fatal(prog, f"unable to read '{shown}': {errstr(err)}")
+    for entry in entries:
+        try:
+            if not stat.S_ISDIR(os.stat(entry, dir_fd=dirfd, follow_symlinks=False).st_mode):
+                os.unlink(entry, dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            fatal(prog, f"unable to remove '{shown}/{entry}': {errstr(err)}")
 
 
 def remove_service(settings: Settings, name: str) -> None:
@@ -523,7 +613,7 @@ def remove_service(settings: Settings, name: str) -> None:
     finally:
         os.close(dirfd)
     if os.path.isdir("log"):
-        _clear_supervise(settings, "log")
+        _clear_supervise(settings, "log")  # a link of the owner's to another service's directory is refused
     _clear_supervise(settings, ".")
 
 
@@ -551,11 +641,29 @@ def _install(prog: str, source: str, directory: str, name: str) -> None:
     except OSError as err:
         fatal(prog, f"unable to read '{source}': {errstr(err)}")
     path = f"{directory}/{name}"
+    tmp = f"{name}.new"
     try:
-        atomicfile.replace(path, data, mode=0o700)
-        os.chmod(path, 0o755)
+        dirfd = open_dir(directory, os.O_PATH)  # no link of the owner's at DIR (``log -> /etc``)
     except OSError as err:
         fatal(prog, f"unable to install '{path}': {errstr(err)}")
+    try:
+        fd = atomicfile.create(tmp, 0o700, dir_fd=dirfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o755)  # install -m 755: exactly, and on this file, never on what the name is by then
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except OSError as err:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+        fatal(prog, f"unable to install '{path}': {errstr(err)}")
+    finally:
+        os.close(dirfd)
 
 
 def signal_letter(word: str) -> str | None:

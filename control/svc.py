@@ -1,4 +1,4 @@
-"""svc: send command letters to the supervise of service directories (daemontools spec §4).
+"""svc: send command letters to the supervise of service directories, as daemontools 0.76's svc.
 
 A command is one byte written to the ``supervise/control`` FIFO; supervise acts on each byte
 in turn.  svc keeps each letter once, in the order it first appears, sends all of them in one
@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from control.svok import WRITE_NONBLOCK, enter
+from control.svok import WRITE_NONBLOCK, enter, open_supervise_file
 from prefork.djb import EXIT_USAGE, errstr, fatal, progname, warn, write_line
 
 PROG = "svc"
@@ -64,22 +64,23 @@ def parse(args: list[bytes]) -> tuple[bytes, list[bytes]]:
     return bytes(commands), args[index:]
 
 
-def control(directory: str, commands: bytes) -> str | None:
+def control(directory: str, commands: bytes, dirfd: int | None = None) -> str | None:
     """Send COMMANDS to DIRECTORY/supervise/control as svc does (open_write, clear O_NONBLOCK, one write, close;
     relative to the current directory, which it must not change for the caller). Return None on success, else the
-    warning text without the 'svc: warning: ' prefix, e.g. 'unable to control foo: supervise not running'."""
+    warning text without the 'svc: warning: ' prefix, e.g. 'unable to control foo: supervise not running'.
+    DIRFD, if given, is DIRECTORY already opened by the caller: DIRECTORY then only names it in the text."""
     try:
-        dirfd = enter(directory)
+        where = enter(directory) if dirfd is None else os.dup(dirfd)
     except OSError as e:
         return f"unable to chdir to {directory}: {errstr(e)}"
     try:
-        fd = os.open(CONTROL, WRITE_NONBLOCK, dir_fd=dirfd)
+        fd = open_supervise_file(where, "control", WRITE_NONBLOCK)  # no link of the service owner's followed
     except OSError as e:
         if e.errno == errno.ENXIO:  # a FIFO nobody reads: no supervise
             return f"unable to control {directory}: supervise not running"
         return f"unable to control {directory}: {errstr(e)}"
     finally:
-        os.close(dirfd)
+        os.close(where)
     try:
         os.set_blocking(fd, True)
         view = memoryview(commands)

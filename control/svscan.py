@@ -1,4 +1,4 @@
-"""``svscan [DIR]``: every service of a directory supervised in one process (spec §7).
+"""``svscan [DIR]``: every service of a directory supervised in one process, as daemontools 0.76's svscan.
 
 daemontools' svscan forks one ``supervise`` per service and one per ``log``;
 here the services are entries on one :class:`control.engine.Engine`, which
@@ -21,6 +21,18 @@ PATH`` run a ``prefork-exporter`` child on the service table (see
 stopped after the services with ``--stop-services``.  If svscan is killed, the
 services keep running, and the next svscan takes each over from its status file
 instead of starting a second copy (see :func:`control.engine.running_from_status`).
+
+The service table (``control/servicetable.py``) is mode 0600: only svscan's
+user reads it.  ``--table-group GROUP`` (a name or a number) makes it 0640 for
+that group.  A svscan that is told to stop without ``--stop-services``
+(SIGTERM, SIGINT) removes its default table, as at any exit, before it dies
+of the signal as 0.76's does; a killed one leaves it behind (``svstat
+--all`` then says that svscan is not running), and the next svscan for the
+directory replaces it (or, with ``--table`` elsewhere, removes it if it is
+its user's).  Run as root, svscan starts the exporter as ``nobody``
+(``--metrics-user USER``: another account, or UID:GID); the exporter reads
+the table through a descriptor it opened before giving up root, and writes
+``--metrics-textfile`` as that user.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
 HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
-              [--metrics HOST:PORT] [--metrics-textfile PATH] [dir]
+              [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
   --max-services N  at most N services (default 1000)
@@ -42,11 +54,16 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
   --grace SECONDS   how long --stop-services waits before SIGKILL (default 10)
   --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
   --runit           also write runit's status, stat and pid files (for sv)
-  --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO)
+  --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO), mode 0600
+  --table-group GROUP
+                    let GROUP (a name or number) read the table too (mode 0640)
   --metrics HOST:PORT
                     serve Prometheus metrics at http://HOST:PORT/metrics (a prefork-exporter child; port 0: one chosen at start)
   --metrics-textfile PATH
                     also write the metrics to PATH for node_exporter's textfile collector
+  --metrics-user USER
+                    the account (or UID:GID) the exporter runs as when svscan runs as root (default nobody);
+                    it writes --metrics-textfile, so PATH's directory must be writable by it
 """
 
 
@@ -67,7 +84,7 @@ class Entry:
 
 
 class Scanner:
-    """The scan of spec §7 over an engine."""
+    """The scan of daemontools 0.76's svscan over an engine."""
 
     def __init__(self, engine: object, max_services: int) -> None:
         self.engine = engine
@@ -241,28 +258,24 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
     """The pipe of a NAME/log pair left running by a killed svscan, reopened through /proc, else None.
 
     A new pipe would cut the surviving writer off from the surviving reader;
-    reopening the one the running process holds keeps every line flowing.
+    reopening the one the running process holds keeps every line flowing.  Only a
+    process the engine would adopt counts (see :func:`control.engine.running_from_status`):
+    a status forged by the service's owner must not hand some other process's pipe to
+    a log, nor a log's input to a service.
     """
-    from control.engine import running_from_status
+    from control.engine import reopen_pipe, running_in
 
-    for path, fd in ((f"{name}/supervise/status", 1), (f"{name}/log/supervise/status", 0)):
-        found = running_from_status(path)
+    for path, fd in ((name, 1), (f"{name}/log", 0)):
+        found = running_in(path)
         if found is None:
             continue
-        proc = f"/proc/{found[0]}/fd/{fd}"
+        pidfd = found[4]
         try:
-            if not stat.S_ISFIFO(os.stat(proc).st_mode):
-                continue
-            r = os.open(proc, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            w = os.open(proc, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            os.close(r)
-            continue
-        os.set_blocking(r, True)
-        return r, w
+            pipe = reopen_pipe(found[0], fd, pidfd)
+        finally:
+            os.close(pidfd)
+        if pipe is not None:
+            return pipe
     return None
 
 
@@ -270,9 +283,10 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     from prefork.djb import usage
 
     opts: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False,
-                               "table": None, "metrics": None, "textfile": None}
+                               "table": None, "metrics": None, "textfile": None, "table_group": None,
+                               "metrics_user": None}
     valued = {"--max-services": "max", "--grace": "grace", "--table": "table", "--metrics": "metrics",
-              "--metrics-textfile": "textfile"}
+              "--metrics-textfile": "textfile", "--table-group": "table_group", "--metrics-user": "metrics_user"}
     while args and args[0].startswith("--") and args[0] != "--":
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -287,6 +301,9 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
             key = valued[name]
             if key in ("metrics", "textfile"):
                 opts[key] = _metrics_value(name, value)
+                continue
+            if key in ("table_group", "metrics_user"):
+                opts[key] = _account_value(name, value)
                 continue
             try:
                 opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
@@ -328,6 +345,39 @@ def _metrics_value(name: str, value: str) -> str:
         raise SystemExit(100) from None
 
 
+def _account_value(name: str, value: str) -> object:
+    """--table-group's gid (a group name or number), or a --metrics-user that resolves; else exit 100."""
+    try:
+        if name == "--metrics-user":
+            from prefork.exporter_child import resolve_user
+
+            resolve_user(value)
+            return value
+        if value.isascii() and value.isdigit():
+            if int(value) >= 1 << 32:
+                raise ValueError(value)
+            return int(value)
+        import grp
+
+        return grp.getgrnam(value).gr_gid
+    except (KeyError, ValueError):
+        from prefork.djb import write_line
+
+        write_line(f"{PROG}: bad value for {name}: {value!r}")
+        raise SystemExit(100) from None
+
+
+def _leave_on(engine: object, table: object, signum: int) -> None:
+    """Without --stop-services, SIGTERM and SIGINT kill svscan as they kill 0.76's: remove the table first."""
+
+    def leave() -> None:
+        table.close(unlink=True)  # type: ignore[attr-defined]
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    engine.handle_signal(signum, leave)  # type: ignore[attr-defined]
+
+
 def _start_exporter(engine: object, opts: dict[str, object], source: str) -> object:
     """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
     from prefork.djb import warn
@@ -336,7 +386,8 @@ def _start_exporter(engine: object, opts: dict[str, object], source: str) -> obj
     listen = opts["metrics"]
     if listen is not None:
         listen = metrics_listener(str(listen), lambda text, err: warn(PROG, text, err))
-    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"])  # type: ignore[arg-type]
+    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"],  # type: ignore[arg-type]
+                         opts["metrics_user"])  # type: ignore[arg-type]
     from prefork.spawn import signals_to_reset
 
     exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),  # type: ignore[attr-defined]
@@ -369,11 +420,15 @@ def _set_subreaper() -> None:
 
 
 def _raise_fd_limit(services: int) -> None:
-    """Each service holds 4 fds (dir, lock, control, ok) and each pair a pipe: make room for --max-services."""
+    """Make room for --max-services pairs: each service's descriptors, twice (NAME and NAME/log), and the pipe."""
     import resource
 
+    from control.servicedir import ServiceDir
+
+    # The service directory's (dir, supervise/, lock, control, ok), and the pidfd of an adopted service.
+    per_service = sum(1 for slot in ServiceDir.__slots__ if slot.endswith("fd")) + 1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = services * 2 * 5 + 64
+    need = services * (2 * per_service + 2) + 64
     if soft != resource.RLIM_INFINITY and soft < need:
         new = need if hard == resource.RLIM_INFINITY else min(need, hard)
         try:
@@ -418,9 +473,15 @@ def main(argv: list[str] | None = None) -> None:
 
     table = None
     table_path = opts["table"]
+    group = opts["table_group"]
     try:
-        path = str(table_path or servicetable.default_path(".", servicetable.KIND_SVSCAN))
-        table = servicetable.ServiceTable.create(path, max(2, 2 * max_services), servicetable.KIND_SVSCAN, directory)
+        default = servicetable.default_path(".", servicetable.KIND_SVSCAN)
+        if table_path:
+            servicetable.remove_stale(default)  # a killed svscan's table that nothing would replace
+        path = str(table_path or default)
+        capacity = min(servicetable.MAX_CAPACITY, max(2, 2 * max_services))  # more services go unpublished
+        table = servicetable.ServiceTable.create(path, capacity, servicetable.KIND_SVSCAN, directory,
+                                                 0o600 if group is None else 0o640, group)  # type: ignore[arg-type]
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
     engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
@@ -439,6 +500,9 @@ def main(argv: list[str] | None = None) -> None:
         grace = float(opts["grace"])  # type: ignore[arg-type]
         engine.handle_signal(signal.SIGTERM, lambda: scanner.stop_all(grace))
         engine.handle_signal(signal.SIGINT, lambda: scanner.stop_all(grace))
+    elif table is not None and not table_path and os.getpid() != 1:  # PID 1 would not die of its own signal
+        _leave_on(engine, table, signal.SIGTERM)
+        _leave_on(engine, table, signal.SIGINT)
     exporter = None
     if opts["metrics"] is not None or opts["textfile"] is not None:
         exporter = _start_exporter(engine, opts, os.path.abspath(str(table_path)) if table_path else directory)

@@ -1,11 +1,12 @@
-"""svstat: one status line per service directory, read from supervise's files (daemontools spec §6).
+"""svstat: one status line per service directory, read from supervise's files, as daemontools 0.76's svstat.
 
 svstat talks to nobody: it reads ``down``, checks that ``supervise/ok`` has a reader and decodes
 the first 18 bytes of ``supervise/status``.  So it works against any supervisor that keeps those
 files (daemontools, runit, prefork).  It exits 0 whatever it finds: the line says what is wrong.
 
 prefork extensions, recognised only as the first argument so that 0.76 command lines keep their
-meaning: ``svstat --all [--json] DIR`` (every service of a scan directory) and ``--help``.
+meaning: ``svstat --all [--json] DIR`` (every service of a scan directory; unlike the rest it exits
+111 when that directory's table cannot be read or its svscan is gone, see ``svstat_all.py``) and ``--help``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from control.svok import OK, WRITE_NONBLOCK, enter
+from control.svok import OK, WRITE_NONBLOCK, enter, open_supervise_file
 from prefork.djb import errstr, fatal, usage, write_line
 
 PROG = "svstat"
@@ -57,14 +58,14 @@ def _describe(dirfd: int, now: float | None) -> str:
         normally_up = False
 
     try:
-        os.close(os.open(OK, WRITE_NONBLOCK, dir_fd=dirfd))
+        os.close(open_supervise_file(dirfd, "ok", WRITE_NONBLOCK))  # no link of the service owner's followed
     except OSError as e:
         if e.errno == errno.ENXIO:
             return "supervise not running"
         return f"unable to open {OK}: {errstr(e)}"
 
     try:
-        fd = os.open(STATUS, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+        fd = open_supervise_file(dirfd, "status", os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         return f"unable to open {STATUS}: {errstr(e)}"
     try:

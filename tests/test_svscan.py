@@ -997,3 +997,139 @@ def test_hundred_services_with_logs_and_200_restarts(tmp_path, scans):
         assert len(snap.entries) == 200 and snap.services == 100
         assert {e.name: (e.restarts, e.pid) for e in snap.entries} == {
             str(d.relative_to(root)): (1, pid_of(d)) for d in everything}
+
+
+# -- the service table: mode, group, stale tables ------------------------------------------------------
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user reads the table)")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@contextlib.contextmanager
+def open_tree():
+    """A service tree in a 0755 directory of /tmp (another user can reach it), and its default table's path;
+    the tree and any table left at that path are removed afterwards."""
+    import shutil
+    import tempfile
+
+    from control import servicetable
+
+    base = Path(tempfile.mkdtemp(prefix="prefork-svscan-table-", dir="/tmp"))
+    base.chmod(0o755)
+    root = base / "sv"  # a Scan keeps its stderr and table next to the tree: inside BASE too
+    root.mkdir()
+    table = servicetable.default_path(str(root), servicetable.KIND_SVSCAN)
+    try:
+        yield root, table
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(table)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def svstat_all(root: Path, *wrap: str) -> tuple[int, list[str], bytes]:
+    done = subprocess.run([*wrap, ours("svstat"), "--all", str(root)], capture_output=True, timeout=30)
+    return done.returncode, [normalise(line) for line in done.stdout.decode().splitlines()], done.stderr
+
+
+@needs_root
+def test_table_is_0600_and_another_user_gets_one_line(tmp_path, scans):
+    if servicetable_read is None:
+        pytest.skip("control.servicetable_read is not there yet")
+    with open_tree() as (root, table):
+        make_service(root, "a")
+        scans("prefork", root, table=False)
+        wait_up(root / "a")
+        info = os.stat(table)
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
+        assert svstat_all(root) == (0, ["a: up (pid N) S seconds restarts 0"], b"")
+        assert svstat_all(root, *NOBODY) == (111, [], f"svstat: fatal: unable to read service table for {root}:"
+                                                    f" {table}: access denied\n".encode())
+
+
+@needs_root
+def test_table_group_lets_that_group_read_it(tmp_path, scans):
+    with open_tree() as (root, table):
+        make_service(root, "a")
+        scans("prefork", root, "--table-group", "nogroup", table=False)
+        wait_up(root / "a")
+        info = os.stat(table)
+        assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, 65534)
+        assert svstat_all(root, *NOBODY) == (0, ["a: up (pid N) S seconds restarts 0"], b"")
+
+
+def test_table_group_by_number(tmp_path, scans):
+    root = tmp_path / "sv"
+    make_service(root, "a")
+    gid = os.getgid()
+    scan = scans("prefork", root, f"--table-group={gid}")
+    wait_up(root / "a")
+    info = os.stat(scan.table)
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, gid)
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--table-group", "no-such-group-here"), ("--table-group", "99999999999"), ("--table-group", ""),
+    ("--metrics-user", "no-such-user-here"), ("--metrics-user", "12:x"),
+])
+def test_unknown_table_group_or_metrics_user_is_a_usage_error(tmp_path, option, value):
+    assert run_svscan(tmp_path, option, value, ".") == (100, b"", f"svscan: bad value for {option}: {value!r}\n".encode())
+
+
+def test_sigterm_without_stop_services_removes_the_table_and_leaves_the_services(tmp_path, scans):
+    with open_tree() as (root, table):
+        a = make_service(root, "a")
+        scan = scans("prefork", root, table=False)
+        pid = wait_up(a)
+        assert os.path.exists(table)
+        scan.proc.send_signal(signal.SIGTERM)
+        assert scan.proc.wait(10) == -signal.SIGTERM  # as 0.76's svscan: killed by the signal
+        assert not os.path.exists(table) and running(pid)
+        assert svstat_all(root) == (111, [], f"svstat: fatal: unable to read service table for {root}:"
+                                             " no prefork svscan or supervise has a table for it\n".encode())
+
+
+def test_a_killed_svscans_table_is_stale_until_the_next_svscan_replaces_it(tmp_path, scans):
+    with open_tree() as (root, table):
+        a = make_service(root, "a")
+        first = scans("prefork", root, table=False)
+        pid = wait_up(a)
+        first.proc.kill()
+        first.proc.wait(10)
+        assert os.path.exists(table) and running(pid)  # SIGKILL: nothing could clean up
+        assert svstat_all(root) == (111, [], f"svstat: fatal: {root}: svscan not running"
+                                             f" (table written by pid {first.pid})\n".encode())
+        second = scans("prefork", root, table=False)
+        assert wait_until(lambda: servicetable_read.read(table).owner_pid == second.pid, 10)
+        assert wait_until(lambda: svstat_all(root)[0] == 0, 10)
+        assert svstat_all(root) == (0, ["a: up (pid N) S seconds restarts 0"], b"")
+        assert pid_of(a) == pid  # taken over, not restarted
+
+
+def test_svscan_with_a_table_elsewhere_removes_a_stale_default_table(tmp_path, scans):
+    from control import servicetable
+
+    with open_tree() as (root, table):
+        make_service(root, "a")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = servicetable.ServiceTable.create(table, 4, servicetable.KIND_SVSCAN, str(root))
+        stale._mm[24:28] = dead.pid.to_bytes(4, "little")  # as if a killed svscan had left it
+        stale.close()
+        scan = scans("prefork", root)  # --table in tmp_path
+        wait_up(root / "a")
+        assert wait_until(lambda: not os.path.exists(table), 5)
+        assert servicetable_read.read(str(scan.table)).owner_pid == scan.pid
+
+
+def test_svscan_with_a_table_elsewhere_leaves_a_live_default_table(tmp_path, scans):
+    from control import servicetable
+
+    with open_tree() as (root, table):
+        make_service(root, "a")
+        live = servicetable.ServiceTable.create(table, 4, servicetable.KIND_SVSCAN, str(root))  # ours: running
+        try:
+            scans("prefork", root)
+            wait_up(root / "a")
+            assert servicetable_read.read(table).owner_pid == os.getpid()
+        finally:
+            live.close()
