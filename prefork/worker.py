@@ -406,6 +406,9 @@ class Worker:
 
     # -- reaping --------------------------------------------------------------------------
     def reap(self) -> None:
+        if self.spawnlog is not None:
+            self.reap_logged(self.spawnlog)
+            return
         children = self.children
         while children:
             try:
@@ -417,22 +420,46 @@ class Worker:
             conn = children.pop(pid, None)
             if conn is None:
                 continue
-            if self.spawnlog is not None:
-                self.spawnlog.reaped(self.index, pid, self.live_pos)
             self.record_exit(status, time.monotonic_ns() - conn.started)
-            # The end line goes out before the token is released, so no log shows more than -c
-            # connections in flight (0.88 reaps and accepts in one process).
-            if self.verbose:
-                self.cap.lock()
-                os.write(
-                    2,
-                    b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                    % (pid, status, self.cap.in_use() - 1, self.limit_b),
-                )
-                self.cap.ended()
-                self.cap.unlock()
-            else:
-                self.cap.ended()
+            self.cap.ended()
+
+    def reap_logged(self, log: SpawnLog) -> None:
+        """``reap`` with ``-v``: each program's ``end`` line is written before it is reaped.
+
+        A program reaped first would be lost with its ``end`` line if this worker
+        were killed before writing it (the master never sees a reaped child).  So
+        the exit is only peeked at (WNOWAIT); the line is written and the pid taken
+        off the live list (see SpawnLog) before the zombie is reaped.  Killed
+        before the line, the master finds the zombie on the list and writes it;
+        killed after, the zombie is on no list and the master writes nothing.  The
+        end line goes out before the token is released, so no log shows more than
+        -c connections in flight (0.88 reaps and accepts in one process).
+        """
+        children = self.children
+        while children:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            conn = children.pop(pid, None)
+            if conn is None:
+                os.waitpid(pid, 0)  # not a program of ours
+                continue
+            status = wait_status(info)
+            self.cap.lock()
+            os.write(
+                2,
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
+                % (pid, status, self.cap.in_use() - 1, self.limit_b),
+            )
+            log.reaped(self.index, pid, self.live_pos)
+            os.waitpid(pid, 0)
+            self.record_exit(status, time.monotonic_ns() - conn.started)
+            self.cap.ended()
+            self.cap.unlock()
 
     def record_exit(self, status: int, duration_ns: int) -> None:
         cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
@@ -443,6 +470,15 @@ class Worker:
         i = sb.bucket_index(duration_ns)
         self.buckets[i] += 1
         self.board.put64(self.slot + sb.OFF_BUCKETS + 8 * i, self.buckets[i])
+
+
+def wait_status(info: os.waitid_result) -> int:
+    """The wait status (as waitpid gives it) of a child that waitid reported."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    if info.si_code == os.CLD_DUMPED:
+        return (info.si_status & 0x7F) | 0x80
+    return info.si_status & 0x7F  # CLD_KILLED
 
 
 class SpawnLog:
@@ -469,7 +505,9 @@ class SpawnLog:
     whose ``pid``/``ok`` lines were written.  So no ``end`` line ever lacks its
     ``pid``/``ok`` lines; a worker killed in the instant between its write and
     the LOGGED mark leaves them written twice, never missing.  Nothing crosses
-    to the master per connection: a live worker logs as it always did.
+    to the master per connection: a live worker logs as it always did.  The
+    ``end`` side mirrors it (``Worker.reap_logged``): the worker writes the end
+    line, then takes the pid off its list, then reaps the zombie.
 
     The records live in memory shared by the master and its workers only
     (anonymous, inherited at fork): the connection facts are nobody else's.

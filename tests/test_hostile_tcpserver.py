@@ -420,6 +420,47 @@ def test_killed_workers_leave_a_balanced_log(prefork, tmp_path):
             assert ports.get(m[1]) in (m[2], None), line  # None: killed before its first line ran
 
 
+def _memfd_of(pid: int, name: str) -> str:
+    """/proc path of PID's descriptor of the memfd called NAME."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"/memfd:{name}"):
+                return f"/proc/{pid}/fd/{fd}"
+    raise AssertionError(f"no memfd {name} in {pid}")
+
+
+def test_worker_killed_between_reaping_and_its_end_line(prefork, tmp_path):
+    """A worker that has seen its program exit waits for the -c lock before writing the end line; killed
+    there, the end line must still appear (the program is reaped only after its line is written)."""
+    import fcntl
+
+    server = prefork(["-v", "-1", "-c", "2", "--workers", "1", *QUIET], ["sh", "-c", "read line; echo \"$line\""])
+    assert wait_until(lambda: len(server.workers()) == 1, 10)
+    (worker,) = [w.pid for w in server.workers()]
+    sock = connect(server.port, timeout=5)
+    try:
+        assert wait_until(lambda: any(PID_RE.match(line) for line in server.lines()), 10), server.lines()
+        (program,) = [m[1] for line in server.lines() if (m := PID_RE.match(line))]
+        # as root, the test can reach the server's private lock through /proc (no other user can)
+        lock = os.open(_memfd_of(server.pid, "prefork-capacity"), os.O_RDWR)
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+            sock.sendall(b"bye\n")
+            assert recv_all(sock, 5) == b"bye\n"
+            assert wait_until(lambda: _state(worker) == "S" and not os.path.exists(f"/proc/{program}/fd/0"), 10)
+            time.sleep(0.2)  # the worker is now blocked on the lock with the program's exit in hand
+            os.kill(worker, signal.SIGKILL)
+            assert wait_until(lambda: worker not in {w.pid for w in server.workers()}, 10)
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+            os.close(lock)
+    finally:
+        sock.close()
+    assert wait_until(lambda: any(END_RE.match(line) and END_RE.match(line)[1] == program for line in server.lines()),
+                      10), server.lines()
+    assert not check_balance(server.lines()), server.lines()
+
+
 def test_capacity_lock_is_private_and_dies_with_its_holder(tmp_path):
     """The -c lock is on an unnamed file of the server's own, not on the scoreboard; a holder killed
     while holding it does not wedge the others (the kernel drops a record lock with its process)."""
