@@ -1,10 +1,39 @@
 """tcprules' language, its cdb file, and the rules lookup of tcpserver/tcprulescheck.
 
-One home for the rules logic (spec §5): ``parse_line``/``compile_rules`` turn
-the text into (key, value) records exactly as ucspi-tcp 0.88's tcprules does,
+One home for the rules logic: ``parse_line``/``compile_rules`` turn the text
+into (key, value) records exactly as ucspi-tcp 0.88's tcprules does,
 ``CdbMaker``/``cdb_bytes`` write them byte-identically to djb's cdb_make, and
 ``RulesDB``/``RulesFile`` answer the per-connection question "which rule, allow
 or deny, which variables" in the order of djb's rules.c.
+
+Every byte is data.  ``parse_line`` takes any line and returns its records,
+None (a skipped line) or raises RulesSyntaxError; ``Decision.from_record``
+takes any value.  Reading a rules cdb takes any file: the answer is a
+decision or OSError (EPROTO, "protocol error", for a malformed file), never
+another exception, a hang, or memory beyond the file's own size.  What is
+checked:
+
+- the file is a regular file of 2048 bytes (the header) up to 4 GiB (the most
+  a cdb can address), read whole once;
+- every header entry with a nonzero slot count names a hash table lying
+  wholly inside the file.  This is checked when the file is loaded, so a
+  truncated file or an absurd slot count is refused for every client (0.88
+  fails only when a probe reaches the bad table, and answers other clients);
+- a probe visits at most its table's slot count of slots, so a table with no
+  empty slot (a cycle) ends after one pass;
+- a record is checked when a probe reaches it, by the reads djb's cdb.c
+  makes: its 8-byte lengths must be inside the file, its key is compared in
+  32-byte pieces that must be inside the file until one differs, and the
+  value of the matching record must be inside the file.
+
+What cannot be checked: a cdb has no checksum and no signature.  A
+well-formed file whose hash tables are scrambled within the file (slots
+moved or emptied, hashes changed) passes every check and simply misses keys:
+the lookup falls through to a later candidate and at last to the default,
+allow, exactly as 0.88's tcpserver and tcprulescheck do with the same file.
+So a rules cdb is trusted as a whole: whoever can write it, or the directory
+holding it, decides who gets in; keep both owned by root and writable by
+nobody else.
 """
 
 from __future__ import annotations
@@ -254,7 +283,8 @@ class Decision:
     ``key`` is the matching key (None: no rule matched, default allow);
     ``env`` the variables to set, in rule order, split at the first ``=``
     (entries without ``=`` are skipped, as tcpserver does); ``value`` the raw
-    record for callers that show it (tcprulescheck).
+    record for callers that show it (tcprulescheck).  Entries end at a NUL,
+    so no name or value in ``env`` holds one, and no name holds ``=``.
     """
 
     key: bytes | None
@@ -277,11 +307,22 @@ class Decision:
 
 
 def _bytes(text: str | bytes) -> bytes:
-    return text if isinstance(text, bytes) else os.fsencode(text)
+    """TEXT as the C string 0.88 holds: bytes (str via surrogateescape) up to the first NUL."""
+    if isinstance(text, bytes):
+        data = text
+    else:
+        try:
+            data = os.fsencode(text)
+        except UnicodeEncodeError:  # a lone surrogate os.fsencode cannot map back
+            data = text.encode("utf-8", "surrogatepass")
+    return data.split(b"\0", 1)[0]
 
 
 def candidates(ip: str | bytes, host: str | bytes | None = None, info: str | bytes | None = None) -> Iterator[bytes]:
-    """The keys tried for a connection, in djb's rules.c order (spec §5.3); the first one found wins."""
+    """The keys tried for a connection, in djb's rules.c order; the first one found wins.
+
+    Each of IP, HOST and INFO ends at its first NUL, as a C string does.
+    """
     ipb = _bytes(ip)
     hostb = None if host is None else _bytes(host)
     if info is not None:
@@ -308,13 +349,16 @@ class RulesDB:
 
     The header and the hash tables are bounds-checked up front, so a short,
     truncated or garbage file fails as a whole with EPROTO instead of
-    answering for some addresses; records are bounds-checked when probed.
+    answering for some addresses; records are bounds-checked when probed,
+    with the reads of djb's cdb.c (see the module docstring).
     """
 
     def __init__(self, data: Any) -> None:
         size = len(data)
         if size < HEADER_SIZE:
             raise _proto("shorter than its header")
+        if size > _MAX_POS + 1:
+            raise _proto("larger than 4 GiB")
         header = [_PAIR.unpack_from(data, 8 * i) for i in range(256)]
         for pos, slots in header:
             if slots and pos + 8 * slots > size:
@@ -322,6 +366,19 @@ class RulesDB:
         self._data = data
         self._size = size
         self._header = header
+
+    def _key_matches(self, start: int, key: bytes) -> bool:
+        """cdb.c's match(): compare in 32-byte pieces; a piece past the end before a difference is EPROTO."""
+        data, klen = self._data, len(key)
+        if start + klen <= self._size:
+            return data[start : start + klen] == key
+        for offset in range(0, klen, 32):
+            end = min(offset + 32, klen)
+            if start + end > self._size:
+                raise _proto("record beyond the end")
+            if data[start + offset : start + end] != key[offset:end]:
+                return False
+        return True  # (not reached: the whole key would have fit)
 
     def get(self, key: bytes) -> bytes | None:
         """The value of the first record with this key, or None."""
@@ -341,13 +398,12 @@ class RulesDB:
             if rpos + 8 > size:
                 raise _proto("record beyond the end")
             kl, dl = _PAIR.unpack_from(data, rpos)
-            if kl != klen:
+            if kl != klen or not self._key_matches(rpos + 8, key):
                 continue
-            start = rpos + 8
-            if start + kl + dl > size:
+            start = rpos + 8 + kl
+            if start + dl > size:
                 raise _proto("record beyond the end")
-            if data[start : start + kl] == key:
-                return bytes(data[start + kl : start + kl + dl])
+            return bytes(data[start : start + dl])
         return None
 
     def lookup(self, ip: str | bytes, host: str | bytes | None = None, info: str | bytes | None = None) -> Decision:
@@ -367,9 +423,11 @@ def _stat_key(st: os.stat_result) -> _StatKey:
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, max(size_hint + 1, 65536)):
+    """The file's bytes, but never more than one byte over the 4 GiB a cdb can have (a growing file)."""
+    chunks, left = [], _MAX_POS + 2
+    while left > 0 and (chunk := os.read(fd, min(max(size_hint + 1, 65536), left))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
 
 
@@ -387,6 +445,8 @@ def _load(path: str | bytes | os.PathLike[Any]) -> tuple[RulesDB, _StatKey]:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if not stat.S_ISREG(before.st_mode):
                 raise _proto("not a regular file")
+            if before.st_size > _MAX_POS + 1:
+                raise _proto("larger than 4 GiB")
             os.lseek(fd, 0, os.SEEK_SET)
             data = _read_all(fd, before.st_size)
             after = _stat_key(os.fstat(fd))

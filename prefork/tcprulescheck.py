@@ -1,4 +1,4 @@
-"""tcprulescheck: show which rule tcpserver would apply to a client described by the environment (spec §5.4)."""
+"""tcprulescheck: show which rule tcpserver would apply to a client described by the environment."""
 
 from __future__ import annotations
 

@@ -326,6 +326,97 @@ def test_bad_record_found_at_lookup_is_protocol_error() -> None:
     assert info.value.errno == errno.EPROTO
 
 
+def _one_slot_cdb(probe: bytes, record: bytes) -> bytes:
+    """A cdb whose only table holds one slot for PROBE, pointing at RECORD, the last bytes of the file."""
+    header = bytearray(2048)
+    struct.pack_into("<II", header, 8 * (cdb_hash(probe) & 255), 2048, 1)
+    return bytes(header) + struct.pack("<II", cdb_hash(probe), 2056) + record
+
+
+def test_record_key_inside_value_past_end_differs_falls_through() -> None:
+    """cdb.c compares the key before it looks at the value: a different key is no match, whatever
+    its value length says (this raised EPROTO before; 0.88 falls through to the default)."""
+    data = _one_slot_cdb(b"1.2.3.4", struct.pack("<II", 7, 100) + b"9.9.9.9" + b"D\0")
+    assert RulesDB(data).lookup("1.2.3.4") == Decision(None, False, [], b"")
+
+
+def test_record_value_past_end_of_matching_key_is_protocol_error() -> None:
+    data = _one_slot_cdb(b"1.2.3.4", struct.pack("<II", 7, 100) + b"1.2.3.4" + b"D\0")
+    with pytest.raises(OSError) as info:
+        RulesDB(data).lookup("1.2.3.4")
+    assert info.value.errno == errno.EPROTO
+
+
+@pytest.mark.parametrize("stored", [b"1.2.3", b"9.9.9"])
+def test_record_key_past_end_is_protocol_error(stored: bytes) -> None:
+    """The 7-byte piece leaves the file: EPROTO even where the bytes inside differ (cdb.c reads the
+    whole piece before comparing)."""
+    data = _one_slot_cdb(b"1.2.3.4", struct.pack("<II", 7, 0) + stored)
+    with pytest.raises(OSError) as info:
+        RulesDB(data).get(b"1.2.3.4")
+    assert info.value.errno == errno.EPROTO
+
+
+def test_long_key_compared_in_32_byte_pieces() -> None:
+    """A key over 32 bytes cut by the end of the file: a difference in an earlier piece is no match;
+    a whole first piece that matches makes cdb.c read the next one, which leaves the file."""
+    key = b"=" + b"h" * 39
+    other = b"=" + b"x" * 39
+    assert RulesDB(_one_slot_cdb(key, struct.pack("<II", 40, 0) + other[:35])).get(key) is None
+    with pytest.raises(OSError) as info:
+        RulesDB(_one_slot_cdb(key, struct.pack("<II", 40, 0) + key[:35])).get(key)
+    assert info.value.errno == errno.EPROTO
+
+
+@pytest.mark.parametrize("slots", [1, 2**29 + 1, 2**31, 2**32 - 1])
+def test_slot_count_past_end_refused_at_load(slots: int) -> None:
+    """No table may reach past the end, however its 32-bit size would wrap in C."""
+    data = bytearray(_good())
+    struct.pack_into("<II", data, 8 * 7, len(data) - 4, slots)
+    with pytest.raises(OSError) as info:
+        RulesDB(bytes(data))
+    assert info.value.errno == errno.EPROTO
+
+
+def test_full_table_without_the_key_ends_after_one_pass() -> None:
+    """A table with no empty slot (a cycle for a reader that only stops at one) is probed once round."""
+    data = bytearray(_good())
+    for i in range(256):
+        pos, slots = struct.unpack_from("<II", data, 8 * i)
+        for k in range(slots):
+            struct.pack_into("<II", data, pos + 8 * k, 1, 2048)
+    assert RulesDB(bytes(data)).lookup("1.2.3.4") == Decision(None, False, [], b"")
+
+
+def test_scrambled_in_range_tables_miss_rules() -> None:
+    """What the reader cannot see: slots moved within their table leave a well-formed file whose
+    lookups miss, so a denied address falls through to a later rule (0.88 answers the same)."""
+    data = bytearray(_good())
+    tpos, slots = struct.unpack_from("<II", data, 8 * (cdb_hash(b"1.2.3.4") & 255))
+    pairs = [struct.unpack_from("<II", data, tpos + 8 * k) for k in range(slots)]
+    start = (cdb_hash(b"1.2.3.4") >> 8) % slots
+    pairs[start], pairs[start - 1] = (0, 0), pairs[start]  # the record is now behind an empty slot
+    for k, pair in enumerate(pairs):
+        struct.pack_into("<II", data, tpos + 8 * k, *pair)
+    decision = RulesDB(bytes(data)).lookup("1.2.3.4")
+    assert decision.key == b"1.2.3." and not decision.deny and decision.env == [(b"X", b"1")]
+
+
+def test_larger_than_4_gib_is_refused_unread(tmp_path) -> None:
+    path = tmp_path / "huge.cdb"
+    with open(path, "wb") as f:
+        f.truncate(2**32 + 1)  # sparse: nothing is written or read
+    with pytest.raises(OSError) as info:
+        load(path)
+    assert info.value.errno == errno.EPROTO
+
+
+def test_candidates_end_at_nul_like_c_strings() -> None:
+    assert list(candidates(b"1.2.3.4\0x", b"a.b\0c", b"joe\0y")) == list(candidates(b"1.2.3.4", b"a.b", b"joe"))
+    assert list(candidates("1.2.3.4\udcff")) == list(candidates(b"1.2.3.4\xff"))
+    assert b"\0" not in b"".join(candidates("\ud800"))  # a lone surrogate is data too
+
+
 def test_all_zero_header_is_an_empty_db() -> None:
     """Like djb's reader: 2048 zero bytes mean every table is empty."""
     assert RulesDB(bytes(2048)).lookup("1.2.3.4") == Decision(None, False, [], b"")

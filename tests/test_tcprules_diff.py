@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from conftest import ours, real
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefork.rules import cdb_bytes, compile_rules
+from prefork.rules import cdb_bytes, cdb_hash, compile_rules
 from prefork.tcprules import compile_to
 from prefork.tcprulescheck import report
 
@@ -73,7 +74,7 @@ def _big(count: int, tail: bytes = b"") -> bytes:
     return lines + tail
 
 
-# Every rule form and every error class of spec §5.1.
+# Every rule form and every error class of tcprules.
 CORPUS: list[tuple[str, bytes]] = [
     ("empty", b""),
     ("only-newline", b"\n"),
@@ -220,6 +221,249 @@ def test_tcprules_help_is_ours() -> None:
     """Deliberate difference: ``tcprules --help`` shows help (exit 0); Debian's prints its usage line (exit 100)."""
     proc = subprocess.run([ours("tcprules"), "--help"], capture_output=True, timeout=60)
     assert proc.returncode == 0 and b"tcprules rules.cdb rules.tmp" in proc.stdout and not proc.stderr
+
+
+# -- the temp file ------------------------------------------------------------
+
+
+def _tcprules_here(exe: str, cwd: Path, cdb: str, tmp: str, text: bytes = b"1.2.3.4:deny\n") -> tuple[int, bytes]:
+    proc = subprocess.run([exe, cdb, tmp], input=text, cwd=cwd, capture_output=True, timeout=60)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777, 0o775, 0o730], ids=oct)
+def test_tcprules_shared_dir_symlink_not_followed(tmp_path: Path, mode: int) -> None:
+    """Deliberate difference: in a directory others can write, a symlink planted at the temp name is
+    replaced, not written through (Debian's truncates and fills its target, then renames the link
+    over the cdb)."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    pub.chmod(mode)
+    (pub / "r.tmp").symlink_to(victim)
+    (pub / "r.cdb").write_bytes(OLD_CDB)
+    assert _tcprules_here(ours("tcprules"), tmp_path, "pub/r.cdb", "pub/r.tmp") == (0, b"")
+    assert victim.read_bytes() == b"precious\n"
+    cdb = (pub / "r.cdb").lstat()
+    assert stat.S_ISREG(cdb.st_mode) and cdb.st_uid == os.geteuid() and stat.S_IMODE(cdb.st_mode) == 0o644
+    assert (pub / "r.cdb").read_bytes() == cdb_bytes(compile_rules(b"1.2.3.4:deny\n"))
+    assert sorted(p.name for p in pub.iterdir()) == ["r.cdb"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant a file owned by another user")
+def test_tcprules_shared_dir_foreign_file_not_reused(tmp_path: Path) -> None:
+    """Someone else's file at the temp name (they could write it after we do) is replaced by a new
+    file of ours; in a private directory the existing file is truncated and reused, as in 0.88."""
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    pub.chmod(0o1777)
+    planted = pub / "r.tmp"
+    planted.write_bytes(b"x" * 5000)
+    os.chown(planted, 65534, 65534)
+    planted.chmod(0o666)
+    old_inode = planted.stat().st_ino
+    keep = os.open(planted, os.O_RDONLY)  # keeps the old inode alive, so its number is not reused
+    try:
+        assert _tcprules_here(ours("tcprules"), tmp_path, "pub/r.cdb", "pub/r.tmp") == (0, b"")
+        cdb = (pub / "r.cdb").stat()
+        assert cdb.st_ino != old_inode and cdb.st_uid == 0 and stat.S_IMODE(cdb.st_mode) == 0o644
+        assert os.fstat(keep).st_size == 5000  # not a byte of ours went into their file
+    finally:
+        os.close(keep)
+
+
+def test_tcprules_shared_dir_directory_at_tmp_name(tmp_path: Path) -> None:
+    """Deliberate difference: in a shared directory a name that cannot be removed is not reused:
+    ``file already exists`` (Debian's says ``is a directory``); the cdb is untouched."""
+    pub = tmp_path / "pub"
+    (pub / "r.tmp").mkdir(parents=True)
+    pub.chmod(0o777)
+    (pub / "r.cdb").write_bytes(OLD_CDB)
+    assert _tcprules_here(ours("tcprules"), tmp_path, "pub/r.cdb", "pub/r.tmp") == (
+        111,
+        b"tcprules: fatal: unable to create pub/r.tmp: file already exists\n",
+    )
+    assert (pub / "r.cdb").read_bytes() == OLD_CDB
+    assert _tcprules_here(real("tcprules"), tmp_path, "pub/r.cdb", "pub/r.tmp") == (
+        111,
+        b"tcprules: fatal: unable to create pub/r.tmp: is a directory\n",
+    )
+
+
+def test_tcprules_shared_dir_failure_leaves_cdb(tmp_path: Path) -> None:
+    """A bad line in a shared directory: the cdb is untouched and the temp file stays as 0.88 leaves it."""
+    results = []
+    for side, exe in (("debian", real("tcprules")), ("prefork", ours("tcprules"))):
+        pub = tmp_path / side
+        pub.mkdir()
+        pub.chmod(0o1777)
+        (pub / "r.cdb").write_bytes(OLD_CDB)
+        rc, err = _tcprules_here(exe, pub, "r.cdb", "r.tmp", _big(1000, b"bad:line\n"))
+        results.append((rc, err, _snapshot(pub)))
+    assert results[0] == results[1]
+    assert results[0][0] == 100 and results[0][2]["r.cdb"][2] == OLD_CDB and "r.tmp" in results[0][2]
+
+
+def test_tcprules_private_dir_symlink_followed_as_088(tmp_path: Path) -> None:
+    """In a directory only we (or root) can write, a symlink at the temp name is the owner's own
+    doing and is followed as 0.88 does: the target gets the cdb, the link is renamed to the cdb."""
+    results = []
+    for side, exe in (("debian", real("tcprules")), ("prefork", ours("tcprules"))):
+        folder = tmp_path / side
+        folder.mkdir()
+        folder.chmod(0o755)
+        (folder / "target").write_bytes(b"old target")
+        (folder / "r.tmp").symlink_to("target")
+        rc, err = _tcprules_here(exe, folder, "r.cdb", "r.tmp")
+        link = os.readlink(folder / "r.cdb") if (folder / "r.cdb").is_symlink() else None
+        results.append((rc, err, link, (folder / "target").read_bytes()))
+    assert results[0] == results[1]
+    assert results[0][2] == "target" and results[0][3] == cdb_bytes(compile_rules(b"1.2.3.4:deny\n"))
+
+
+# -- what a rules cdb reader checks ---------------------------------------------
+
+GOOD_TEXT = b'1.2.3.4:deny\n1.2.3.:allow,X="1"\n:allow\n'
+LONG_HOST = b"h" * 39
+
+
+def _good_cdb() -> bytes:
+    return cdb_bytes(compile_rules(GOOD_TEXT))
+
+
+def _header_entry(data: bytearray, key: bytes) -> tuple[int, int, int]:
+    at = 8 * (cdb_hash(key) & 255)
+    return (at, *struct.unpack_from("<II", data, at))
+
+
+def _record_of(data: bytearray, key: bytes) -> int:
+    _at, tpos, slots = _header_entry(data, key)
+    for k in range(slots):
+        h, pos = struct.unpack_from("<II", data, tpos + 8 * k)
+        if h == cdb_hash(key):
+            return pos
+    raise AssertionError(key)
+
+
+def _set(data: bytearray, at: int, *words: int) -> bytes:
+    struct.pack_into(f"<{len(words)}I", data, at, *words)
+    return bytes(data)
+
+
+def _one_slot(probe: bytes, record: bytes) -> bytes:
+    header = bytearray(2048)
+    struct.pack_into("<II", header, 8 * (cdb_hash(probe) & 255), 2048, 1)
+    return bytes(header) + struct.pack("<II", cdb_hash(probe), 2056) + record
+
+
+def _corrupt(form: str) -> bytes:
+    good = bytearray(_good_cdb())
+    if form == "empty":
+        return b""
+    if form == "short-header":
+        return bytes(good[:100])
+    if form == "truncated-1":
+        return bytes(good[:-1])
+    if form == "truncated-in-tables":
+        return bytes(good[: len(good) - 40])
+    at, tpos, slots = _header_entry(good, b"1.2.3.4")
+    if form == "table-past-end":
+        return _set(good, at, 0xFFFFFFF0, slots)
+    if form == "slot-count-huge":
+        return _set(good, at, tpos, 0x7FFFFFFF)
+    if form == "slot-count-wraps":
+        return _set(good, at, tpos, 0x20000001)  # 8 * slots wraps to 8 in 32 bits
+    if form == "unprobed-table-past-end":
+        used = {cdb_hash(k) & 255 for k in (b"1.2.3.4", b"1.2.3.5", b"9.9.9.9", b"1.2.3.", b"9.9.9.", b"9.9.", b"9.")}
+        used |= {cdb_hash(k) & 255 for k in (b"1.2.", b"1.", b"")}
+        spare = min(set(range(256)) - used)
+        return _set(good, 8 * spare, 0xFFFFFF00, 5)
+    rec = _record_of(good, b"1.2.3.4")
+    if form == "record-pos-past-end":
+        for k in range(slots):
+            if struct.unpack_from("<I", good, tpos + 8 * k)[0] == cdb_hash(b"1.2.3.4"):
+                struct.pack_into("<I", good, tpos + 8 * k + 4, 0xFFFFFF00)
+        return bytes(good)
+    if form == "key-length-huge":
+        return _set(good, rec, 0xFFFFFFF0)
+    if form == "value-length-past-end":
+        return _set(good, rec + 4, 0xFFFFFFF0)
+    if form == "full-table-no-empty-slot":
+        for k in range(slots):
+            struct.pack_into("<II", good, tpos + 8 * k, 1, 2048)
+        return bytes(good)
+    if form == "key-differs-value-past-end":
+        return _one_slot(b"1.2.3.4", struct.pack("<II", 7, 100) + b"9.9.9.9" + b"D\0")
+    if form == "key-cut-by-end":
+        return _one_slot(b"1.2.3.4", struct.pack("<II", 7, 0) + b"9.9.9")
+    if form == "long-key-differs-in-first-piece":
+        return _one_slot(b"=" + LONG_HOST, struct.pack("<II", 40, 0) + b"=" + b"x" * 34)
+    if form == "long-key-first-piece-matches":
+        return _one_slot(b"=" + LONG_HOST, struct.pack("<II", 40, 0) + b"=" + LONG_HOST[:34])
+    if form == "header-all-ff":
+        return b"\xff" * 2048
+    if form == "header-all-zero":
+        return bytes(2048)
+    raise AssertionError(form)
+
+
+PE = (111, b"", b"tcprulescheck: fatal: unable to read c.cdb: protocol error\n")
+DENY = (0, b"rule 1.2.3.4:\ndeny connection\n", b"")
+PREFIX = (0, b"rule 1.2.3.:\nset environment variable X=1\nallow connection\n", b"")
+EMPTY_RULE = (0, b"rule :\nallow connection\n", b"")
+DEFAULT = (0, b"default:\nallow connection\n", b"")
+# form: (prefork's answers for 1.2.3.4, 1.2.3.5, 9.9.9.9 with host hhh...; Debian's where they differ)
+CORRUPT_FORMS: dict[str, tuple[list[tuple[int, bytes, bytes]], list[tuple[int, bytes, bytes]] | None]] = {
+    "empty": ([PE] * 3, [(111, b"", b"tcprulescheck: fatal: unable to read c.cdb: invalid argument\n")] * 3),
+    "short-header": ([PE] * 3, None),
+    "truncated-1": ([PE] * 3, [DENY, PREFIX, EMPTY_RULE]),
+    "truncated-in-tables": ([PE] * 3, None),
+    "table-past-end": ([PE] * 3, [PE, PREFIX, EMPTY_RULE]),
+    "slot-count-huge": ([PE] * 3, [PE, PREFIX, EMPTY_RULE]),
+    "slot-count-wraps": ([PE] * 3, [PE, PREFIX, EMPTY_RULE]),
+    "unprobed-table-past-end": ([PE] * 3, [DENY, PREFIX, EMPTY_RULE]),
+    "record-pos-past-end": ([PE, PREFIX, EMPTY_RULE], None),
+    "key-length-huge": ([PREFIX, PREFIX, EMPTY_RULE], None),
+    "value-length-past-end": ([PE, PREFIX, EMPTY_RULE], None),
+    "full-table-no-empty-slot": ([PREFIX, PREFIX, EMPTY_RULE], None),
+    "key-differs-value-past-end": ([DEFAULT] * 3, None),
+    "key-cut-by-end": ([PE, DEFAULT, DEFAULT], None),
+    "long-key-differs-in-first-piece": ([DEFAULT] * 3, None),
+    "long-key-first-piece-matches": ([DEFAULT, DEFAULT, PE], None),
+    "header-all-ff": ([PE] * 3, None),
+    "header-all-zero": ([DEFAULT] * 3, None),
+}
+
+
+@pytest.mark.parametrize("form", list(CORRUPT_FORMS))
+def test_corrupt_cdb_forms(tmp_path: Path, form: str) -> None:
+    """Each structurally bad cdb: prefork's one-line error or answer for three clients, and Debian's
+    (the same unless listed: 0.88 checks a table only when a probe reaches it, and answers the rest)."""
+    (tmp_path / "c.cdb").write_bytes(_corrupt(form))
+    clients = [_env(b"1.2.3.4", None, None), _env(b"1.2.3.5", None, None), _env(b"9.9.9.9", b"h" * 39, None)]
+    expected_ours, expected_theirs = CORRUPT_FORMS[form]
+    assert [_check(ours("tcprulescheck"), ["c.cdb"], env, tmp_path) for env in clients] == expected_ours
+    theirs = [_check(real("tcprulescheck"), ["c.cdb"], env, tmp_path) for env in clients]
+    assert theirs == (expected_ours if expected_theirs is None else expected_theirs)
+
+
+def test_corrupt_cdb_special_files(tmp_path: Path) -> None:
+    """Deliberate differences: over 4 GiB (sparse here), a FIFO or a device is ``protocol error``
+    unread; Debian's reads the big file without mmap (2048 zero bytes: default allow) and says
+    ``invalid argument`` for the others."""
+    with open(tmp_path / "huge.cdb", "wb") as f:
+        f.truncate(2**32 + 1)
+    os.mkfifo(tmp_path / "fifo")
+    env = _env(b"1.2.3.4", None, None)
+    for name, theirs in [
+        ("huge.cdb", DEFAULT),
+        ("fifo", (111, b"", b"tcprulescheck: fatal: unable to read fifo: invalid argument\n")),
+        ("/dev/zero", (111, b"", b"tcprulescheck: fatal: unable to read /dev/zero: invalid argument\n")),
+    ]:
+        mine = _check(ours("tcprulescheck"), [name], env, tmp_path)
+        assert mine == (111, b"", b"tcprulescheck: fatal: unable to read %s: protocol error\n" % name.encode())
+        assert _check(real("tcprulescheck"), [name], env, tmp_path) == theirs
 
 
 _TOKENS = [b"1", b"2", b"300", b".", b"-", b":", b"allow", b"deny", b",", b"=", b'"', b"/", b"X", b" ", b"\t"]
