@@ -86,6 +86,12 @@ def _remove_shm_files_of_tmp_path(request):
         return
     root = request.getfixturevalue("tmp_path")  # now: its teardown then comes after this one's
     yield
+    remove_shm_files_of(root)
+
+
+def remove_shm_files_of(root) -> None:
+    """Remove the svscan/supervise tables and multilog blocks named after any directory under ROOT
+    (for tests whose trees live outside tmp_path: call it before removing the tree)."""
     keys = set()
     for directory, _subdirs, _files in os.walk(root):
         try:
@@ -99,3 +105,12 @@ def _remove_shm_files_of_tmp_path(request):
                 os.unlink(f"/dev/shm/{prefix}.{key}")
             except OSError:
                 pass
+
+
+def fuzz_examples(default: int) -> int:
+    """How many examples a property test or fuzz draws: DEFAULT (the CI size), or more when
+    PREFORK_FUZZ_EXAMPLES asks for a long run (docs/THREAT_MODEL.md, "Fuzz runs")."""
+    try:
+        return max(default, int(os.environ.get("PREFORK_FUZZ_EXAMPLES", "0")))
+    except ValueError:
+        return default

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours
+from conftest import ours, remove_shm_files_of
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 from control import statusfile
@@ -319,6 +319,7 @@ class Tree:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+        remove_shm_files_of(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log_blocks(self) -> list[str]:

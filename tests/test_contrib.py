@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, VENV_BIN, ours
+from conftest import ROOT, VENV_BIN, ours, remove_shm_files_of
 
 CONTRIB = ROOT / "contrib"
 SERVICES = CONTRIB / "services"
@@ -247,6 +247,7 @@ def nobody_dir():
         path.chmod(0o755)
         yield path
     finally:
+        remove_shm_files_of(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

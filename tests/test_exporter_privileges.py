@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours
+from conftest import ours, remove_shm_files_of
 from tcpserver_harness import QUIET, TAG_VAR, kill_procs, tagged, talk, wait_until
 
 from control import servicetable as st
@@ -93,6 +93,7 @@ def tree():
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(table)
+        remove_shm_files_of(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

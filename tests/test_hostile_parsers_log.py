@@ -19,6 +19,7 @@ import os
 import re
 
 import pytest
+from conftest import fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ from metrics.tai64n_cli import Stamper
 from metrics.tai64nlocal import Converter, local_prefix
 from prefork import tai64n
 
-BOUNDED = settings(max_examples=300, deadline=None, derandomize=True)
+BOUNDED = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True)
 
 # Words as a command line delivers them (bytes through the file system encoding), and any text.
 ARGV_WORD = st.binary(max_size=12).filter(lambda b: b"\x00" not in b).map(os.fsdecode)

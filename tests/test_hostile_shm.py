@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ours
+from conftest import fuzz_examples, ours
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,7 +46,7 @@ from metrics import tcpserver_status
 from prefork import scoreboard as sb
 from prefork import scoreboard_read as boards
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 GIB = 1 << 30
 RSS_LIMIT_KB = 100 * 1024  # what a reader of a 1 GB sparse file may use at its peak

@@ -29,6 +29,7 @@ import threading
 import time
 
 import pytest
+from conftest import fuzz_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tcpserver_harness import (
@@ -51,7 +52,7 @@ from prefork.ident import MAX_INFO, IdentReply, parse_ident_reply
 from prefork.logline import decision_line, safe
 from prefork.worker import Conn, connection_env
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours, real
+from conftest import ours, real, remove_shm_files_of
 
 from control import statusfile, svc, svok, svstat
 from prefork import tai64n
@@ -113,6 +113,7 @@ def public_dir() -> Iterator[Path]:
         path.chmod(0o755)
         yield path
     finally:
+        remove_shm_files_of(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours, real
+from conftest import ours, real, remove_shm_files_of
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 from control import statusfile
@@ -1023,6 +1023,7 @@ def open_tree():
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(table)
+        remove_shm_files_of(base)
         shutil.rmtree(base, ignore_errors=True)
 
 
