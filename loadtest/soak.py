@@ -568,8 +568,12 @@ def write_reports(data: dict, out: Path, publish: bool) -> None:
     log(f"wrote {out / 'SOAK.md'}" + (f", {out / 'soak.png'}" if chart["written"] else f" (no chart: {chart['note']})"))
     if publish:
         DOCS.mkdir(exist_ok=True)
-        (DOCS / "SOAK.md").write_text(soak_report.render_markdown(data, published=True))
-        log(f"wrote {DOCS / 'SOAK.md'}")
+        (DOCS / "SOAK.md").write_text(soak_report.render_markdown(data))
+        if chart["written"]:
+            import shutil
+
+            shutil.copyfile(out / "soak.png", DOCS / "soak.png")
+        log(f"wrote {DOCS / 'SOAK.md'}" + (f", {DOCS / 'soak.png'}" if chart["written"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def render_markdown(data: dict, published: bool = False) -> str:
+def render_markdown(data: dict) -> str:
     from loadtest.soak_conns import KILL_WINDOW
     from loadtest.soak_tree import GAP_MARGIN
 
@@ -189,11 +189,10 @@ def render_markdown(data: dict, published: bool = False) -> str:
             f"- orphans reaped by the soak (services of killed svscans that exited, workers of the stopped "
             f"master): {cl.get('orphans_reaped_total', 0)}", ""]
     chart = data.get("chart") or {}
-    if not published:
-        if chart.get("written"):
-            out += ["## Chart", "", "![soak](soak.png)", ""]
-        elif chart.get("note"):
-            out += ["## Chart", "", f"No chart: {chart['note']}.", ""]
+    if chart.get("written"):  # published: --publish copies it next to docs/SOAK.md
+        out += ["## Chart", "", "![soak](soak.png)", ""]
+    elif chart.get("note"):
+        out += ["## Chart", "", f"No chart: {chart['note']}.", ""]
     out += ["## Machine", "",
             f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
             f"- kernel {m['kernel']}, Python {m['python']}, prefork commit {m.get('prefork_commit') or 'unknown'}"
