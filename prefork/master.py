@@ -224,7 +224,8 @@ class Master:
         listen = None
         if cfg.metrics is not None:
             listen = metrics_listener(cfg.metrics, self.warning)
-        args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile)
+        args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile,
+                             cfg.metrics_user)
         self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn,
                                  listener=listen)
         self.exporter.start()

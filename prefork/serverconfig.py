@@ -50,6 +50,7 @@ DEFAULTS: dict[str, object] = {
     "name": "",
     "metrics": None,  # --metrics HOST:PORT (checked by the front end): serve metrics through a prefork-exporter child
     "metrics_textfile": None,  # --metrics-textfile PATH: the exporter also writes them there
+    "metrics_user": None,  # --metrics-user USER: who a root server's exporter becomes (None: nobody)
 }
 
 

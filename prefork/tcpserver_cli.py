@@ -72,6 +72,21 @@ class FilePath(click.ParamType):
         return str(value)
 
 
+class Account(click.ParamType):
+    """An account name or UID:GID (``--metrics-user``), checked now: an unknown one is a usage error."""
+
+    name = "USER"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from prefork.exporter_child import resolve_user
+
+        try:
+            resolve_user(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return str(value)
+
+
 def _default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -99,6 +114,8 @@ def _default_workers() -> int:
               help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start)")
 @click.option("--metrics-textfile", type=FilePath(), default=None,
               help="also write the metrics to PATH for node_exporter's textfile collector")
+@click.option("--metrics-user", type=Account(), default=None,
+              help="the account (or UID:GID) the exporter runs as when tcpserver keeps root (default nobody)")
 @click.argument("operands", nargs=-1, type=click.UNPROCESSED)
 def main(operands: tuple[str, ...], **opts: object) -> None:
     """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
@@ -166,6 +183,7 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         name=str(opts["name"]),
         metrics=opts["metrics"],
         metrics_textfile=opts["metrics_textfile"],
+        metrics_user=opts["metrics_user"],
     )
     from prefork.lean import exec_server
 

@@ -186,6 +186,27 @@ def test_root_tcpservers_exporter_runs_as_nobody_and_serves_the_scoreboard(prefo
 
 
 @needs_root
+def test_tcpserver_metrics_user_chooses_the_account(prefork):
+    server = prefork([*QUIET, "--name", "echo", "--metrics", "127.0.0.1:0", "--metrics-user", "4242:4343"],
+                     ["/bin/echo", "hi"])
+    match = wait_until(lambda: LISTENING.search(server.stderr()), 15)
+    assert match, server.stderr()
+    child = exporter_child_of(server.pid)
+    assert ids(child.pid) == ([4242] * 4, [4343] * 4, [])
+    talk(server.port)
+    assert wait_until(lambda: (t := scrape(int(match[1]))) and  # type: ignore[index]
+                      'tcpserver_connections_accepted_total{service="echo"} 1.0' in t, 10)
+
+
+def test_tcpserver_unknown_metrics_user_is_a_usage_error():
+    done = subprocess.run([ours("tcpserver"), "--metrics-user", "no-such-user-here", "-HRl0", "127.0.0.1", "0",
+                           "true"], capture_output=True, timeout=30)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 100 and lines[0] == (
+        "tcpserver: bad value for --metrics-user: unknown account 'no-such-user-here'"), lines
+
+
+@needs_root
 def test_tcpservers_exporter_reads_a_scoreboard_nobody_could_open(tmp_path, prefork):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
