@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import struct
 import subprocess
@@ -307,25 +306,46 @@ def test_scoreboard_reader_raises_only_its_error_and_status_prints_its_table(tmp
         json.dumps(tcpserver_status.as_json(str(path), snap, running))
 
 
+_MEASURE = """
+import os, resource, sys
+report_fd = int(os.environ.pop("REPORT_FD"))
+pid = os.fork()
+if pid == 0:
+    os.close(report_fd)
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    os.execv(sys.argv[1], sys.argv[1:])
+_pid, status, usage = os.wait4(pid, 0)
+os.write(report_fd, b"%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
+"""
+
+
 def rss_of(argv: list[str]) -> tuple[int, bytes, bytes, int]:
     """Run ARGV (address space capped at 2 GiB so a reader that copies 1 GB fails instead of hurting the
-    machine); (exit code, stdout, stderr, peak RSS in KiB)."""
+    machine); (exit code, stdout, stderr, peak RSS in KiB).
 
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 * GIB, 2 * GIB))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=cap)
-        try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss
+    The kernel carries a process's peak RSS across fork and exec, so a child of this (large) test
+    process would start with our peak: ARGV is forked by a small interpreter instead, and its own
+    wait4 reports ARGV's peak.
+    """
+    r, w = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEASURE, *argv], stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, pass_fds=(w,), env=dict(os.environ, REPORT_FD=str(w)))
+            os.close(w)
+            w = -1
+            report = b""
+            while chunk := os.read(r, 64):
+                report += chunk
+            proc.wait(120)
+            out.seek(0)
+            err.seek(0)
+            code, rss = (int(x) for x in report.split())
+            return code, out.read(), err.read(), rss
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
 
 
 def sparse_board(tmp_path: Path, nslots: int | None = None) -> Path:
