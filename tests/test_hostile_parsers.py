@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fuzz_examples, ours, real
+from conftest import fuzz_examples, ours, real, remove_shm_files_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -152,6 +152,7 @@ def supervised(tmp_path_factory):
             except psutil.Error:
                 pass
         errors.close()
+        remove_shm_files_of(service.parent)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
