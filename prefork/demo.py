@@ -9,8 +9,9 @@ service running ``multilog t ./main``:
   tree's service table on one URL, the pattern of contrib/kubernetes
   (``svscan --metrics`` and ``tcpserver --metrics`` would take a port each).
 
-The ports are ``DEMO_PORT`` and ``DEMO_METRICS_PORT`` (0, the default, lets
-the kernel choose; the demo reads the chosen ones from the services' logs).
+The ports are ``DEMO_PORT`` and ``DEMO_METRICS_PORT`` (0, the default: the
+demo asks the kernel for a free port once and writes it into the run script,
+so ``svc -d``/``svc -u`` bring a service back on the port the banner printed).
 svscan runs with ``--stop-services`` in its own session, so Ctrl-C (SIGINT,
 also SIGTERM or SIGHUP) reaches only the demo, which asks svscan to bring
 every service down, waits for it, and removes the tree.  Lines the greeting
@@ -103,6 +104,20 @@ def build_tree(root: str, bindir: str, port: str = "0", metrics_port: str = "0")
     with open(os.path.join(tree.greeting, "rules"), "rb") as rules:
         subprocess.run([os.path.join(bindir, "tcprules"), cdb, cdb + ".tmp"], stdin=rules, check=True)
     return tree
+
+
+def free_ports(count: int) -> list[int]:
+    """COUNT different loopback ports nobody listens on now (the kernel's choice), for run scripts to name for good."""
+    import socket
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:  # all bound at once: two different ports
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _environment(bindir: str) -> dict[bytes, bytes]:
@@ -211,18 +226,23 @@ def _wait_started(svscan: subprocess.Popen, tree: Tree) -> tuple[int, str]:
 
 def _banner(tree: Tree, bindir: str, svscan_pid: int, port: int, url: str) -> str:
     b = bindir + "/"
+    clients = [f"{b}tcpclient -HR -l0 127.0.0.1 {port} sh -c 'cat <&6 & exec cat >&7'"]
+    if shutil.which("nc"):  # suggest only what is installed
+        clients.insert(0, f"nc 127.0.0.1 {port}")
+    connect = "\n             ".join(clients)
+    fetch = f"curl -s {url}" if shutil.which("curl") else f"{sys.executable} -c \"import urllib.request as u; " \
+        f"print(u.urlopen('{url}').read().decode())\""
     return f"""
 prefork demo: svscan (pid {svscan_pid}) supervises the services in {tree.root}
   greeting:  tcpserver on 127.0.0.1:{port} with the rules in {tree.greeting}/rules
-  connect:   nc 127.0.0.1 {port}
-             {b}tcpclient -HR -l0 127.0.0.1 {port} sh -c 'cat <&6 & exec cat >&7'
+  connect:   {connect}
   control:   {b}svstat {tree.greeting} {tree.greeting}/log {tree.metrics}
              {b}svc -d {tree.greeting}     (down; -u up, -t restart, -p/-c pause/continue)
              {b}svstat --all {tree.root}
   logs:      {b}tai64nlocal < {tree.greeting_log}
              {b}tai64nlocal < {tree.metrics_log}
   metrics:   {url}
-             curl -s {url} | grep -E '^(tcpserver|supervise)_'
+             {fetch} | grep -E '^(tcpserver|supervise)_'
 Ctrl-C stops every service and removes the tree. The greeting's log follows.
 """
 
@@ -262,6 +282,9 @@ def main() -> int:
         if not (value.isascii() and value.isdigit() and int(value) <= 65535):
             print(f"demo: {name} must be a port number (0 lets the kernel choose), not {value!r}", file=sys.stderr)
             return 100
+    unset = [name for name, value in ports.items() if value == "0"]
+    for name, port in zip(unset, free_ports(len(unset)), strict=True):
+        ports[name] = str(port)
     root = tempfile.mkdtemp(prefix="prefork-demo.")
     svscan = None
     follower = None

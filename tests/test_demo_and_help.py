@@ -132,6 +132,21 @@ def test_demo_runs_a_supervised_tree_and_leaves_nothing_on_ctrl_c(tmp_path):
         out.until(r"^greeting: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9} tcpserver: ok ", 10)  # the log, followed
         svstat = subprocess.run([ours("svstat"), str(tree / "greeting")], capture_output=True, timeout=30)
         assert re.fullmatch(rb".*/greeting: up \(pid \d+\) \d+ seconds\n", svstat.stdout), svstat.stdout
+        # the printed commands keep working: svc -d then -u brings the greeting back on the same port
+        assert subprocess.run([ours("svc"), "-d", str(tree / "greeting")], timeout=30).returncode == 0
+        _wait_for(lambda: b": down " in subprocess.run([ours("svstat"), str(tree / "greeting")], capture_output=True,
+                                                       timeout=30).stdout, 20, "the greeting down")
+        assert subprocess.run([ours("svc"), "-u", str(tree / "greeting")], timeout=30).returncode == 0
+
+        def greets() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.settimeout(5)
+                    return s.recv(64).startswith(b"welcome to prefork")
+            except OSError:
+                return False
+
+        _wait_for(greets, 20, "the greeting back on the printed port")
 
         demo.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
         assert demo.wait(timeout=60) == 0
