@@ -203,3 +203,79 @@ def test_supervise_control_flood_is_bounded(supervised) -> None:
     assert _wait(lambda: run([ours("svc"), "-t", str(service)])[0] == 0)
     assert proc.poll() is None
     assert _wait(lambda: (s := _status(service)) is not None and s.pid != 0 and _alive(s.pid))
+
+
+# -- the exporter's HTTP requests ----------------------------------------------------------------------------------
+STATUS_LINES = (b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 400 Bad Request\r\n", b"HTTP/1.1 404 Not Found\r\n",
+                b"HTTP/1.1 405 Method Not Allowed\r\n")
+REQUESTS = st.one_of(
+    st.binary(max_size=200),
+    st.builds(lambda m, t, v, rest: m + b" " + t + b" " + v + b"\r\n" + rest,
+              st.sampled_from([b"GET", b"HEAD", b"POST", b"get", b"\0"]),
+              st.sampled_from([b"/metrics", b"/", b"/metrics?x=1", b"//metrics", b"/metrics\0", b""]),
+              st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/", b"XTTP/1.1"]), st.binary(max_size=40)),
+)
+
+
+@SETTINGS
+@given(request=REQUESTS)
+def test_exporter_answers_any_request_head_with_a_documented_response(request: bytes) -> None:
+    from metrics.exporter import respond
+
+    body = b"# metrics\n"
+    response = respond(request, lambda: body)
+    assert response.startswith(STATUS_LINES), response
+    head, _, rest = response.partition(b"\r\n\r\n")
+    length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n")[1])  # type: ignore[index]
+    method = request.split(b"\n", 1)[0].split()[:1]
+    assert len(rest) == (0 if method == [b"HEAD"] and response.startswith(STATUS_LINES[0]) else length)
+    if response.startswith(STATUS_LINES[0]) and method == [b"GET"]:
+        assert rest in (body, b"prefork-exporter: the metrics are at /metrics\n")
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory):
+    """A prefork-exporter on 127.0.0.1:0 serving a scoreboard that does not exist (source_up 0); ended by pid."""
+    where = tmp_path_factory.mktemp("exporter")
+    errors = open(where / "stderr", "w+b")
+    proc = subprocess.Popen([ours("prefork-exporter"), "--listen", "127.0.0.1:0", "--scoreboard", str(where / "none")],
+                            env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+    try:
+        found = _wait(lambda: re.search(rb"listening on http://127\.0\.0\.1:(\d+)/metrics",
+                                        (where / "stderr").read_bytes()))
+        assert found, (where / "stderr").read_bytes()
+        yield proc, int(re.search(rb"127\.0\.0\.1:(\d+)/", (where / "stderr").read_bytes())[1])  # type: ignore[index]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        errors.close()
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(10)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return b""
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except OSError:
+            pass
+        return reply
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=REQUESTS)
+def test_a_live_exporter_survives_any_request_bytes(exporter, request: bytes) -> None:
+    proc, port = exporter
+    reply = _exchange(port, request)
+    assert reply == b"" or reply.startswith(STATUS_LINES), reply[:100]
+    assert proc.poll() is None
+    scrape = _exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert scrape.startswith(STATUS_LINES[0]) and b'prefork_exporter_source_up{kind="scoreboard"' in scrape, scrape
