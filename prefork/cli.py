@@ -151,11 +151,26 @@ class DjbCommand(click.Command):
         sys.exit(EXIT_USAGE)
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_text(f"usage: {self.djb_usage}")
+        formatter.write(wrap_usage(f"usage: {self.djb_usage}", formatter.width or 78) + "\n")
 
     def print_usage(self) -> None:
         name = self.djb_usage.split(" ", 1)[0]
         write_line(f"{name}: usage: {self.djb_usage}")
+
+
+def wrap_usage(text: str, width: int = 78) -> str:
+    """A usage line wrapped between options (``[ -c limit ]`` stays whole), continuation lines indented."""
+    import re
+
+    tokens = re.findall(r"\[[^\]]*\]|\S+", text)
+    indent = " " * (len(tokens[0]) + len(tokens[1]) + 2) if len(tokens) > 2 else "  "
+    lines = [tokens[0]]
+    for token in tokens[1:]:
+        if len(lines[-1]) + 1 + len(token) > width and lines[-1].strip():
+            lines.append(indent + token)
+        else:
+            lines[-1] += " " + token
+    return "\n".join(lines)
 
 
 def djb_command(

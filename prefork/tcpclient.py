@@ -320,13 +320,13 @@ DEFAULTS = {"nodelay": False, "verbosity": 1, "remote_host": True, "remote_info"
 
 
 @djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
-@click.option("-i", "local_ip", type=LocalIP(), default=None, help="local IP address to bind")
-@click.option("-p", "local_port", type=Number(maximum=65535), default=0, help="local port to bind")
-@click.option("-T", "conn_timeouts", type=ConnTimeouts(), default="2+58", help="connect timeouts X+Y seconds")
-@click.option("-l", "local_name", default=None, help="TCPLOCALHOST value (no local PTR look-up)")
-@click.option("-t", "info_timeout", type=Number(), default=26, help="ident timeout in seconds")
+@click.option("-i", "local_ip", metavar="localip", type=LocalIP(), default=None, help="local IP address to bind")
+@click.option("-p", "local_port", metavar="localport", type=Number(maximum=65535), default=0, help="local port to bind")
+@click.option("-T", "conn_timeouts", metavar="timeoutconn", type=ConnTimeouts(), default="2+58", help="connect timeouts X+Y seconds")
+@click.option("-l", "local_name", metavar="localname", default=None, help="TCPLOCALHOST value (no local PTR look-up)")
+@click.option("-t", "info_timeout", metavar="timeoutinfo", type=Number(), default=26, help="ident timeout in seconds")
 @click.option(
-    "--ident-port", "ident_port", type=Number(maximum=65535), default=IDENT_PORT, help="port of the ident server (113)"
+    "--ident-port", "ident_port", metavar="PORT", type=Number(maximum=65535), default=IDENT_PORT, help="port of the ident server (113)"
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def command(args: tuple[str, ...], **params: Any) -> NoReturn:

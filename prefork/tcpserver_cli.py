@@ -95,21 +95,21 @@ def _default_workers() -> int:
 
 
 @djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
-@click.option("-c", "limit", type=Number(), default=40, help="at most this many programs at once (40)")
-@click.option("-x", "rules", default=None, help="rules cdb made by tcprules, read for every connection")
-@click.option("-B", "banner", default="", help="write this to each client right after accepting it")
-@click.option("-g", "gid", type=Number(), default=0, help="switch to this gid after binding")
-@click.option("-u", "uid", type=Number(), default=0, help="switch to this uid after binding")
-@click.option("-b", "backlog", type=Number(), default=DEFAULT_BACKLOG, help=f"listen() backlog ({DEFAULT_BACKLOG})")
-@click.option("-l", "localname", default=None, help="TCPLOCALHOST, instead of a DNS lookup of the local IP")
-@click.option("-t", "timeout", type=Number(), default=26, help="ident timeout in seconds (26)")
-@click.option("--workers", type=Number(maximum=MAX_SLOTS), default=None,
+@click.option("-c", "limit", metavar="limit", type=Number(), default=40, help="at most this many programs at once (40)")
+@click.option("-x", "rules", metavar="rules.cdb", default=None, help="rules cdb made by tcprules, read for every connection")
+@click.option("-B", "banner", metavar="banner", default="", help="write this to each client right after accepting it")
+@click.option("-g", "gid", metavar="gid", type=Number(), default=0, help="switch to this gid after binding")
+@click.option("-u", "uid", metavar="uid", type=Number(), default=0, help="switch to this uid after binding")
+@click.option("-b", "backlog", metavar="backlog", type=Number(), default=DEFAULT_BACKLOG, help=f"listen() backlog ({DEFAULT_BACKLOG})")
+@click.option("-l", "localname", metavar="localname", default=None, help="TCPLOCALHOST, instead of a DNS lookup of the local IP")
+@click.option("-t", "timeout", metavar="timeout", type=Number(), default=26, help="ident timeout in seconds (26)")
+@click.option("--workers", metavar="N", type=Number(maximum=MAX_SLOTS), default=None,
               help=f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})")
-@click.option("--scoreboard", "scoreboard", default=None,
+@click.option("--scoreboard", "scoreboard", metavar="PATH", default=None,
               help="shared-memory status file (default /dev/shm/prefork-tcpserver.PID, removed at exit)")
-@click.option("--name", default="", help="service name recorded in the scoreboard for metrics")
-@click.option("--ident-port", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
-@click.option("--dns-timeout", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
+@click.option("--name", metavar="NAME", default="", help="service name recorded in the scoreboard for metrics")
+@click.option("--ident-port", metavar="PORT", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
+@click.option("--dns-timeout", metavar="SECONDS", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
 @click.option("--metrics", type=MetricsAddress(), default=None,
               help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start)")
 @click.option("--metrics-textfile", type=FilePath(), default=None,

@@ -82,6 +82,20 @@ def _read_all(path: Path) -> bytes:
         return b""
 
 
+@pytest.mark.parametrize("command", ["tcpserver", "tcpclient", "tcprules", "tcprulescheck"])
+def test_djb_style_help_names_arguments_and_wraps_between_options(command):
+    """--help shows djb's argument names (``-c limit``), not click's TEXT/NUMBER, and wraps the usage
+    line only between options: no ``[ ... ]`` group is split across two lines."""
+    done = subprocess.run([ours(command), "--help"], capture_output=True, timeout=30)
+    text = done.stdout.decode()
+    assert done.returncode == 0 and text.startswith(f"usage: {command} "), text
+    assert not re.search(r"\b(TEXT|NUMBER|INTEGER)\b", text), text
+    usage = text.split("\n\n", 1)[0].splitlines()
+    assert all(len(line) <= 80 and line.count("[") == line.count("]") for line in usage), usage
+    if command == "tcpserver":
+        assert re.search(r"^  -c limit +at most", text, re.M) and re.search(r"^  --workers N ", text, re.M), text
+
+
 def test_demo_runs_a_supervised_tree_and_leaves_nothing_on_ctrl_c(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "DEMO_PORT": "0", "DEMO_METRICS_PORT": "0"}
     demo = subprocess.Popen([sys.executable, "-m", "prefork.demo"], stdout=subprocess.PIPE, env=env,
