@@ -49,3 +49,10 @@ def machine_facts() -> dict:
         "prefork_commit": _git_commit(),
         "load_average": os.getloadavg(),
     }
+
+
+def repo_relative(text: str) -> str:
+    """TEXT with this checkout's own path dropped (``/.../.venv/bin/svscan`` -> ``.venv/bin/svscan``): a
+    committed report names commands the way a reader of any checkout runs them."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+    return text.replace(root, "")

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.machine import _package_version, machine_facts
+from loadtest.machine import _package_version, machine_facts, repo_relative
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "multilog.json"
@@ -676,7 +676,7 @@ def render_markdown(data: dict) -> str:
             f"- input generated in {inp['generate_s']:.1f} s (seed {cfg['seed']})",
             "", "## Reproduce", "", "```", data["command"], "```", "", "Commands run (in a fresh directory each):", ""]
     for impl, binary in data["impls"].items():
-        out.append(f"- {impl}: `{binary} SCRIPT < input`")
+        out.append(f"- {impl}: `{repo_relative(str(binary))} SCRIPT < input`")
     out.append("")
     return "\n".join(out)
 

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from loadtest.machine import repo_relative
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -91,7 +93,7 @@ def render_markdown(data: dict) -> str:
             "", "## Reproduce", "", "```", data["command"], "```", "",
             "Commands run:", ""]
     for name, s in servers.items():
-        out.append(f"- {name}: `{' '.join(s['argv'])}`")
+        out.append(f"- {name}: `{repo_relative(' '.join(s['argv']))}`")
     out.append("")
     return "\n".join(out)
 

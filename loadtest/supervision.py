@@ -44,7 +44,7 @@ from pathlib import Path
 import psutil
 
 from loadtest.loadgen import percentile
-from loadtest.machine import machine_facts
+from loadtest.machine import machine_facts, repo_relative
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "supervision.json"
@@ -1022,7 +1022,7 @@ def render_markdown(data: dict) -> str:
             f"- daemontools {m.get('daemontools') or 'unknown'}, prefork commit {m.get('prefork_commit') or 'unknown'}",
             "", "## Reproduce", "", "```", data["command"], "```", "", "Supervisors run:", ""]
     for impl, cmd in data["commands"].items():
-        out.append(f"- {impl}: `{cmd}`")
+        out.append(f"- {impl}: `{repo_relative(cmd)}`")
     out.append("")
     return "\n".join(out)
 
