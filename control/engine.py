@@ -36,6 +36,7 @@ from prefork import tai64n
 from prefork.djb import write_line
 from prefork.environ import original_environ
 from prefork.lean import hold_std_fds
+from prefork.shmfile import start_ticks
 from prefork.wakeup import noop_handler
 
 CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
@@ -482,16 +483,10 @@ def _works_in(pid: int, dirfd: int) -> bool:
 
 
 def process_start_time(pid: int) -> float | None:
-    """Unix time at which PID started (None if it does not exist or is a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            line = f.read()
-    except OSError:
+    """Unix time at which PID started (None if it does not exist, is a zombie, or /proc cannot say)."""
+    ticks = start_ticks(pid)
+    if not ticks:
         return None
-    fields = line[line.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    ticks = int(fields[19])
     return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -29,6 +29,7 @@ from prefork.djb import errstr
 from prefork.environ import set_variable
 from prefork.logline import decision_line, decision_tail
 from prefork.serverconfig import TCP_VARS, ServerConfig
+from prefork.shmfile import start_ticks
 from prefork.spawn import Spawner
 from prefork.wakeup import drain, noop_handler
 
@@ -641,14 +642,11 @@ class SpawnLog:
         if not alone or len(candidates) != 1:
             return 0
         (pid,) = candidates
+        ticks = start_ticks(pid)
+        if ticks is None:
+            return pid  # exited already: the only candidate
         tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            started = int(stat[stat.rindex(b")") + 2 :].split()[19]) * tick
-        except (OSError, ValueError, IndexError):
-            return pid  # reaped already: the only candidate
-        return pid if started + tick > self.u64[(base + 24) >> 3] else 0
+        return pid if (ticks + 1) * tick > self.u64[(base + 24) >> 3] else 0
 
 
 def connection_env(
