@@ -30,9 +30,9 @@ import signal
 import stat
 import time
 
-from control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
-from control.servicedir import ServiceDir, StartupError
 from prefork import tai64n
+from prefork.control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
+from prefork.control.servicedir import ServiceDir, StartupError
 from prefork.djb import write_line
 from prefork.environ import original_environ
 from prefork.lean import hold_std_fds
@@ -320,7 +320,7 @@ def _read_all(fd: int) -> bytes:
 
 
 def _record(service: Service) -> object:
-    from control import servicetable as st
+    from prefork.control import servicetable as st
 
     seconds, nanos = tai64n.unpack(service.label) if service.label else (0, 0)
     ctx: Supervised = service.context  # type: ignore[assignment]
@@ -387,7 +387,7 @@ def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool
 
 def running_in(path: str) -> tuple[int, bytes, bytes, bool, int] | None:
     """:func:`running_from_status` for the service directory PATH, with ``supervise/`` reached as svc reaches it."""
-    from control.svok import open_supervise_dir
+    from prefork.control.svok import open_supervise_dir
 
     try:
         dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from control.pathexec import arguments, edit_env, help_requested, run, search_path, show
+from prefork.control.pathexec import arguments, edit_env, help_requested, run, search_path, show
 from prefork.djb import fatal, write_line
 from prefork.environ import original_environ
 

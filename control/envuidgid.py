@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control.pathexec import arguments, edit_env, help_requested, run, show
+from prefork.control.pathexec import arguments, edit_env, help_requested, run, show
 from prefork.djb import fatal, write_line
 from prefork.environ import original_environ
 

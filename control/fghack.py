@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from control.pathexec import arguments, default_sigint, help_requested, run
+from prefork.control.pathexec import arguments, default_sigint, help_requested, run
 from prefork.djb import EXIT_TEMP, fatal, write_line
 
 PROG = "fghack"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from control.pathexec import arguments, help_requested, run
+from prefork.control.pathexec import arguments, help_requested, run
 from prefork.djb import write_line
 
 PROG = "pgrphack"

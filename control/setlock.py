@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from control.pathexec import Getopt, UsageError, arguments, default_sigint, help_requested, run, show
+from prefork.control.pathexec import Getopt, UsageError, arguments, default_sigint, help_requested, run, show
 from prefork.djb import fatal, write_line
 
 PROG = "setlock"

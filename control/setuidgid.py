@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from control.pathexec import arguments, help_requested, run, show
+from prefork.control.pathexec import arguments, help_requested, run, show
 from prefork.djb import fatal, write_line
 from prefork.environ import original_environ
 

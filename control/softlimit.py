@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import resource
 
-from control.pathexec import Getopt, UsageError, arguments, help_requested, run
+from prefork.control.pathexec import Getopt, UsageError, arguments, help_requested, run
 from prefork.djb import fatal, write_line
 
 PROG = "softlimit"

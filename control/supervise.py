@@ -52,16 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         from prefork.lean import go_lean
 
-        go_lean("supervise", "control.supervise")
+        go_lean("supervise", "prefork.control.supervise")
     if len(operands) != 1:
         usage(PROG, USAGE)
     directory = operands[0]  # "" too: 0.76 says "unable to chdir to : file does not exist"
-    from control.pathexec import default_sigint
+    from prefork.control.pathexec import default_sigint
 
     default_sigint()  # INT kills supervise and leaves the service, as in 0.76; if ignored, the service inherits that
 
-    from control import servicetable
-    from control.engine import Engine, StartupError
+    from prefork.control import servicetable
+    from prefork.control.engine import Engine, StartupError
 
     engine = Engine(runit=bool(opts["runit"]), prog=PROG)
     try:

@@ -34,9 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, NoReturn
 
-from control.svc import control
-from control.svok import open_trusted, running, trusted_link
-from control.svstat import status_line
+from prefork.control.svc import control
+from prefork.control.svok import open_trusted, running, trusted_link
+from prefork.control.svstat import status_line
 from prefork.djb import errstr, write_line
 
 POLL = 0.05  # seconds between checks inside each one-second step of a wait

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from control.svok import WRITE_NONBLOCK, enter, open_supervise_file
+from prefork.control.svok import WRITE_NONBLOCK, enter, open_supervise_file
 from prefork.djb import EXIT_USAGE, errstr, fatal, progname, warn, write_line
 
 PROG = "svc"

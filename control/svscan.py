@@ -1,7 +1,7 @@
 """``svscan [DIR]``: every service of a directory supervised in one process, as daemontools 0.76's svscan.
 
 daemontools' svscan forks one ``supervise`` per service and one per ``log``;
-here the services are entries on one :class:`control.engine.Engine`, which
+here the services are entries on one :class:`prefork.control.engine.Engine`, which
 keeps exactly the per-service files a ``supervise`` would (lock, FIFOs,
 status), so ``svc``/``svstat``/``svok`` cannot tell the difference.  The scan
 itself is 0.76's: dot-entries skipped, stat() following symlinks, services
@@ -20,7 +20,7 @@ PATH`` run a ``prefork-exporter`` child on the service table (see
 ``prefork/exporter_child.py``), restarted at most once a second if it exits,
 stopped after the services with ``--stop-services``.  If svscan is killed, the
 services keep running, and the next svscan takes each over from its status file
-instead of starting a second copy (see :func:`control.engine.running_from_status`).
+instead of starting a second copy (see :func:`prefork.control.engine.running_from_status`).
 
 The service table (``control/servicetable.py``) is mode 0600: only svscan's
 user reads it.  ``--table-group GROUP`` (a name or a number) makes it 0640 for
@@ -159,7 +159,7 @@ class Scanner:
 
     def start(self, entry: Entry, path: str, display: str, is_log: bool) -> object:
         """Take the service on; on failure print what 0.76's ``supervise`` child would and retry next scan."""
-        from control.engine import StartupError
+        from prefork.control.engine import StartupError
         from prefork.djb import write_line
 
         try:
@@ -259,11 +259,11 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
 
     A new pipe would cut the surviving writer off from the surviving reader;
     reopening the one the running process holds keeps every line flowing.  Only a
-    process the engine would adopt counts (see :func:`control.engine.running_from_status`):
+    process the engine would adopt counts (see :func:`prefork.control.engine.running_from_status`):
     a status forged by the service's owner must not hand some other process's pipe to
     a log, nor a log's input to a service.
     """
-    from control.engine import reopen_pipe, running_in
+    from prefork.control.engine import reopen_pipe, running_in
 
     for path, fd in ((name, 1), (f"{name}/log", 0)):
         found = running_in(path)
@@ -423,7 +423,7 @@ def _raise_fd_limit(services: int) -> None:
     """Make room for --max-services pairs: each service's descriptors, twice (NAME and NAME/log), and the pipe."""
     import resource
 
-    from control.servicedir import ServiceDir
+    from prefork.control.servicedir import ServiceDir
 
     # The service directory's (dir, supervise/, lock, control, ok), and the pidfd of an adopted service.
     per_service = sum(1 for slot in ServiceDir.__slots__ if slot.endswith("fd")) + 1
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         from prefork.lean import go_lean
 
-        go_lean("svscan", "control.svscan")
+        go_lean("svscan", "prefork.control.svscan")
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if operands:
         try:
@@ -468,8 +468,8 @@ def main(argv: list[str] | None = None) -> None:
     max_services = int(opts["max"])  # type: ignore[call-overload]
     _raise_fd_limit(max_services)
 
-    from control import servicetable
-    from control.engine import Engine
+    from prefork.control import servicetable
+    from prefork.control.engine import Engine
 
     table = None
     table_path = opts["table"]

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterable
 
-from control.svok import OK, WRITE_NONBLOCK, enter, open_supervise_file
+from prefork.control.svok import OK, WRITE_NONBLOCK, enter, open_supervise_file
 from prefork.djb import errstr, fatal, usage, write_line
 
 PROG = "svstat"
@@ -77,7 +77,7 @@ def _describe(dirfd: int, now: float | None) -> str:
     if len(data) < STATUS_SIZE:
         return f"unable to read {STATUS}: bad format"
 
-    from control.statusfile import decode  # only once there is a status to decode
+    from prefork.control.statusfile import decode  # only once there is a status to decode
 
     status = decode(data)
     now_seconds = int(time.time() if now is None else now // 1)
@@ -141,7 +141,7 @@ def _extension(args: list[str]) -> int:
         rest = rest[1:]
     if "--all" not in options or len(rest) != 1:
         usage(PROG, USAGE)
-    from control.svstat_all import main_all
+    from prefork.control.svstat_all import main_all
 
     return main_all(rest[0], "--json" in options)
 

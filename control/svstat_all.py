@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from control.servicetable_read import (
+from prefork.control.servicetable_read import (
     FLAG_NAMES,
     FLAG_NORMALLY_UP,
     KIND_NAMES,
@@ -61,7 +61,7 @@ def exit_text(status: int) -> str | None:
 
 def format_line(entry: Entry, now: float) -> str:
     """One svstat line (without newline) for ENTRY at unix time NOW, then the prefork extras."""
-    from control.svstat import describe
+    from prefork.control.svstat import describe
 
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)

@@ -4,7 +4,7 @@ One custom prometheus_client collector reads, on every scrape, the tcpserver
 scoreboards (layout: ``prefork/scoreboard.py``), the supervisors' service
 tables (layout: ``control/servicetable.py``) and the counter blocks of
 multilog directories that asked for them with the script word ``M``
-(layout: ``metrics/logcounters.py``; given with ``--multilog``, or found as
+(layout: ``control/log/logcounters.py``; given with ``--multilog``, or found as
 the log services of a ``--services`` tree) and turns them into families.
 Nothing is kept between scrapes except what a fault report needs, so a scrape
 costs the same whether one worker or a million have lived: the counters are
@@ -74,18 +74,18 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from control import servicetable_read as tables
-from metrics import logcounters_read as logs
 from prefork import scoreboard_read as boards
 from prefork import shmfile
+from prefork.control import servicetable_read as tables
+from prefork.control.log import logcounters_read as logs
 from prefork.djb import errstr, write_line
 from prefork.scoreboard import DURATION_BUCKETS
+from prefork.scoreboard_read import LIVE_STATES, read_board, service_name  # noqa: F401 (LIVE_STATES: re-exported)
 from prefork.shmfile import start_ticks  # looked up in this module at each call: tests replace it
 
 PROG = "prefork-exporter"
 NS = 1e9
 INF = float("inf")
-LIVE_STATES = frozenset(("starting", "ready", "waiting"))
 
 
 class SourceFault(Exception):
@@ -123,11 +123,6 @@ class Liveness:
             del self._seen[key]
 
 
-def service_name(snap: boards.Snapshot) -> str:
-    """The ``service`` label of a scoreboard: its --name, else HOST:PORT."""
-    return snap.name or f"{snap.local_ip}:{snap.local_port}"
-
-
 def supervised_name(snap: tables.Snapshot, entry: tables.Entry) -> str:
     """NAME or NAME/log as svscan names them; a lone supervise's entry is named after its directory."""
     if snap.kind != 2:
@@ -153,40 +148,6 @@ def exit_status(raw: int) -> tuple[int, int] | None:
 
 
 # -- reading the sources ----------------------------------------------------------------------
-_SLOT_COUNTERS = ("accepted", "denied", "dropped", "exit_zero", "exit_nonzero", "exit_signal", "last_accept_ns",
-                  "duration_sum_ns")
-_HEADER_COUNTERS = ("worker_restarts", "orphan_exit_zero", "orphan_exit_nonzero", "orphan_exit_signal",
-                    "orphan_duration_sum_ns")
-
-
-def read_board(path: str, fd: int | None = None) -> boards.Snapshot:
-    """A scoreboard read twice, each counter the larger of its two readings.
-
-    The writer's ``struct.pack_into`` zeroes a field before it writes the
-    new value byte by byte, so a read that lands in between sees 0 or a
-    part of the number, and a counter would seem to go backwards (Prometheus
-    would take it for a reset).  Counters only grow, so the larger reading
-    of two is the true one, unless both land in a rewrite of the same
-    field, a window of nanoseconds.  Gauges are taken from the second read.
-    """
-    first = boards.read(path, fd)
-    snap = boards.read(path, fd)
-    if len(first.slots) != len(snap.slots) or first.start_ns != snap.start_ns:
-        return snap  # replaced between the two reads: the new file is right
-    for a, b in zip(first.slots, snap.slots, strict=True):
-        for name in _SLOT_COUNTERS:
-            if getattr(a, name) > getattr(b, name):
-                setattr(b, name, getattr(a, name))
-        b.duration_buckets = [max(x, y) for x, y in zip(a.duration_buckets, b.duration_buckets, strict=True)]
-    for name in _HEADER_COUNTERS:
-        if getattr(first, name) > getattr(snap, name):
-            setattr(snap, name, getattr(first, name))
-    snap.orphan_duration_buckets = [
-        max(x, y) for x, y in zip(first.orphan_duration_buckets, snap.orphan_duration_buckets, strict=True)
-    ]
-    return snap
-
-
 def read_scoreboard(path: str, liveness: Liveness, fd: int | None = None) -> boards.Snapshot:
     """The scoreboard at PATH (read through FD if given) if its server is running; SourceFault otherwise."""
     try:

@@ -23,7 +23,7 @@ The families, their labels and what happens on faults are described in
 ``metrics/collector.py``.  ``--services`` takes a directory that a prefork
 svscan (or supervise) runs for, or a service table file (``svscan --table``);
 ``--multilog`` a log directory whose multilog has the script word ``M``
-before it, or its counter block file (``metrics/logcounters.py``).
+before it, or its counter block file (``control/log/logcounters.py``).
 
 ``--user USER`` (an account name, or UID:GID) is what a server running as
 root passes (see ``prefork/exporter_child.py``): the exporter opens its
@@ -49,9 +49,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from metrics.collector import SharedMemoryCollector, start_ticks
 from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
 from prefork.exporter_child import bind_listener, drop_privileges, resolve_user
+from prefork.metrics.collector import SharedMemoryCollector, start_ticks
 
 PROG = "prefork-exporter"
 USAGE = (
@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     if not opts.once and argv is None:
         from prefork.lean import go_lean
 
-        go_lean("prefork-exporter", "metrics.exporter")
+        go_lean("prefork-exporter", "prefork.metrics.exporter")
     try:
         code = run(opts)
     except KeyboardInterrupt:

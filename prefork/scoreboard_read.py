@@ -141,3 +141,45 @@ def read(path: str, fd: int | None = None) -> Snapshot:
         return parse(mm[: HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE])
     finally:
         mm.close()
+
+
+LIVE_STATES = frozenset(("starting", "ready", "waiting"))  # slot states of a worker that is there
+
+
+def service_name(snap: Snapshot) -> str:
+    """The ``service`` label of a scoreboard: its --name, else HOST:PORT."""
+    return snap.name or f"{snap.local_ip}:{snap.local_port}"
+
+
+_SLOT_COUNTERS = ("accepted", "denied", "dropped", "exit_zero", "exit_nonzero", "exit_signal", "last_accept_ns",
+                  "duration_sum_ns")
+_HEADER_COUNTERS = ("worker_restarts", "orphan_exit_zero", "orphan_exit_nonzero", "orphan_exit_signal",
+                    "orphan_duration_sum_ns")
+
+
+def read_board(path: str, fd: int | None = None) -> Snapshot:
+    """A scoreboard read twice, each counter the larger of its two readings.
+
+    The writer's ``struct.pack_into`` zeroes a field before it writes the
+    new value byte by byte, so a read that lands in between sees 0 or a
+    part of the number, and a counter would seem to go backwards (Prometheus
+    would take it for a reset).  Counters only grow, so the larger reading
+    of two is the true one, unless both land in a rewrite of the same
+    field, a window of nanoseconds.  Gauges are taken from the second read.
+    """
+    first = read(path, fd)
+    snap = read(path, fd)
+    if len(first.slots) != len(snap.slots) or first.start_ns != snap.start_ns:
+        return snap  # replaced between the two reads: the new file is right
+    for a, b in zip(first.slots, snap.slots, strict=True):
+        for name in _SLOT_COUNTERS:
+            if getattr(a, name) > getattr(b, name):
+                setattr(b, name, getattr(a, name))
+        b.duration_buckets = [max(x, y) for x, y in zip(a.duration_buckets, b.duration_buckets, strict=True)]
+    for name in _HEADER_COUNTERS:
+        if getattr(first, name) > getattr(snap, name):
+            setattr(snap, name, getattr(first, name))
+    snap.orphan_duration_buckets = [
+        max(x, y) for x, y in zip(first.orphan_duration_buckets, snap.orphan_duration_buckets, strict=True)
+    ]
+    return snap

@@ -36,7 +36,7 @@ import pytest
 from conftest import ours, remove_shm_files_of
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
-from control import statusfile
+from prefork.control import statusfile
 
 BIN = Path(ours("svscan")).parent  # prefork's commands: the venv's bin
 VSFTPD = "/usr/sbin/vsftpd"
@@ -241,7 +241,7 @@ class Tree:
 
     def scans(self) -> int:
         """Scans svscan has finished (from its table; 0 before the table exists)."""
-        from control import servicetable_read
+        from prefork.control import servicetable_read
 
         try:
             return servicetable_read.read(self.table).scans if self.table else 0
@@ -325,7 +325,7 @@ class Tree:
     def log_blocks(self) -> list[str]:
         """The shared-memory counter blocks prefork's multilog may have left for the tree's log directories."""
         try:
-            from metrics.logcounters_read import path_for
+            from prefork.control.log.logcounters_read import path_for
         except ImportError:  # a multilog without counters
             return []
         out = []
@@ -337,7 +337,7 @@ class Tree:
 
 def _table_path(scan: Path) -> str:
     """Where svscan publishes the table of SCAN (servicetable_read.paths' svscan candidate)."""
-    from control import servicetable_read
+    from prefork.control import servicetable_read
 
     return servicetable_read.paths(str(scan))[0]
 

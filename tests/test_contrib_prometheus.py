@@ -4,7 +4,7 @@
 prometheus package is not installed).  Every PromQL expression shipped (alerts, recording rules, the
 dashboard's panels and template variables) may name only series prefork's collector can export, the
 recording rules' own names, or the series Prometheus adds to every scrape; the exported names are taken
-from the collector itself (``metrics.collector.build_families`` rendered to the text format), so renaming
+from the collector itself (``prefork.metrics.collector.build_families`` rendered to the text format), so renaming
 a family breaks this test rather than the operators' dashboards.
 
 There is no YAML parser in the venv: the rules and unit-test files are read with a small line reader for
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from metrics.collector import build_families, render_text
+from prefork.metrics.collector import build_families, render_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "contrib" / "prometheus"

@@ -1,7 +1,7 @@
 """prefork-exporter (HTTP on 127.0.0.1 port 0, the textfile, --once, --parent-pid, bad command lines) and
 tcpserver-status (the table, --json, faults).
 
-The exporter runs as its own process (``python -m metrics.exporter`` until the ``prefork-exporter``
+The exporter runs as its own process (``python -m prefork.metrics.exporter`` until the ``prefork-exporter``
 console script is installed); every process a test starts is killed by pid in a finally block.
 Scoreboards are written with prefork.scoreboard's writer (helpers from test_metrics_collector).
 """
@@ -36,8 +36,8 @@ from test_metrics_collector import (
     value,
 )
 
-from metrics import exporter, tcpserver_status
 from prefork import scoreboard as sb
+from prefork.metrics import exporter, tcpserver_status
 
 LISTENING = re.compile(r"^prefork-exporter: listening on http://127\.0\.0\.1:(\d+)/metrics$")
 USAGE_LINE = f"prefork-exporter: usage: {exporter.USAGE}\n"
@@ -45,7 +45,7 @@ USAGE_LINE = f"prefork-exporter: usage: {exporter.USAGE}\n"
 
 def exporter_argv() -> list[str]:
     script = Path(sys.executable).parent / "prefork-exporter"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "metrics.exporter"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "prefork.metrics.exporter"]
 
 
 class Exporter:
@@ -683,7 +683,7 @@ def test_status_json(tmp_path, capfd):
 def test_status_of_a_real_tcpserver_by_pid(tmp_path, prefork):
     server = prefork([*QUIET], [program(tmp_path)])
     talk(server.port, b"a\n")
-    argv = [sys.executable, "-m", "metrics.tcpserver_status"]
+    argv = [sys.executable, "-m", "prefork.tcpserver_status"]
 
     def shown() -> subprocess.CompletedProcess:
         return subprocess.run([*argv, "--json", str(server.pid)], capture_output=True, timeout=30)

@@ -29,9 +29,9 @@ import pytest
 from conftest import ours, remove_shm_files_of
 from tcpserver_harness import QUIET, TAG_VAR, kill_procs, tagged, talk, wait_until
 
-from control import servicetable as st
 from prefork import exporter_child
 from prefork import scoreboard as sb
+from prefork.control import servicetable as st
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root server's exporter drops to nobody")
 NOBODY = (65534, 65534)

@@ -37,9 +37,9 @@ import pytest
 from conftest import ours, real
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
-from control import supervise_scripts
-from control.engine import process_start_time
 from prefork import tai64n
+from prefork.control import supervise_scripts
+from prefork.control.engine import process_start_time
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root's tools against a user's files: needs root")
 

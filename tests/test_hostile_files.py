@@ -28,8 +28,8 @@ import pytest
 from conftest import ours
 from test_metrics_collector import make_board, promtool_check
 
-from control import statusfile
 from prefork import atomicfile, tai64n
+from prefork.control import statusfile
 
 VICTIM = b"precious: root's file\n"
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}

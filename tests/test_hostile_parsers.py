@@ -20,7 +20,7 @@ from conftest import fuzz_examples, ours, real, remove_shm_files_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control import statusfile
+from prefork.control import statusfile
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 SETTINGS = settings(
@@ -220,7 +220,7 @@ REQUESTS = st.one_of(
 @SETTINGS
 @given(request=REQUESTS)
 def test_exporter_answers_any_request_head_with_a_documented_response(request: bytes) -> None:
-    from metrics.exporter import respond
+    from prefork.metrics.exporter import respond
 
     body = b"# metrics\n"
     response = respond(request, lambda: body)

@@ -23,7 +23,8 @@ from conftest import fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.logscript import (
+from prefork import tai64n
+from prefork.control.log.logscript import (
     ANY,
     DIR,
     EQUAL,
@@ -44,10 +45,9 @@ from metrics.logscript import (
     regex,
     scan_ulong,
 )
-from metrics.multilog import Pattern
-from metrics.tai64n_cli import Stamper
-from metrics.tai64nlocal import Converter, local_prefix
-from prefork import tai64n
+from prefork.control.log.multilog import Pattern
+from prefork.control.log.tai64n_cli import Stamper
+from prefork.control.log.tai64nlocal import Converter, local_prefix
 
 BOUNDED = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True)
 

@@ -35,15 +35,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_
 from prometheus_client.parser import text_string_to_metric_families
 
-from control import servicetable as st
-from control import servicetable_read as tables
-from control import svstat_all
-from metrics import collector as mc
-from metrics import logcounters as lc
-from metrics import logcounters_read as logs
-from metrics import tcpserver_status
 from prefork import scoreboard as sb
 from prefork import scoreboard_read as boards
+from prefork.control import servicetable as st
+from prefork.control import servicetable_read as tables
+from prefork.control import svstat_all
+from prefork.control.log import logcounters as lc
+from prefork.control.log import logcounters_read as logs
+from prefork.metrics import collector as mc
+from prefork.metrics import tcpserver_status
 
 SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

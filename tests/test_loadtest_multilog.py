@@ -1,7 +1,7 @@
 """Smoke tests of the multilog benchmark (loadtest/multilog_bench.py): structure and output checks, never speed.
 
 The differential runs use Debian's multilog and prefork's; while prefork's is not installed yet
-(metrics.multilog_cli missing) they run Debian's binary on both sides, which still exercises the harness.
+(prefork.control.log.multilog_cli missing) they run Debian's binary on both sides, which still exercises the harness.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from loadtest import multilog_bench as mb
 
 def prefork_multilog() -> str:
     """prefork's multilog, or Debian's as a stand-in while prefork's module is not written yet."""
-    if importlib.util.find_spec("metrics.multilog_cli") is None:
+    if importlib.util.find_spec("prefork.control.log.multilog_cli") is None:
         return real("multilog")
     return ours("multilog")
 

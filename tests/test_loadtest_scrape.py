@@ -10,8 +10,8 @@ import pytest
 from conftest import ours
 
 from loadtest import scrape_bench as bench
-from metrics.collector import SharedMemoryCollector
 from prefork import scoreboard_read
+from prefork.metrics.collector import SharedMemoryCollector
 
 
 def test_scoreboard_history_keeps_one_file_and_cumulative_counters(tmp_path):

@@ -1,7 +1,7 @@
 """The shared-memory collector: exact samples from scoreboards and service tables, faults, and real servers.
 
-Scoreboards and tables are written with their writer classes (prefork.scoreboard, control.servicetable)
-and read back through metrics.collector, which uses the separate readers; then a real prefork tcpserver
+Scoreboards and tables are written with their writer classes (prefork.scoreboard, prefork.control.servicetable)
+and read back through prefork.metrics.collector, which uses the separate readers; then a real prefork tcpserver
 (-H -R -l0 on 127.0.0.1 port 0) and a real prefork svscan in tmp dirs are driven and their samples
 checked.  Every exposition goes through `promtool check metrics` (Debian's prometheus package) when it
 is installed, and the exporter's own renderer is compared byte for byte with prometheus_client's.
@@ -28,9 +28,9 @@ from hypothesis import given
 from hypothesis import strategies as st_
 from tcpserver_harness import QUIET, TAG_VAR, kill_procs, tagged, talk, wait_until
 
-from control import servicetable as st
-from metrics import collector as mc
 from prefork import scoreboard as sb
+from prefork.control import servicetable as st
+from prefork.metrics import collector as mc
 
 NOT_A_PID = 4_194_305  # above the largest pid_max Linux allows (2**22): never a running process
 NOW_NS = 1_700_000_000_250_000_000

@@ -445,8 +445,8 @@ def test_without_the_options_there_is_no_exporter(prefork):
 def test_without_the_options_nothing_is_imported():
     code = (
         "import sys\n"
-        "import prefork.tcpserver_cli, prefork.master, prefork.serverconfig, control.svscan\n"
-        "print(sorted(m for m in sys.modules if 'exporter' in m or m.startswith('metrics')))\n"
+        "import prefork.tcpserver_cli, prefork.master, prefork.serverconfig, prefork.control.svscan\n"
+        "print(sorted(m for m in sys.modules if 'exporter' in m or m.startswith('prefork.metrics')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout == "[]\n", out
@@ -553,14 +553,14 @@ def svscan(tmp_path):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 scan.proc.wait(10)
             kill_procs(procs + tagged(scan.tag))
-        from control import servicetable
+        from prefork.control import servicetable
 
         with contextlib.suppress(OSError):  # the default table of a SIGKILLed svscan stays behind
             os.unlink(servicetable.default_path(str(root), servicetable.KIND_SVSCAN))
 
 
 def service_pid(d: Path) -> int:
-    from control import statusfile
+    from prefork.control import statusfile
 
     try:
         return statusfile.read(str(d / "supervise")).pid

@@ -1,6 +1,6 @@
 """multilog (spec §8): the script parser, 0.76's patterns, the engine driven directly, and the command.
 
-Logic runs through :class:`metrics.multilog.Multilog` with a seam that keeps the real files but fakes the
+Logic runs through :class:`prefork.control.log.multilog.Multilog` with a seam that keeps the real files but fakes the
 clock, the sleeps and stderr.  The command is compared with Debian's multilog: same script and input give
 the same files, modes, line contents after the timestamp, ``=file`` bytes, stderr bytes and exit codes;
 where the files are cut at different lines (the spec allows it) the concatenated contents and the size
@@ -25,11 +25,11 @@ from conftest import ours, real
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics import logscript
-from metrics.logdir import Fatal, Seam
-from metrics.logscript import DirSpec, after_prefix, match, parse, scan_ulong
-from metrics.multilog import Multilog, Pattern
 from prefork import tai64n
+from prefork.control.log import logscript
+from prefork.control.log.logdir import Fatal, Seam
+from prefork.control.log.logscript import DirSpec, after_prefix, match, parse, scan_ulong
+from prefork.control.log.multilog import Multilog, Pattern
 
 ENV = {"PATH": "/usr/bin:/bin"}
 STAMP = re.compile(rb"@[0-9a-f]{24} ")

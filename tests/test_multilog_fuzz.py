@@ -32,10 +32,10 @@ from conftest import ours, real
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics.logdir import Seam
-from metrics.logscript import LINE_MAX, match, parse
-from metrics.multilog import Multilog
 from prefork import tai64n
+from prefork.control.log.logdir import Seam
+from prefork.control.log.logscript import LINE_MAX, match, parse
+from prefork.control.log.multilog import Multilog
 
 ENV = {"PATH": "/usr/bin:/bin"}
 STAMP = re.compile(rb"@[0-9a-f]{24}")

@@ -1,7 +1,7 @@
 """multilog's opt-in counters (script word ``M``): the block's layout, exact counts, faults, the exporter's families.
 
-Engine tests drive :class:`metrics.multilog.Multilog` with the fake seams of test_multilog(_faults) and put
-the blocks in tmp_path; they read them back with metrics.logcounters_read (which does not import the
+Engine tests drive :class:`prefork.control.log.multilog.Multilog` with the fake seams of test_multilog(_faults) and put
+the blocks in tmp_path; they read them back with prefork.control.log.logcounters_read (which does not import the
 writer) and compare with what is on disk: lines and bytes equal the files' newlines and sizes, rotations
 the ``@`` files made, pauses 5 s each.  The command is run with ``M`` (blocks in /dev/shm, keyed by the log
 directory) and read by the reader, by the collector and by ``prefork-exporter --multilog --once``, whose
@@ -27,12 +27,12 @@ from test_metrics_collector import NOT_A_PID, Log, names, promtool_check, sample
 from test_multilog import ENV, FakeSeam, contents, make, numbered, old_files, unstamp
 from test_multilog_faults import DiskFull, Processors
 
-from metrics import collector as mc
-from metrics import exporter
-from metrics import logcounters as lc
-from metrics import logcounters_read as lr
-from metrics.logscript import DIR, parse
-from metrics.multilog import Fatal, Multilog
+from prefork.control.log import logcounters as lc
+from prefork.control.log import logcounters_read as lr
+from prefork.control.log.logscript import DIR, parse
+from prefork.control.log.multilog import Fatal, Multilog
+from prefork.metrics import collector as mc
+from prefork.metrics import exporter
 
 PAUSE_NS = 5 * 10**9
 
@@ -141,7 +141,7 @@ class Command:
 
 def exporter_once(*args: str) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "prefork-exporter"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "metrics.exporter"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "prefork.metrics.exporter"]
     return subprocess.run([*argv, *args, "--once"], capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
 
 
@@ -709,7 +709,7 @@ def test_exporter_serves_multilog_families_over_http(tmp_path):
 
     block = lc.LogCounters.create(str(tmp_path / "block"), "/var/log/web")
     script = Path(sys.executable).parent / "prefork-exporter"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "metrics.exporter"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "prefork.metrics.exporter"]
     with open(tmp_path / "err", "wb") as err:
         proc = subprocess.Popen([*argv, "--multilog", str(tmp_path / "block"), "--listen", "127.0.0.1:0"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

@@ -35,7 +35,7 @@ import pytest
 from conftest import ours
 from tcpserver_harness import QUIET, TAG_VAR, descendants, kill_procs, tagged, talk, wait_until
 
-from control import servicetable_read, statusfile
+from prefork.control import servicetable_read, statusfile
 
 pytestmark = pytest.mark.integration
 

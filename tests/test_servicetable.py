@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from control import servicetable as st
-from control import servicetable_read as reader
-from control import svstat_all
+from prefork.control import servicetable as st
+from prefork.control import servicetable_read as reader
+from prefork.control import svstat_all
 
 NOW_NS = 1_700_000_000_123_456_789
 
@@ -308,7 +308,7 @@ def test_pages_of_unused_slots_are_never_touched():
 # -- concurrency --------------------------------------------------------------------------------------
 WRITER = r"""
 import sys, time
-from control.servicetable import KIND_SVSCAN, ServiceRecord, ServiceTable
+from prefork.control.servicetable import KIND_SVSCAN, ServiceRecord, ServiceTable
 
 def record(k):
     return ServiceRecord("n" + str(k) * (1 + k % 7), pid=k & 0x7FFFFFFF, want=b"udo"[k % 3:k % 3 + 1],

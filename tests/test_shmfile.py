@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from control import servicetable as st
-from metrics import logcounters as lc
 from prefork import scoreboard as sb
 from prefork import shmfile
+from prefork.control import servicetable as st
+from prefork.control.log import logcounters as lc
 
 VICTIM_TEXT = b"root:x:0:0:precious\n"
 

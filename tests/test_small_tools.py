@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ours, real
 
-from control.envdir import value_of
-from control.pathexec import Getopt, UsageError, edit_env
+from prefork.control.envdir import value_of
+from prefork.control.pathexec import Getopt, UsageError, edit_env
 
 IMPLS = ("debian", "prefork")
 TOOLS = ("setuidgid", "envuidgid", "envdir", "softlimit", "setlock", "pgrphack", "fghack")

@@ -32,7 +32,7 @@ import psutil
 import pytest
 from conftest import ours, real
 
-from control import servicetable, statusfile
+from prefork.control import servicetable, statusfile
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "SUPERVISE_TEST": "a b=c"}
 SIGWRAP = str(Path(__file__).resolve().parent / "progs" / "sigwrap.pl")

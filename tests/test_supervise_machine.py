@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.machine import EXIT_FAILED_START, THROTTLE, WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
+from prefork.control.machine import EXIT_FAILED_START, THROTTLE, WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
 
 TERM, CONT, STOP = signal.SIGTERM, signal.SIGCONT, signal.SIGSTOP
 SIGNAL_BYTES = {b"h": signal.SIGHUP, b"a": signal.SIGALRM, b"i": signal.SIGINT, b"t": TERM, b"k": signal.SIGKILL}

@@ -23,8 +23,8 @@ import psutil
 import pytest
 from conftest import ours, real
 
-from control.supervise_scripts import Settings, poll, signal_letter
-from control.svok import running
+from prefork.control.supervise_scripts import Settings, poll, signal_letter
+from prefork.control.svok import running
 
 RUN = "#!/bin/sh\nexec sleep 1000\n"
 LOG_RUN = "#!/bin/sh\nexec cat >/dev/null\n"

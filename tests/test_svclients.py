@@ -24,8 +24,8 @@ import psutil
 import pytest
 from conftest import ours, real, remove_shm_files_of
 
-from control import statusfile, svc, svok, svstat
 from prefork import tai64n
+from prefork.control import statusfile, svc, svok, svstat
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 IMPLS = ("debian", "prefork")
@@ -539,7 +539,7 @@ def test_svc_names_itself_after_argv0_in_the_illegal_option_line(tmp_path):
 
 
 def test_svc_ignores_sigpipe():
-    code = "import signal, control.svc as s; s.main(['x']); print(signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN)"
+    code = "import signal, prefork.control.svc as s; s.main(['x']); print(signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN)"
     proc = subprocess.run([sys.executable, "-c", f"import signal; signal.signal(signal.SIGPIPE, signal.SIG_DFL); {code}"],
                           capture_output=True, timeout=30, cwd="/")
     assert proc.stdout == b"True\n"
@@ -892,14 +892,14 @@ def test_help(command):
 @pytest.fixture
 def fake_all(monkeypatch):
     calls = []
-    module = types.ModuleType("control.svstat_all")
+    module = types.ModuleType("prefork.control.svstat_all")
 
     def main_all(directory: str, as_json: bool) -> int:
         calls.append((directory, as_json))
         return 3
 
     module.main_all = main_all
-    monkeypatch.setitem(sys.modules, "control.svstat_all", module)
+    monkeypatch.setitem(sys.modules, "prefork.control.svstat_all", module)
     return calls
 
 

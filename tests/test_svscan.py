@@ -35,11 +35,11 @@ import pytest
 from conftest import ours, real, remove_shm_files_of
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
-from control import statusfile
 from prefork import tai64n
+from prefork.control import statusfile
 
 try:
-    from control import servicetable_read
+    from prefork.control import servicetable_read
 except ImportError:  # written by another helper; the table asserts are skipped without it
     servicetable_read = None
 
@@ -893,8 +893,8 @@ def test_max_services_warns_about_the_rest(tmp_path, scans):
 
 def test_service_table_lists_every_service_and_log(tmp_path, scans):
     if servicetable_read is None:
-        pytest.skip("control.servicetable_read is not there yet")
-    from control import servicetable
+        pytest.skip("prefork.control.servicetable_read is not there yet")
+    from prefork.control import servicetable
 
     root = tmp_path / "sv"
     make_service(root, "a", log=CAT_LOG)
@@ -1011,7 +1011,7 @@ def open_tree():
     import shutil
     import tempfile
 
-    from control import servicetable
+    from prefork.control import servicetable
 
     base = Path(tempfile.mkdtemp(prefix="prefork-svscan-table-", dir="/tmp"))
     base.chmod(0o755)
@@ -1035,7 +1035,7 @@ def svstat_all(root: Path, *wrap: str) -> tuple[int, list[str], bytes]:
 @needs_root
 def test_table_is_0600_and_another_user_gets_one_line(tmp_path, scans):
     if servicetable_read is None:
-        pytest.skip("control.servicetable_read is not there yet")
+        pytest.skip("prefork.control.servicetable_read is not there yet")
     with open_tree() as (root, table):
         make_service(root, "a")
         scans("prefork", root, table=False)
@@ -1107,7 +1107,7 @@ def test_a_killed_svscans_table_is_stale_until_the_next_svscan_replaces_it(tmp_p
 
 
 def test_svscan_with_a_table_elsewhere_removes_a_stale_default_table(tmp_path, scans):
-    from control import servicetable
+    from prefork.control import servicetable
 
     with open_tree() as (root, table):
         make_service(root, "a")
@@ -1123,7 +1123,7 @@ def test_svscan_with_a_table_elsewhere_removes_a_stale_default_table(tmp_path, s
 
 
 def test_svscan_with_a_table_elsewhere_leaves_a_live_default_table(tmp_path, scans):
-    from control import servicetable
+    from prefork.control import servicetable
 
     with open_tree() as (root, table):
         make_service(root, "a")

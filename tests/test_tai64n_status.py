@@ -13,9 +13,9 @@ from conftest import real
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control import statusfile
-from control.statusfile import Status
 from prefork import tai64n
+from prefork.control import statusfile
+from prefork.control.statusfile import Status
 
 
 def test_label_layout_matches_the_spec_example():

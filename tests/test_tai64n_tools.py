@@ -21,9 +21,9 @@ from conftest import ours, real
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metrics.tai64n_cli import Stamper, stamp_of
-from metrics.tai64nlocal import Converter
 from prefork import tai64n
+from prefork.control.log.tai64n_cli import Stamper, stamp_of
+from prefork.control.log.tai64nlocal import Converter
 
 IMPLS = ("debian", "prefork")
 ZONES = ["UTC", "Europe/Berlin", "America/New_York"]

@@ -1,4 +1,4 @@
-"""``multilog script...``: daemontools 0.76's logger over :class:`metrics.multilog.Multilog`.
+"""``multilog script...``: daemontools 0.76's logger over :class:`prefork.control.log.multilog.Multilog`.
 
 umask 022; every ``=file`` is created before any directory is opened, every
 directory is locked and recovered before anything is read (a failure is
@@ -24,7 +24,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: this process does not import typing
 if TYPE_CHECKING:
-    from metrics.multilog import Multilog
+    from prefork.control.log.multilog import Multilog
 
 PROG = "multilog"
 READ_SIZE = 65536
@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:
         from prefork.lean import go_lean
 
-        go_lean("multilog", "metrics.multilog_cli")
+        go_lean("multilog", "prefork.control.log.multilog_cli")
     os.umask(0o022)
     signals = Signals()
 
-    from metrics.logscript import parse
-    from metrics.multilog import Fatal, Multilog
+    from prefork.control.log.logscript import parse
+    from prefork.control.log.multilog import Fatal, Multilog
 
     engine = Multilog(parse(args))
     try:

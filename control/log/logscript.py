@@ -34,7 +34,7 @@ the first bytes above), so a script using them still runs under daemontools:
 ``M``         publish counters (lines, bytes, rotations, processor failures, pauses)
               for the directories after it, in a shared-memory block the metrics
               exporter reads (``prefork-exporter --multilog DIR``; layout and place:
-              metrics/logcounters.py).  ``M`` or ``MN`` with N > 0: on; ``M0`` (or
+              control/log/logcounters.py).  ``M`` or ``MN`` with N > 0: on; ``M0`` (or
               ``M`` followed by anything that is not a number above 0): off (default).
 """
 

@@ -22,10 +22,9 @@ import os
 import sys
 import time
 
-from metrics.collector import LIVE_STATES, read_board, service_name, start_ticks
 from prefork.djb import EXIT_USAGE, errstr, fatal, write_line
-from prefork.scoreboard_read import ScoreboardError, Snapshot
-from prefork.shmfile import printable
+from prefork.scoreboard_read import LIVE_STATES, ScoreboardError, Snapshot, read_board, service_name
+from prefork.shmfile import printable, start_ticks
 
 PROG = "tcpserver-status"
 USAGE = "tcpserver-status [--json] scoreboard|pid"

@@ -34,7 +34,7 @@ Deliberate coarsening: an ``=file`` is rewritten once per read with the last
 line selected for it (0.76 rewrites it for every line; the contents after each
 read are the same), and ``e`` output of one read is one write to stderr.
 
-Directories named after ``M`` publish counters (metrics/logcounters.py): each
+Directories named after ``M`` publish counters (control/log/logcounters.py): each
 share queued for a directory carries its number of newlines, which the engine
 knows without a scan (a stamped chunk grew by one stamp per line, a selected
 chunk has one entry per line); only an unstamped chunk sent whole is counted
@@ -47,8 +47,8 @@ import os
 from itertools import compress, repeat
 from operator import add, mul
 
-from metrics.logdir import Fatal, LogDir, Seam, errtext
-from metrics.logscript import (
+from prefork.control.log.logdir import Fatal, LogDir, Seam, errtext
+from prefork.control.log.logscript import (
     ANY,
     DIR,
     EQUAL,

@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from metrics.tai64n_cli import EXIT_IO, filter_main, write_all
+from prefork.control.log.tai64n_cli import EXIT_IO, filter_main, write_all
 from prefork.tai64n import OFFSET
 
 USAGE = (

@@ -1,6 +1,6 @@
 """multilog's counter block: one small shared-memory file per log directory that asks for it.
 
-A log directory named after the script word ``M`` (metrics/logscript.py) gets
+A log directory named after the script word ``M`` (control/log/logscript.py) gets
 a block that its multilog alone writes and that readers (the metrics
 exporter, tests) map read-only; ``logcounters_read.py`` is the reader and
 does not import this module, so the layout below is the contract.
@@ -59,8 +59,8 @@ import mmap
 import os
 import time
 
-from metrics.logcounters_read import PREFIX, blocks_dir
 from prefork import shmfile
+from prefork.control.log.logcounters_read import PREFIX, blocks_dir
 
 MAGIC = b"PFML"
 VERSION = 1

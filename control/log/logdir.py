@@ -15,11 +15,11 @@ difference is the chunk size: 0.76 writes at most 512 bytes at a time and so
 rotates at the first line end past s−2000; here the chunks are as large as
 the input read, so files tend to end at the last line end before s.
 
-The opt-in extensions of metrics/logscript.py live here too: ``S`` (total size
+The opt-in extensions of control/log/logscript.py live here too: ``S`` (total size
 of the old files) is one more pruning rule after the n−1 one, ``T`` (age) is
 ``due()``/``deadline()``, acted on by the engine before each read, and ``M``
 (counters) is ``publish()`` plus a store or two per flush, rotation and pause
-into the directory's block (metrics/logcounters.py); without ``M`` those
+into the directory's block (control/log/logcounters.py); without ``M`` those
 are one ``is None`` test each.
 
 Every failure after start-up is a ``multilog: warning: unable to ..., pausing:
@@ -47,7 +47,7 @@ from prefork.djb import errstr
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: multilog does not import typing
 if TYPE_CHECKING:
-    from metrics.logcounters import LogCounters
+    from prefork.control.log.logcounters import LogCounters
 
 PROG = "multilog"
 PAUSE = 5
@@ -162,14 +162,14 @@ class Seam:
     # -- counters (the M extension) ---------------------------------------------------------------
     def counters_path(self, dir_fd: int) -> str:
         """Where the counter block of the directory open at DIR_FD lives (keyed by its device and inode)."""
-        from metrics.logcounters import default_path
+        from prefork.control.log.logcounters import default_path
 
         st = self._call(os.fstat, dir_fd)
         return default_path(st.st_dev, st.st_ino)
 
     def counters(self, path: str, directory: str) -> LogCounters:
         """Create the counter block at PATH for DIRECTORY (an absolute path); raises OSError."""
-        from metrics.logcounters import LogCounters
+        from prefork.control.log.logcounters import LogCounters
 
         return LogCounters.create(path, directory)
 
