@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
+	$(VENV)/bin/mypy -p prefork
 	$(VENV)/bin/python -m pytest -n auto -q
 
 bench: bench-tcpserver bench-supervision bench-multilog bench-scrape
@@ -41,6 +42,7 @@ bench-scrape: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check prefork control metrics tests loadtest
+	$(VENV)/bin/mypy -p prefork
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
