@@ -39,6 +39,13 @@ from prefork.lean import hold_std_fds
 from prefork.shmfile import start_ticks
 from prefork.wakeup import noop_handler
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: supervise and svscan do not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prefork.control.servicetable import ServiceRecord, ServiceTable
+    from prefork.control.svscan import Entry
+
 CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
 MAX_SLEEP = 3600.0
 
@@ -49,7 +56,7 @@ class Supervised:
     __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner")
 
     def __init__(self, sd: ServiceDir, stdin: int | None, stdout: int | None, table_name: str, is_log: bool,
-                 owner: object) -> None:
+                 owner: Entry | None) -> None:
         self.sd = sd
         self.stdin = stdin
         self.stdout = stdout
@@ -63,7 +70,7 @@ class Supervised:
 class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
-    def __init__(self, *, runit: bool = False, table: object | None = None, prog: str = "supervise") -> None:
+    def __init__(self, *, runit: bool = False, table: ServiceTable | None = None, prog: str = "supervise") -> None:
         hold_std_fds()
         self.runit = runit
         self.table = table  # a servicetable.ServiceTable, or None
@@ -73,11 +80,11 @@ class Engine(Seam):
         self.epoll = select.epoll()
         self.by_fd: dict[int, Service] = {}
         self.by_pid: dict[int, Service] = {}
-        self.timers: list[tuple[float, int, Service | None, object]] = []
+        self.timers: list[tuple[float, int, Service | None, Callable[[], object] | None]] = []
         self._seq = 0
-        self.signal_handlers: dict[int, object] = {}
-        self.on_finished: object = None
-        self.on_other_child: object = None  # called (pid, wait status) for a reaped child that is no service
+        self.signal_handlers: dict[int, Callable[[], object]] = {}
+        self.on_finished: Callable[[Service], object] | None = None
+        self.on_other_child: Callable[[int, int], object] | None = None  # called (pid, wait status) for a reaped child that is no service
         self.live = 0
         self.stop = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -89,7 +96,7 @@ class Engine(Seam):
 
     # -- adding and removing services ----------------------------------------------------
     def add(self, path: str, display: str, *, base_fd: int | None = None, stdin: int | None = None,
-            stdout: int | None = None, owner: object = None, table_name: str | None = None,
+            stdout: int | None = None, owner: Entry | None = None, table_name: str | None = None,
             is_log: bool = False) -> Service:
         """Take on the service in PATH (supervise's start-up); StartupError with supervise's text if it fails."""
         sd, down = ServiceDir.open(path, display, base_fd=base_fd, runit=self.runit)
@@ -123,7 +130,7 @@ class Engine(Seam):
         return service
 
     def _forget(self, service: Service) -> None:
-        ctx: Supervised = service.context  # type: ignore[assignment]
+        ctx = service.context
         for fd in (ctx.sd.control_fd, ctx.pidfd):
             if fd >= 0 and self.by_fd.pop(fd, None) is not None:
                 try:
@@ -140,7 +147,7 @@ class Engine(Seam):
 
     # -- the seam --------------------------------------------------------------------------
     def spawn(self, service: Service) -> int:
-        ctx: Supervised = service.context  # type: ignore[assignment]
+        ctx = service.context
         if not self.sigdef:
             from prefork.spawn import signals_to_reset
 
@@ -179,7 +186,7 @@ class Engine(Seam):
             # the status write (hundreds of µs on a journalled file system), so the write never delays it.
             self.let_run = False
             os.sched_yield()
-        ctx: Supervised = service.context  # type: ignore[assignment]
+        ctx = service.context
         warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
@@ -189,7 +196,7 @@ class Engine(Seam):
     def schedule(self, service: Service, when: float) -> None:
         self.call_at(when, service, None)
 
-    def call_at(self, when: float, service: Service | None, func: object) -> None:
+    def call_at(self, when: float, service: Service | None, func: Callable[[], object] | None) -> None:
         """Run ``service.timer()`` (or FUNC() when SERVICE is None) at monotonic time WHEN."""
         self._seq += 1
         heapq.heappush(self.timers, (when, self._seq, service, func))
@@ -201,10 +208,10 @@ class Engine(Seam):
         self._forget(service)
         self.live -= 1
         if self.on_finished is not None:
-            self.on_finished(service)  # type: ignore[operator]
+            self.on_finished(service)
 
     # -- the loop ----------------------------------------------------------------------------
-    def handle_signal(self, sig: int, func: object) -> None:
+    def handle_signal(self, sig: int, func: Callable[[], object]) -> None:
         """Run FUNC() from the loop (never in the handler) when SIG arrives."""
         self.signal_handlers[sig] = func
         signal.signal(sig, noop_handler)
@@ -237,12 +244,12 @@ class Engine(Seam):
             for sig in set(signals):
                 func = self.signal_handlers.get(sig)
                 if func is not None:
-                    func()  # type: ignore[operator]
+                    func()
             for fd, _mask in events:
                 service = self.by_fd.get(fd)
                 if service is None:
                     continue
-                ctx: Supervised = service.context  # type: ignore[assignment]
+                ctx = service.context
                 if fd == ctx.pidfd:
                     self._adopted_exit(service)
                     continue
@@ -263,7 +270,7 @@ class Engine(Seam):
             if service is not None:
                 service.timer()
             else:
-                func()  # type: ignore[operator]
+                func()  # type: ignore[misc]  # None only in schedule()'s entries, which have a service
 
     def reap(self) -> None:
         """Collect every exited child: services get their exit, others go to ``on_other_child`` or are just reaped."""
@@ -281,7 +288,7 @@ class Engine(Seam):
                 self._drop_pidfd(service)
                 service.exited(status)
             elif self.on_other_child is not None:  # svscan's metrics exporter (orphans of a subreaper: ignored)
-                self.on_other_child(pid, status)  # type: ignore[operator]
+                self.on_other_child(pid, status)
 
     def _adopted_exit(self, service: Service) -> None:
         pid = service.pid
@@ -291,7 +298,7 @@ class Engine(Seam):
             service.exited(-1)  # not our child: its wait status went to its real parent
 
     def _drop_pidfd(self, service: Service) -> None:
-        ctx: Supervised = service.context  # type: ignore[assignment]
+        ctx = service.context
         if ctx.pidfd >= 0:
             self.by_fd.pop(ctx.pidfd, None)
             try:
@@ -303,7 +310,7 @@ class Engine(Seam):
 
     def services(self) -> list[Service]:
         """Every service on the engine (those whose control FIFO is watched)."""
-        return [s for fd, s in self.by_fd.items() if fd == s.context.sd.control_fd]  # type: ignore[union-attr]
+        return [s for fd, s in self.by_fd.items() if fd == s.context.sd.control_fd]
 
 
 def _read_all(fd: int) -> bytes:
@@ -319,11 +326,11 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _record(service: Service) -> object:
+def _record(service: Service) -> ServiceRecord:
     from prefork.control import servicetable as st
 
     seconds, nanos = tai64n.unpack(service.label) if service.label else (0, 0)
-    ctx: Supervised = service.context  # type: ignore[assignment]
+    ctx = service.context
     flags = st.FLAG_LOG if ctx.is_log else 0
     if service.normally_up:
         flags |= st.FLAG_NORMALLY_UP

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import signal
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: supervise and svscan do not import typing
+if TYPE_CHECKING:
+    from prefork.control.engine import Supervised
+
 THROTTLE = 1.0
 
 WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
@@ -87,11 +91,13 @@ class Service:
         "normally_up", "adopted", "done", "context",
     )
 
-    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: object = None) -> None:
+    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
         self.seam = seam
         self.name = name
         self.runit = runit
-        self.context = context  # the engine's per-service data (fds, table slot)
+        # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
+        # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
+        self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
         self.pid = 0
         self.want = WANT_UP
         self.paused = False
@@ -229,6 +235,7 @@ class Service:
             self.restart_pending = self.restart_pending or automatic
             if not self.start_pending:
                 self.start_pending = True
+                assert self.last_start is not None  # for mypy: _throttled() is only true after a start
                 self.seam.schedule(self, self.last_start + THROTTLE)
             return
         self.last_start = now

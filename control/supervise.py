@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         path = str(table_path or servicetable.default_path(directory, servicetable.KIND_SUPERVISE))
         engine.table = servicetable.ServiceTable.create(path, 1, servicetable.KIND_SUPERVISE, os.path.abspath(directory))
-        service.context.slot = engine.table.allocate(directory)  # type: ignore[union-attr]
+        service.context.slot = engine.table.allocate(directory)
         engine.publish(service)
     except (OSError, servicetable.TableFull) as err:
         warn(PROG, "unable to create the service table", err if isinstance(err, OSError) else None)

@@ -42,6 +42,35 @@ import signal
 import stat
 import sys
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: svscan does not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Protocol
+
+    from prefork.control.engine import Engine
+    from prefork.control.machine import Service
+    from prefork.control.servicetable import ServiceTable
+    from prefork.exporter_child import Exporter
+
+    class ScanEngine(Protocol):
+        """What a :class:`Scanner` asks of its engine (:class:`prefork.control.engine.Engine` in svscan)."""
+
+        table: ServiceTable | None
+        on_finished: Callable[[Service], object] | None
+        live: int
+        stop: bool
+
+        def add(self, path: str, display: str, *, stdin: int | None = None, stdout: int | None = None,
+                owner: Entry | None = None, table_name: str | None = None, is_log: bool = False) -> Service: ...
+
+        def services(self) -> list[Service]: ...
+
+        def kill(self, service: Service, sig: int) -> None: ...
+
+        def monotonic(self) -> float: ...
+
+        def call_at(self, when: float, service: Service | None, func: Callable[[], object] | None) -> None: ...
+
 PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
@@ -79,21 +108,21 @@ class Entry:
         self.has_log = False
         self.pipe_r = -1
         self.pipe_w = -1
-        self.main: object = None
-        self.log: object = None
+        self.main: Service | None = None
+        self.log: Service | None = None
 
 
 class Scanner:
     """The scan of daemontools 0.76's svscan over an engine."""
 
-    def __init__(self, engine: object, max_services: int) -> None:
+    def __init__(self, engine: ScanEngine, max_services: int) -> None:
         self.engine = engine
         self.max_services = max_services
         self.entries: dict[tuple[int, int], Entry] = {}
         self.scans = 0
         self.scan_errors = 0
         self.stopping = False
-        engine.on_finished = self.finished  # type: ignore[attr-defined]
+        engine.on_finished = self.finished
 
     def warn(self, text: str, err: BaseException | None = None) -> None:
         from prefork.djb import warn
@@ -157,13 +186,13 @@ class Scanner:
         if entry.has_log and entry.log is None:
             entry.log = self.start(entry, f"{name}/log", "log", True)
 
-    def start(self, entry: Entry, path: str, display: str, is_log: bool) -> object:
+    def start(self, entry: Entry, path: str, display: str, is_log: bool) -> Service | None:
         """Take the service on; on failure print what 0.76's ``supervise`` child would and retry next scan."""
         from prefork.control.engine import StartupError
         from prefork.djb import write_line
 
         try:
-            return self.engine.add(  # type: ignore[attr-defined]
+            return self.engine.add(
                 path, display,
                 stdin=entry.pipe_r if is_log else None,
                 stdout=entry.pipe_w if (entry.has_log and not is_log) else None,
@@ -174,8 +203,8 @@ class Scanner:
             write_line(f"supervise: fatal: {err}")
             return None
 
-    def finished(self, service: object) -> None:
-        entry: Entry = service.context.owner  # type: ignore[attr-defined]
+    def finished(self, service: Service) -> None:
+        entry = service.context.owner
         if entry is None:
             return
         if entry.main is service:
@@ -196,7 +225,7 @@ class Scanner:
         entry.pipe_r = entry.pipe_w = -1
 
     def publish_counters(self) -> None:
-        table = self.engine.table  # type: ignore[attr-defined]
+        table = self.engine.table
         if table is not None:
             active = sum(1 for e in self.entries.values() if e.active)
             table.set_counters(active, self.scan_errors, self.scans)
@@ -211,8 +240,8 @@ class Scanner:
         for entry in self.entries.values():
             if entry.main is not None:
                 for byte in b"dx":
-                    entry.main.control(byte)  # type: ignore[attr-defined]
-        engine.call_at(engine.monotonic() + grace, None, self.kill_all)  # type: ignore[attr-defined]
+                    entry.main.control(byte)
+        engine.call_at(engine.monotonic() + grace, None, self.kill_all)
         self.stop_step()
 
     def stop_step(self) -> None:
@@ -223,35 +252,35 @@ class Scanner:
             if entry.pipe_w >= 0:
                 os.close(entry.pipe_w)  # the log reads to EOF once its writer is gone
                 entry.pipe_w = -1
-            if entry.log is not None and not entry.log.exit_requested:  # type: ignore[attr-defined]
+            if entry.log is not None and not entry.log.exit_requested:
                 # Only x, as runsv does: a TERM now would lose what is still in the pipe; the log exits
                 # at EOF (and is not restarted), the grace KILL is there for one that does not.
-                entry.log.control(ord("x"))  # type: ignore[attr-defined]
-        if engine.live == 0:  # type: ignore[attr-defined]
-            engine.stop = True  # type: ignore[attr-defined]
+                entry.log.control(ord("x"))
+        if engine.live == 0:
+            engine.stop = True
 
     def kill_all(self) -> None:
         """The grace is over: every service still running gets KILL (logs too, and none is restarted)."""
         import signal as sig
 
         engine = self.engine
-        for service in engine.services():  # type: ignore[attr-defined]
+        for service in engine.services():
             if not service.exit_requested:
                 service.control(ord("x"))  # a log that has not had its x yet must not come back
-        for service in engine.services():  # type: ignore[attr-defined]
+        for service in engine.services():
             if service.pid:
-                engine.kill(service, sig.SIGKILL)  # type: ignore[attr-defined]
-                engine.kill(service, sig.SIGCONT)  # type: ignore[attr-defined]
-        engine.call_at(engine.monotonic() + GIVE_UP, None, self.give_up)  # type: ignore[attr-defined]
+                engine.kill(service, sig.SIGKILL)
+                engine.kill(service, sig.SIGCONT)
+        engine.call_at(engine.monotonic() + GIVE_UP, None, self.give_up)
 
     def give_up(self) -> None:
         """KILL did not work either (no CAP_KILL for a service that changed uid): say so and exit anyway."""
         from prefork.djb import warn
 
-        for service in self.engine.services():  # type: ignore[attr-defined]
+        for service in self.engine.services():
             if service.pid:
                 warn(PROG, f"unable to stop {service.context.table_name} (pid {service.pid}): still running")
-        self.engine.stop = True  # type: ignore[attr-defined]
+        self.engine.stop = True
 
 
 def _recover_pipe(name: str) -> tuple[int, int] | None:
@@ -367,18 +396,18 @@ def _account_value(name: str, value: str) -> object:
         raise SystemExit(100) from None
 
 
-def _leave_on(engine: object, table: object, signum: int) -> None:
+def _leave_on(engine: Engine, table: ServiceTable, signum: int) -> None:
     """Without --stop-services, SIGTERM and SIGINT kill svscan as they kill 0.76's: remove the table first."""
 
     def leave() -> None:
-        table.close(unlink=True)  # type: ignore[attr-defined]
+        table.close(unlink=True)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    engine.handle_signal(signum, leave)  # type: ignore[attr-defined]
+    engine.handle_signal(signum, leave)
 
 
-def _start_exporter(engine: object, opts: dict[str, object], source: str) -> object:
+def _start_exporter(engine: Engine, opts: dict[str, object], source: str) -> Exporter:
     """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
     from prefork.djb import warn
     from prefork.exporter_child import Exporter, exporter_args, metrics_listener
@@ -390,24 +419,25 @@ def _start_exporter(engine: object, opts: dict[str, object], source: str) -> obj
                          opts["metrics_user"])  # type: ignore[arg-type]
     from prefork.spawn import signals_to_reset
 
-    exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),  # type: ignore[attr-defined]
-                        listener=listen)  # type: ignore[arg-type]
+    exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),
+                        listener=listen)
 
     def restart() -> None:
         if exporter.due is not None:
-            exporter.start_if_due(engine.monotonic())  # type: ignore[attr-defined]
+            exporter.start_if_due(engine.monotonic())
             if exporter.due is not None:  # it could not even be started
-                engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+                engine.call_at(exporter.due, None, restart)
 
     def reaped(pid: int, status: int) -> None:
         if pid == exporter.pid:
             exporter.exited(status)
-            engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+            assert exporter.due is not None  # for mypy: exited() sets the restart time
+            engine.call_at(exporter.due, None, restart)
 
-    engine.on_other_child = reaped  # type: ignore[attr-defined]
+    engine.on_other_child = reaped
     exporter.start()
     if exporter.due is not None:
-        engine.call_at(exporter.due, None, restart)  # type: ignore[attr-defined]
+        engine.call_at(exporter.due, None, restart)
     return exporter
 
 
@@ -509,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     rescan()
     engine.run(until_idle=False)
     if exporter is not None:
-        exporter.stop()  # type: ignore[attr-defined]
+        exporter.stop()
     if table is not None and not table_path:
         table.close(unlink=True)
     raise SystemExit(0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 class Record:
     """Keyword-built record; equality and repr over ``__slots__``."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __init__(self, **fields: object) -> None:
         for name in self.__slots__:

@@ -58,6 +58,36 @@ class ServerConfig:
     """tcpserver's options after parsing; attributes are the keys of DEFAULTS."""
 
     __slots__ = tuple(DEFAULTS)
+    # The types of the values in DEFAULTS (annotations only: the slots above hold them).
+    host: str
+    ip: str | None
+    port: int
+    argv: list[bytes]
+    limit: int
+    rules_path: str | None
+    rules_missing_ok: bool
+    banner: bytes
+    gid: int
+    uid: int
+    print_port: bool
+    backlog: int
+    keep_ip_options: bool
+    nodelay: bool
+    verbosity: int
+    remote_host_lookup: bool
+    paranoid: bool
+    localname: bytes | None
+    ident: bool
+    ident_timeout: int
+    ident_port: int
+    dns_timeout: float
+    workers: int
+    bound_ip: str
+    scoreboard_path: str | None
+    name: str
+    metrics: str | None
+    metrics_textfile: str | None
+    metrics_user: str | None
 
     def __init__(self, **values: object) -> None:
         unknown = set(values) - set(DEFAULTS)
