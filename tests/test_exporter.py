@@ -37,7 +37,8 @@ from test_metrics_collector import (
 )
 
 from prefork import scoreboard as sb
-from prefork.metrics import exporter, tcpserver_status
+from prefork import tcpserver_status
+from prefork.metrics import exporter
 
 LISTENING = re.compile(r"^prefork-exporter: listening on http://127\.0\.0\.1:(\d+)/metrics$")
 USAGE_LINE = f"prefork-exporter: usage: {exporter.USAGE}\n"

@@ -128,7 +128,7 @@ def test_the_non_lean_fallback_exits_111_too(tmp_path):
 # == each long-lived program =============================================================================
 def test_prefork_exporter_that_fails_on_a_scrape_exits_111(tmp_path):
     body = (
-        INJECT + "import prefork.metrics.collector\nmetrics.collector.SharedMemoryCollector.render = boom\n"
+        INJECT + "import prefork.metrics.collector\nprefork.metrics.collector.SharedMemoryCollector.render = boom\n"
         "from prefork.metrics.exporter import main\nmain()\n"
     )
     argv = lean_program(tmp_path, body, "exporter") + ["--services", str(tmp_path), "--listen", "127.0.0.1:0"]
@@ -150,7 +150,7 @@ def test_prefork_exporter_that_fails_on_a_scrape_exits_111(tmp_path):
 
 
 def test_multilog_that_fails_on_its_input_exits_111(tmp_path):
-    body = INJECT + "import prefork.control.log.multilog\nmetrics.multilog.Multilog.feed = boom\n" \
+    body = INJECT + "import prefork.control.log.multilog\nprefork.control.log.multilog.Multilog.feed = boom\n" \
         "from prefork.control.log.multilog_cli import main\nmain()\n"
     argv = lean_program(tmp_path, body, "multilog") + ["t", str(tmp_path / "log")]
     proc, err = start(argv, tmp_path, "multilog", stdin=subprocess.PIPE)
@@ -169,7 +169,7 @@ def test_multilog_that_fails_on_its_input_exits_111(tmp_path):
 def test_svscan_that_fails_in_its_scan_exits_111(tmp_path):
     scan = tmp_path / "scan"
     scan.mkdir()
-    body = INJECT + "import prefork.control.svscan\ncontrol.svscan.Scanner.scan = boom\n" \
+    body = INJECT + "import prefork.control.svscan\nprefork.control.svscan.Scanner.scan = boom\n" \
         "from prefork.control.svscan import main\nmain()\n"
     argv = lean_program(tmp_path, body, "svscan") + ["--table", str(tmp_path / "table"), str(scan)]
     proc, err = start(argv, tmp_path, "svscan")
@@ -183,7 +183,7 @@ def test_supervise_that_fails_in_its_loop_exits_111(tmp_path):
     (service / "run").write_text("#!/bin/sh\nexec sleep 300\n")
     (service / "run").chmod(0o755)
     (service / "down").touch()  # nothing is started: nothing is left running
-    body = INJECT + "import prefork.control.engine\ncontrol.engine.Engine.run = boom\n" \
+    body = INJECT + "import prefork.control.engine\nprefork.control.engine.Engine.run = boom\n" \
         "from prefork.control.supervise import main\nmain()\n"
     argv = lean_program(tmp_path, body, "supervise") + ["--table", str(tmp_path / "table"), str(service)]
     proc, err = start(argv, tmp_path, "supervise")

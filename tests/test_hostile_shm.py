@@ -43,7 +43,7 @@ from prefork.control import svstat_all
 from prefork.control.log import logcounters as lc
 from prefork.control.log import logcounters_read as logs
 from prefork.metrics import collector as mc
-from prefork.metrics import tcpserver_status
+from prefork import tcpserver_status
 
 SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
