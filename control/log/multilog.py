@@ -64,6 +64,16 @@ from prefork.control.log.logscript import (
     regex,
 )
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: multilog does not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from re import Match
+    from typing import Literal
+
+    # Which lines of a chunk an action selects: all (True), none (False), or a 0/1 byte per line.
+    Selection = bool | bytes
+    Chosen = Literal[True] | bytes  # a selection that is not False
+
 _NL = b"\n"
 _NOT = bytes.maketrans(b"\x00\x01", b"\x01\x00")
 _APPEND = os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT  # djb's open_append (0600)
@@ -83,9 +93,13 @@ class Multilog:
         self._metered = any(d.metrics for d in script.dirs)  # some directory counts its lines (M)
         self.files: list[int] = []
         self._plain = not script.selects  # every line goes to every directory
-        patterns: dict[object, Pattern] = {}  # one Pattern per distinct text: evaluated once per chunk
-        self._actions = [(kind, patterns.setdefault(arg, Pattern(arg)) if kind in (MINUS, PLUS) else arg)  # type: ignore
-                         for kind, arg in script.actions]
+        patterns: dict[bytes, Pattern] = {}  # one Pattern per distinct text: evaluated once per chunk
+        # Script.actions with each MINUS/PLUS action's pattern bytes made its Pattern; FILE's arg is an index.
+        # The kind says what arg is (see logscript.Script), which a (kind, arg) pair cannot tell mypy.
+        self._actions: list[tuple[int, Pattern | int | None]] = [
+            (kind, patterns.setdefault(arg, Pattern(arg))  # type: ignore[arg-type, misc]  # arg's type is by kind
+             if kind in (MINUS, PLUS) else arg)
+            for kind, arg in script.actions]
         # Several e actions: their output is gathered and printed line by line, as 0.76 prints it.
         self._interleave = sum(kind == STDERR for kind, _ in script.actions) > 1
         self._same: list[int] = []  # per =file: the first =file open on the same file (set by open())
@@ -160,7 +174,8 @@ class Multilog:
             self._stream = None
             self.line_open = False
             return nl + 1
-        head = self._head + (data if nl < 0 else data[:nl])  # type: ignore[operator]
+        assert self._head is not None  # for mypy: an open line not streamed yet is held in _head
+        head = self._head + (data if nl < 0 else data[:nl])
         if nl >= 0:
             self._head = None
             self.line_open = False
@@ -204,28 +219,30 @@ class Multilog:
             if sel is True:
                 d.put(region, count)
             elif sel is not False:
-                d.put(_NL.join(compress(lines, sel)), sel.count(1) - 1)  # type: ignore[arg-type, attr-defined]
+                d.put(_NL.join(compress(lines, sel)), sel.count(1) - 1)
                 d.put(_NL, 1)
 
-    def _evaluate(self, lines: list[bytes], stamp: bytes) -> list[object]:
+    def _evaluate(self, lines: list[bytes], stamp: bytes) -> list[Selection]:
         """Run the actions over LINES; the selection (True, False or a 0/1 byte per line) at each directory.
 
         Side effects: ``e`` lines to stderr (in line order when there are several ``e``), each
         ``=file`` rewritten with the last line selected for it by any ``=`` naming that file.
         """
         n = len(lines)
-        sel: object = True
-        cache: dict[int, object] = {}
-        result: list[object] = []
-        errs: list[object] | None = [] if self._interleave else None
+        sel: Selection = True
+        cache: dict[int, Selection] = {}
+        result: list[Selection] = []
+        errs: list[Chosen] | None = [] if self._interleave else None
         last_of: dict[int, tuple[int, int]] = {}  # first =file of a file: (last line selected, =file that wrote it)
         for kind, arg in self._actions:
             if kind == MINUS:
                 if sel is not False:
-                    sel = _and_not(sel, _vector(arg, lines, stamp, cache), n)  # type: ignore[arg-type]
+                    assert isinstance(arg, Pattern)  # for mypy: a MINUS/PLUS action's arg is its Pattern
+                    sel = _and_not(sel, _vector(arg, lines, stamp, cache), n)
             elif kind == PLUS:
                 if sel is not True:
-                    sel = _or(sel, _vector(arg, lines, stamp, cache), n)  # type: ignore[arg-type]
+                    assert isinstance(arg, Pattern)
+                    sel = _or(sel, _vector(arg, lines, stamp, cache), n)
             elif kind == DIR:
                 result.append(sel)
             elif sel is False:
@@ -234,32 +251,33 @@ class Multilog:
                 if errs is not None:
                     errs.append(sel)
                     continue
-                chosen = lines if sel is True else compress(lines, sel)  # type: ignore[arg-type]
+                chosen = lines if sel is True else compress(lines, sel)
                 self.seam.stderr(b"".join([line[:200] + b"...\n" if len(line) > 200 else line + _NL
                                            for line in chosen]))
             elif kind == FILE:
-                last = n - 1 if sel is True else sel.rfind(1)  # type: ignore[attr-defined]
-                key = self._same[arg]  # type: ignore[index]
+                assert isinstance(arg, int)  # for mypy: a FILE action's arg is its index in Script.files
+                last = n - 1 if sel is True else sel.rfind(1)
+                key = self._same[arg]
                 if last >= last_of.get(key, (-1, 0))[0]:  # the same line later in the script: that =file wrote last
-                    last_of[key] = (last, arg)  # type: ignore[assignment]
+                    last_of[key] = (last, arg)
         if errs:
             self._stderr_in_line_order(lines, errs)
         for last, index in last_of.values():
             self._set_file(index, lines[last][:LINE_MAX])
         return result
 
-    def _stderr_in_line_order(self, lines: list[bytes], sels: list[object]) -> None:
+    def _stderr_in_line_order(self, lines: list[bytes], sels: list[Chosen]) -> None:
         """Several ``e``: each line printed once per ``e`` that selected it, line after line (0.76's order)."""
         n = len(lines)
         if len(sels) < 256:  # 0/1 bytes added as one big number: no carry from one line to the next
             total = 0
             for sel in sels:
-                total += int.from_bytes(b"\x01" * n if sel is True else sel, "little")  # type: ignore[arg-type]
+                total += int.from_bytes(b"\x01" * n if sel is True else sel, "little")
             counts: bytes | list[int] = total.to_bytes(n, "little")
         else:
             counts = [0] * n
             for sel in sels:
-                counts = list(map(add, counts, b"\x01" * n if sel is True else sel))  # type: ignore[arg-type]
+                counts = list(map(add, counts, b"\x01" * n if sel is True else sel))
         shown = [line[:200] + b"...\n" if len(line) > 200 else line + _NL for line in lines]
         self.seam.stderr(b"".join(map(mul, shown, counts)))
 
@@ -276,7 +294,7 @@ class Multilog:
             try:
                 if seam.write(fd, data) == len(data):
                     return
-                err_no = seam.errno
+                err_no: int | None = seam.errno
             except OSError as err:
                 err_no = err.errno
             self._pause(f"unable to write {name}", err_no)
@@ -326,7 +344,8 @@ class Multilog:
                 self._stream = None
             else:
                 head, self._head = self._head, None
-                self._lines(head + _NL, self._stamp_of(head), 1)  # type: ignore[operator, arg-type]
+                assert head is not None  # for mypy: an open line not streamed is held in _head
+                self._lines(head + _NL, self._stamp_of(head), 1)
             self.line_open = False
         for d in self.dirs:
             d.close()
@@ -347,11 +366,11 @@ class Pattern:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self._regex: object = None
+        self._regex: Callable[[bytes, int, int], Match[bytes] | None] | None = None
         self._stamp: bytes | None = None
         self._shape: tuple[int, bytes] = (NEVER, b"")
 
-    def matcher(self) -> object:
+    def matcher(self) -> Callable[[bytes, int, int], Match[bytes] | None]:
         """The compiled expression's match or fullmatch, called as (line, 0, 1000)."""
         if self._regex is None:
             import re
@@ -361,7 +380,7 @@ class Pattern:
             self._regex = compiled.match if prefix else compiled.fullmatch
         return self._regex
 
-    def vector(self, lines: list[bytes], stamp: bytes) -> object:
+    def vector(self, lines: list[bytes], stamp: bytes) -> Selection:
         """True (all match), False (none) or a 0/1 byte per line; every line starts with STAMP."""
         if stamp != self._stamp:
             self._stamp = stamp
@@ -375,7 +394,7 @@ class Pattern:
             return _norm(bytes(map(bytes.startswith, lines, repeat(rest), repeat(len(stamp)), repeat(LINE_MAX))))
         if kind == EQUAL and len(stamp) + len(rest) < LINE_MAX:
             return _norm(bytes(map((stamp + rest).__eq__, lines)))
-        return _norm(bytes(map(bool, map(self.matcher(), lines, repeat(0), repeat(LINE_MAX)))))  # type: ignore
+        return _norm(bytes(map(bool, map(self.matcher(), lines, repeat(0), repeat(LINE_MAX)))))
 
 
 def _same_files(fds: list[int]) -> list[int]:
@@ -392,7 +411,7 @@ def _same_files(fds: list[int]) -> list[int]:
     return out
 
 
-def _vector(pattern: Pattern, lines: list[bytes], stamp: bytes, cache: dict[int, object]) -> object:
+def _vector(pattern: Pattern, lines: list[bytes], stamp: bytes, cache: dict[int, Selection]) -> Selection:
     """PATTERN's vector over LINES, computed once per chunk however often the script names it."""
     key = id(pattern)
     found = cache.get(key)
@@ -401,7 +420,7 @@ def _vector(pattern: Pattern, lines: list[bytes], stamp: bytes, cache: dict[int,
     return found
 
 
-def _norm(vec: bytes) -> object:
+def _norm(vec: bytes) -> Selection:
     if vec.find(1) < 0:
         return False
     if vec.find(0) < 0:
@@ -409,25 +428,25 @@ def _norm(vec: bytes) -> object:
     return vec
 
 
-def _and_not(sel: object, vec: object, n: int) -> object:
+def _and_not(sel: Chosen, vec: Selection, n: int) -> Selection:
     if vec is False:
         return sel
     if vec is True:
         return False
     if sel is True:
-        return vec.translate(_NOT)  # type: ignore[attr-defined]
-    a = int.from_bytes(sel, "little")  # type: ignore[arg-type]
-    b = int.from_bytes(vec, "little")  # type: ignore[arg-type]
+        return vec.translate(_NOT)
+    a = int.from_bytes(sel, "little")
+    b = int.from_bytes(vec, "little")
     return _norm((a & ~b).to_bytes(n, "little"))
 
 
-def _or(sel: object, vec: object, n: int) -> object:
+def _or(sel: Selection, vec: Selection, n: int) -> Selection:
     if vec is False:
         return sel
     if vec is True or sel is True:
         return True
     if sel is False:
         return vec
-    a = int.from_bytes(sel, "little")  # type: ignore[arg-type]
-    b = int.from_bytes(vec, "little")  # type: ignore[arg-type]
+    a = int.from_bytes(sel, "little")
+    b = int.from_bytes(vec, "little")
     return _norm((a | b).to_bytes(n, "little"))
