@@ -32,6 +32,15 @@ import sys
 import prefork
 from prefork.environ import original_environ
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the lean processes do not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from threading import ExceptHookArgs
+    from types import TracebackType
+
+    # make_script(fd, paths): the bootstrap's bytes, given its memfd and the sys.path it must set up.
+    MakeScript = Callable[[int, list[str]], bytes]
+
 
 def script(settings: dict[str, object], fd: int, paths: list[str]) -> bytes:
     """The tcpserver bootstrap the lean interpreter runs: plain literals, no parser needed."""
@@ -56,7 +65,7 @@ def exec_server(settings: dict[str, object]) -> None:
     exec_lean("tcpserver-settings", lambda fd, paths: script(settings, fd, paths))
 
 
-def exec_lean(name: str, make_script: object) -> None:
+def exec_lean(name: str, make_script: MakeScript) -> None:
     """Replace this process with ``python -I -S`` running ``make_script(fd, paths)``; returns if not possible.
 
     Shared by tcpserver and svscan: both are long-lived and hold nothing the
@@ -71,7 +80,7 @@ def exec_lean(name: str, make_script: object) -> None:
     except (AttributeError, OSError):
         return
     try:
-        data = make_script(fd, paths)  # type: ignore[operator]
+        data = make_script(fd, paths)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -150,13 +159,13 @@ def fail_fast() -> None:
     sys.excepthook = _uncaught
     import _thread
 
-    _thread._excepthook = _uncaught_in_thread  # type: ignore[attr-defined]
+    _thread._excepthook = _uncaught_in_thread
     threading = sys.modules.get("threading")
     if threading is not None:
-        threading.excepthook = _uncaught_in_thread  # type: ignore[attr-defined]
+        threading.excepthook = _uncaught_in_thread  # type: ignore[attr-defined]  # sys.modules holds plain ModuleTypes
 
 
-def _uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:
+def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     try:
         _print_traceback(kind, value, tb)
     finally:
@@ -171,19 +180,20 @@ def _uncaught(kind: type[BaseException], value: BaseException, tb: object) -> No
         os._exit(EXIT_UNCAUGHT)
 
 
-def _uncaught_in_thread(args: object) -> None:
-    kind = args.exc_type  # type: ignore[attr-defined]
+def _uncaught_in_thread(args: ExceptHookArgs) -> None:
+    kind = args.exc_type
     if issubclass(kind, SystemExit):  # a thread's own way to end, quietly (threading's default too)
         return
     try:
-        thread = args.thread  # type: ignore[attr-defined]
+        thread = args.thread
         name = thread.name if thread is not None else "unknown"
-        _print_traceback(kind, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")  # type: ignore[attr-defined]
+        _print_traceback(kind, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")
     finally:
         os._exit(EXIT_UNCAUGHT)
 
 
-def _print_traceback(kind: type[BaseException], value: BaseException | None, tb: object, head: str = "") -> None:
+def _print_traceback(kind: type[BaseException], value: BaseException | None, tb: TracebackType | None,
+                     head: str = "") -> None:
     """The traceback on stderr in one write, without opening any ``/proc/self/fd/N`` to show a line."""
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -197,13 +207,13 @@ def _print_traceback(kind: type[BaseException], value: BaseException | None, tb:
 
         original = linecache.updatecache
 
-        def updatecache(filename: str, module_globals: object = None) -> list[str]:
+        def updatecache(filename: str, module_globals: dict[str, object] | None = None) -> list[str]:
             if filename.startswith("/proc/"):  # a memfd script's name: another file by now, maybe a pipe
                 return []
-            return original(filename, module_globals)  # type: ignore[arg-type]
+            return original(filename, module_globals)
 
         linecache.updatecache = updatecache  # what linecache reads a file not yet in its cache with
-        text = "".join(traceback.format_exception(kind, value, tb))  # type: ignore[arg-type]
+        text = "".join(traceback.format_exception(kind, value, tb))
     except BaseException:  # no memory, a broken import...: still one line saying what
         try:
             text = f"{kind.__name__}: {value}\n"
