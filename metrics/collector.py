@@ -83,6 +83,10 @@ from prefork.scoreboard import DURATION_BUCKETS
 from prefork.scoreboard_read import LIVE_STATES, read_board, service_name  # noqa: F401 (LIVE_STATES: re-exported)
 from prefork.shmfile import start_ticks  # looked up in this module at each call: tests replace it
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing the collector does not import typing
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
 PROG = "prefork-exporter"
 NS = 1e9
 INF = float("inf")
@@ -495,7 +499,7 @@ def render_text(families: Iterable[Family]) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def to_prometheus(families: Iterable[Family]) -> list[object]:
+def to_prometheus(families: Iterable[Family]) -> list[Metric]:
     """prometheus_client Metric objects for FAMILIES."""
     from prometheus_client.metrics_core import Metric
 
@@ -539,7 +543,7 @@ def build_families(
                          "When a connection was last accepted, unix time (0: never).")
     bounds = bucket_bounds()
     for name, snap in served_boards:
-        labels = ((s, label(name)),)
+        labels: tuple[tuple[str, str], ...] = ((s, label(name)),)
         slots = snap.slots
         accepted.add(labels, sum(x.accepted for x in slots))
         denied.add(labels, sum(x.denied for x in slots))
@@ -617,16 +621,16 @@ def build_families(
     write_errors = Family("multilog_write_errors", "counter",
                           "Failed system calls on the log directory (disk full, I/O errors, ...), each one a pause.")
     log_start = Family("multilog_start_time_seconds", "gauge", "When this multilog published its counters, unix time.")
-    for c in served_logs:
-        labels = (("directory", label(c.directory)),)
-        lines.add(labels, c.lines)
-        nbytes.add(labels, c.bytes)
-        rotations.add(labels, c.rotations)
-        failures.add((*labels, ("exit", "nonzero")), c.processor_failures)
-        failures.add((*labels, ("exit", "signal")), c.processor_crashes)
-        paused_s.add(labels, c.paused_ns / NS)
-        write_errors.add(labels, c.write_errors)
-        log_start.add(labels, c.start_ns / NS)
+    for block in served_logs:  # not `c`, an int above: one name, one type
+        labels = (("directory", label(block.directory)),)
+        lines.add(labels, block.lines)
+        nbytes.add(labels, block.bytes)
+        rotations.add(labels, block.rotations)
+        failures.add((*labels, ("exit", "nonzero")), block.processor_failures)
+        failures.add((*labels, ("exit", "signal")), block.processor_crashes)
+        paused_s.add(labels, block.paused_ns / NS)
+        write_errors.add(labels, block.write_errors)
+        log_start.add(labels, block.start_ns / NS)
     families += [lines, nbytes, rotations, failures, paused_s, write_errors, log_start]
 
     if sources:

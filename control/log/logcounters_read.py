@@ -39,6 +39,20 @@ class Snapshot(Record):
 
     __slots__ = ("path", "version", "size", "pid", "start_ns", "directory", "directory_truncated", "lines",
                  "bytes", "rotations", "processor_failures", "processor_crashes", "paused_ns", "write_errors")
+    path: str
+    version: int
+    size: int
+    pid: int
+    start_ns: int
+    directory: str
+    directory_truncated: bool
+    lines: int
+    bytes: int
+    rotations: int
+    processor_failures: int
+    processor_crashes: int
+    paused_ns: int
+    write_errors: int
 
     @property
     def counters(self) -> dict[str, int]:
