@@ -278,6 +278,7 @@ class Master:
             reaped.append((pid, status))
         if not reaped:
             return
+        assert self.board is not None  # for mypy: children are reaped only while serving, board made
         exporter = {self.exporter.pid} if self.exporter is not None and self.exporter.pid else set()
         dead = [(pid, self.workers.pop(pid)) for pid, _ in reaped if pid in self.workers]
         if dead:
@@ -316,12 +317,14 @@ class Master:
                     self.cap.unlock()
                 else:
                     self.cap.orphan_ended()
-            elif pid in exporter:
+            elif pid in exporter:  # not empty only when there is an exporter
+                assert self.exporter is not None  # for mypy
                 self.exporter.exited(status)
 
     def _orphan_duration(self, duration_ns: int) -> None:
         """Count an orphan's connection time in the master's histogram (the workers' own are per slot)."""
         duration_ns = max(0, duration_ns)
+        assert self.board is not None  # for mypy: orphans are reaped only while serving
         self.board.put64(sb.H_ORPHAN_DURATION_SUM, self.board.get64(sb.H_ORPHAN_DURATION_SUM) + duration_ns)
         off = sb.H_ORPHAN_BUCKETS + 8 * sb.bucket_index(duration_ns)
         self.board.put64(off, self.board.get64(off) + 1)

@@ -35,7 +35,10 @@ from prefork.wakeup import drain, noop_handler
 
 TYPE_CHECKING = False  # the lean server process does not import typing (see lean.py)
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
     from typing import NoReturn
+
+    from prefork.rules import RulesFile
 
 EPOLLIN = select.EPOLLIN
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
@@ -75,7 +78,7 @@ class Worker:
         wake_w: int,
         base_env: dict[bytes, bytes],
         spawner: Spawner,
-        rules: object | None,
+        rules: RulesFile | None,
         spawnlog: SpawnLog | None = None,
     ) -> None:
         self.cfg = cfg
@@ -110,7 +113,7 @@ class Worker:
         ]
         self.duration_sum = board.get64(self.slot + sb.OFF_DURATION_SUM)
         self.buckets = [board.get64(self.slot + sb.OFF_BUCKETS + 8 * i) for i in range(len(sb.DURATION_BUCKETS))]
-        self.pool = None
+        self.pool: ThreadPoolExecutor | None = None
         self.done: collections.deque[Conn] = collections.deque()
         self.lookup_r = self.lookup_w = -1
         self.localhost_fixed = cfg.localname
@@ -202,7 +205,8 @@ class Worker:
         if not self.reserved:
             return
         try:
-            fd, addr = self.lsock._accept()  # raw (fd, addr): no socket object per connection
+            # socket's own raw accept, (fd, addr): no socket object per connection
+            fd, addr = self.lsock._accept()  # type: ignore[attr-defined]  # private: not in typeshed
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -301,13 +305,14 @@ class Worker:
     def decide(self, conn: Conn) -> None:
         """Rules, the ok/deny line, then the program."""
         cfg = self.cfg
-        env_rules: list[tuple[bytes, bytes]] = ()  # type: ignore[assignment]
+        env_rules: list[tuple[bytes, bytes]] | tuple[()] = ()
         if self.rules is not None:
             try:
                 db = self.rules.current()
                 decision = db.lookup(conn.remoteip, conn.remotehost, conn.remoteinfo) if db is not None else None
             except Exception as e:  # OSError; anything else a hostile file might cause counts as a bad file
                 err = e if isinstance(e, OSError) else errno.EPROTO
+                assert cfg.rules_path is not None  # for mypy: self.rules is the file at rules_path
                 self.drop(conn, b"unable to read %s: %s" % (os.fsencode(cfg.rules_path), errstr(err).encode()))
                 return
             if decision is not None:
