@@ -84,7 +84,8 @@ class Engine(Seam):
         self._seq = 0
         self.signal_handlers: dict[int, Callable[[], object]] = {}
         self.on_finished: Callable[[Service], object] | None = None
-        self.on_other_child: Callable[[int, int], object] | None = None  # called (pid, wait status) for a reaped child that is no service
+        # Called (pid, wait status) for a reaped child that is no service.
+        self.on_other_child: Callable[[int, int], object] | None = None
         self.live = 0
         self.stop = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -270,7 +271,8 @@ class Engine(Seam):
             if service is not None:
                 service.timer()
             else:
-                func()  # type: ignore[misc]  # None only in schedule()'s entries, which have a service
+                assert func is not None  # for mypy: only schedule()'s entries, which have a service, hold None
+                func()
 
     def reap(self) -> None:
         """Collect every exited child: services get their exit, others go to ``on_other_child`` or are just reaped."""

@@ -29,7 +29,7 @@ import random
 import socket
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from prefork.djb import errstr
 
@@ -177,7 +177,7 @@ def _system_addresses(text: str) -> list[str]:
     addresses: list[str] = []
     for family, _type, _proto, _canon, sockaddr in infos:
         if family == socket.AF_INET and sockaddr[0] not in addresses:
-            addresses.append(sockaddr[0])
+            addresses.append(cast(str, sockaddr[0]))  # an AF_INET sockaddr is (host, port)
     if not addresses:
         raise HostError(f"no IP address for {text}")
     return addresses
@@ -307,26 +307,26 @@ def _with_deadline(call: Callable[[], _T], timeout: float) -> _T:
     The C resolver cannot be interrupted; a call that overruns is left to
     finish in its daemon thread and its answer is dropped.
     """
-    outcome: list[tuple[bool, object]] = []
+    answers: list[_T] = []  # CALL's result, or
+    errors: list[Exception] = []  # what it raised (one of the two gets one entry)
     done = threading.Event()
 
     def run() -> None:
         try:
-            outcome.append((True, call()))
+            answers.append(call())
         except Exception as e:  # handed over to the waiting thread
-            outcome.append((False, e))
+            errors.append(e)
         finally:
             done.set()
 
     threading.Thread(target=run, name="prefork-resolver", daemon=True).start()
     if not done.wait(max(timeout, 0.0)):
         raise TimeoutError
-    if not outcome:
+    if errors:
+        raise errors[0]
+    if not answers:
         raise OSError(errno.EINTR, "resolver thread ended without an answer")
-    ok, value = outcome[0]
-    if not ok:
-        raise value  # type: ignore[misc]
-    return value  # type: ignore[return-value]
+    return answers[0]
 
 
 def reverse_name(ip: str, timeout: float = DNS_TIMEOUT) -> str | None:

@@ -47,7 +47,13 @@ from prefork.djb import errstr
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: multilog does not import typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import ParamSpec, TypeVar
+
     from prefork.control.log.logcounters import LogCounters
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 PROG = "multilog"
 PAUSE = 5
@@ -87,7 +93,7 @@ class Seam:
         self.errno = 0
         self._env: dict[bytes, bytes] | None = None
 
-    def _call(self, fn, *args, **kw):  # type: ignore[no-untyped-def]
+    def _call(self, fn: Callable[P, R], *args: P.args, **kw: P.kwargs) -> R:
         try:
             return fn(*args, **kw)
         except OSError as err:
@@ -392,7 +398,7 @@ class LogDir:
         self.seam.sleep(PAUSE)
         meter.paused(int((self.seam.monotonic() - start) * 1e9))
 
-    def _retry(self, text: str, fn, *args):  # type: ignore[no-untyped-def]
+    def _retry(self, text: str, fn: Callable[..., R], *args: object) -> R:
         while True:
             try:
                 return fn(*args)

@@ -73,7 +73,7 @@ class Converter:
             prefix = self._cache[secs] = local_prefix(secs)
         if prefix is None:
             return m.group(0)
-        return prefix + b"%09d" % int(m.group(2), 16)  # type: ignore[operator]
+        return prefix + b"%09d" % int(m.group(2), 16)  # type: ignore[operator]  # bytes: _MISSING and None are handled
 
     def convert_lines(self, data: bytes) -> bytes:
         """DATA, which starts at a line start, with the label of each of its lines converted."""
@@ -101,7 +101,9 @@ class Converter:
             data = data[end:]
         # data is now the start of a line whose newline has not arrived yet
         if data[0] == 0x40:  # "@"
-            digits = _HEX_RUN.match(data).end() - 1  # type: ignore[union-attr]
+            run = _HEX_RUN.match(data)
+            assert run is not None  # for mypy: data starts with "@", which the pattern matches
+            digits = run.end() - 1
             if digits + 1 == len(data) and digits <= LABEL_DIGITS:
                 self._head = data  # the next byte decides whether this is a label
                 return out
