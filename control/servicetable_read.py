@@ -18,7 +18,6 @@ that is none, a state or want shown as it is).  The only exception
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import time
@@ -109,7 +108,7 @@ class Snapshot(Record):
         return KIND_NAMES.get(self.kind, str(self.kind))
 
 
-def _read_seqlocked(mm: mmap.mmap, offset: int, size: int, what: str, deadline: list[float]) -> bytes:
+def _read_seqlocked(mm: shmfile.Mapped, offset: int, size: int, what: str, deadline: list[float]) -> bytes:
     """Copy SIZE bytes at OFFSET whose first 8 bytes are a sequence counter, retrying while it moves or is odd.
 
     DEADLINE holds the monotonic time after which a read of the table stops waiting (set at its first wait):
@@ -148,7 +147,7 @@ def _check_header(path: str, head: bytes, size: int) -> int:
     return need
 
 
-def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
+def _parse(path: str, mm: shmfile.Mapped, size: int) -> Snapshot:
     _magic, version, header_size, slot_size, capacity, kind, owner, dirlen, start_ns = _FIXED.unpack_from(mm, 0)
     owner_ticks = _SEQ.unpack_from(mm, _OWNER_TICKS)[0]
     stored = mm[_DIR_OFFSET:_DIR_OFFSET + min(dirlen, _DIR_SIZE)]

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, NoReturn
+from typing import NoReturn, Protocol
 
 from prefork.control.svc import control
 from prefork.control.svok import open_trusted, running, trusted_link
@@ -63,6 +63,14 @@ def fatal(prog: str, text: str) -> NoReturn:
     raise Exit(1, f"{prog}: Fatal error: {text}")
 
 
+class Output(Protocol):
+    """Where a script's messages and dots go: stdout's buffer, a test's BytesIO, or :class:`_Null`."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class _Null:
     """Where ``-q`` output goes when a script runs another one quietly (``svc-stop -q`` in svc-remove)."""
 
@@ -81,7 +89,7 @@ class Settings:
     lockdir: str = "/var/service"  # SVCLOCKDIR: where relative service directories are created
     timeout_text: str = "15"  # SVCTIMEOUT: seconds (one dot each) before a wait gives up
     prog: str = "svc"  # the command, for errors in the settings themselves
-    out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    out: Output = field(default_factory=lambda: sys.stdout.buffer)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 

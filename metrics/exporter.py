@@ -545,7 +545,9 @@ def run(opts: Options) -> int:
             if watch.fd >= 0:
                 readers.append(watch.fd)
             else:
-                timeouts.append(watch.poll_timeout())
+                wait = watch.poll_timeout()
+                assert wait is not None  # for mypy: without a pidfd there is always a poll interval
+                timeouts.append(wait)
         if http is not None:
             readers += http.readers()
             writers = http.writers()

@@ -223,7 +223,9 @@ class Exporter:
         """Start it now; if that fails, warn and set :attr:`due` a second later."""
         self.due = None
         self.started = time.monotonic()
-        actions = [(os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)] if self.quiet else []
+        actions: list[tuple[int | str, ...]] = (
+            [(os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)] if self.quiet else []
+        )
         if self.listener is not None:
             actions.append((os.POSIX_SPAWN_DUP2, self.listener.fileno(), LISTEN_FD))
         try:

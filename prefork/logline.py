@@ -19,10 +19,11 @@ def safe(field: bytes | str | None) -> bytes:
     if field is None:
         return b""
     if isinstance(field, str):
+        text = field  # mypy takes field for bytes | str again in the except clause
         try:
-            field = field.encode("utf-8", "surrogateescape")
+            field = text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # a lone surrogate that no byte decoded to: shown as "?"
-            field = field.encode("utf-8", "replace")
+            field = text.encode("utf-8", "replace")
     end = field.find(b"\0")
     if end >= 0:
         field = field[:end]

@@ -46,7 +46,7 @@ import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cdblib
 
@@ -160,6 +160,16 @@ def cdb_hash(key: bytes) -> int:
     return cdblib.djb_hash(key) & 0xFFFFFFFF
 
 
+class _Sink(Protocol):
+    """What a :class:`_Writer` writes the cdb to: a :class:`_DjbFile`, or the BytesIO of :func:`cdb_bytes`."""
+
+    def tell(self) -> int: ...
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def seek(self, pos: int, /) -> object: ...
+
+
 class _Writer(cdblib.Writer):
     """pure-cdb's Writer with djb's empty-slot test in the hash tables.
 
@@ -167,6 +177,8 @@ class _Writer(cdblib.Writer):
     (e.g. ``=9lg0e3l``) gets overwritten by the next key probing that slot;
     cdb_make tests the record *position*, which is never 0.
     """
+
+    fp: _Sink  # set by cdblib.Writer (pure-cdb has no type hints)
 
     def finalize(self) -> None:
         index = []
@@ -184,7 +196,7 @@ class _Writer(cdblib.Writer):
         self.fp.seek(0)
         for pair in index:
             self.fp.write(_PAIR.pack(*pair))
-        self.fp = None
+        self.fp = None  # type: ignore[assignment]  # as pure-cdb's own finalize(): the writer is done with it
 
 
 def _allwrite(fd: int, data: bytes | bytearray) -> None:

@@ -57,7 +57,8 @@ def open_source(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-def map_regular(path: str, min_size: int, max_size: int | None = None, fd: int | None = None) -> tuple[mmap.mmap, int]:
+def map_regular(path: str, min_size: int, max_size: int | None = None,
+                fd: int | None = None) -> tuple[Mapped, int]:
     """PATH mapped read-only, with its size, for a reader given PATH by a person.
 
     OSError if it cannot be opened or mapped; ValueError (a one-line reason)
@@ -96,6 +97,10 @@ class _Copy(bytes):
 
     def close(self) -> None:
         pass
+
+
+if TYPE_CHECKING:
+    Mapped = mmap.mmap | _Copy  # what map_regular() gives: the file's mapping, or a copy of another user's file
 
 
 def _pread_all(fd: int, length: int) -> bytes:

@@ -21,7 +21,7 @@ def signals_to_reset(always: tuple[int, ...] | None = None) -> tuple[int, ...]:
     a supervisor passes ``()`` so that a signal ignored when it started stays
     ignored in its services, as with 0.76's fork + execve.
     """
-    reset = {signal.SIGPIPE}
+    reset: set[int] = {signal.SIGPIPE}
     reset.update((signal.SIGCHLD, signal.SIGTERM) if always is None else always)
     if hasattr(signal, "SIGXFSZ"):
         reset.add(signal.SIGXFSZ)

@@ -14,7 +14,6 @@ version 1 defines) are mapped, and the only exception :func:`read` raises is
 
 from __future__ import annotations
 
-import mmap
 import os
 
 from prefork import shmfile
@@ -60,7 +59,7 @@ class Snapshot(Record):
         return {n: getattr(self, n) for n in self.__slots__[7:]}
 
 
-def _parse(path: str, mm: mmap.mmap, size: int) -> Snapshot:
+def _parse(path: str, mm: shmfile.Mapped, size: int) -> Snapshot:
     if mm[0:4] != MAGIC:
         raise LogCountersError(f"{path}: not a prefork multilog counter block")
     with memoryview(mm) as view:
