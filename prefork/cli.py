@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -114,6 +114,7 @@ class DjbCommand(click.Command):
         finally:
             del self.make_parser
         dests: dict[str, Any] = {}
+        flag: Flag | None  # a Flag in the loops over djb_flags, Flag or None in the lookup by name
         for flag in self.djb_flags:
             dests.setdefault(flag.dest, self.djb_defaults.get(flag.dest))
         by_name = {f"flag_{f.letter}": f for f in self.djb_flags}
@@ -143,7 +144,7 @@ class DjbCommand(click.Command):
         except click.UsageError as e:
             self.usage_error(e.message)
 
-    def usage_error(self, text: str | None = None) -> None:
+    def usage_error(self, text: str | None = None) -> NoReturn:
         """Print ``PROG: TEXT`` (if any) and the usage line, exit 100."""
         if text:
             write_line(f"{progname()}: {text}")
@@ -179,6 +180,6 @@ def djb_command(
     """Decorator: ``@djb_command(usage=..., flags=[...])`` over click option/argument decorators."""
 
     def decorator(f: Callable[..., Any]) -> DjbCommand:
-        return click.command(cls=DjbCommand, usage=usage, flags=list(flags), defaults=defaults, **kwargs)(f)  # type: ignore[return-value]
+        return click.command(cls=DjbCommand, usage=usage, flags=list(flags), defaults=defaults, **kwargs)(f)
 
     return decorator

@@ -11,6 +11,39 @@ from prefork.djb import EXIT_USAGE
 from prefork.scoreboard_read import MAX_SLOTS
 from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
 
+TYPE_CHECKING = False  # as in the lean modules (typing.TYPE_CHECKING would do here: click imports typing)
+if TYPE_CHECKING:
+    from typing import TypedDict, Unpack
+
+    class Options(TypedDict):
+        """What click hands main(): the FLAGS' dests and the options below, as their types convert them."""
+
+        print_port: bool
+        env_ids: bool
+        rules_missing_ok: bool
+        paranoid: bool
+        remote_host_lookup: bool
+        ident: bool
+        keep_ip_options: bool
+        nodelay: bool
+        verbosity: int
+        limit: int
+        rules: str | None
+        banner: str
+        gid: int
+        uid: int
+        backlog: int
+        localname: str | None
+        timeout: int
+        workers: int | None
+        scoreboard: str | None
+        name: str
+        ident_port: int
+        dns_timeout: int
+        metrics: str | None
+        metrics_textfile: str | None
+        metrics_user: str | None
+
 USAGE = (
     "tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
     "[ -b backlog ] [ -l localname ] [ -t timeout ] host port program"
@@ -117,7 +150,7 @@ def _default_workers() -> int:
 @click.option("--metrics-user", type=Account(), default=None,
               help="the account (or UID:GID) the exporter runs as when tcpserver keeps root (default nobody)")
 @click.argument("operands", nargs=-1, type=click.UNPROCESSED)
-def main(operands: tuple[str, ...], **opts: object) -> None:
+def main(operands: tuple[str, ...], **opts: Unpack[Options]) -> None:
     """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
 
     Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log
@@ -125,7 +158,7 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
     """
     from prefork.addr import HostError, PortError, parse_port, resolve_server_host
 
-    verbosity = int(opts["verbosity"])  # type: ignore[arg-type]
+    verbosity = int(opts["verbosity"])
 
     def usage() -> None:
         if verbosity:  # -q silences even this (0.88 closes its stderr buffer after option parsing)
@@ -149,7 +182,7 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         ip = resolve_server_host(operands[0])
     except HostError as e:
         fatal(e.message)
-    uid, gid = int(opts["uid"]), int(opts["gid"])  # type: ignore[arg-type]
+    uid, gid = int(opts["uid"]), int(opts["gid"])
     if opts["env_ids"]:
         uid = _env_number("UID", uid)
         gid = _env_number("GID", gid)
@@ -160,14 +193,14 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         ip=ip,
         port=port,
         argv=[os.fsencode(a) for a in operands[2:]],
-        limit=int(opts["limit"]),  # type: ignore[arg-type]
-        rules_path=opts["rules"],  # type: ignore[arg-type]
+        limit=int(opts["limit"]),
+        rules_path=opts["rules"],
         rules_missing_ok=bool(opts["rules_missing_ok"]),
         banner=os.fsencode(str(opts["banner"])),
         gid=gid,
         uid=uid,
         print_port=bool(opts["print_port"]),
-        backlog=int(opts["backlog"]),  # type: ignore[arg-type]
+        backlog=int(opts["backlog"]),
         keep_ip_options=bool(opts["keep_ip_options"]),
         nodelay=bool(opts["nodelay"]),
         verbosity=verbosity,
@@ -175,11 +208,11 @@ def main(operands: tuple[str, ...], **opts: object) -> None:
         paranoid=bool(opts["paranoid"]),
         localname=None if localname is None else os.fsencode(str(localname)),
         ident=bool(opts["ident"]),
-        ident_timeout=int(opts["timeout"]),  # type: ignore[arg-type]
-        ident_port=int(opts["ident_port"]),  # type: ignore[arg-type]
-        dns_timeout=float(opts["dns_timeout"]),  # type: ignore[arg-type]
-        workers=max(1, int(workers) if workers is not None else _default_workers()),  # type: ignore[arg-type]
-        scoreboard_path=opts["scoreboard"],  # type: ignore[arg-type]
+        ident_timeout=int(opts["timeout"]),
+        ident_port=int(opts["ident_port"]),
+        dns_timeout=float(opts["dns_timeout"]),
+        workers=max(1, int(workers) if workers is not None else _default_workers()),
+        scoreboard_path=opts["scoreboard"],
         name=str(opts["name"]),
         metrics=opts["metrics"],
         metrics_textfile=opts["metrics_textfile"],
