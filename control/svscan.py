@@ -309,6 +309,8 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
 
 
 def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
+    """The options and the operands.  The options are a dict of objects, each value of its own type: where one
+    is used as its type, ``# type: ignore  # opts`` says so (a typed record of options would remove them)."""
     from prefork.djb import usage
 
     opts: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False,
@@ -337,7 +339,7 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
             try:
                 opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
                 # No service at all, a negative wait or a NaN deadline (it would break the timer heap) is garbage.
-                if (key == "max" and opts[key] < 1) or (key == "grace" and not opts[key] >= 0):
+                if (key == "max" and opts[key] < 1) or (key == "grace" and not opts[key] >= 0):  # type: ignore[operator]  # opts
                     raise ValueError(value)
             except ValueError:
                 from prefork.djb import write_line
@@ -415,8 +417,8 @@ def _start_exporter(engine: Engine, opts: dict[str, object], source: str) -> Exp
     listen = opts["metrics"]
     if listen is not None:
         listen = metrics_listener(str(listen), lambda text, err: warn(PROG, text, err))
-    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"],  # type: ignore[arg-type]
-                         opts["metrics_user"])  # type: ignore[arg-type]
+    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"],  # type: ignore[arg-type]  # opts
+                         opts["metrics_user"])  # type: ignore[arg-type]  # opts: see parse()
     from prefork.spawn import signals_to_reset
 
     exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             _set_subreaper()
         except OSError as err:
             fatal(PROG, "unable to become a subreaper", err)
-    max_services = int(opts["max"])  # type: ignore[call-overload]
+    max_services = int(opts["max"])  # type: ignore[call-overload]  # opts: see parse()
     _raise_fd_limit(max_services)
 
     from prefork.control import servicetable
@@ -511,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         path = str(table_path or default)
         capacity = min(servicetable.MAX_CAPACITY, max(2, 2 * max_services))  # more services go unpublished
         table = servicetable.ServiceTable.create(path, capacity, servicetable.KIND_SVSCAN, directory,
-                                                 0o600 if group is None else 0o640, group)  # type: ignore[arg-type]
+                                                 0o600 if group is None else 0o640, group)  # type: ignore[arg-type]  # opts
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
     engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
@@ -527,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     engine.handle_signal(signal.SIGHUP, rescan_now)
     engine.handle_signal(signal.SIGALRM, rescan_now)
     if opts["stop"]:
-        grace = float(opts["grace"])  # type: ignore[arg-type]
+        grace = float(opts["grace"])  # type: ignore[arg-type]  # opts: see parse()
         engine.handle_signal(signal.SIGTERM, lambda: scanner.stop_all(grace))
         engine.handle_signal(signal.SIGINT, lambda: scanner.stop_all(grace))
     elif table is not None and not table_path and os.getpid() != 1:  # PID 1 would not die of its own signal
