@@ -105,10 +105,10 @@ class DjbCommand(click.Command):
                 order.extend(p.name for p in param_order if p.name)
                 return opts, rest, param_order
 
-            parser.parse_args = parse  # type: ignore[method-assign]
+            parser.parse_args = parse  # type: ignore[method-assign]  # click has no hook for the option order
             return parser
 
-        self.make_parser = make_parser  # type: ignore[method-assign]
+        self.make_parser = make_parser  # type: ignore[method-assign]  # this parse only, deleted below
         try:
             rest = super().parse_args(ctx, args)
         finally:
