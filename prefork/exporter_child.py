@@ -21,6 +21,14 @@ be bound (a port already in use), the server warns and passes HOST:PORT
 instead; the exporter then exits 111 with its own message, and the server
 warns and tries again every second until it works.
 
+How an operator learns the URL of ``--metrics HOST:0``: the exporter's own
+``listening on http://HOST:PORT/metrics`` line goes to stderr, which ``-q``
+sends to /dev/null, so tcpserver binds the address before it prints ``-1``'s
+line and (1) with ``-1`` prints the bound metrics port on a second line (only
+with ``--metrics``: without it ``-1`` prints 0.88's single line), and (2)
+records the bound address in the scoreboard header, which ``tcpserver-status``
+shows as ``metrics http://HOST:PORT/metrics`` (``"metrics"`` in ``--json``).
+
 A server running as root never gives root to the exporter: it passes
 ``--user nobody`` (:data:`DEFAULT_USER`; ``65534:65534`` where there is no
 such user; ``svscan --metrics-user NAME`` chooses another).  The exporter

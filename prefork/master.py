@@ -73,6 +73,8 @@ class Master:
         self.logged_orphans: set[int] = set()  # orphans whose pid/ok lines were written (-v): they get an end line
         self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
+        self.metrics_listen: socket.socket | str | None = None  # --metrics: bound socket, or HOST:PORT (see bind_metrics)
+        self.metrics_port: int | None = None  # what -1 prints on its second line
 
     # -- messages --------------------------------------------------------------------------
     def fatal(self, text: str, err: BaseException | int | None = None) -> NoReturn:
@@ -137,9 +139,15 @@ class Master:
                 os.setuid(cfg.uid)
             except OSError as e:
                 self.fatal("unable to set uid", e)
+        if cfg.metrics is not None:
+            self.bind_metrics()
         if cfg.print_port:
+            # 0.88's line, then (only with --metrics) the metrics port on a second line.
+            lines = b"%d\n" % cfg.port
+            if self.metrics_port is not None:
+                lines += b"%d\n" % self.metrics_port
             try:
-                os.write(1, b"%d\n" % cfg.port)
+                os.write(1, lines)
             except OSError:
                 pass
         # tcpserver closes 0 and 1; /dev/null keeps those numbers taken so an accepted
@@ -215,15 +223,28 @@ class Master:
 
             warn("tcpserver", text, err)
 
+    def bind_metrics(self) -> None:
+        """Bind --metrics before -1 prints, and record the bound address in the scoreboard (port 0 resolved).
+
+        If it cannot be bound now, the exporter is given HOST:PORT to retry, and -1 prints the port asked for.
+        """
+        from prefork.exporter_child import metrics_listener, parse_address
+
+        assert self.board is not None and self.cfg.metrics is not None
+        self.metrics_listen = listen = metrics_listener(self.cfg.metrics, self.warning)
+        if isinstance(listen, socket.socket):
+            host, self.metrics_port = listen.getsockname()[:2]
+            self.board.set_metrics(host, self.metrics_port)
+        else:
+            self.metrics_port = parse_address(listen)[1]
+
     def start_exporter(self) -> None:
         """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile)."""
-        from prefork.exporter_child import Exporter, exporter_args, metrics_listener
+        from prefork.exporter_child import Exporter, exporter_args
 
         cfg = self.cfg
         assert self.board is not None
-        listen = None
-        if cfg.metrics is not None:
-            listen = metrics_listener(cfg.metrics, self.warning)
+        listen = self.metrics_listen
         args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile,
                              cfg.metrics_user)
         self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn,

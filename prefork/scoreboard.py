@@ -30,7 +30,10 @@ Layout version 1, all integers little-endian::
      72  Q   orphan programs killed by a signal (master)
      80  Q   orphan connection seconds sum, ns (master)
      88  12Q orphan duration histogram buckets (master)
-    184  8s  reserved
+    184  H   metrics port, what --metrics bound (port 0 included): 0 = none
+    186  B   metrics address family: 4, 6, or 0 = no --metrics address
+    187  x   reserved
+    188  4s  metrics IPv4 address (zeros for an IPv6 one: only its port fits)
     192  64s service name, NUL padded (--name)
 
     slot i at 256 + i * 256, written by worker i (master resets it on death)
@@ -89,6 +92,10 @@ OFF_ACCEPTED, OFF_DENIED, OFF_DROPPED = 24, 32, 40
 OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL = 48, 56, 64
 OFF_LAST_ACCEPT, OFF_STARTED, OFF_DURATION_SUM, OFF_BUCKETS = 72, 80, 88, 96
 H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
+# The metrics address (the header's 8 bytes at 184, zero in files written before it was recorded, so the layout
+# version is still 1): tcpserver-status shows it, since with port 0 and -q nothing else tells it.
+H_METRICS = 184
+METRICS = struct.Struct("<HBx4s")
 
 
 
@@ -156,6 +163,16 @@ class ScoreboardFile:
 
         self.put32(28, port)
         self.mm[44:48] = socket.inet_aton(ip)
+
+    def set_metrics(self, host: str, port: int) -> None:
+        """Record the exporter's bound address, in one aligned store (a reader never sees half of it)."""
+        import socket
+
+        if ":" in host:
+            field = METRICS.pack(port, 6, b"\0\0\0\0")
+        else:
+            field = METRICS.pack(port, 4, socket.inet_aton(host))
+        self.put64(H_METRICS, int.from_bytes(field, "little"))
 
     def slot_offset(self, index: int) -> int:
         return HEADER_SIZE + index * SLOT_SIZE

@@ -20,7 +20,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 
-from prefork.scoreboard import _HEADER, _SLOT, HEADER_SIZE, MAGIC, SLOT_SIZE, SLOT_STATES, VERSION
+from prefork.scoreboard import _HEADER, _SLOT, HEADER_SIZE, MAGIC, METRICS, SLOT_SIZE, SLOT_STATES, VERSION
 
 
 @dataclass
@@ -65,6 +65,8 @@ class Snapshot:
     orphan_duration_buckets: list[int]
     name: str
     slots: list[Slot]
+    metrics_port: int = 0  # the exporter's bound port (--metrics), 0 = none recorded
+    metrics_ip: str = ""  # its IPv4 address; "" for an IPv6 one (only the port is recorded)
 
     @property
     def active(self) -> int:
@@ -103,6 +105,9 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
     start_ns, orphans, ip, restarts, oz, onz, osig, osum = h[8:16]
     obuckets = list(h[16:28])
     name = h[29].rstrip(b"\0").decode("utf-8", "replace")
+    mport, mfamily, mip = METRICS.unpack(h[28])
+    if mfamily not in (4, 6) or not mport:
+        mport, mfamily = 0, 0  # any other byte: no address, never an error
     slots = []
     for i in range(nslots):
         v = _SLOT.unpack_from(data, HEADER_SIZE + i * SLOT_SIZE)
@@ -119,6 +124,7 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
         local_port=port, start_ns=start_ns, orphans=orphans, worker_restarts=restarts,
         orphan_exit_zero=oz, orphan_exit_nonzero=onz, orphan_exit_signal=osig,
         orphan_duration_sum_ns=osum, orphan_duration_buckets=obuckets, name=name, slots=slots,
+        metrics_port=mport, metrics_ip=".".join(str(b) for b in mip) if mfamily == 4 else "",
     )
 
 

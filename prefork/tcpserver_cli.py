@@ -50,7 +50,7 @@ USAGE = (
 )
 
 FLAGS = [
-    Flag("1", "print_port", True, "print the local port on stdout once listening"),
+    Flag("1", "print_port", True, "print the local port on stdout once listening (with --metrics, then its port)"),
     Flag("U", "env_ids", True, "take the uid and gid from $UID and $GID"),
     Flag("X", "rules_missing_ok", True, "with -x: a rules file that does not exist allows everything"),
     Flag("p", "paranoid", True, "keep TCPREMOTEHOST only if its A records contain the remote IP"),
@@ -144,7 +144,8 @@ def _default_workers() -> int:
 @click.option("--ident-port", metavar="PORT", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
 @click.option("--dns-timeout", metavar="SECONDS", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
 @click.option("--metrics", type=MetricsAddress(), default=None,
-              help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start)")
+              help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start, shown by "
+                   "tcpserver-status and by -1 on a second line)")
 @click.option("--metrics-textfile", type=FilePath(), default=None,
               help="also write the metrics to PATH for node_exporter's textfile collector")
 @click.option("--metrics-user", type=Account(), default=None,

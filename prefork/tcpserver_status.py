@@ -8,6 +8,11 @@ scoreboard (layout in ``prefork/scoreboard.py``) is read from shared memory.
 SCOREBOARD is the file (``tcpserver --scoreboard PATH``, default
 ``/dev/shm/prefork-tcpserver.PID``) or the master's PID.
 
+With ``--metrics HOST:PORT`` the server records the address its exporter
+serves (with port 0, the port it was given), so a line ``metrics
+http://HOST:PORT/metrics`` (``"metrics"`` in JSON) tells where to scrape
+even when ``-q`` silenced the exporter's own ``listening on`` line.
+
 ``--json`` prints one object for scripts; times there are unix seconds and
 durations seconds.  A scoreboard whose server is gone is still shown
 (``down`` / ``"running": false``): it is what was left at the end.
@@ -93,6 +98,14 @@ def _row(cells: tuple[object, ...]) -> str:
     return " ".join(out).rstrip()
 
 
+def metrics(snap: Snapshot) -> dict[str, object] | None:
+    """Where the server's exporter serves, None without --metrics; an IPv6 address is not recorded (url None)."""
+    if not snap.metrics_port:
+        return None
+    url = f"http://{snap.metrics_ip}:{snap.metrics_port}/metrics" if snap.metrics_ip else None
+    return {"port": snap.metrics_port, "url": url}
+
+
 def format_text(path: str, snap: Snapshot, is_running: bool, now_ns: int) -> str:
     """The person's view: the server line, the table of slots, the orphans, the totals."""
     t = totals(snap)
@@ -105,8 +118,11 @@ def format_text(path: str, snap: Snapshot, is_running: bool, now_ns: int) -> str
         head,
         f"service {printable(service_name(snap))}, {t['active']}/{snap.limit} connections, "
         f"{workers_alive(snap, is_running)}/{len(snap.slots)} workers, {snap.worker_restarts} worker restarts",
-        _row(COLUMNS),
     ]
+    served = metrics(snap)
+    if served is not None:
+        lines.append(f"metrics {served['url'] or f'port {snap.metrics_port} (IPv6 address)'}")
+    lines.append(_row(COLUMNS))
     for s in snap.slots:
         lines.append(_row((
             s.index, s.pid or "-", s.state + ("*" if s.waiting else ""), s.generation, s.active, s.accepted,
@@ -153,6 +169,7 @@ def as_json(path: str, snap: Snapshot, is_running: bool) -> dict[str, object]:
         "workers": len(snap.slots),
         "workers_alive": workers_alive(snap, is_running),
         "worker_restarts": snap.worker_restarts,
+        "metrics": metrics(snap),
         "totals": {
             "accepted": t["accepted"], "denied": t["denied"], "dropped": t["dropped"],
             "exits": exits(t["exit_zero"], t["exit_nonzero"], t["exit_signal"]),

@@ -132,6 +132,7 @@ class Server:
     tag: str
     host: str = "127.0.0.1"
     impl: str = "debian"
+    metrics_port: int = 0  # -1's second line, printed only with --metrics
 
     @property
     def pid(self) -> int:
@@ -226,10 +227,12 @@ class Launcher:
         server = Server(proc, 0, errfile, tag, host, self.impl)
         self.servers.append(server)
         line = read_line(proc.stdout, 15.0)
-        if not re.fullmatch(rb"\d+\n", line):
+        ports = re.fullmatch(rb"(\d+)\n(?:(\d+)\n)?", line)  # one write: the metrics port comes with the first
+        if not ports:
             proc.poll()
             raise AssertionError(f"{argv}: no port on stdout ({line!r}), rc={proc.returncode}, stderr:\n{server.stderr()}")
-        server.port = int(line)
+        server.port = int(ports[1])
+        server.metrics_port = int(ports[2] or 0)
         return server
 
     def close(self) -> None:
