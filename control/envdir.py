@@ -1,4 +1,4 @@
-"""envdir D CHILD...: run CHILD with the environment changed by the files of directory D (daemontools spec §9).
+"""envdir D CHILD...: run CHILD with the environment changed by the files of directory D (docs/CONTRACTS.md, Small tools).
 
 Each entry of D not starting with ``.`` names a variable.  An empty file
 unsets it; otherwise its first line, trailing spaces and tabs stripped and

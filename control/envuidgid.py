@@ -1,4 +1,4 @@
-"""envuidgid ACCOUNT CHILD...: run CHILD with $GID and $UID set to ACCOUNT's ids (daemontools spec §9)."""
+"""envuidgid ACCOUNT CHILD...: run CHILD with $GID and $UID set to ACCOUNT's ids (docs/CONTRACTS.md, Small tools)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""fghack CHILD...: keep a self-backgrounding daemon in the foreground (daemontools spec §9).
+"""fghack CHILD...: keep a self-backgrounding daemon in the foreground (docs/CONTRACTS.md, Small tools).
 
 The child gets 31 descriptors of a pipe's write end (the end itself and 30
 dups).  A daemon that forks and exits usually keeps some of them open, so

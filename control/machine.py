@@ -1,6 +1,6 @@
 """The state machine of one supervised service, with every OS call behind a seam.
 
-This is daemontools' supervise (spec §3) as a pure object: it keeps the state
+This is daemontools' supervise (docs/CONTRACTS.md, supervise) as a pure object: it keeps the state
 (pid, want up/down/once, paused, exit requested, the TAI64N label of the last
 pid change) and reacts to four events -- boot, a control byte, the exit of the
 service, and a timer -- by calling the :class:`Seam`.  The engine gives it a

@@ -1,4 +1,4 @@
-"""What daemontools' small tools share: djb's PATH search, environment edits and getopt (spec §1, §9).
+"""What daemontools' small tools share: djb's PATH search, environment edits and getopt (docs/CONTRACTS.md, Messages and exit codes; Small tools).
 
 Each tool ends by replacing itself with a child.  The child must see exactly
 what the C tool would pass on: the environment we were started with (read

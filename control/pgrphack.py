@@ -1,4 +1,4 @@
-"""pgrphack CHILD...: run CHILD in a new session and process group of its own (daemontools spec §9)."""
+"""pgrphack CHILD...: run CHILD in a new session and process group of its own (docs/CONTRACTS.md, Small tools)."""
 
 from __future__ import annotations
 

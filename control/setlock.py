@@ -1,4 +1,4 @@
-"""setlock [-nNxX] FILE CHILD...: run CHILD holding an exclusive flock on FILE (daemontools spec §9)."""
+"""setlock [-nNxX] FILE CHILD...: run CHILD holding an exclusive flock on FILE (docs/CONTRACTS.md, Small tools)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""setuidgid ACCOUNT CHILD...: run CHILD as ACCOUNT's uid and primary gid (daemontools spec §9)."""
+"""setuidgid ACCOUNT CHILD...: run CHILD as ACCOUNT's uid and primary gid (docs/CONTRACTS.md, Small tools)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""softlimit [-acdflmoprst N] CHILD...: run CHILD with lower soft resource limits (daemontools spec §9)."""
+"""softlimit [-acdflmoprst N] CHILD...: run CHILD with lower soft resource limits (docs/CONTRACTS.md, Small tools)."""
 
 from __future__ import annotations
 

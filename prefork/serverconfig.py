@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# The child's environment variables that tcpserver sets or actively removes (spec §2.2).
+# The child's environment variables that tcpserver sets or actively removes (docs/CONTRACTS.md, tcpserver environment).
 TCP_VARS = (
     b"PROTO",
     b"TCPLOCALIP",

@@ -1,4 +1,4 @@
-"""tcpclient: connect to a TCP server and run a program on the connection (spec §6).
+"""tcpclient: connect to a TCP server and run a program on the connection (docs/CONTRACTS.md, tcpclient).
 
 ``tcpclient [ -hHrRdDqQv ] [ -i localip ] [ -p localport ] [ -T timeoutconn ]
 [ -l localname ] [ -t timeoutinfo ] host port program``

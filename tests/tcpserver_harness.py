@@ -438,7 +438,7 @@ def by_connection(lines: Sequence[str]) -> list[list[tuple[int, str]]]:
 
 
 def check_order(lines: Sequence[str]) -> None:
-    """Order constraints of -v lines when several connections interleave (spec §2.3).
+    """Order constraints of -v lines when several connections interleave (docs/CONTRACTS.md, tcpserver log lines).
 
     The first line is the startup status.  Per connection: the pid line comes first, then at most
     one ok/deny, then exactly one end, and some status line follows the end.  The n-th pid line has

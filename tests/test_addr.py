@@ -1,4 +1,4 @@
-"""Host/port parsing and resolver wrappers (prefork.addr), spec §2 and §2.2.
+"""Host/port parsing and resolver wrappers (prefork.addr), docs/CONTRACTS.md, tcpserver startup and tcpserver environment.
 
 No DNS query leaves the machine: the resolver seams (``addr._getaddrinfo``,
 ``addr._gethostbyaddr``) are replaced by fakes that fail the test when asked

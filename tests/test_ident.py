@@ -1,4 +1,4 @@
-"""RFC 1413 client (prefork.ident) against stub ident servers on 127.0.0.1 (spec §3)."""
+"""RFC 1413 client (prefork.ident) against stub ident servers on 127.0.0.1 (docs/CONTRACTS.md, Ident lookups)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""multilog (spec §8): the script parser, 0.76's patterns, the engine driven directly, and the command.
+"""multilog (docs/CONTRACTS.md, multilog script; multilog directory): the script parser, 0.76's patterns, the engine driven directly, and the command.
 
 Logic runs through :class:`prefork.control.log.multilog.Multilog` with a seam that keeps the real files but fakes the
 clock, the sleeps and stderr.  The command is compared with Debian's multilog: same script and input give

@@ -1,4 +1,4 @@
-"""daemontools' small tools (spec §9): setuidgid envuidgid envdir softlimit setlock pgrphack fghack.
+"""daemontools' small tools (docs/CONTRACTS.md, Small tools): setuidgid envuidgid envdir softlimit setlock pgrphack fghack.
 
 Most tests run one scenario with Debian's binary and with prefork's and compare exit code, stdout and
 stderr byte for byte, the child reporting what it sees (environment, ids, limits, descriptors, signals).

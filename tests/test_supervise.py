@@ -1,4 +1,4 @@
-"""supervise: prefork's against daemontools 0.76's (spec §3), and ``supervise --runit`` against runit's runsv (§11).
+"""supervise: prefork's against daemontools 0.76's (docs/CONTRACTS.md, supervise), and ``supervise --runit`` against runit's runsv (docs/CONTRACTS.md, runit status).
 
 Every differential test runs one scenario with Debian's ``/usr/bin/supervise`` and with prefork's
 (``rig`` is parametrized "debian" / "prefork"), drives it with Debian's own svc, svstat and svok, and

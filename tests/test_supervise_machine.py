@@ -314,7 +314,7 @@ def adopted(runit) -> Rig:
 
 # -- the spec's table of control bytes, as an oracle --------------------------------------------
 def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
-    """What spec §3's table (plus §11's runit additions) says BYTE does to the service in RIG."""
+    """What docs/CONTRACTS.md, Control FIFO (plus runit status) says BYTE does to the service in RIG."""
     seam, service = rig
     f = Facts.of(service)
     events: list[tuple] = []

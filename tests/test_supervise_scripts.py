@@ -1,4 +1,4 @@
-"""supervise-scripts 4.0 (svc-add, svc-start, ... svc-build) against a supervised service tree (spec §10).
+"""supervise-scripts 4.0 (svc-add, svc-start, ... svc-build) against a supervised service tree (docs/CONTRACTS.md, supervise-scripts).
 
 The commands run as subprocesses against service directories supervised by Debian's real
 ``svscan`` (which execs Debian's ``supervise``): the scripts' job is to drive the real

@@ -1,4 +1,4 @@
-"""svc, svstat, svok: prefork's clients against Debian's, both driving Debian's real supervise (daemontools spec §4-§6).
+"""svc, svstat, svok: prefork's clients against Debian's, both driving Debian's real supervise (docs/CONTRACTS.md, Control FIFO; Lock and ok files; svstat output).
 
 Every differential test runs the same command line with Debian's binary and with prefork's and
 compares exit code, stdout and stderr byte for byte (and, for svc, the bytes that reach

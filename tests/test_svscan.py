@@ -1,4 +1,4 @@
-"""svscan: prefork's one-process scan against daemontools 0.76's svscan + supervise (spec §7).
+"""svscan: prefork's one-process scan against daemontools 0.76's svscan + supervise (docs/CONTRACTS.md, svscan).
 
 Differential tests run one scenario against Debian's ``/usr/bin/svscan`` (with PATH=/usr/bin:/bin, so it
 execs Debian's ``supervise``) and against prefork's ``svscan`` at the same time, one thread each (0.76

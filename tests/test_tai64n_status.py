@@ -19,7 +19,7 @@ from prefork.control.statusfile import Status
 
 
 def test_label_layout_matches_the_spec_example():
-    # spec §3: 40 00 00 00 6b 07 bf 7e 37 61 6b ec 2d 28 00 00 00 75 = pid 10285, up, want up
+    # docs/CONTRACTS.md, Service status: 40 00 00 00 6b 07 bf 7e 37 61 6b ec 2d 28 00 00 00 75 = pid 10285, up, want up
     raw = bytes.fromhex("400000006b07bf7e37616bec2d2800000075")
     status = statusfile.decode(raw)
     assert status.pid == 10285 and not status.paused and status.want == b"u"
@@ -107,7 +107,7 @@ def _umask() -> int:
     ],
 )
 def test_debian_svstat_reads_what_we_write(tmp_path, pid, paused, want, down_file, expected):
-    """Differential: daemontools' svstat parses prefork's status bytes (spec §6 line format)."""
+    """Differential: daemontools' svstat parses prefork's status bytes (docs/CONTRACTS.md, svstat output)."""
     svstat = real("svstat")
     service = tmp_path / "svc"
     (service / "supervise").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""tai64n and tai64nlocal (spec §2), checked against Debian's daemontools binaries.
+"""tai64n and tai64nlocal (docs/CONTRACTS.md, TAI64N labels), checked against Debian's daemontools binaries.
 
 tai64nlocal must give the same bytes as daemontools for every well-formed label, under several time
 zones; malformed labels (where the real binary dies with SIGSEGV) are prefork-only tests asserting that

@@ -1,4 +1,4 @@
-"""tcpclient (spec §6): prefork's against Debian's on the same command lines, plus library-level tests.
+"""tcpclient (docs/CONTRACTS.md, tcpclient): prefork's against Debian's on the same command lines, plus library-level tests.
 
 Every connection goes to 127.0.0.1/127.0.0.2; Debian's binary always runs
 with ``-H -l`` (its resolver would ask the DNS server of resolv.conf) and

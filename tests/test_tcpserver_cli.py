@@ -1,4 +1,4 @@
-"""tcpserver: option parsing, host/port parsing and startup errors (spec §1, §2), on Debian's and prefork's."""
+"""tcpserver: option parsing, host/port parsing and startup errors (docs/CONTRACTS.md, Option parsing; tcpserver startup), on Debian's and prefork's."""
 
 from __future__ import annotations
 

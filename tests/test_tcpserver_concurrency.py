@@ -1,4 +1,4 @@
-"""tcpserver -c: the limit on simultaneous programs (spec §2.4; DESIGN "Process model of tcpserver").
+"""tcpserver -c: the limit on simultaneous programs (docs/CONTRACTS.md, tcpserver concurrency and signals; docs/ARCHITECTURE.md, "tcpserver: master, workers, scoreboard").
 
 The program tests/progs/hold.pl appends `start PID T` / `end PID T` (CLOCK_MONOTONIC) to a file
 around a sleep; from those intervals the tests compute how many programs were alive at once.

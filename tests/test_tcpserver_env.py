@@ -1,4 +1,4 @@
-"""tcpserver: what the program sees (spec §2.1 step 10, §2.2), on Debian's and prefork's tcpserver.
+"""tcpserver: what the program sees (docs/CONTRACTS.md, tcpserver connection sequence step 10; tcpserver environment), on Debian's and prefork's tcpserver.
 
 The program is tests/progs/view.pl, which reports its exact start-up environment (from
 /proc/self/environ), its open fds, its blocked/ignored signals and its ids.  It is Perl, not

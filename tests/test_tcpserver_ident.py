@@ -1,5 +1,5 @@
-"""tcpserver -r: the ident (RFC 1413) lookup for TCPREMOTEINFO (spec §3, §2.1 step 7), and that a
-stalled lookup does not hold up other clients (DESIGN "Process model of tcpserver").
+"""tcpserver -r: the ident (RFC 1413) lookup for TCPREMOTEINFO (docs/CONTRACTS.md, Ident lookups; tcpserver connection sequence step 7), and that a
+stalled lookup does not hold up other clients (docs/ARCHITECTURE.md, "tcpserver: master, workers, scoreboard").
 
 Each test runs stub ident servers on random 127/8 addresses, port 113 (tests run as root), and
 connects its clients FROM those addresses, so the server's ident query goes to the stub.
@@ -167,7 +167,7 @@ def test_ident_query_from_local_address(launch, stubs):
 
 
 def test_ident_rules_use_info(launch, stubs, tmp_path):
-    """Rule key INFO@IP (spec §5.3 step 1) sees the ident answer."""
+    """Rule key INFO@IP (docs/CONTRACTS.md, Rules lookup order step 1) sees the ident answer."""
     stub = stubs(answer(b"USERID : UNIX : joe\r\n"))
     cdb = tmp_path / "rules.cdb"
     rules = f'joe@{stub.address}:allow,WHO="joe"\n:deny\n'
@@ -242,7 +242,7 @@ def test_in_flight_ids_are_distinct(impl, launch, stubs, tmp_path):
     ids = [g[0][1].split()[2] for g in groups]
     assert len(set(ids)) == 4, f"ids of connections in flight together are not distinct: {ids}"
     if impl == "debian":
-        # spec §2.1 step 1: 0.88's child writes the pid line first, before the ident lookup. prefork
+        # docs/CONTRACTS.md, tcpserver connection sequence step 1: 0.88's child writes the pid line first, before the ident lookup. prefork
         # writes it with the ok/deny line once the lookups are done, so that an allowed connection's
         # id is its program's pid (a documented difference, README).
         first_end = min(i for g in groups for i, line in g if " end " in line)

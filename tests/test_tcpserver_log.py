@@ -1,4 +1,4 @@
-"""tcpserver -v/-Q/-q log lines (spec §2.3), on Debian's and prefork's tcpserver.
+"""tcpserver -v/-Q/-q log lines (docs/CONTRACTS.md, tcpserver log lines), on Debian's and prefork's tcpserver.
 
 Pids (or prefork's connection ids) become #1, #2 ... and ports PORT / RPORT; nothing else is
 normalised.  One connection at a time gives a fixed sequence; several at once are compared as a
@@ -295,5 +295,5 @@ def test_rules_replaced_while_running_are_never_stale(launch, tmp_path):
     warnings = [line for line in server.lines() if "dropping connection" in line]
     assert [w.rsplit(": ", 1)[1] for w in warnings] in (
         ["file does not exist", "protocol error"],
-        ["file does not exist", "invalid argument"],  # Debian's build says this for a 0-byte cdb (spec §7)
+        ["file does not exist", "invalid argument"],  # Debian's build says this for a 0-byte cdb (docs/CONTRACTS.md, Quirks of Debian's builds)
     )

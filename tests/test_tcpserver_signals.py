@@ -1,4 +1,4 @@
-"""tcpserver signals and misbehaving clients (spec §2.4; DESIGN "Process model of tcpserver")."""
+"""tcpserver signals and misbehaving clients (docs/CONTRACTS.md, tcpserver concurrency and signals; docs/ARCHITECTURE.md, "tcpserver: master, workers, scoreboard")."""
 
 from __future__ import annotations
 
