@@ -165,7 +165,7 @@ class Service:
 
 
 def tcpserver_run(name: str, ip: str, port: int | str, program: str, options: str = "") -> str:
-    """The issue's run line, plus ``-1`` (the port is the log's first line), prefork's scoreboard options and OPTIONS."""
+    """The README's example run line (-c30 -HRXv), plus ``-1`` (the port is the log's first line), prefork's scoreboard options and OPTIONS."""
     return (f"exec {BIN}/tcpserver --name {name} --scoreboard ./scoreboard {options}-1 -c30 -HRXv -l0 -x rules.cdb "
             f"{ip} {port} {program} 2>&1")
 

@@ -1,6 +1,6 @@
-"""rsync end to end under prefork (issue #6 item 1): ``rsync --daemon`` in inetd mode behind prefork's tcpserver.
+"""rsync end to end under prefork (docs/SERVICES.md): ``rsync --daemon`` in inetd mode behind prefork's tcpserver.
 
-The tree (``e2e_harness.Tree``) is run by prefork's svscan; ``run`` is the issue's tcpserver line with
+The tree (``e2e_harness.Tree``) is run by prefork's svscan; ``run`` is the README's tcpserver line with
 ``/usr/bin/rsync --daemon --config=...`` as the program, ``log/run`` is ``setuidgid nobody multilog t``.
 A real ``rsync`` client pulls a module and the trees are compared file by file (type, mode, mtime,
 SHA-256, link target).  rsync in inetd mode points its fds 1 and 2 at /dev/null, so its own log goes to

@@ -1,4 +1,4 @@
-"""vsftpd end to end under prefork (issue #6 item 1 and its faults).
+"""vsftpd end to end under prefork, and its faults (docs/SERVICES.md).
 
 Each test builds its own tree (``e2e_harness.Tree``): Debian's vsftpd in inetd mode (``listen=NO``) behind
 prefork's tcpserver with a rules cdb, ``log/run`` = prefork's ``setuidgid nobody multilog t ./main``, the
