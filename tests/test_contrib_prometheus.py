@@ -34,7 +34,7 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "prefork.json"
 # Series Prometheus itself adds to every scrape (the dashboard graphs scrape_duration_seconds; alerts use up).
 SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
                  "scrape_series_added"}
-# The alerts contrib/prometheus/README.md requires, and the extra ones shipped beside them.
+# The alerts contrib/prometheus/README.md lists first, and the extra ones shipped beside them.
 REQUIRED_ALERTS = {"PreforkServiceDown", "PreforkServiceFlapping", "PreforkConnectionLimitSaturated",
                    "PreforkConnectionsDropped"}
 
