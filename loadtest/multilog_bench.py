@@ -46,12 +46,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.machine import _package_version, machine_facts, repo_relative
+from loadtest.machine import _package_version, machine_facts
+from loadtest.reporting import Bench, finish_chart, log, machine_section, pyplot, reproduce_section
+from loadtest.reporting import reproduce_command as spelled_out
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "multilog.json"
-REPORT = HERE / "MULTILOG.md"
-CHART = HERE / "multilog.png"
 DEBIAN = "/usr/bin/multilog"
 PREFORK = str(Path(sys.executable).parent / "multilog")
 IMPLS = ("debian", "prefork")
@@ -59,13 +57,9 @@ BASELINE = "debian"
 GB = 10**9
 MiB = 2**20
 STAMP_BYTES = 26  # "@" + 24 hex digits + " "
-TARGETS = {"plain": 1.5, "two-patterns": 1.0}  # issue #4: prefork lines/s at least this times daemontools'
+TARGETS = {"plain": 1.5, "two-patterns": 1.0}  # the aim: prefork lines/s at least this times daemontools'
 CHUNK = 1 << 22
 ENV = {"PATH": "/usr/bin:/bin"}  # multilog execs nothing here; a small fixed environment for both
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- scenarios -----------------------------------------------------------------------------------
@@ -553,16 +547,8 @@ def filesystem_of(path: str | Path) -> str:
 
 
 # -- printing and publishing ----------------------------------------------------------------------
-def python_command() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(HERE.parent))
-    except ValueError:
-        return str(exe)
-
-
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [python_command(), "-m", "loadtest.multilog_bench", "--size-mb", f"{args.size_mb:g}", "--rounds",
+    parts = ["--size-mb", f"{args.size_mb:g}", "--rounds",
              str(args.rounds), "--seed", str(args.seed), "--feed", args.feed]
     for s in args.scenario or []:
         parts += ["--scenario", s]
@@ -572,9 +558,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--prefork", args.prefork]
     if args.input:
         parts += ["--input", args.input]
-    if args.publish:
-        parts.append("--publish")
-    return shlex.join(parts)
+    return spelled_out("loadtest.multilog_bench", parts, args.publish)
 
 
 def print_summary(data: dict) -> None:
@@ -667,26 +651,17 @@ def render_markdown(data: dict) -> str:
             "files may be kept and finished files must be s-2000..s bytes. With n10 only the last 9 files and "
             "`current` survive, and the two implementations may end their files at different lines (the "
             "specification allows it), so what both kept is compared on what both kept.", "",
-            "## Machine", "",
-            f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
-            f"- kernel {m['kernel']}, Python {m['python']}, output filesystem {m['filesystem']}",
-            f"- load average at start {' '.join(f'{x:.2f}' for x in m.get('load_average', ()))}, "
-            f"at end {' '.join(f'{x:.2f}' for x in data.get('load_average_end', ()))}",
-            f"- daemontools {m.get('daemontools') or 'unknown'}, prefork commit {m.get('prefork_commit') or 'unknown'}",
-            f"- input generated in {inp['generate_s']:.1f} s (seed {cfg['seed']})",
-            "", "## Reproduce", "", "```", data["command"], "```", "", "Commands run (in a fresh directory each):", ""]
-    for impl, binary in data["impls"].items():
-        out.append(f"- {impl}: `{repo_relative(str(binary))} SCRIPT < input`")
-    out.append("")
+            *machine_section(m, data.get("load_average_end", ()), f"daemontools {m.get('daemontools') or 'unknown'}",
+                             kernel_extra=f", output filesystem {m['filesystem']}",
+                             extra=[f"input generated in {inp['generate_s']:.1f} s (seed {cfg['seed']})"])]
+    out += reproduce_section(data["command"], {impl: f"{binary} SCRIPT < input" for impl, binary in data["impls"].items()},
+                             "Commands run (in a fresh directory each):")
     return "\n".join(out)
 
 
 def write_chart(data: dict, path: Path) -> Path:
     """Lines/s and CPU per GB per scenario (bars, rounds as dots) and RSS against input read (last round)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scenarios = list(data["scenarios"])
     impls = list(data["impls"])
@@ -715,14 +690,12 @@ def write_chart(data: dict, path: Path) -> Path:
     ax3.set_ylim(bottom=0)
     ax3.grid(alpha=0.3)
     ax3.legend(fontsize=8)
-    handles, names = ax1.get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
-    fig.suptitle(f"multilog, {data['input']['bytes'] / MiB:,.0f} MiB / {data['input']['lines']:,} lines, "
-                 f"{data['machine']['nproc']} cpus")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    title = (f"multilog, {data['input']['bytes'] / MiB:,.0f} MiB / {data['input']['lines']:,} lines, "
+             f"{data['machine']['nproc']} cpus")
+    return finish_chart(fig, ax1, title, path)
+
+
+BENCH = Bench("multilog", "MULTILOG.md", "multilog.png", render_markdown, write_chart)
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -742,19 +715,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run is killed")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling interval, seconds")
     ap.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines in a run")
-    ap.add_argument("--output", default=str(RESULTS), help="where the JSON results go")
-    ap.add_argument("--publish", action="store_true", help="also write loadtest/MULTILOG.md and loadtest/multilog.png")
-    ap.add_argument("--render", metavar="JSON", help="only rebuild MULTILOG.md and multilog.png from a results file")
+    BENCH.add_options(ap)
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.size_mb <= 0:
         ap.error("--rounds and --size-mb must be positive")
     return args
-
-
-def publish(data: dict) -> None:
-    REPORT.write_text(render_markdown(data))
-    log(f"wrote {REPORT}")
-    log(f"wrote {write_chart(data, CHART)}")
 
 
 def run_cli(args: argparse.Namespace) -> dict:
@@ -796,8 +761,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        publish(json.loads(Path(args.render).read_text()))
-        return 0
+        return BENCH.render_only(args)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         data = run_cli(args)
@@ -805,12 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"loadtest.multilog_bench: error: {e}")
         return 1
     print_summary(data)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    log(f"wrote {out}")
-    if args.publish:
-        publish(data)
+    BENCH.write(data, args)
     bad = [f"{s}/{i}" for s, sc in data["scenarios"].items() for i, d in sc["impls"].items() if d["total"]["problems"]]
     if bad:
         log(f"loadtest.multilog_bench: error: wrong output from {', '.join(bad)}")

@@ -1,18 +1,14 @@
-"""Publish a benchmark run: loadtest/REPORT.md (tables, model, machine, reproduce line) and loadtest/bench.png.
+"""The tcpserver benchmark's report (tables, model, machine, reproduce line) and chart, from loadtest.runner's JSON.
 
-Both are built only from the JSON the runner wrote, so a published report can be regenerated from
-`loadtest/results/latest.json` with `python -m loadtest.report`.
+Built only from that JSON, so ``python -m loadtest.runner --render tcpserver.json`` rebuilds them; where they
+are written (a results folder, loadtest/REPORT.md and bench.png with --publish) is loadtest.reporting's.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from loadtest.machine import repo_relative
-
-HERE = Path(__file__).resolve().parent
+from loadtest.reporting import Bench, finish_chart, machine_section, pyplot, reproduce_section
 
 
 def _mib(n: int) -> str:
@@ -84,31 +80,14 @@ def render_markdown(data: dict) -> str:
             row = s["model"][i]
             cells.append(f"{row['ceiling']:,.0f} (accept {row['accept_side']:,.0f})")
         out.append(f"| {cores} | " + " | ".join(cells) + " |")
-    out += ["", "## Machine", "",
-            f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
-            f"- kernel {m['kernel']}, Python {m['python']}",
-            f"- load average at start {' '.join(f'{x:.2f}' for x in m.get('load_average', ()))}, at end "
-            f"{' '.join(f'{x:.2f}' for x in sp.get('load_average', ()))}",
-            f"- ucspi-tcp {m.get('ucspi_tcp') or 'unknown'}, prefork commit {m.get('prefork_commit') or 'unknown'}",
-            "", "## Reproduce", "", "```", data["command"], "```", "",
-            "Commands run:", ""]
-    for name, s in servers.items():
-        out.append(f"- {name}: `{repo_relative(' '.join(s['argv']))}`")
-    out.append("")
+    out += ["", *machine_section(m, sp.get("load_average", ()), f"ucspi-tcp {m.get('ucspi_tcp') or 'unknown'}")]
+    out += reproduce_section(data["command"], {name: " ".join(s["argv"]) for name, s in servers.items()})
     return "\n".join(out)
-
-
-def write_report(data: dict, path: Path) -> Path:
-    path.write_text(render_markdown(data))
-    return path
 
 
 def write_chart(data: dict, path: Path) -> Path:
     """Grouped bars per round: conn/s on the left, p99 on the right, one colour per server."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     servers = data["servers"]
     rounds = data["config"]["rounds"]
@@ -127,18 +106,9 @@ def write_chart(data: dict, path: Path) -> Path:
         ax.set_xlabel("round")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-    handles, names = ax1.get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
     cfg = data["config"]
-    fig.suptitle(f"{' '.join(cfg['program'])}, {cfg['clients']} clients, {data['machine']['nproc']} cpus")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    title = f"{' '.join(cfg['program'])}, {cfg['clients']} clients, {data['machine']['nproc']} cpus"
+    return finish_chart(fig, ax1, title, path)
 
 
-if __name__ == "__main__":
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results" / "latest.json"
-    d = json.loads(src.read_text())
-    print(write_report(d, HERE / "REPORT.md"))
-    print(write_chart(d, HERE / "bench.png"))
+BENCH = Bench("tcpserver", "REPORT.md", "bench.png", render_markdown, write_chart)

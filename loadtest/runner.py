@@ -9,7 +9,6 @@ CPU per connection with the ceiling model it implies (see loadtest.model).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -21,20 +20,17 @@ from pathlib import Path
 from loadtest import model
 from loadtest.loadgen import LoadResult, format_result, merge, run_load
 from loadtest.machine import machine_facts
+from loadtest.report import BENCH
+from loadtest.reporting import log
+from loadtest.reporting import reproduce_command as spelled_out
 from loadtest.servers import RunningServer, ServerSpec, ServerStartError, start_server
 from loadtest.spawnrate import SpawnResult, spawn_ceiling
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "latest.json"
 DEBIAN = "/usr/bin/tcpserver"
 PREFORK = str(Path(sys.executable).parent / "tcpserver")
 BASELINE = "debian"
 NPROC = len(os.sched_getaffinity(0))
 MODEL_CORES = sorted({NPROC, 4, 8, 16, 32})
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,26 +52,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="another server to compare: a tcpserver-style command (flags get appended) or a "
                          "command naming {port} (and {program}); NAME debian/prefork replaces that default")
     ap.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave out a server")
-    ap.add_argument("--publish", action="store_true", help="also write loadtest/REPORT.md and loadtest/bench.png")
-    ap.add_argument("--output", default=str(RESULTS), help="where the JSON results go")
+    BENCH.add_options(ap)
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.workers < 1:
         ap.error("--rounds, --seconds, --clients and --workers must be positive")
     return args
 
 
-def python_command() -> str:
-    """The interpreter as a user at the repository root would type it (`.venv/bin/python` when it is the venv)."""
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(HERE.parent))
-    except ValueError:
-        return str(exe)
-
-
 def reproduce_command(args: argparse.Namespace) -> str:
     """Every setting spelled out, so the line reruns this exact benchmark even if defaults change."""
-    parts = [python_command(), "-m", "loadtest.runner", "--rounds", str(args.rounds), "--seconds", f"{args.seconds:g}",
+    parts = ["--rounds", str(args.rounds), "--seconds", f"{args.seconds:g}",
              "--clients", str(args.clients), "--workers", str(args.workers), "--backlog", str(args.backlog),
              "--limit", str(args.limit), "--program", args.program, "--warmup", f"{args.warmup:g}",
              "--spawn-seconds", f"{args.spawn_seconds:g}", "--spawn-procs", str(args.spawn_procs)]
@@ -87,9 +73,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--server", s]
     for s in args.skip:
         parts += ["--skip", s]
-    if args.publish:
-        parts.append("--publish")
-    return shlex.join(parts)
+    return spelled_out("loadtest.runner", parts, args.publish)
 
 
 def build_specs(args: argparse.Namespace) -> tuple[list[ServerSpec], dict[str, bool]]:
@@ -288,6 +272,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return BENCH.render_only(args)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         data = benchmark(args)
@@ -298,15 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"loadtest.runner: error: {e}")
         return 1
     print_summary(data)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    log(f"wrote {out}")
-    if args.publish:
-        from loadtest.report import write_chart, write_report
-
-        log(f"wrote {write_report(data, HERE / 'REPORT.md')}")
-        log(f"wrote {write_chart(data, HERE / 'bench.png')}")
+    BENCH.write(data, args)
     broken = [n for n, s in data["servers"].items() if s["total"]["connections"] == 0]
     if broken:
         log(f"loadtest.runner: error: no successful connection to {', '.join(broken)}")

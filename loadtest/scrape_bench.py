@@ -30,7 +30,7 @@ Measured per case, in two ways:
   prefork-exporter serves) against ``generate_latest()`` of the multiprocess registry; wall and CPU time.
 
 A case is scraped ``--warmup`` times unmeasured, then until at least ``--min-scrapes`` and ``--seconds`` are
-done (at most ``--max-scrapes``).  The sides alternate, case by case.  The target (issue #5): prefork's
+done (at most ``--max-scrapes``).  The sides alternate, case by case.  The target: prefork's
 scrape time independent of the past workers and under 5 ms at 64 workers.  Nothing here asserts a speed;
 tests/test_loadtest_scrape.py checks the structure on tiny counts.
 """
@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -53,11 +51,9 @@ import time
 from pathlib import Path
 
 from loadtest.machine import machine_facts
+from loadtest.reporting import ROOT, Bench, finish_chart, log, machine_section, pyplot, reproduce_section
+from loadtest.reporting import reproduce_command as spelled_out
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "scrape.json"
-REPORT = HERE / "SCRAPE.md"
-CHART = HERE / "scrape.png"
 EXPORTER = str(Path(sys.executable).parent / "prefork-exporter")
 IMPLS = ("prefork", "multiprocess")
 MODES = ("http", "collect")
@@ -69,10 +65,6 @@ GROWTH_LIMIT = 1.5  # "independent of past workers": the median after the most r
 DURATION_S = 0.01  # every simulated connection lasts 10 ms
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)/metrics")
 ENV = {"PATH": "/usr/bin:/bin"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- building the two histories ------------------------------------------------------------------------
@@ -155,7 +147,7 @@ def build_multiprocess(directory: Path, workers: int, restarts: int, per_life: i
 def renderer(impl: str, source: Path):
     """The function one scrape calls, in this process: () -> exposition bytes."""
     if impl == "prefork":
-        from metrics.collector import SharedMemoryCollector
+        from prefork.metrics.collector import SharedMemoryCollector
 
         return SharedMemoryCollector([str(source)], log=lambda line: None).render
     from prometheus_client import CollectorRegistry, generate_latest
@@ -197,7 +189,7 @@ class Server:
         self.errfile = workdir / f"{impl}.server.err"
         with open(self.errfile, "wb") as err:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=dict(ENV),
-                                         cwd=str(HERE.parent))
+                                         cwd=str(ROOT))
         deadline = time.monotonic() + 30
         self.port = 0
         for _ in range(3000):
@@ -364,23 +356,13 @@ def serve_multiprocess(directory: str) -> int:
 
 
 # -- reporting ----------------------------------------------------------------------------------------------
-def python_command() -> str:
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(HERE.parent))
-    except ValueError:
-        return str(exe)
-
-
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [python_command(), "-m", "loadtest.scrape_bench", "--workers", ",".join(map(str, args.workers)),
+    parts = ["--workers", ",".join(map(str, args.workers)),
              "--restarts", ",".join(map(str, args.restarts)), "--seconds", f"{args.seconds:g}", "--min-scrapes",
              str(args.min_scrapes), "--per-life", str(args.per_life)]
     if args.modes != list(MODES):
         parts += ["--modes", ",".join(args.modes)]
-    if args.publish:
-        parts.append("--publish")
-    return shlex.join(parts)
+    return spelled_out("loadtest.scrape_bench", parts, args.publish)
 
 
 def verdict(meets: bool | None) -> str:
@@ -418,7 +400,7 @@ def render_markdown(data: dict) -> str:
     if "http" in verdicts:
         v = verdicts["http"]
         grow = v["growth_with_restarts"].get("prefork", {})
-        out += [f"**Target** (issue #5: scrape time independent of past workers, here within {GROWTH_LIMIT:g}x, and "
+        out += [f"**Target** (scrape time independent of past workers, here within {GROWTH_LIMIT:g}x, and "
                 f"under {TARGET_MS:g} ms at {TARGET_WORKERS} workers): **{verdict(v['meets_target'])}**. prefork-exporter's "
                 f"median HTTP scrape at {v['max_workers']} workers: {_fmt(v['prefork_worst_median_ms_at_max_workers'])} ms "
                 f"at worst; after {cfg['restarts'][-1]:,} restarts it takes "
@@ -469,23 +451,17 @@ def render_markdown(data: dict) -> str:
             f"{cfg['seconds']:g} s (at most {cfg['max_scrapes']}). HTTP latency is connect to last byte; CPU per "
             "scrape is the server process's user+system time over the scrapes (all threads), or this process's "
             "for the collect call. The sides alternate, case by case.", "",
-            "## Machine", "",
-            f"- CPU: {m['cpu_model']}, nproc {m['nproc']}; kernel {m['kernel']}; Python {m['python']}",
-            f"- load average at start {' '.join(f'{x:.2f}' for x in m.get('load_average', ()))}, at end "
-            f"{' '.join(f'{x:.2f}' for x in data.get('load_average_end', ()))}",
-            f"- prometheus_client {data['versions']['prometheus_client']}, prefork commit {m.get('prefork_commit') or 'unknown'}",
-            "- setup (building the histories): " + ", ".join(
-                f"{c['impl']} {c['workers']}/{c['restarts']:,} {c['setup_s']:.1f} s" for c in cases if c["restarts"]),
-            "", "## Reproduce", "", "```", data["command"], "```", ""]
+            *machine_section(m, data.get("load_average_end", ()), f"prometheus_client {data['versions']['prometheus_client']}",
+                             extra=["setup (building the histories): " + ", ".join(
+                                 f"{c['impl']} {c['workers']}/{c['restarts']:,} {c['setup_s']:.1f} s"
+                                 for c in cases if c["restarts"])]),
+            *reproduce_section(data["command"])]
     return "\n".join(out)
 
 
 def write_chart(data: dict, path: Path) -> Path:
     """Median scrape latency and CPU per scrape against workers, one line per side and history (log scales)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     cfg = data["config"]
@@ -515,22 +491,12 @@ def write_chart(data: dict, path: Path) -> Path:
         ax.set_xlabel("workers")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False, fontsize=8)
-    fig.suptitle(f"Scrape cost: prefork's scoreboard against prometheus_client's multiprocess directory, "
-                 f"{data['machine']['nproc']} cpus")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    title = (f"Scrape cost: prefork's scoreboard against prometheus_client's multiprocess directory, "
+             f"{data['machine']['nproc']} cpus")
+    return finish_chart(fig, axes[0][0], title, path, bottom=0.08, fontsize=8)
 
 
-def publish(data: dict, report: Path | None = None, chart: Path | None = None) -> None:
-    """Write the report and the chart (loadtest/SCRAPE.md and loadtest/scrape.png unless told otherwise)."""
-    report, chart = report or REPORT, chart or CHART
-    report.write_text(render_markdown(data))
-    log(f"wrote {report}")
-    log(f"wrote {write_chart(data, chart)}")
+BENCH = Bench("scrape", "SCRAPE.md", "scrape.png", render_markdown, write_chart)
 
 
 # -- command line ---------------------------------------------------------------------------------------------
@@ -565,9 +531,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", help="where the scoreboards and multiprocess directories are made "
                                       "(default /dev/shm, else the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the files of each case")
-    ap.add_argument("--output", default=str(RESULTS), help="where the JSON results go")
-    ap.add_argument("--publish", action="store_true", help="also write loadtest/SCRAPE.md and loadtest/scrape.png")
-    ap.add_argument("--render", metavar="JSON", help="only rebuild SCRAPE.md and scrape.png from a results file")
+    BENCH.add_options(ap)
     ap.add_argument("--serve-multiprocess", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if 0 in args.workers or args.per_life < 1 or args.min_scrapes < 1 or args.max_scrapes < args.min_scrapes \
@@ -636,8 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_multiprocess:
         return serve_multiprocess(args.serve_multiprocess)
     if args.render:
-        publish(json.loads(Path(args.render).read_text()))
-        return 0
+        return BENCH.render_only(args)
     if argv is None:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -646,12 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"loadtest.scrape_bench: error: {e}")
         return 1
     print_summary(data)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    log(f"wrote {out}")
-    if args.publish:
-        publish(data)
+    BENCH.write(data, args)
     wrong = [f"{c['impl']} {c['workers']}/{c['restarts']}" for c in data["cases"] if not c["correct"]]
     if wrong:
         log(f"loadtest.scrape_bench: error: wrong counts from {', '.join(wrong)}")

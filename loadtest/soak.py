@@ -19,7 +19,8 @@ multilogs (flat: last-quarter mean against first-quarter mean), zombies under th
 process of the run left, no /dev/shm file left.
 
 Writes ``soak.json``, ``SOAK.md`` and ``soak.png`` (when matplotlib is installed: the ``bench`` extra)
-to ``--out`` (default loadtest/results/soak-TIMESTAMP/); ``--publish`` also writes docs/SOAK.md.
+to ``--out`` (default loadtest/results/soak-TIMESTAMP/); ``--publish`` also writes docs/SOAK.md and
+docs/soak.png (loadtest/reporting.py, as every benchmark).
 ``--snapshot`` runs prefork's commands from a copy of the code taken at the start, so that edits made
 to the checkout during a long run reach none of its processes (restarted ones included).
 Exit status 0 when every check passed, 1 when one failed, 2 on bad options.
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import sys
@@ -41,22 +41,19 @@ import uuid
 from pathlib import Path
 
 from loadtest import soak_procs as procs
+from loadtest import soak_report
 from loadtest.machine import machine_facts
+from loadtest.reporting import ROOT, Bench, log
+from loadtest.reporting import reproduce_command as spelled_out
 from loadtest.soak_conns import ConnConfig, ConnRig
 from loadtest.soak_tree import TreeConfig, TreeRig
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-DOCS = HERE.parent / "docs"
 PHASES = ("conns", "tree")
 FD_SLACK = 2.0  # fds per process the last quarter's mean may sit above the first's
 RSS_RATIO, RSS_SLACK = 1.10, 2 * 2**20  # RSS per process: last quarter <= first x 1.10 + 2 MiB
 ZOMBIE_SLACK = 2.0  # zombies at a sample: last quarter's mean <= first quarter's + 2
 SOURCES = ("prefork", "control", "metrics")  # the code under test, fingerprinted at the start and at the end
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def fingerprint() -> dict[str, tuple[int, int]]:
@@ -81,7 +78,7 @@ from {module} import main
 
 sys.exit(main())
 """
-COMMANDS = {"tcpserver": "prefork.tcpserver_cli", "svscan": "control.svscan", "multilog": "metrics.multilog_cli"}
+COMMANDS = {"tcpserver": "prefork.tcpserver_cli", "svscan": "prefork.control.svscan", "multilog": "prefork.control.log.multilog_cli"}
 
 
 def snapshot(root: Path) -> Path:
@@ -157,14 +154,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--phases", type=parse_phases, default=list(PHASES), help="conns,tree (default both)")
     ap.add_argument("--progress-every", type=positive(float), default=10.0, help="seconds between progress "
                     "lines (default 10)")
-    ap.add_argument("--out", default=None, help="results folder (default loadtest/results/soak-TIMESTAMP)")
-    ap.add_argument("--publish", action="store_true", help="also write docs/SOAK.md")
     ap.add_argument("--note", default="", help="a sentence for the report (the machine's state, say)")
     ap.add_argument("--snapshot", action="store_true", help="run prefork's commands from a copy of prefork/, "
                     "control/, metrics/ taken at the start (edits made during the run do not reach it)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (service logs, tcpserver log)")
-    ap.add_argument("--render", metavar="JSON", default=None, help="run nothing: rebuild SOAK.md and soak.png next "
-                    "to this soak.json (and docs/SOAK.md with --publish)")
+    BENCH.add_options(ap)
     ap.add_argument("--workdir", default=None, help="make the work directory in this directory (default: $TMPDIR)")
     args = ap.parse_args(argv)
     if args.hold_ms < 0:
@@ -176,9 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def reproduce_command(args: argparse.Namespace) -> str:
     """Every setting spelled out, so the line reruns this exact soak even if defaults change."""
-    from loadtest.runner import python_command
-
-    parts = [python_command(), "-m", "loadtest.soak", "--seconds", f"{args.seconds:g}", "--clients",
+    parts = ["--seconds", f"{args.seconds:g}", "--clients",
              str(args.clients), "--limit", str(args.limit), "--workers", str(args.workers), "--hold-ms",
              f"{args.hold_ms:g}", "--kill-every", f"{args.kill_every:g}", "--services", str(args.services),
              "--fault-every", f"{args.fault_every:g}", "--line-interval", f"{args.line_interval:g}",
@@ -187,7 +179,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--phases", ",".join(args.phases)]
     if args.snapshot:
         parts.append("--snapshot")
-    return shlex.join(parts)
+    return spelled_out("loadtest.soak", parts, False)  # without --publish, as the published line always was
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -559,21 +551,11 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through `finally`: every process is stopped by pid
 
 
-def write_reports(data: dict, out: Path, publish: bool) -> None:
-    from loadtest import soak_report
+def _draw(data: dict, path: Path) -> None:
+    data["chart"] = soak_report.write_chart(data, path)  # the report says whether there is a chart
 
-    chart = soak_report.write_chart(data, out / "soak.png")
-    data["chart"] = chart
-    (out / "SOAK.md").write_text(soak_report.render_markdown(data))
-    log(f"wrote {out / 'SOAK.md'}" + (f", {out / 'soak.png'}" if chart["written"] else f" (no chart: {chart['note']})"))
-    if publish:
-        DOCS.mkdir(exist_ok=True)
-        (DOCS / "SOAK.md").write_text(soak_report.render_markdown(data))
-        if chart["written"]:
-            import shutil
 
-            shutil.copyfile(out / "soak.png", DOCS / "soak.png")
-        log(f"wrote {DOCS / 'SOAK.md'}" + (f", {DOCS / 'soak.png'}" if chart["written"] else ""))
+BENCH = Bench("soak", "SOAK.md", "soak.png", soak_report.render_markdown, _draw, ROOT / "docs")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,10 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         path = Path(args.render)
         data = json.loads(path.read_text())
-        write_reports(data, path.parent, args.publish)
+        BENCH.write(data, args, path.parent)
         print_summary(data)
         return 0 if data["ok"] else 1
-    out = Path(args.out) if args.out else RESULTS / time.strftime("soak-%Y%m%d-%H%M%S")
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         data = Soak(args).run()
@@ -596,10 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "soak.json").write_text(json.dumps(data, indent=1) + "\n")
-    log(f"wrote {out / 'soak.json'}")
-    write_reports(data, out, args.publish)
+    BENCH.write(data, args)
     print_summary(data)
     return 0 if data["ok"] else 1
 

@@ -26,11 +26,9 @@ measures both implementations and that the report has its sections.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import select
-import shlex
 import shutil
 import signal
 import subprocess
@@ -44,15 +42,15 @@ from pathlib import Path
 import psutil
 
 from loadtest.loadgen import percentile
-from loadtest.machine import machine_facts, repo_relative
+from loadtest.machine import machine_facts
+from loadtest.reporting import Bench, finish_chart, log, machine_section, pyplot, reproduce_section
+from loadtest.reporting import reproduce_command as spelled_out
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "supervision.json"
 DEBIAN = "/usr/bin/svscan"
 PREFORK = str(Path(sys.executable).parent / "svscan")
 IMPLS = ("debian", "prefork")
 BASELINE = "debian"
-DEBIAN_LIMIT = 1000  # daemontools 0.76 svscan's table size (spec §7)
+DEBIAN_LIMIT = 1000  # daemontools 0.76 svscan's table size (its svscan.c: SERVICES)
 DEBIAN_PATH = b"/usr/bin:/bin"  # so Debian's svscan execs Debian's supervise, not the venv's
 MIN_UPTIME = 1.25  # seconds a service must have been up before an operation touches it (throttle: 1 s)
 OP_TIMEOUT = 5.0
@@ -80,10 +78,6 @@ TARGET_MARGINAL = 20 * 1024  # bytes of PSS per added service
 
 class BenchError(RuntimeError):
     """A supervisor did not come up, died, or stopped answering; the message says which and why."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def clock() -> float:
@@ -134,7 +128,7 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def _status_pid(service_dir: Path) -> int:
-    from control import statusfile
+    from prefork.control import statusfile
 
     try:
         return statusfile.read(str(service_dir / "supervise")).pid
@@ -189,7 +183,7 @@ class Tree:
             except OSError as e:
                 raise BenchError(f"{self.impl}: cannot run {self.svscan}: {e.strerror}") from e
         try:
-            from control.servicetable import KIND_SVSCAN, default_path
+            from prefork.control.servicetable import KIND_SVSCAN, default_path
 
             self.table = default_path(str(self.scan), KIND_SVSCAN)  # prefork's svscan maps it; removed by stop()
         except (ImportError, OSError):
@@ -762,12 +756,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefork", default=PREFORK, help="prefork's svscan console script")
     ap.add_argument("--perl", default=shutil.which("perl") or "/usr/bin/perl", help="Perl for the latency services")
     ap.add_argument("--workdir", default=None, help="where the service trees are made (default: the temp dir)")
-    ap.add_argument("--publish", action="store_true", help="also write loadtest/SUPERVISION.md and "
-                    "loadtest/supervision.png")
-    ap.add_argument("--render", metavar="JSON", default=None, help="measure nothing: rebuild SUPERVISION.md and "
-                    "supervision.png from a results file this module wrote")
-    ap.add_argument("--report-dir", default=str(HERE), help=argparse.SUPPRESS)
-    ap.add_argument("--output", default=str(RESULTS), help="where the JSON results go")
+    BENCH.add_options(ap)
     args = ap.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phases) - {"memory", "latency", "idle"}
@@ -785,9 +774,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def reproduce_command(args: argparse.Namespace) -> str:
     """Every setting spelled out, so the line reruns this exact benchmark even if defaults change."""
-    from loadtest.runner import python_command
-
-    parts = [python_command(), "-m", "loadtest.supervision", "--services", ",".join(map(str, args.services)),
+    parts = ["--services", ",".join(map(str, args.services)),
              "--ops", str(args.ops), "--latency-services", str(args.latency_services), "--rounds", str(args.rounds),
              "--idle-seconds", f"{args.idle_seconds:g}", "--idle-services", str(args.idle_services),
              "--settle", f"{args.settle:g}", "--seed", str(args.seed)]
@@ -797,9 +784,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--debian", args.debian]
     if args.prefork != PREFORK:
         parts += ["--prefork", args.prefork]
-    if args.publish:
-        parts.append("--publish")
-    return shlex.join(parts)
+    return spelled_out("loadtest.supervision", parts, args.publish)
 
 
 def _daemontools_version() -> str | None:
@@ -1013,31 +998,14 @@ def render_markdown(data: dict) -> str:
         ticks = (f"utime+stime × {_ratio(p['cpu_s'], d['cpu_s'])}" if min(p["cpu_s"], d["cpu_s"]) >= 5 * tick else
                  f"utime+stime is too coarse to compare here (it counts whole {tick * 1e3:g} ms ticks)")
         out += ["", f"**prefork/daemontools**: scheduler run time × {_ratio(p['run_s'], d['run_s'])}; {ticks}.", ""]
-    end = data.get("load_average_end") or ()
-    out += ["## Machine", "",
-            f"- CPU: {m['cpu_model']}, nproc {m['nproc']}",
-            f"- kernel {m['kernel']}, Python {m['python']}",
-            f"- load average at start {' '.join(f'{x:.2f}' for x in m.get('load_average', ()))}, at end "
-            f"{' '.join(f'{x:.2f}' for x in end)}",
-            f"- daemontools {m.get('daemontools') or 'unknown'}, prefork commit {m.get('prefork_commit') or 'unknown'}",
-            "", "## Reproduce", "", "```", data["command"], "```", "", "Supervisors run:", ""]
-    for impl, cmd in data["commands"].items():
-        out.append(f"- {impl}: `{repo_relative(cmd)}`")
-    out.append("")
+    out += machine_section(m, data.get("load_average_end") or (), f"daemontools {m.get('daemontools') or 'unknown'}")
+    out += reproduce_section(data["command"], data["commands"], "Supervisors run:")
     return "\n".join(out)
-
-
-def write_report(data: dict, path: Path) -> Path:
-    path.write_text(render_markdown(data))
-    return path
 
 
 def write_chart(data: dict, path: Path) -> Path:
     """Memory per tree size, latency percentiles, idle CPU: one panel each, one colour per implementation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [k for k in ("memory", "latency", "idle") if data.get(k)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4.4), squeeze=False)
@@ -1075,27 +1043,21 @@ def write_chart(data: dict, path: Path) -> Path:
             ax.set_xticks(range(len(IMPLS)), list(IMPLS))
             ax.set_title(f"idle CPU, ms per minute, {idle['services']} services")
         ax.grid(axis="y", alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
-    fig.suptitle(f"prefork svscan vs daemontools svscan+supervise, {data['machine']['nproc']} cpus")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    title = f"prefork svscan vs daemontools svscan+supervise, {data['machine']['nproc']} cpus"
+    return finish_chart(fig, axes[0][0], title, path)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through `finally`, so every tree is torn down
 
 
+BENCH = Bench("supervision", "SUPERVISION.md", "supervision.png", render_markdown, write_chart)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
-        data = json.loads(Path(args.render).read_text())
-        report_dir = Path(args.report_dir)
-        log(f"wrote {write_report(data, report_dir / 'SUPERVISION.md')}")
-        log(f"wrote {write_chart(data, report_dir / 'supervision.png')}")
-        return 0
+        return BENCH.render_only(args)
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         data = benchmark(args)
@@ -1108,14 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may be called from a test process
     print_summary(data)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2) + "\n")
-    log(f"wrote {out}")
-    if args.publish:
-        report_dir = Path(args.report_dir)
-        log(f"wrote {write_report(data, report_dir / 'SUPERVISION.md')}")
-        log(f"wrote {write_chart(data, report_dir / 'supervision.png')}")
+    BENCH.write(data, args)
     return 0
 
 

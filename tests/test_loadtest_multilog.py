@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 from pathlib import Path
 
 import pytest
 from conftest import ours, real
+from test_loadtest_reporting import check_outputs, committed_digests
 
 from loadtest import multilog_bench as mb
 
@@ -159,12 +159,13 @@ def test_rotating_run_keeps_n_minus_1_files_of_the_right_size(small_input, tmp_p
 
 @pytest.mark.differential
 def test_cli_writes_results_json(tmp_path):
-    out = tmp_path / "res.json"
+    out = tmp_path / "res"
+    before = committed_digests(mb.BENCH)
     args = ["--size-mb", "0.2", "--rounds", "1", "--scenario", "two-patterns", "--workdir", str(tmp_path / "w"),
-            "--output", str(out), "--debian", real("multilog"), "--prefork", prefork_multilog(),
+            "--out", str(out), "--debian", real("multilog"), "--prefork", prefork_multilog(),
             "--interval", "0.05", "--progress-every", "0"]
     assert mb.main(args) == 0
-    data = json.loads(out.read_text())
+    data = check_outputs(mb.BENCH, mb.main, out, before, tmp_path)  # its folder only; --publish to a copy
     assert list(data["scenarios"]) == ["two-patterns"]
     assert data["input"]["lines"] > 0 and data["machine"]["filesystem"]
     sc = data["scenarios"]["two-patterns"]
@@ -183,8 +184,8 @@ def test_cli_writes_results_json(tmp_path):
 
 
 def test_cli_refuses_a_missing_binary(tmp_path, capsys):
-    args = ["--size-mb", "0.1", "--rounds", "1", "--prefork", str(tmp_path / "nothing"), "--output",
-            str(tmp_path / "r.json"), "--workdir", str(tmp_path / "w")]
+    args = ["--size-mb", "0.1", "--rounds", "1", "--prefork", str(tmp_path / "nothing"), "--out",
+            str(tmp_path / "r"), "--workdir", str(tmp_path / "w")]
     assert mb.main(args) == 1
     assert "prefork multilog not found" in capsys.readouterr().err
-    assert not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ours
+from test_loadtest_reporting import check_outputs, committed_digests
 
 from loadtest import scrape_bench as bench
 from prefork import scoreboard_read
@@ -85,12 +86,13 @@ def test_bad_command_lines_are_refused():
 def tiny_run(tmp_path_factory) -> dict:
     """One whole run on tiny counts, both modes, through main() (servers started and stopped by pid)."""
     tmp = tmp_path_factory.mktemp("scrape")
-    out = tmp / "scrape.json"
+    out = tmp / "res"
+    before = committed_digests(bench.BENCH)
     code = bench.main(["--workers", "1,2", "--restarts", "0,4", "--seconds", "0", "--min-scrapes", "2",
                        "--warmup", "1", "--exporter", ours("prefork-exporter"), "--workdir", str(tmp / "work"),
-                       "--output", str(out)])
+                       "--out", str(out)])
     assert code == 0
-    return {"data": json.loads(out.read_text()), "tmp": tmp}
+    return {"data": json.loads((out / "scrape.json").read_text()), "tmp": tmp, "out": out, "before": before}
 
 
 def test_run_covers_every_case_with_correct_counts(tiny_run):
@@ -130,12 +132,15 @@ def test_report_and_chart_render(tiny_run, tmp_path):
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 
-def test_render_option_rebuilds_the_report_only(tiny_run, tmp_path, monkeypatch):
+def test_run_writes_its_folder_and_publishes_only_when_asked(tiny_run, tmp_path):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(bench, "REPORT", tmp_path / "SCRAPE.md")
-    monkeypatch.setattr(bench, "CHART", tmp_path / "scrape.png")
+    check_outputs(bench.BENCH, bench.main, tiny_run["out"], tiny_run["before"], tmp_path)
+
+
+def test_render_option_rebuilds_the_report_only(tiny_run, tmp_path):
+    pytest.importorskip("matplotlib")
     src = tmp_path / "in.json"
     src.write_text(json.dumps(tiny_run["data"]))
-    assert bench.main(["--render", str(src)]) == 0
+    assert bench.main(["--render", str(src)]) == 0  # beside the JSON
     assert (tmp_path / "SCRAPE.md").read_text() == bench.render_markdown(tiny_run["data"])
     assert Path(tmp_path / "scrape.png").stat().st_size > 0

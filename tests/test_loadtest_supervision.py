@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import ours, real
+from test_loadtest_reporting import check_outputs, committed_digests
 
 from loadtest import supervision as sv
 
@@ -42,7 +43,7 @@ def _needs_perl() -> str:
 def _tiny_args(tmp_path: Path, *extra: str) -> list[str]:
     return ["--services", "2,4", "--ops", "6", "--latency-services", "3", "--rounds", "2", "--idle-seconds", "1",
             "--idle-services", "3", "--settle", "1.2", "--workdir", str(tmp_path / "work"),
-            "--output", str(tmp_path / "out.json"), *extra]
+            "--out", str(tmp_path / "res"), *extra]
 
 
 @pytest.mark.differential
@@ -51,8 +52,9 @@ def test_tiny_run_measures_both_and_reports(tmp_path: Path) -> None:
     real("supervise")
     _needs_perl()
     (tmp_path / "work").mkdir()
+    before = committed_digests(sv.BENCH)
     assert sv.main(_tiny_args(tmp_path, "--prefork", ours("svscan"))) == 0
-    data = json.loads((tmp_path / "out.json").read_text())
+    data = check_outputs(sv.BENCH, sv.main, tmp_path / "res", before, tmp_path)  # its folder only; --publish
 
     assert [row["services"] for row in data["memory"]] == [2, 4]
     for row in data["memory"]:
@@ -277,8 +279,8 @@ def test_chart_is_written(tmp_path: Path) -> None:
 def test_render_rebuilds_report_from_json(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is in the bench extra")
-    src = tmp_path / "results.json"
+    src = tmp_path / "supervision.json"
     src.write_text(json.dumps(_fake_data()))
-    assert sv.main(["--render", str(src), "--report-dir", str(tmp_path)]) == 0
+    assert sv.main(["--render", str(src)]) == 0  # beside the JSON
     assert (tmp_path / "SUPERVISION.md").read_text() == sv.render_markdown(_fake_data())
     assert (tmp_path / "supervision.png").stat().st_size > 0

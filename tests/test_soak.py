@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import ROOT
+from test_loadtest_reporting import LOCAL, committed_digests
 
 from loadtest import soak
 from loadtest.soak_conns import analyse_log
@@ -67,6 +68,7 @@ def _inside(path: Path) -> list[str]:
 def test_soak_one_minute(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     work.mkdir()
+    before = committed_digests(soak.BENCH)
     proc = subprocess.run([sys.executable, "-m", "loadtest.soak", *CI_ARGS, "--out", str(out), "--workdir", str(work)],
                           cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 150)
     assert (out / "soak.json").exists(), f"no figures (exit {proc.returncode}): {proc.stderr[-3000:]}"
@@ -86,6 +88,14 @@ def test_soak_one_minute(tmp_path: Path) -> None:
     (out / "SOAK.md").unlink()
     assert soak.main(["--render", str(out / "soak.json")]) == (0 if data["ok"] else 1)  # rebuilt from the JSON alone
     assert data["command"] in (out / "SOAK.md").read_text()
+    assert committed_digests(soak.BENCH) == before  # docs/SOAK.md is written only with --publish
+    copy = tmp_path / "docs"
+    copy.mkdir()
+    assert soak.main(["--render", str(out / "soak.json"), "--publish", "--publish-dir", str(copy)]) == (
+        0 if data["ok"] else 1)
+    assert (copy / "SOAK.md").read_text() == (out / "SOAK.md").read_text()
+    assert not LOCAL.search((copy / "SOAK.md").read_text())
+    assert committed_digests(soak.BENCH) == before
     # What the soak says of its own clean-up, seen from here too.
     assert _inside(work) == []
     assert list(work.iterdir()) == []
@@ -162,6 +172,7 @@ def test_options() -> None:
     assert args.max_svscan_kills == 3 and args.phases == ["conns", "tree"]
     assert "--seconds 60" in soak.reproduce_command(args) and "--seed 1" in soak.reproduce_command(args)
     assert soak.parse_args(["--phases", "tree"]).phases == ["tree"]
+    assert soak.BENCH.folder(args).parent == ROOT / "loadtest" / "results" and args.publish_dir == str(ROOT / "docs")
     for bad in (["--seconds", "0"], ["--phases", "conns,speed"], ["--clients", "many"], ["--hold-ms", "-1"]):
         with pytest.raises(SystemExit) as exc:
             soak.parse_args(bad)
