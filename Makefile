@@ -22,6 +22,8 @@ test: $(STAMP)
 	$(VENV)/bin/mypy -p prefork
 	$(VENV)/bin/python -m pytest -n auto -q
 
+# Each bench writes its JSON, report and chart to loadtest/results/NAME-TIMESTAMP/ (or --out DIR in *_ARGS);
+# add --publish to *_ARGS to rewrite the committed report and chart (loadtest/*.md, *.png).
 bench: bench-tcpserver bench-supervision bench-multilog bench-scrape
 
 bench-tcpserver: $(STAMP)
