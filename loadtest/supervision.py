@@ -794,7 +794,7 @@ def _daemontools_version() -> str | None:
 
 
 def evaluate_targets(data: dict) -> list[dict]:
-    """The issue's targets against what was measured (only those the run's sizes allow)."""
+    """The benchmark's targets against what was measured (only those the run's sizes allow)."""
     out = []
     rows = {r["services"]: r for r in data.get("memory", [])}
     for (n, limit), strict in ((TARGET_MEMORY_SMALL, False), (TARGET_MEMORY_LARGE, True)):
