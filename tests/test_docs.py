@@ -2,7 +2,7 @@
 
 - No committed text file cites notes outside the repository (the section sign citations and the
   design notes they came with) or names a path of a developer's machine: an absolute path under
-  ``/work/`` or ``/root/`` followed by a name, or a pytest temporary directory (``/tmp/pytest-...``).
+  ``/work/`` or ``/root/`` followed by a name, or a pytest temporary directory (``pytest-of-USER`` in /tmp).
   A bare ``/tmp`` or ``/tmp/x`` in a shell example is fine.
 - Every console script of pyproject.toml has a page in docs/reference/ that names it in backquotes.
 - Every metric name the collector can emit is listed in docs/reference/metrics.md, and every name
@@ -29,7 +29,7 @@ REFERENCE = DOCS / "reference"
 # Built from pieces so that this file does not match its own patterns.
 SECTION_SIGN = "spec " + "\u00a7"
 DESIGN_NOTES = "DESIGN" + ".md"
-LOCAL_PATH = re.compile(r"(?<![\w.-])/(?:work|root)/[\w.-]|/tmp/pytest-")
+LOCAL_PATH = re.compile(r"(?<![\w.-])/(?:work|root)/[\w.-]|/tmp/pytest[-]")
 BINARY_SUFFIXES = {".png", ".jpg", ".gif", ".cdb", ".gz", ".ico"}
 
 
