@@ -19,7 +19,7 @@ Correctness, checked on every run: each directory's ``@*.s`` files (oldest first
 are concatenated, the 26-byte ``@<tai64n> `` prefix is stripped from every line and the result must
 equal the tail of the stream that directory should get (the input, or the input lines the directory's
 pattern selects). With ``n10`` only the newest 9 files and ``current`` survive, and the two
-implementations may cut files at different lines (the spec allows it), so what is compared is "each
+implementations may cut files at different lines (docs/CONTRACTS.md, multilog directory allows it), so what is compared is "each
 kept output is exactly the end of the expected stream"; both are then identical on what both kept.
 
 Nothing here asserts a speed; tests/test_loadtest_multilog.py only checks structure and identity on a

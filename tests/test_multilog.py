@@ -3,7 +3,7 @@
 Logic runs through :class:`prefork.control.log.multilog.Multilog` with a seam that keeps the real files but fakes the
 clock, the sleeps and stderr.  The command is compared with Debian's multilog: same script and input give
 the same files, modes, line contents after the timestamp, ``=file`` bytes, stderr bytes and exit codes;
-where the files are cut at different lines (the spec allows it) the concatenated contents and the size
+where the files are cut at different lines (docs/CONTRACTS.md, multilog directory allows it) the concatenated contents and the size
 bounds are compared instead.  Faults (disk full, failing processors, kill -9) are in test_multilog_faults.py.
 """
 

@@ -1,6 +1,6 @@
 """The supervise state machine (control/machine.py) driven through a fake seam: no processes, a fake clock.
 
-The oracle is the spec (§3 supervise, §11 runit mode) and the Debian binary's
+The oracle is docs/CONTRACTS.md, supervise (and runit status for runit mode) and the Debian binary's
 behaviour: every control byte in every state, checking the exact signals sent,
 each status publication (with what it showed), the resulting want/paused/pid
 and the start/restart counts.  Then the restart throttle (a start is deferred,
@@ -312,7 +312,7 @@ def adopted(runit) -> Rig:
     return fresh("adopted", runit)
 
 
-# -- the spec's table of control bytes, as an oracle --------------------------------------------
+# -- the contract's table of control bytes, as an oracle --------------------------------------------
 def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
     """What docs/CONTRACTS.md, Control FIFO (plus runit status) says BYTE does to the service in RIG."""
     seam, service = rig
@@ -393,7 +393,7 @@ def test_every_other_byte_is_ignored_in_every_state(request, runit, state):
         assert Facts.of(service) == before, f"byte {byte:#04x}"
 
 
-# The same table written out by hand, as the spec states it, for the two things the brief names:
+# The same table written out by hand, as docs/CONTRACTS.md, Control FIFO states it, for the two things that matter:
 # how many times the status is written, and which signals go out.  Columns: the bytes of MEANINGFUL.
 #                                  d u o p c h a i t k x q 1 2 v w
 PUBLISHES = {

@@ -826,7 +826,7 @@ def test_svstat_dies_when_the_current_directory_cannot_be_opened(public_dir):
 
 def test_svstat_reports_a_status_read_error(tmp_path):
     """Deliberate difference: Debian's svstat misses read errors (int vs sizeof) and prints whatever its status
-    buffer held before (the previous directory's status, or zeros); we print the error as the spec says."""
+    buffer held before (the previous directory's status, or zeros); we print the error (docs/CONTRACTS.md, Quirks of Debian's builds)."""
     service = forge(tmp_path, status=None)
     (service / "supervise" / "status").mkdir()
     assert svstat.status_line(str(service)) == "unable to read supervise/status: is a directory"

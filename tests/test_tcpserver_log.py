@@ -105,8 +105,8 @@ def test_garbage_rules_drop(launch, tmp_path):
 
 
 def test_directory_as_rules_drops(impl, launch, tmp_path):
-    """0.88 (Debian build) crashes on a directory (SIGSEGV, status 11): the spec's §7 quirk.
-    prefork drops the connection with `is a directory` as the spec recommends."""
+    """0.88 (Debian build) crashes on a directory (SIGSEGV, status 11): docs/CONTRACTS.md, Quirks of Debian's builds.
+    prefork drops the connection with `is a directory` instead."""
     directory = tmp_path / "dir.cdb"
     directory.mkdir()
     reply, lines = one_connection(launch(["-v", *QUIET, "-x", str(directory)], ["/bin/echo", "hi"]))
