@@ -178,7 +178,7 @@ def test_client_from_a_denied_address_is_refused(tree):
     deny = [x for x in line if x.startswith("tcpserver: deny ")][0]
     m = re.fullmatch(rf"tcpserver: deny (\d+) 0:127\.0\.0\.1:{port} :127\.0\.0\.2::\d+", deny)
     assert m, deny
-    assert int(m.group(1)) >= 4194304  # no program was started for it (README: denied ids)
+    assert int(m.group(1)) >= 4194304  # no program was started for it (docs/reference/tcpserver.md: denied ids)
     assert f"tcpserver: pid {m.group(1)} from 127.0.0.2" in line
     svc.wait_count(END, 1)
     # the allowed address is still served, and the metrics tell the two apart

@@ -31,7 +31,7 @@ SIGWRAP = str(PROGS / "sigwrap.pl")
 PERL_OWN = sigbit(signal.SIGFPE)
 # glibc's posix_spawn leaves its two internal signals (32 SIGCANCEL, 33 SIGSETXID) ignored in the
 # program; glibc programs cannot see them and install glibc's own handlers when they need them.
-# A documented difference of prefork (README), masked here and nowhere else.
+# A documented difference of prefork (docs/reference/tcpserver.md), masked here and nowhere else.
 GLIBC_INTERNAL = (1 << 31) | (1 << 32)
 UMASK = os.umask(0o022)
 os.umask(UMASK)

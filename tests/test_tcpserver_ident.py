@@ -244,7 +244,7 @@ def test_in_flight_ids_are_distinct(impl, launch, stubs, tmp_path):
     if impl == "debian":
         # docs/CONTRACTS.md, tcpserver connection sequence step 1: 0.88's child writes the pid line first, before the ident lookup. prefork
         # writes it with the ok/deny line once the lookups are done, so that an allowed connection's
-        # id is its program's pid (a documented difference, README).
+        # id is its program's pid (a documented difference, docs/reference/tcpserver.md).
         first_end = min(i for g in groups for i, line in g if " end " in line)
         assert all(g[0][0] < first_end for g in groups), "pid lines are not written before the ident lookups end"
     flat = normalise(lines, server.port, anonymous=True)
