@@ -28,14 +28,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
-
-import click
+from typing import NoReturn
 
 from prefork import addr, djb
-from prefork.cli import Flag, Number, djb_command
 from prefork.environ import original_environ
 from prefork.ident import IDENT_PORT, ident_query
+from prefork.options import Option, command_line, format_help, number, usage_error
 
 PROG = "tcpclient"
 USAGE = (
@@ -278,72 +276,48 @@ def pathexec(argv: Sequence[bytes], env: dict[bytes, bytes], path: bytes | None)
 # -- command line ---------------------------------------------------------------------------------
 
 
-class LocalIP(click.ParamType):
-    """``-i``: must start with a dotted quad (djb's ip4_scan), else only the usage line, exit 100."""
-
-    name = "localip"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        ip = addr.scan_ip4(value)
-        if ip is None:
-            djb.usage(PROG, USAGE)
-        return ip
+_TIMEOUTS = re.compile(r"(\d*)(?:\+(\d*))?")
 
 
-class ConnTimeouts(click.ParamType):
+def _conn_timeouts(word: str) -> tuple[int, int]:
     """``-T X+Y`` (``-T X`` is X+0, ``-T +Y`` is 0+Y)."""
-
-    name = "timeoutconn"
-    _FORM = re.compile(r"(\d*)(?:\+(\d*))?")
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        match = self._FORM.fullmatch(value) if value.isascii() else None
-        if match is None or not any(match.groups()):
-            self.fail(f"not a timeout X+Y: {value!r}", param, ctx)
-        return int(match.group(1) or 0), int(match.group(2) or 0)
+    match = _TIMEOUTS.fullmatch(word) if word.isascii() else None
+    if match is None or not any(match.groups()):
+        raise ValueError(f"not a timeout X+Y: {word!r}")
+    return int(match.group(1) or 0), int(match.group(2) or 0)
 
 
-FLAGS = [
-    Flag("d", "nodelay", False, "delay sending data (Nagle; default)"),
-    Flag("D", "nodelay", True, "set TCP_NODELAY"),
-    Flag("v", "verbosity", 2, "report the connection"),
-    Flag("q", "verbosity", 0, "no messages"),
-    Flag("Q", "verbosity", 1, "error messages only (default)"),
-    Flag("h", "remote_host", True, "look up TCPREMOTEHOST (default)"),
-    Flag("H", "remote_host", False, "do not look up TCPREMOTEHOST"),
-    Flag("r", "remote_info", True, "ident look-up for TCPREMOTEINFO (default)"),
-    Flag("R", "remote_info", False, "no ident look-up"),
+OPTIONS = [
+    Option("-d", "nodelay", "delay sending data (Nagle; default)", value=False),
+    Option("-D", "nodelay", "set TCP_NODELAY", value=True),
+    Option("-v", "verbosity", "report the connection", value=2),
+    Option("-q", "verbosity", "no messages", value=0),
+    Option("-Q", "verbosity", "error messages only (default)", value=1),
+    Option("-h", "remote_host", "look up TCPREMOTEHOST (default)", value=True),
+    Option("-H", "remote_host", "do not look up TCPREMOTEHOST", value=False),
+    Option("-r", "remote_info", "ident look-up for TCPREMOTEINFO (default)", value=True),
+    Option("-R", "remote_info", "no ident look-up", value=False),
+    Option("-i", "local_ip", "local IP address to bind", metavar="localip"),
+    Option("-p", "local_port", "local port to bind", metavar="localport", convert=number(65535)),
+    Option("-T", "conn_timeouts", "connect timeouts X+Y seconds", metavar="timeoutconn", convert=_conn_timeouts),
+    Option("-l", "local_name", "TCPLOCALHOST value (no local PTR look-up)", metavar="localname"),
+    Option("-t", "info_timeout", "ident timeout in seconds", metavar="timeoutinfo", convert=number()),
+    Option("--ident-port", "ident_port", "port of the ident server (113)", metavar="PORT", convert=number(65535)),
 ]
-DEFAULTS = {"nodelay": False, "verbosity": 1, "remote_host": True, "remote_info": True}
+DESCRIPTION = "Connect to HOST PORT and run PROGRAM with the connection on fds 6 (read) and 7 (write)."
 
 
-@djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
-@click.option("-i", "local_ip", metavar="localip", type=LocalIP(), default=None, help="local IP address to bind")
-@click.option("-p", "local_port", metavar="localport", type=Number(maximum=65535), default=0, help="local port to bind")
-@click.option("-T", "conn_timeouts", metavar="timeoutconn", type=ConnTimeouts(), default="2+58", help="connect timeouts X+Y seconds")
-@click.option("-l", "local_name", metavar="localname", default=None, help="TCPLOCALHOST value (no local PTR look-up)")
-@click.option("-t", "info_timeout", metavar="timeoutinfo", type=Number(), default=26, help="ident timeout in seconds")
-@click.option(
-    "--ident-port", "ident_port", metavar="PORT", type=Number(maximum=65535), default=IDENT_PORT, help="port of the ident server (113)"
-)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args: tuple[str, ...], **params: Any) -> NoReturn:
-    """Connect to HOST PORT and run PROGRAM with the connection on fds 6 (read) and 7 (write)."""
-    opts = Options(
-        verbosity=params["verbosity"],
-        nodelay=params["nodelay"],
-        remote_host=params["remote_host"],
-        remote_info=params["remote_info"],
-        local_name=params["local_name"],
-        info_timeout=params["info_timeout"],
-        conn_timeouts=params["conn_timeouts"],
-        local_ip=params["local_ip"] or "0.0.0.0",
-        local_port=params["local_port"],
-        ident_port=params["ident_port"],
-    )
-    run(list(args), opts)
+def parse_command_line(args: Sequence[str]) -> tuple[list[str], Options]:
+    """The operands and options of ARGS; ``--help`` and a bad command line end the process (0, or 100)."""
+    defaults = Options()
+    values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
+                                    defaults=dict(vars(defaults), local_ip=None))
+    if values["local_ip"] is not None:  # checked once the whole line is read: -i x -z reports the -z
+        values["local_ip"] = addr.scan_ip4(values["local_ip"])
+        if values["local_ip"] is None:  # as 0.88: only the usage line
+            usage_error(USAGE)
+    values["local_ip"] = values["local_ip"] or defaults.local_ip
+    return operands, Options(**values)
 
 
 def run(args: list[str], opts: Options) -> NoReturn:
@@ -391,5 +365,4 @@ def run(args: list[str], opts: Options) -> NoReturn:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry: like tcpclient, drop inherited fds 6 and 7 before anything else."""
     reserve_socket_fds()
-    command.main(args=argv if argv is not None else sys.argv[1:], prog_name=PROG)
-    raise SystemExit(0)
+    run(*parse_command_line(sys.argv[1:] if argv is None else argv))

@@ -25,10 +25,8 @@ import stat
 import sys
 from collections.abc import Iterator, Sequence
 
-import click
-
-from prefork.cli import djb_command
 from prefork.djb import EXIT_USAGE, fatal, usage
+from prefork.options import command_line, format_help
 from prefork.rules import CdbMaker, RulesSyntaxError, parse_line
 
 PROG = "tcprules"  # djb prints this name whatever argv[0] is
@@ -138,24 +136,20 @@ def compile_to(cdb: str, tmp: str, input_fd: int = 0) -> None:
             os.close(dfd)
 
 
-@djb_command(usage=USAGE)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args: tuple[str, ...]) -> None:
-    """Compile rules text from stdin into the cdb RULES.CDB that tcpserver -x and tcprulescheck read.
+DESCRIPTION = """Compile rules text from stdin into the cdb RULES.CDB that tcpserver -x and tcprulescheck read.
 
-    The cdb is written to RULES.TMP first and renamed over RULES.CDB only when
-    complete, so readers never see a half-written file.  Lines look like
-    ADDRESS:allow or ADDRESS:deny, optionally followed by ,NAME="VALUE" settings.
-    """
-    if len(args) < 2:
-        usage(PROG, USAGE)
-    compile_to(args[0], args[1])
+The cdb is written to RULES.TMP first and renamed over RULES.CDB only when
+complete, so readers never see a half-written file.  Lines look like
+ADDRESS:allow or ADDRESS:deny, optionally followed by ,NAME="VALUE" settings."""
+
+
+def _help() -> str:
+    return format_help(USAGE, DESCRIPTION, ())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point.  tcprules has no options: every word is an operand (a cdb may be called ``-x``), but
-    a leading ``--help`` shows help."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] != ["--help"]:
-        args.insert(0, "--")
-    command.main(args=args, prog_name=PROG)
+    """Entry point.  0.88 has no options: ``-x`` is an operand (a cdb may be called that); ``--help`` shows help."""
+    _, operands = command_line(sys.argv[1:] if argv is None else argv, USAGE, _help, letters=False)
+    if len(operands) < 2:
+        usage(PROG, USAGE)
+    compile_to(operands[0], operands[1])

@@ -6,10 +6,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-import click
-
-from prefork.cli import djb_command
 from prefork.djb import fatal, usage
+from prefork.options import command_line, format_help
 from prefork.rules import entries, load
 
 PROG = "tcprulescheck"  # djb prints this name whatever argv[0] is
@@ -49,23 +47,20 @@ def _write_stdout(data: bytes) -> None:
         pass
 
 
-@djb_command(usage=USAGE)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args: tuple[str, ...]) -> None:
-    """Print the rule of RULES.CDB that tcpserver -x would apply to a client.
+DESCRIPTION = """Print the rule of RULES.CDB that tcpserver -x would apply to a client.
 
-    The client is described by TCPREMOTEIP (default 0.0.0.0), TCPREMOTEHOST and
-    TCPREMOTEINFO (set to the empty string still counts as set).  Prints the
-    matching key, the variables it sets and "allow connection" or "deny connection".
-    """
-    if not args:
-        usage(PROG, USAGE)
-    _write_stdout(report(args[0], os.environb))
+The client is described by TCPREMOTEIP (default 0.0.0.0), TCPREMOTEHOST and
+TCPREMOTEINFO (set to the empty string still counts as set).  Prints the
+matching key, the variables it sets and "allow connection" or "deny connection"."""
+
+
+def _help() -> str:
+    return format_help(USAGE, DESCRIPTION, ())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point.  tcprulescheck has no options: every word is an operand, but a leading ``--help`` shows help."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] != ["--help"]:
-        args.insert(0, "--")
-    command.main(args=args, prog_name=PROG)
+    """Entry point.  0.88 has no options: ``-x`` is an operand (a cdb may be called that); ``--help`` shows help."""
+    _, operands = command_line(sys.argv[1:] if argv is None else argv, USAGE, _help, letters=False)
+    if len(operands) < 1:
+        usage(PROG, USAGE)
+    _write_stdout(report(operands[0], os.environb))

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
+from typing import cast
 
-import click
-
-from prefork.cli import Flag, Number, djb_command
 from prefork.djb import EXIT_USAGE
+from prefork.options import Option, command_line, format_help, number
 from prefork.scoreboard_read import MAX_SLOTS
 from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
 
-TYPE_CHECKING = False  # as in the lean modules (typing.TYPE_CHECKING would do here: click imports typing)
+TYPE_CHECKING = False  # as in the lean modules
 if TYPE_CHECKING:
-    from typing import TypedDict, Unpack
+    from typing import TypedDict
 
     class Options(TypedDict):
-        """What click hands main(): the FLAGS' dests and the options below, as their types convert them."""
+        """What parse() returns: the FLAGS' dests and the options below, as their converters make them."""
 
         print_port: bool
         env_ids: bool
@@ -50,22 +51,22 @@ USAGE = (
 )
 
 FLAGS = [
-    Flag("1", "print_port", True, "print the local port on stdout once listening (with --metrics, then its port)"),
-    Flag("U", "env_ids", True, "take the uid and gid from $UID and $GID"),
-    Flag("X", "rules_missing_ok", True, "with -x: a rules file that does not exist allows everything"),
-    Flag("p", "paranoid", True, "keep TCPREMOTEHOST only if its A records contain the remote IP"),
-    Flag("P", "paranoid", False, "do not check TCPREMOTEHOST (default)"),
-    Flag("h", "remote_host_lookup", True, "look up TCPREMOTEHOST in DNS (default)"),
-    Flag("H", "remote_host_lookup", False, "do not look up TCPREMOTEHOST"),
-    Flag("r", "ident", True, "ask the client's ident server for TCPREMOTEINFO (default)"),
-    Flag("R", "ident", False, "do not ask for TCPREMOTEINFO"),
-    Flag("o", "keep_ip_options", True, "leave IP options on accepted connections"),
-    Flag("O", "keep_ip_options", False, "kill IP options (default)"),
-    Flag("d", "nodelay", False, "leave Nagle on (default)"),
-    Flag("D", "nodelay", True, "set TCP_NODELAY"),
-    Flag("q", "verbosity", 0, "print nothing"),
-    Flag("Q", "verbosity", 1, "print only warnings and errors (default)"),
-    Flag("v", "verbosity", 2, "print a line per connection event"),
+    Option("-1", "print_port", "print the local port on stdout once listening (with --metrics, then its port)", value=True),
+    Option("-U", "env_ids", "take the uid and gid from $UID and $GID", value=True),
+    Option("-X", "rules_missing_ok", "with -x: a rules file that does not exist allows everything", value=True),
+    Option("-p", "paranoid", "keep TCPREMOTEHOST only if its A records contain the remote IP", value=True),
+    Option("-P", "paranoid", "do not check TCPREMOTEHOST (default)", value=False),
+    Option("-h", "remote_host_lookup", "look up TCPREMOTEHOST in DNS (default)", value=True),
+    Option("-H", "remote_host_lookup", "do not look up TCPREMOTEHOST", value=False),
+    Option("-r", "ident", "ask the client's ident server for TCPREMOTEINFO (default)", value=True),
+    Option("-R", "ident", "do not ask for TCPREMOTEINFO", value=False),
+    Option("-o", "keep_ip_options", "leave IP options on accepted connections", value=True),
+    Option("-O", "keep_ip_options", "kill IP options (default)", value=False),
+    Option("-d", "nodelay", "leave Nagle on (default)", value=False),
+    Option("-D", "nodelay", "set TCP_NODELAY", value=True),
+    Option("-q", "verbosity", "print nothing", value=0),
+    Option("-Q", "verbosity", "print only warnings and errors (default)", value=1),
+    Option("-v", "verbosity", "print a line per connection event", value=2),
 ]
 DEFAULTS = {
     "print_port": False,
@@ -80,44 +81,25 @@ DEFAULTS = {
 }
 
 
-class MetricsAddress(click.ParamType):
-    """``--metrics HOST:PORT``, read as prefork-exporter's ``--listen`` reads it; anything else is a usage error."""
+def _metrics_address(word: str) -> str:
+    """``--metrics HOST:PORT``, read as prefork-exporter's ``--listen`` reads it."""
+    from prefork.exporter_child import format_address, parse_address  # only when the option is given
 
-    name = "HOST:PORT"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from prefork.exporter_child import format_address, parse_address  # only when the option is given
-
-        try:
-            return format_address(*parse_address(str(value)))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+    return format_address(*parse_address(word))
 
 
-class FilePath(click.ParamType):
-    """A path that is not empty."""
-
-    name = "PATH"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if not value:
-            self.fail("empty path", param, ctx)
-        return str(value)
+def _path(word: str) -> str:
+    if not word:
+        raise ValueError("empty path")
+    return word
 
 
-class Account(click.ParamType):
+def _account(word: str) -> str:
     """An account name or UID:GID (``--metrics-user``), checked now: an unknown one is a usage error."""
+    from prefork.exporter_child import resolve_user
 
-    name = "USER"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from prefork.exporter_child import resolve_user
-
-        try:
-            resolve_user(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-        return str(value)
+    resolve_user(word)
+    return word
 
 
 def _default_workers() -> int:
@@ -127,36 +109,55 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
-@djb_command(usage=USAGE, flags=FLAGS, defaults=DEFAULTS)
-@click.option("-c", "limit", metavar="limit", type=Number(), default=40, help="at most this many programs at once (40)")
-@click.option("-x", "rules", metavar="rules.cdb", default=None, help="rules cdb made by tcprules, read for every connection")
-@click.option("-B", "banner", metavar="banner", default="", help="write this to each client right after accepting it")
-@click.option("-g", "gid", metavar="gid", type=Number(), default=0, help="switch to this gid after binding")
-@click.option("-u", "uid", metavar="uid", type=Number(), default=0, help="switch to this uid after binding")
-@click.option("-b", "backlog", metavar="backlog", type=Number(), default=DEFAULT_BACKLOG, help=f"listen() backlog ({DEFAULT_BACKLOG})")
-@click.option("-l", "localname", metavar="localname", default=None, help="TCPLOCALHOST, instead of a DNS lookup of the local IP")
-@click.option("-t", "timeout", metavar="timeout", type=Number(), default=26, help="ident timeout in seconds (26)")
-@click.option("--workers", metavar="N", type=Number(maximum=MAX_SLOTS), default=None,
-              help=f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})")
-@click.option("--scoreboard", "scoreboard", metavar="PATH", default=None,
-              help="shared-memory status file (default /dev/shm/prefork-tcpserver.PID, removed at exit)")
-@click.option("--name", metavar="NAME", default="", help="service name recorded in the scoreboard for metrics")
-@click.option("--ident-port", metavar="PORT", type=Number(maximum=65535), default=113, help="port of the ident servers (113)")
-@click.option("--dns-timeout", metavar="SECONDS", type=Number(), default=10, help="seconds allowed for each DNS lookup (10)")
-@click.option("--metrics", type=MetricsAddress(), default=None,
-              help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at start, shown by "
-                   "tcpserver-status and by -1 on a second line)")
-@click.option("--metrics-textfile", type=FilePath(), default=None,
-              help="also write the metrics to PATH for node_exporter's textfile collector")
-@click.option("--metrics-user", type=Account(), default=None,
-              help="the account (or UID:GID) the exporter runs as when tcpserver keeps root (default nobody)")
-@click.argument("operands", nargs=-1, type=click.UNPROCESSED)
-def main(operands: tuple[str, ...], **opts: Unpack[Options]) -> None:
-    """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
+OPTIONS = [
+    *FLAGS,
+    Option("-c", "limit", "at most this many programs at once (40)", metavar="limit", convert=number()),
+    Option("-x", "rules", "rules cdb made by tcprules, read for every connection", metavar="rules.cdb"),
+    Option("-B", "banner", "write this to each client right after accepting it", metavar="banner"),
+    Option("-g", "gid", "switch to this gid after binding", metavar="gid", convert=number()),
+    Option("-u", "uid", "switch to this uid after binding", metavar="uid", convert=number()),
+    Option("-b", "backlog", f"listen() backlog ({DEFAULT_BACKLOG})", metavar="backlog", convert=number()),
+    Option("-l", "localname", "TCPLOCALHOST, instead of a DNS lookup of the local IP", metavar="localname"),
+    Option("-t", "timeout", "ident timeout in seconds (26)", metavar="timeout", convert=number()),
+    Option("--workers", "workers", f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})", metavar="N",
+           convert=number(MAX_SLOTS)),
+    Option("--scoreboard", "scoreboard", "shared-memory status file (default /dev/shm/prefork-tcpserver.PID, "
+           "removed at exit)", metavar="PATH"),
+    Option("--name", "name", "service name recorded in the scoreboard for metrics", metavar="NAME"),
+    Option("--ident-port", "ident_port", "port of the ident servers (113)", metavar="PORT", convert=number(65535)),
+    Option("--dns-timeout", "dns_timeout", "seconds allowed for each DNS lookup (10)", metavar="SECONDS",
+           convert=number()),
+    Option("--metrics", "metrics", "serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at "
+           "start, shown by tcpserver-status and by -1 on a second line)", metavar="HOST:PORT", convert=_metrics_address),
+    Option("--metrics-textfile", "metrics_textfile", "also write the metrics to PATH for node_exporter's textfile "
+           "collector", metavar="PATH", convert=_path),
+    Option("--metrics-user", "metrics_user", "the account (or UID:GID) the exporter runs as when tcpserver keeps "
+           "root (default nobody)", metavar="USER", convert=_account),
+]
+DEFAULTS.update(limit=40, banner="", gid=0, uid=0, backlog=DEFAULT_BACKLOG, timeout=26, name="", ident_port=113,
+                dns_timeout=10)
+DESCRIPTION = """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
 
-    Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log
-    lines and rules files; connections are accepted by pre-forked workers.
-    """
+Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log lines and rules files; connections are
+accepted by pre-forked workers."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: 0.88's command line, prefork's long options mixed in."""
+    values, operands = parse_command_line(sys.argv[1:] if argv is None else argv)
+    serve(operands, values)
+
+
+def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
+    """The options and operands of ARGS; ``--help`` and a bad option end the process (0, or 100 with the usage)."""
+    # getopt problems are printed even under -q, as 0.88 prints them
+    values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
+                                    defaults=DEFAULTS)
+    return cast("Options", values), operands
+
+
+def serve(operands: Sequence[str], opts: Options) -> None:
+    """Everything after option parsing."""
     from prefork.addr import HostError, PortError, parse_port, resolve_server_host
 
     verbosity = int(opts["verbosity"])

@@ -110,11 +110,10 @@ def _recorded_env(tmp_path: Path, name: str) -> dict[str, str]:
 def _parse_tcpserver(argv: list[str]) -> dict:
     """ARGV (without the program name) through prefork's tcpserver parser, as tcpserver would read it."""
     from prefork.addr import parse_port, resolve_server_host
-    from prefork.tcpserver_cli import main
+    from prefork.tcpserver_cli import parse_command_line
 
-    ctx = main.make_context("tcpserver", list(argv))
-    params = dict(ctx.params)
-    operands = list(params.pop("operands"))
+    values, operands = parse_command_line(list(argv))
+    params: dict = dict(values)
     assert len(operands) >= 3, operands
     params["ip"] = resolve_server_host(operands[0])
     params["port"] = parse_port(operands[1])
