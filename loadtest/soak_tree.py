@@ -142,7 +142,7 @@ class TreeRig:
             logrun = d / "log" / "run"
             logrun.write_text(f"#!/bin/sh\nexec {self.multilog} t s{self.cfg.log_size} n{self.log_num} ./main\n")
             logrun.chmod(0o755)
-        from control.servicetable import KIND_SVSCAN, default_path
+        from prefork.control.servicetable import KIND_SVSCAN, default_path
 
         self.table = default_path(str(self.scan), KIND_SVSCAN)
 
@@ -168,7 +168,7 @@ class TreeRig:
         return self.proc.pid if self.svscan_alive() else 0  # type: ignore[union-attr]
 
     def status_pid(self, d: Path) -> int:
-        from control import statusfile
+        from prefork.control import statusfile
 
         try:
             pid = statusfile.read(str(d / "supervise")).pid
