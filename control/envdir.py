@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 from prefork.control.pathexec import arguments, edit_env, help_requested, run, search_path, show
-from prefork.djb import fatal, write_line
+from prefork.djb import fatal
 from prefork.environ import original_environ
+from prefork.options import usage_error
 
 PROG = "envdir"
 USAGE = "envdir dir child"
@@ -87,18 +88,12 @@ def read_envdir(directory: bytes) -> list[tuple[bytes, bytes | None]]:
     return settings
 
 
-def fatal_usage() -> None:
-    """envdir's usage error exits 111, not 100."""
-    write_line(f"{PROG}: usage: {USAGE}")
-    raise SystemExit(111)
-
-
 def main() -> None:
     """Entry point of the envdir command."""
     args = arguments()
-    help_requested(args, HELP)
+    help_requested(args, HELP, USAGE, code=111)
     if len(args) < 2:
-        fatal_usage()
+        usage_error(USAGE, code=111)  # envdir's usage exits 111
     base = original_environ()
     env = edit_env(base, read_envdir(args[0]))
     # djb's pathexec searches the PATH envdir itself was given, not one set by the directory.

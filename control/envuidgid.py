@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from prefork.control.pathexec import arguments, edit_env, help_requested, run, show
-from prefork.djb import fatal, write_line
+from prefork.djb import fatal
 from prefork.environ import original_environ
+from prefork.options import usage_error
 
 PROG = "envuidgid"
 USAGE = "envuidgid account child"
@@ -29,8 +30,7 @@ def ids_env(prog: str, account: bytes, base: dict[bytes, bytes]) -> dict[bytes, 
 def main() -> None:
     """Entry point of the envuidgid command."""
     args = arguments()
-    help_requested(args, HELP)
+    help_requested(args, HELP, USAGE)
     if len(args) < 2:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(100)
+        usage_error(USAGE)
     run(PROG, args[1:], ids_env(PROG, args[0], original_environ()))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 
 from prefork.control.pathexec import arguments, default_sigint, help_requested, run
-from prefork.djb import EXIT_TEMP, fatal, write_line
+from prefork.djb import EXIT_TEMP, fatal
+from prefork.options import usage_error
 
 PROG = "fghack"
 USAGE = "fghack child"
@@ -69,9 +70,8 @@ def foreground(argv: list[bytes]) -> int:
 def main() -> None:
     """Entry point of the fghack command."""
     args = arguments()
-    help_requested(args, HELP)
+    help_requested(args, HELP, USAGE)
     if not args:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(100)
+        usage_error(USAGE)
     default_sigint()
     raise SystemExit(foreground(args))

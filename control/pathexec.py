@@ -14,12 +14,12 @@ import errno
 import os
 import sys
 
-from prefork.djb import EXIT_TEMP, fatal, progname, write_line
+from prefork.djb import EXIT_TEMP, fatal, write_line
 from prefork.environ import original_environ
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: keep start-up imports light
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Sequence
     from typing import NoReturn
 
 DEFAULT_PATH = b"/bin:/usr/bin"  # djb's pathexec_run when PATH is unset
@@ -38,15 +38,22 @@ def show(name: bytes) -> str:
     return os.fsdecode(name)
 
 
-def help_requested(args: Sequence[bytes], text: str) -> None:
+def help_requested(args: Sequence[bytes], text: str, usage: str | None = None, code: int = 100) -> None:
     """``--help`` as the first argument prints TEXT on stdout and exits 0.
 
     Only the first argument is looked at: after it, ``--help`` may be an
-    account, a directory or an argument of the child.
+    account, a directory or an argument of the child.  With USAGE (a tool 0.76
+    gives no options), any other first word starting with ``--`` but ``--``
+    itself is an unknown prefork option: named with the usage line, exit CODE.
+    Without it (softlimit, setlock), djb's getopt reads such a word as ``--``.
     """
     if args[:1] == [b"--help"]:
         write_line(text, fd=1)
         raise SystemExit(0)
+    if usage is not None and args:
+        from prefork.options import first_word_option
+
+        first_word_option([os.fsdecode(args[0])], usage, text, code)
 
 
 def search_path(env: Env) -> bytes:
@@ -136,56 +143,3 @@ def run(prog: str, argv: Sequence[bytes], env: Env | None = None, search: bytes 
     """Exec ARGV (with ENV, default the start-up environment) or die ``PROG: fatal: unable to run X: ERR`` (111)."""
     err = pathexec(argv, original_environ() if env is None else env, search)
     fatal(prog, f"unable to run {show(argv[0])}", err, EXIT_TEMP)
-
-
-class UsageError(Exception):
-    """djb's getopt gave up; the caller prints its usage line."""
-
-
-class Getopt:
-    """djb's sgetopt over bytes: iterate for ``(letter, optarg)``; ``rest`` holds the operands afterwards.
-
-    Options come first; ``--`` ends them, and so does **any** word starting
-    with ``--`` (it is consumed: ``setlock --x f prog`` runs prog, as the real
-    tools do); a lone ``-`` is an operand.  An unknown letter prints
-    ``PROG: illegal option -- X``, a missing value ``PROG: option requires an
-    argument -- X`` (PROG = basename of argv[0]) and raises UsageError.
-    """
-
-    def __init__(self, args: Sequence[bytes], optstring: str) -> None:
-        self.args = list(args)
-        self.rest: list[bytes] = []
-        self._with_value = {ord(c) for i, c in enumerate(optstring) if optstring[i + 1 : i + 2] == ":"}
-        self._letters = {ord(c) for c in optstring if c != ":"}
-
-    def _problem(self, text: str, letter: int) -> None:
-        write_line(f"{progname()}: {text} -- ".encode("utf-8", "surrogateescape") + bytes([letter]))
-        raise UsageError(text)
-
-    def __iter__(self) -> Iterator[tuple[str, bytes | None]]:
-        args, i = self.args, 0
-        while i < len(args):
-            word = args[i]
-            if word[:1] != b"-" or word == b"-":
-                break
-            if word[1:2] == b"-":
-                i += 1
-                break
-            pos = 1
-            while pos < len(word):
-                letter = word[pos]
-                pos += 1
-                if letter not in self._letters:
-                    self._problem("illegal option", letter)
-                if letter in self._with_value:
-                    value = word[pos:]
-                    if not value:
-                        i += 1
-                        if i >= len(args):
-                            self._problem("option requires an argument", letter)
-                        value = args[i]
-                    yield chr(letter), value
-                    break
-                yield chr(letter), None
-            i += 1
-        self.rest = args[i:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from prefork.control.pathexec import arguments, help_requested, run
-from prefork.djb import write_line
+from prefork.options import usage_error
 
 PROG = "pgrphack"
 USAGE = "pgrphack child"
@@ -19,10 +19,9 @@ CHILD's pid is then also its process group and session id."""
 def main() -> None:
     """Entry point of the pgrphack command."""
     args = arguments()
-    help_requested(args, HELP)
+    help_requested(args, HELP, USAGE)
     if not args:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(100)
+        usage_error(USAGE)
     try:
         os.setsid()
     except OSError:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import fcntl
 import os
 
-from prefork.control.pathexec import Getopt, UsageError, arguments, default_sigint, help_requested, run, show
-from prefork.djb import fatal, write_line
+from prefork.control.pathexec import arguments, default_sigint, help_requested, run, show
+from prefork.djb import fatal
+from prefork.options import UsageError, getopt, usage_error
 
 PROG = "setlock"
 USAGE = "setlock [ -nNxX ] file program [ arg ... ]"
@@ -46,18 +47,17 @@ def main() -> None:
     args = arguments()
     help_requested(args, HELP)
     wait, quiet = True, False
-    opts = Getopt(args, "nNxX")
     try:
-        for letter, _ in opts:
-            if letter in "nN":
-                wait = letter == "N"
-            else:
-                quiet = letter == "x"
-    except UsageError:
-        opts.rest = []
-    if len(opts.rest) < 2:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(100)
+        found, rest = getopt(args, "nNxX")
+    except UsageError as e:
+        usage_error(USAGE, e)
+    for name, _ in found:
+        if name in (b"-n", b"-N"):
+            wait = name == b"-N"
+        else:
+            quiet = name == b"-x"
+    if len(rest) < 2:
+        usage_error(USAGE)
     default_sigint()  # waiting for the lock can take long; ^C must not print a traceback
-    lock(opts.rest[0], wait, quiet)
-    run(PROG, opts.rest[1:])
+    lock(rest[0], wait, quiet)
+    run(PROG, rest[1:])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from prefork.control.pathexec import arguments, help_requested, run, show
-from prefork.djb import fatal, write_line
+from prefork.djb import fatal
 from prefork.environ import original_environ
+from prefork.options import usage_error
 
 PROG = "setuidgid"
 USAGE = "setuidgid account child"
@@ -39,10 +40,9 @@ def drop_to(prog: str, account: bytes) -> None:
 def main() -> None:
     """Entry point of the setuidgid command."""
     args = arguments()
-    help_requested(args, HELP)
+    help_requested(args, HELP, USAGE)
     if len(args) < 2:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(100)
+        usage_error(USAGE)
     env = original_environ()  # read before the id change: /proc/self/environ is then no longer ours to read
     drop_to(PROG, args[0])
     run(PROG, args[1:], env)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import resource
 
-from prefork.control.pathexec import Getopt, UsageError, arguments, help_requested, run
-from prefork.djb import fatal, write_line
+from prefork.control.pathexec import arguments, help_requested, run
+from prefork.djb import fatal
+from prefork.options import UsageError, getopt, usage_error
 
 PROG = "softlimit"
 USAGE = (
@@ -79,23 +80,25 @@ def set_soft(res: int, value: int | None) -> None:
         fatal(PROG, "setrlimit failed", errno.EPERM if "not allowed" in str(e) else errno.EINVAL)
 
 
-def usage() -> None:
-    write_line(f"{PROG}: usage: {USAGE}")
-    raise SystemExit(100)
-
-
 def main() -> None:
     """Entry point of the softlimit command."""
     args = arguments()
     help_requested(args, HELP)
-    opts = Getopt(args, OPTSTRING)
     try:
-        for letter, arg in opts:  # applied as parsed, like the C loop
-            value = parse_value(arg or b"")
-            for res in RESOURCES[letter]:
-                set_soft(res, value)
+        found, rest = getopt(args, OPTSTRING)
+        problem = None
+    except UsageError as e:
+        found, rest, problem = e.found, [], e
+    try:
+        # 0.76 checks each value as its option comes: a bad one before a bad letter is all it reports.
+        values = [(name[1:].decode(), parse_value(arg)) for name, arg in found]
     except UsageError:
-        usage()
-    if not opts.rest:
-        usage()
-    run(PROG, opts.rest)
+        usage_error(USAGE)  # 0.76: only the usage line
+    if problem is not None:
+        usage_error(USAGE, problem)
+    for letter, value in values:  # applied in order, like the C loop
+        for res in RESOURCES[letter]:
+            set_soft(res, value)
+    if not rest:
+        usage_error(USAGE)
+    run(PROG, rest)

@@ -22,26 +22,11 @@ Start ./run in DIR and keep it running; control it with svc, read it with svstat
 
 
 def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
-    """Leading long options, then the operands (0.76's command line is just the operands)."""
-    opts: dict[str, object] = {"runit": False, "table": None}
-    while args and args[0].startswith("--") and args[0] != "--":
-        word = args.pop(0)
-        if word == "--help":
-            sys.stdout.write(HELP)
-            raise SystemExit(0)
-        if word == "--runit":
-            opts["runit"] = True
-        elif word == "--table" and args:
-            opts["table"] = args.pop(0)
-        elif word.startswith("--table="):
-            opts["table"] = word.split("=", 1)[1]
-        else:
-            from prefork.djb import usage
+    """prefork's long options, then the operands (0.76's command line is just the operands, ``-x`` one of them)."""
+    from prefork.options import Option, command_line
 
-            usage(PROG, USAGE)
-    if args and args[0] == "--":
-        args.pop(0)
-    return opts, args
+    options = [Option("--runit", "runit", value=True), Option("--table", "table", metavar="PATH")]
+    return command_line(args, USAGE, HELP, options, letters=False, defaults={"runit": False})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ from prefork.control.svc import control
 from prefork.control.svok import open_trusted, running, trusted_link
 from prefork.control.svstat import status_line
 from prefork.djb import errstr, write_line
+from prefork.options import UsageError, getopt
 
 POLL = 0.05  # seconds between checks inside each one-second step of a wait
 
@@ -149,30 +150,19 @@ class Command:
 def parse_options(cmd: Command, argv0: str, args: Sequence[str]) -> tuple[set[str], list[str]]:
     """getopts over ``q`` + cmd.opts: bundled letters, ``--`` ends them, the first operand ends them.
 
-    An unknown letter prints ``NAME: illegal option -- X`` and the usage line, exit 1.
+    An unknown letter prints ``NAME: illegal option -- X`` and the usage line, exit 1 (the scripts' code).
     """
     if list(args[:1]) == ["--help"]:
         sys.stdout.write(f"usage: {cmd.name} [-q] {cmd.msg}\n\nsupervise-scripts 4.0 (SVSCANDIR, SVCLOCKDIR, SVCTIMEOUT); "
                          "-q: nothing on stdout\n")
         sys.stdout.flush()
         raise Exit(0)
-    letters = "q" + cmd.opts
-    flags: set[str] = set()
-    index = 0
-    while index < len(args):
-        word = args[index]
-        if word == "--":
-            index += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        for letter in word[1:]:
-            if letter not in letters:
-                write_line(f"{cmd.name}: illegal option -- {letter}")
-                raise Exit(1, cmd.usage_line(argv0))
-            flags.add(letter)
-        index += 1
-    return flags, list(args[index:])
+    try:
+        found, operands = getopt(list(args), "q" + cmd.opts, {})  # {}: no long options, so --x is refused
+    except UsageError as e:
+        write_line(f"{cmd.name}: {e.text}")
+        raise Exit(1, cmd.usage_line(argv0)) from None
+    return {name[1:] for name, _ in found}, operands
 
 
 def check_count(cmd: Command, argv0: str, operands: Sequence[str]) -> None:

@@ -15,6 +15,7 @@ import sys
 
 from prefork.control.svok import WRITE_NONBLOCK, enter, open_supervise_file
 from prefork.djb import EXIT_USAGE, errstr, fatal, progname, warn, write_line
+from prefork.options import UsageError, getopt
 
 PROG = "svc"
 LETTERS = b"udopchaitkx"
@@ -33,35 +34,17 @@ Each letter is sent once, in the order first given. Warnings go to stderr; the e
 CONTROL = "supervise/control"
 
 
-class IllegalOption(Exception):
-    """An option letter svc does not know (one byte, as djb's getopt reports it)."""
-
-    def __init__(self, letter: bytes) -> None:
-        super().__init__(letter)
-        self.letter = letter
-
-
 def parse(args: list[bytes]) -> tuple[bytes, list[bytes]]:
     """djb's getopt over ``udopchaitkx``: (the letters, each once in first-seen order; the operands).
 
-    Options stop at the first word not starting with ``-``, at a lone ``-`` (an operand) and after
-    any word starting with ``--`` (djb's getopt takes ``--anything`` as ``--``).
+    Raises prefork.options.UsageError for a letter svc does not know.
     """
+    found, operands = getopt(args, LETTERS.decode())
     commands = bytearray()
-    index = 0
-    while index < len(args):
-        word = args[index]
-        if word[:1] != b"-" or word == b"-":
-            break
-        index += 1
-        if word[1:2] == b"-":
-            break
-        for letter in word[1:]:
-            if letter not in LETTERS:
-                raise IllegalOption(bytes([letter]))
-            if letter not in commands:
-                commands.append(letter)
-    return bytes(commands), args[index:]
+    for name, _ in found:
+        if name[1] not in commands:
+            commands.append(name[1])
+    return bytes(commands), operands
 
 
 def control(directory: str, commands: bytes, dirfd: int | None = None) -> str | None:
@@ -102,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         commands, operands = parse([os.fsencode(arg) for arg in args])
-    except IllegalOption as e:
-        write_line(progname().encode("utf-8", "surrogateescape") + b": illegal option -- " + e.letter)
-        write_line(OPTIONS_LINE)
+    except UsageError as e:
+        write_line(f"{progname()}: {e.text}")
+        write_line(OPTIONS_LINE)  # 0.76's svc prints this in place of a usage line
         return EXIT_USAGE
     try:
         os.close(os.open(".", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # svc needs its cwd to come back to

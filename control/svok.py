@@ -24,7 +24,8 @@ import os
 import stat
 import sys
 
-from prefork.djb import EXIT_TEMP, EXIT_USAGE, fatal, usage, write_line
+from prefork.djb import EXIT_TEMP, EXIT_USAGE, fatal, usage
+from prefork.options import first_word_option
 
 PROG = "svok"
 USAGE = "svok dir"
@@ -133,12 +134,10 @@ def running(directory: str, dirfd: int | None = None) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``svok dir``: exit 0 running, 100 not running or no argument, 111 error (extra arguments are ignored)."""
     args = sys.argv[1:] if argv is None else argv
+    first_word_option(args, USAGE, HELP)  # --help, or a usage error naming an unknown --option
     if not args:
         usage(PROG, USAGE)
     directory = args[0]
-    if directory == "--help":
-        write_line(HELP.rstrip("\n"), 1)
-        return 0
     try:
         return 0 if running(directory) else EXIT_USAGE
     except OSError as e:

@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
+USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]"
+         " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]")
 HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
               [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
 
@@ -311,91 +313,77 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
 def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     """The options and the operands.  The options are a dict of objects, each value of its own type: where one
     is used as its type, ``# type: ignore  # opts`` says so (a typed record of options would remove them)."""
-    from prefork.djb import usage
+    from prefork.options import Option, command_line
 
-    opts: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False,
-                               "table": None, "metrics": None, "textfile": None, "table_group": None,
-                               "metrics_user": None}
-    valued = {"--max-services": "max", "--grace": "grace", "--table": "table", "--metrics": "metrics",
-              "--metrics-textfile": "textfile", "--table-group": "table_group", "--metrics-user": "metrics_user"}
-    while args and args[0].startswith("--") and args[0] != "--":
-        word = args.pop(0)
-        name, eq, value = word.partition("=")
-        if name == "--help":
-            sys.stdout.write(HELP)
-            raise SystemExit(0)
-        if name in valued:
-            if not eq:
-                if not args:
-                    usage(PROG, "svscan [dir]")
-                value = args.pop(0)
-            key = valued[name]
-            if key in ("metrics", "textfile"):
-                opts[key] = _metrics_value(name, value)
-                continue
-            if key in ("table_group", "metrics_user"):
-                opts[key] = _account_value(name, value)
-                continue
-            try:
-                opts[key] = int(value) if key == "max" else float(value) if key == "grace" else value
-                # No service at all, a negative wait or a NaN deadline (it would break the timer heap) is garbage.
-                if (key == "max" and opts[key] < 1) or (key == "grace" and not opts[key] >= 0):  # type: ignore[operator]  # opts
-                    raise ValueError(value)
-            except ValueError:
-                from prefork.djb import write_line
-
-                write_line(f"{PROG}: bad value for {name}: {value!r}")
-                raise SystemExit(100) from None
-        elif name == "--stop-services":
-            opts["stop"] = True
-        elif name == "--subreaper":
-            opts["subreaper"] = True
-        elif name == "--runit":
-            opts["runit"] = True
-        else:
-            usage(PROG, "svscan [dir]")
-    if args and args[0] == "--":
-        args.pop(0)
-    return opts, args
+    options = [
+        Option("--max-services", "max", metavar="N", convert=_max_services),
+        Option("--stop-services", "stop"),
+        Option("--grace", "grace", metavar="SECONDS", convert=_grace),
+        Option("--subreaper", "subreaper"),
+        Option("--runit", "runit"),
+        Option("--table", "table", metavar="PATH"),
+        Option("--table-group", "table_group", metavar="GROUP", convert=_group),
+        Option("--metrics", "metrics", metavar="HOST:PORT", convert=_metrics_address),
+        Option("--metrics-textfile", "textfile", metavar="PATH", convert=_textfile),
+        Option("--metrics-user", "metrics_user", metavar="USER", convert=_metrics_user),
+    ]
+    defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False}
+    return command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
 
 
-def _metrics_value(name: str, value: str) -> str:
-    """A --metrics HOST:PORT (read as prefork-exporter reads it) or a non-empty --metrics-textfile; else exit 100."""
+# Converters of parse(): a ValueError's text follows "svscan: bad value for --NAME: ".
+def _max_services(word: str) -> int:
+    if not (word.isascii() and word.isdigit()) or int(word) < 1:  # no service at all is garbage
+        raise ValueError(repr(word))
+    return int(word)
+
+
+def _grace(word: str) -> float:
     try:
-        if name == "--metrics":
-            from prefork.exporter_child import format_address, parse_address
-
-            return format_address(*parse_address(value))
-        if not value:
-            raise ValueError("empty path")
-        return os.path.abspath(value)  # relative to where svscan was started, not to DIR
-    except ValueError as err:
-        from prefork.djb import write_line
-
-        write_line(f"{PROG}: bad value for {name}: {err}")
-        raise SystemExit(100) from None
+        grace = float(word)
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:  # a negative wait or a NaN deadline (it would break the timer heap)
+        raise ValueError(repr(word))
+    return grace
 
 
-def _account_value(name: str, value: str) -> object:
-    """--table-group's gid (a group name or number), or a --metrics-user that resolves; else exit 100."""
+def _metrics_address(word: str) -> str:
+    """--metrics HOST:PORT, read as prefork-exporter reads it."""
+    from prefork.exporter_child import format_address, parse_address
+
+    return format_address(*parse_address(word))
+
+
+def _textfile(word: str) -> str:
+    if not word:
+        raise ValueError("empty path")
+    return os.path.abspath(word)  # relative to where svscan was started, not to DIR
+
+
+def _group(word: str) -> int:
+    """--table-group's gid: a group name or number."""
+    if word.isascii() and word.isdigit():
+        if int(word) >= 1 << 32:
+            raise ValueError(repr(word))
+        return int(word)
+    import grp
+
     try:
-        if name == "--metrics-user":
-            from prefork.exporter_child import resolve_user
-
-            resolve_user(value)
-            return value
-        if value.isascii() and value.isdigit():
-            if int(value) >= 1 << 32:
-                raise ValueError(value)
-            return int(value)
-        import grp
-
-        return grp.getgrnam(value).gr_gid
+        return grp.getgrnam(word).gr_gid
     except (KeyError, ValueError):
-        from prefork.djb import write_line
+        raise ValueError(repr(word)) from None
 
-        write_line(f"{PROG}: bad value for {name}: {value!r}")
-        raise SystemExit(100) from None
+
+def _metrics_user(word: str) -> str:
+    """--metrics-user: an account that resolves (a name, or UID:GID)."""
+    from prefork.exporter_child import resolve_user
+
+    try:
+        resolve_user(word)
+    except ValueError:
+        raise ValueError(repr(word)) from None
+    return word
 
 
 def _leave_on(engine: Engine, table: ServiceTable, signum: int) -> None:

@@ -35,6 +35,7 @@ from prefork.control.servicetable_read import (
     owner_running,
     read,
 )
+from prefork.control.svstate import describe
 from prefork.djb import EXIT_TEMP, write_line
 from prefork.shmfile import printable
 
@@ -61,8 +62,6 @@ def exit_text(status: int) -> str | None:
 
 def format_line(entry: Entry, now: float) -> str:
     """One svstat line (without newline) for ENTRY at unix time NOW, then the prefork extras."""
-    from prefork.control.svstat import describe
-
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
     text = f"{printable(entry.name)}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"

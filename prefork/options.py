@@ -208,6 +208,16 @@ def command_line(args: Sequence[str], usage: str, help: str | Callable[[], str],
     return values, operands
 
 
+def first_word_option(args: Sequence[str], usage: str, help: str, code: int = EXIT_USAGE) -> None:
+    """For a command 0.76 gives no options: a first word starting with ``--`` (not ``--`` itself) is prefork's.
+
+    ``--help`` prints HELP and exits 0; any other is a usage error naming it.  Every other first word,
+    ``-x`` and ``--`` included, stays an operand as in 0.76.
+    """
+    if args[:1] and args[0][:2] == "--" and args[0] != "--":
+        command_line(args[:1], usage, help, letters=False, code=code)
+
+
 def number(maximum: int | None = None) -> Callable[[str], int]:
     """A converter for a decimal number: anything else is refused (djb's scan_ulong would read it as 0)."""
 

@@ -48,6 +48,8 @@ from tcpserver_harness import (
     wait_until,
 )
 
+from prefork.control.svscan import USAGE as SVSCAN_USAGE
+
 LISTENING = re.compile(r"^prefork-exporter: listening on http://127\.0\.0\.1:(\d+)/metrics$", re.M)
 EXPORTER = "prefork-exporter"
 SLEEP = "exec sleep 300"
@@ -707,7 +709,7 @@ def svscan_usage_error(tmp_path: Path, *args: str) -> str:
     result = run([ours("svscan"), *args, str(tmp_path)])
     assert result.returncode == 100, result
     lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1, lines
+    assert len(lines) == 2 and lines[1] == f"svscan: usage: {SVSCAN_USAGE}", lines
     return lines[0]
 
 
@@ -733,4 +735,4 @@ def test_svscan_metrics_textfile_empty(tmp_path):
 def test_svscan_metrics_missing_value():
     result = run([ours("svscan"), "--metrics"])
     assert result.returncode == 100
-    assert result.stderr.decode() == "svscan: usage: svscan [dir]\n"
+    assert result.stderr.decode() == f"svscan: option requires an argument -- --metrics\nsvscan: usage: {SVSCAN_USAGE}\n"

@@ -18,7 +18,8 @@ import pytest
 from conftest import ours, real
 
 from prefork.control.envdir import value_of
-from prefork.control.pathexec import Getopt, UsageError, edit_env
+from prefork.control.pathexec import edit_env
+from prefork.options import UsageError, getopt
 
 IMPLS = ("debian", "prefork")
 TOOLS = ("setuidgid", "envuidgid", "envdir", "softlimit", "setlock", "pgrphack", "fghack")
@@ -683,12 +684,11 @@ def test_envdir_value_rules(text, value):
     assert value_of(text) == value
 
 
-def test_getopt_djb_rules(capfd):
-    opts = Getopt([b"-o5", b"-c", b"7", b"-nm", b"1", b"-", b"x"], "o:c:m:n")
-    assert list(opts) == [("o", b"5"), ("c", b"7"), ("n", None), ("m", b"1")]
-    assert opts.rest == [b"-", b"x"]
-    opts = Getopt([b"-n", b"--anything", b"-n"], "n")
-    assert list(opts) == [("n", None)] and opts.rest == [b"-n"]
-    with pytest.raises(UsageError):
-        list(Getopt([b"-o"], "o:"))
-    assert capfd.readouterr().err.endswith(": option requires an argument -- o\n")
+def test_getopt_djb_rules():
+    found, rest = getopt([b"-o5", b"-c", b"7", b"-nm", b"1", b"-", b"x"], "o:c:m:n")
+    assert found == [(b"-o", b"5"), (b"-c", b"7"), (b"-n", None), (b"-m", b"1")]
+    assert rest == [b"-", b"x"]
+    assert getopt([b"-n", b"--anything", b"-n"], "n") == ([(b"-n", None)], [b"-n"])
+    with pytest.raises(UsageError) as caught:
+        getopt([b"-n", b"-o"], "o:n")
+    assert (caught.value.text, caught.value.found) == ("option requires an argument -- o", [(b"-n", None)])

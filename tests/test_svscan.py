@@ -37,6 +37,7 @@ from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 from prefork import tai64n
 from prefork.control import statusfile
+from prefork.control.svscan import USAGE as SVSCAN_USAGE_LINE
 
 try:
     from prefork.control import servicetable_read
@@ -648,13 +649,17 @@ def run_svscan(tmp_path: Path, *args: str) -> tuple[int, bytes, bytes]:
     return done.returncode, done.stdout, done.stderr
 
 
+SVSCAN_USAGE = f"svscan: usage: {SVSCAN_USAGE_LINE}\n".encode()
+
+
 def test_unknown_long_option_is_a_usage_error(tmp_path):
     # 0.76 would chdir to "--bogus" and die with 111; prefork's extensions are long options, so it refuses.
-    assert run_svscan(tmp_path, "--bogus", ".") == (100, b"", b"svscan: usage: svscan [dir]\n")
+    assert run_svscan(tmp_path, "--bogus", ".") == (100, b"", b"svscan: illegal option -- --bogus\n" + SVSCAN_USAGE)
 
 
 def test_option_without_its_value_is_a_usage_error(tmp_path):
-    assert run_svscan(tmp_path, "--max-services") == (100, b"", b"svscan: usage: svscan [dir]\n")
+    assert run_svscan(tmp_path, "--max-services") == (
+        100, b"", b"svscan: option requires an argument -- --max-services\n" + SVSCAN_USAGE)
 
 
 @pytest.mark.parametrize(("option", "value"), [
@@ -663,7 +668,8 @@ def test_option_without_its_value_is_a_usage_error(tmp_path):
 ])
 def test_bad_option_value_is_refused(tmp_path, option, value):
     # The directory is empty: were the value taken, svscan would run (and be killed by the timeout) starting nothing.
-    assert run_svscan(tmp_path, option, value, ".") == (100, b"", f"svscan: bad value for {option}: {value!r}\n".encode())
+    assert run_svscan(tmp_path, option, value, ".") == (
+        100, b"", f"svscan: bad value for {option}: {value!r}\n".encode() + SVSCAN_USAGE)
 
 
 @pytest.mark.differential
@@ -1073,7 +1079,8 @@ def test_table_group_by_number(tmp_path, scans):
     ("--metrics-user", "no-such-user-here"), ("--metrics-user", "12:x"),
 ])
 def test_unknown_table_group_or_metrics_user_is_a_usage_error(tmp_path, option, value):
-    assert run_svscan(tmp_path, option, value, ".") == (100, b"", f"svscan: bad value for {option}: {value!r}\n".encode())
+    assert run_svscan(tmp_path, option, value, ".") == (
+        100, b"", f"svscan: bad value for {option}: {value!r}\n".encode() + SVSCAN_USAGE)
 
 
 def test_sigterm_without_stop_services_removes_the_table_and_leaves_the_services(tmp_path, scans):
