@@ -18,7 +18,9 @@ import time
 from collections.abc import Iterable
 
 from prefork.control.svok import OK, WRITE_NONBLOCK, enter, open_supervise_file
-from prefork.djb import errstr, fatal, usage, write_line
+from prefork.control.svstate import describe
+from prefork.djb import errstr, fatal, write_line
+from prefork.options import FLAG, UsageError, getopt, usage_error
 
 PROG = "svstat"
 USAGE = "svstat dir ... | svstat --all [--json] dir"
@@ -87,28 +89,6 @@ def _describe(dirfd: int, now: float | None) -> str:
     return describe(status.pid, elapsed, normally_up, status.paused, status.want)
 
 
-def describe(pid: int, elapsed: int, normally_up: bool, paused: bool, want: bytes) -> str:
-    """svstat's words for a state: ``up (pid P) S seconds`` or ``down S seconds``, then its suffixes in order.
-
-    Shared by svstat (from the status file) and ``svstat --all`` (from the service table).
-    """
-    if pid:
-        text = f"up (pid {pid}) {elapsed} seconds"
-        if not normally_up:
-            text += ", normally down"
-        if paused:
-            text += ", paused"
-        if want == b"d":
-            text += ", want down"
-    else:
-        text = f"down {elapsed} seconds"
-        if normally_up:
-            text += ", normally up"
-        if want == b"u":
-            text += ", want up"
-    return text
-
-
 def _write_lines(lines: Iterable[bytes], fd: int = 1) -> None:
     """Write whole lines, gathered up to djb's 1024-byte buffer per write; write errors are ignored as svstat does."""
     pending = bytearray()
@@ -130,26 +110,26 @@ def _write_all(fd: int, data: bytearray) -> None:
 
 
 def _extension(args: list[str]) -> int:
-    """``--help`` and ``--all [--json] dir`` (either order of the two long options)."""
-    if args[0] == "--help":
+    """``--help`` and ``--all [--json] dir`` (either order of the two long options, each once)."""
+    try:
+        found, rest = getopt(args, None, {"--all": FLAG, "--json": FLAG, "--help": FLAG})
+    except UsageError as e:
+        usage_error(USAGE, e)
+    names = [name for name, _ in found]
+    if "--help" in names:
         write_line(HELP.rstrip("\n"), 1)
         return 0
-    options = set()
-    rest = args
-    while rest and rest[0] in ("--all", "--json") and rest[0] not in options:
-        options.add(rest[0])
-        rest = rest[1:]
-    if "--all" not in options or len(rest) != 1:
-        usage(PROG, USAGE)
+    if "--all" not in names or len(set(names)) != len(names) or len(rest) != 1:
+        usage_error(USAGE)
     from prefork.control.svstat_all import main_all
 
-    return main_all(rest[0], "--json" in options)
+    return main_all(rest[0], "--json" in names)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``svstat dir...``: one line per dir on stdout, exit 0 (111 only when the current directory cannot be opened)."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("--help", "--all", "--json"):
+    if args and args[0].startswith("--") and args[0] != "--":  # 0.76 has no options: only a first --word is one
         return _extension(args)
     try:
         os.close(os.open(".", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))  # as svstat, which comes back to it

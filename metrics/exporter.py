@@ -49,9 +49,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from prefork.djb import EXIT_USAGE, errstr, fatal, warn, write_line
+from prefork.djb import errstr, fatal, warn, write_line
 from prefork.exporter_child import bind_listener, drop_privileges, resolve_user
 from prefork.metrics.collector import SharedMemoryCollector, start_ticks
+from prefork.options import Option, UsageError, parse, usage_error
 
 PROG = "prefork-exporter"
 USAGE = (
@@ -85,10 +86,6 @@ WRITE_SECONDS = 10.0  # from the request to the last byte of the response
 ACCEPT_BATCH = 256  # connections accepted (and events handled) per wake-up
 
 
-class UsageError(Exception):
-    """The command line is wrong; the message says how."""
-
-
 class Options:
     """The parsed command line."""
 
@@ -108,6 +105,35 @@ class Options:
         self.user: tuple[str, int, int] | None = None  # --user: (as given, uid, gid)
 
 
+def _listen_fd(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 3 or int(value) >= 1 << 20:
+        raise UsageError(f"--listen-fd wants a descriptor number of 3 or more, not {value!r}")
+    return int(value)
+
+
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e9:
+        raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}")
+    return seconds
+
+
+def _parent_pid(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 1 << 31:
+        raise UsageError(f"--parent-pid wants a process id, not {value!r}")
+    return int(value)
+
+
+def _user(value: str) -> tuple[str, int, int]:
+    try:
+        return (value, *resolve_user(value))
+    except ValueError as e:
+        raise UsageError(f"--user: {e}") from None
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT ([V6]:PORT; an empty HOST is 0.0.0.0) -> (host, port)."""
     host, sep, port = text.rpartition(":")
@@ -119,60 +145,36 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_args(argv: list[str]) -> Options:
-    """Long options only; --scoreboard, --services and --multilog take every following word up to the next option."""
+    """Long options only (prefork/options.py); --scoreboard, --services and --multilog take every following word
+    up to the next ``--`` option.  Raises UsageError."""
+    values, rest = parse(argv, [
+        Option("--scoreboard", "scoreboards", metavar="PATH", many=True),
+        Option("--services", "services", metavar="DIR", many=True),
+        Option("--multilog", "multilogs", metavar="DIR", many=True),
+        Option("--listen", "listen", metavar="HOST:PORT", convert=parse_listen),
+        Option("--listen-fd", "listen_fd", metavar="N", convert=_listen_fd),
+        Option("--metrics-textfile", "textfile", metavar="PATH"),
+        Option("--textfile-interval", "interval", metavar="SECONDS", convert=_interval),
+        Option("--once", "once"),
+        Option("--parent-pid", "parent_pid", metavar="PID", convert=_parent_pid),
+        Option("--user", "user", metavar="USER", convert=_user),
+    ])
+    if values["help"]:
+        os.write(1, HELP.encode())
+        raise SystemExit(0)
+    if rest:
+        raise UsageError(f"unexpected argument {rest[0]!r}")
     opts = Options()
-    args = list(argv)
-    many = {"--scoreboard": opts.scoreboards, "--services": opts.services, "--multilog": opts.multilogs}
-    single = ("--listen", "--listen-fd", "--metrics-textfile", "--textfile-interval", "--parent-pid", "--user")
-    while args:
-        word = args.pop(0)
-        name, eq, attached = word.partition("=")
-        if name in many:
-            values = [attached] if eq else []
-            while not eq and args and not args[0].startswith("--"):
-                values.append(args.pop(0))
-            if not values or not all(values):
-                raise UsageError(f"{name} needs at least one path")
-            many[name].extend(values)
-        elif name in single:
-            if eq:
-                value = attached
-            elif args:
-                value = args.pop(0)
-            else:
-                raise UsageError(f"{name} needs a value")
-            if name == "--listen":
-                opts.listen = parse_listen(value)
-            elif name == "--listen-fd":
-                if not (value.isascii() and value.isdigit()) or int(value) < 3 or int(value) >= 1 << 20:
-                    raise UsageError(f"--listen-fd wants a descriptor number of 3 or more, not {value!r}")
-                opts.listen_fd = int(value)
-            elif name == "--metrics-textfile":
-                if not value:
-                    raise UsageError("--metrics-textfile needs a path")
-                opts.textfile = value
-            elif name == "--textfile-interval":
-                try:
-                    opts.interval = float(value)
-                except ValueError:
-                    opts.interval = -1.0
-                if not 0 < opts.interval < 1e9:
-                    raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}")
-            elif name == "--user":
-                try:
-                    opts.user = (value, *resolve_user(value))
-                except ValueError as e:
-                    raise UsageError(f"--user: {e}") from None
-            else:
-                if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 1 << 31:
-                    raise UsageError(f"--parent-pid wants a process id, not {value!r}")
-                opts.parent_pid = int(value)
-        elif word == "--once":
-            opts.once = True
-        elif word.startswith("-"):
-            raise UsageError(f"unknown option {word}")
-        else:
-            raise UsageError(f"unexpected argument {word!r}")
+    for option, name in (("--scoreboard", "scoreboards"), ("--services", "services"), ("--multilog", "multilogs")):
+        if not all(values[name]):
+            raise UsageError(f"{option} needs at least one path")
+        getattr(opts, name).extend(values[name])
+    if values["textfile"] == "":
+        raise UsageError("--metrics-textfile needs a path")
+    for name in ("listen", "listen_fd", "textfile", "interval", "parent_pid", "user"):
+        if values[name] is not None:
+            setattr(opts, name, values[name])
+    opts.once = bool(values["once"])
     if not opts.scoreboards and not opts.services and not opts.multilogs:
         raise UsageError("nothing to export: give --scoreboard or --services")
     if opts.listen is not None and opts.listen_fd is not None:
@@ -598,16 +600,10 @@ def inherited_listener(fd: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if "--help" in args:
-        os.write(1, HELP.encode())
-        raise SystemExit(0)
     try:
-        opts = parse_args(args)
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as e:
-        write_line(f"{PROG}: {e}")
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(EXIT_USAGE) from None
+        usage_error(USAGE, e.text)  # named PROG, not argv[0]: no djb tool prints these
     if not opts.once and argv is None:
         from prefork.lean import go_lean
 

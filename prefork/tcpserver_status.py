@@ -27,7 +27,8 @@ import os
 import sys
 import time
 
-from prefork.djb import EXIT_USAGE, errstr, fatal, write_line
+from prefork.djb import errstr, fatal
+from prefork.options import Option, command_line, usage_error
 from prefork.scoreboard_read import LIVE_STATES, ScoreboardError, Snapshot, read_board, service_name
 from prefork.shmfile import printable, start_ticks
 
@@ -194,27 +195,10 @@ def as_json(path: str, snap: Snapshot, is_running: bool) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    want_json = False
-    operands = []
-    for i, word in enumerate(args):
-        if word == "--":
-            operands += args[i + 1:]
-            break
-        if word == "--json":
-            want_json = True
-        elif word == "--help":
-            os.write(1, HELP.encode())
-            raise SystemExit(0)
-        elif word.startswith("-") and word != "-":
-            write_line(f"{PROG}: unknown option {word}")
-            write_line(f"{PROG}: usage: {USAGE}")
-            raise SystemExit(EXIT_USAGE)
-        else:
-            operands.append(word)
+    values, operands = command_line(sys.argv[1:] if argv is None else argv, USAGE, HELP, [Option("--json", "json")])
+    want_json = bool(values["json"])
     if len(operands) != 1:
-        write_line(f"{PROG}: usage: {USAGE}")
-        raise SystemExit(EXIT_USAGE)
+        usage_error(USAGE)
     path = resolve(operands[0])
     try:
         snap = read_board(path)

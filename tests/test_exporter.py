@@ -354,12 +354,12 @@ def test_a_fifo_or_device_given_as_a_source_is_a_fault_not_a_hang(tmp_path, kind
 USAGE_CASES = {
     "nothing": ([], "nothing to export: give --scoreboard or --services"),
     "no_output": (["--scoreboard", "b"], "give --listen, --metrics-textfile or --once"),
-    "unknown_option": (["--scoreboard", "b", "--bogus"], "unknown option --bogus"),
-    "short_option": (["-x"], "unknown option -x"),
+    "unknown_option": (["--scoreboard", "b", "--bogus"], "illegal option -- --bogus"),
+    "short_option": (["-x"], "illegal option -- x"),
     "stray_operand": (["stray"], "unexpected argument 'stray'"),
-    "scoreboard_without_path": (["--scoreboard", "--once"], "--scoreboard needs at least one path"),
+    "scoreboard_without_path": (["--scoreboard", "--once"], "option requires an argument -- --scoreboard"),
     "services_empty": (["--services=", "--once"], "--services needs at least one path"),
-    "listen_without_value": (["--scoreboard", "b", "--listen"], "--listen needs a value"),
+    "listen_without_value": (["--scoreboard", "b", "--listen"], "option requires an argument -- --listen"),
     "listen_without_port": (["--scoreboard", "b", "--listen", "localhost"], "--listen wants HOST:PORT, not 'localhost'"),
     "listen_port_too_big": (["--scoreboard", "b", "--listen", "127.0.0.1:65536"],
                             "--listen wants HOST:PORT, not '127.0.0.1:65536'"),
@@ -400,7 +400,7 @@ def test_bad_command_line_is_exit_100(case, capfd):
 
 def test_bad_command_line_from_the_command(tmp_path):
     out = run_once("--bogus")
-    assert (out.returncode, out.stdout, out.stderr.decode()) == (100, b"", f"prefork-exporter: unknown option --bogus\n{USAGE_LINE}")
+    assert (out.returncode, out.stdout, out.stderr.decode()) == (100, b"", f"prefork-exporter: illegal option -- --bogus\n{USAGE_LINE}")
 
 
 def test_help(capfd):
@@ -738,7 +738,7 @@ def test_status_other_layout_version_is_111(tmp_path, capfd):
 @pytest.mark.parametrize("argv, first", [
     ([], None),
     (["a", "b"], None),
-    (["--bogus", "a"], "tcpserver-status: unknown option --bogus"),
+    (["--bogus", "a"], "tcpserver-status: illegal option -- --bogus"),
 ])
 def test_status_bad_command_line_is_100(argv, first, capfd):
     with pytest.raises(SystemExit) as exc:

@@ -744,7 +744,7 @@ def test_exporter_takes_several_multilog_paths():
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--multilog", "--once"], "--multilog needs at least one path"),
+    (["--multilog", "--once"], "option requires an argument -- --multilog"),
     (["--multilog=", "--once"], "--multilog needs at least one path"),
 ], ids=["no-path", "empty-path"])
 def test_exporter_multilog_without_a_path_is_a_usage_error(argv, message, capfd):
