@@ -26,13 +26,11 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 
 from prefork.atomicfile import create
+from prefork.control import statusfile
 from prefork.djb import errstr
 
-_TAIL = struct.Struct("<IB1s")
-_RUNIT_TAIL = struct.Struct("<IB1sBB")
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC  # for every fixed name in supervise/
 
 
@@ -143,29 +141,16 @@ class ServiceDir:
 
     # -- status ----------------------------------------------------------------------------
     def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool) -> str | None:
-        """Write supervise/status (18 bytes, or runit's 20) via status.new + rename; a warning text on failure.
+        """Write supervise/status (and runit's stat and pid) via NAME.new + rename; a warning text on failure.
 
-        WANT is b"u", b"d" or b"o"; once is byte 0 for daemontools and ``d`` for runit (as runsv writes it).
+        WANT is b"u", b"d" or b"o"; the bytes are control/statusfile.py's, in this directory's format.
         """
-        if want == b"o":
-            want = b"d" if self.runit else b"\0"
-        paused_byte = 1 if (pid and paused) else 0
-        if self.runit:
-            data = label + _RUNIT_TAIL.pack(pid, paused_byte, want, 1 if (pid and term_sent) else 0, 1 if pid else 0)
-        else:
-            data = label + _TAIL.pack(pid, paused_byte, want)
-        warning = self._replace("status", data)
-        if self.runit and warning is None:
-            words = ["run" if pid else "down"]
-            if pid and paused:
-                words.append("paused")
-            if pid and term_sent:
-                words.append("got TERM")
-            if pid and want == b"d":
-                words.append("want down")
-            warning = self._replace("stat", (", ".join(words) + "\n").encode()) or self._replace(
-                "pid", f"{pid}\n".encode() if pid else b"")
-        return warning
+        codec = statusfile.RUNIT if self.runit else statusfile.DAEMONTOOLS
+        for name, data in codec.files(codec.record(label, pid, paused, want, term_sent)):
+            warning = self._replace(name, data)
+            if warning is not None:
+                return warning
+        return None
 
     def _replace(self, name: str, data: bytes) -> str | None:
         new = f"{name}.new"

@@ -33,7 +33,6 @@ whether that is the normal state, paused, or about to change (want up/down).
 --all lists every service of the scan directory dir (--json: as JSON).
 """
 STATUS = "supervise/status"
-STATUS_SIZE = 18
 _BUFFER = 1024  # djb's buffer_1 size: lines are gathered up to this much per write
 
 
@@ -70,18 +69,18 @@ def _describe(dirfd: int, now: float | None) -> str:
         fd = open_supervise_file(dirfd, "status", os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         return f"unable to open {STATUS}: {errstr(e)}"
+    from prefork.control import statusfile  # only once there is a status to read
+
     try:
-        data = os.read(fd, STATUS_SIZE)  # one read, as svstat: a longer file (runit's 20 bytes) is fine
+        data = os.read(fd, statusfile.SIZE)  # one read, as svstat: a longer file (runit's 20 bytes) is fine
     except OSError as e:
         return f"unable to read {STATUS}: {errstr(e)}"
     finally:
         os.close(fd)
-    if len(data) < STATUS_SIZE:
+    try:
+        status = statusfile.decode(data)
+    except ValueError:
         return f"unable to read {STATUS}: bad format"
-
-    from prefork.control.statusfile import decode  # only once there is a status to decode
-
-    status = decode(data)
     now_seconds = int(time.time() if now is None else now // 1)
     # svstat subtracts TAI64 labels and prints the difference through a double (tai_approx):
     # absurd labels come out rounded exactly as the real one rounds them.
