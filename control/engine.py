@@ -30,13 +30,13 @@ import signal
 import stat
 import time
 
-from prefork import tai64n
+from prefork import proc, tai64n
+from prefork.control import statusfile
 from prefork.control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
 from prefork.control.servicedir import ServiceDir, StartupError
 from prefork.djb import write_line
 from prefork.environ import original_environ
 from prefork.lean import hold_std_fds
-from prefork.shmfile import start_ticks
 from prefork.wakeup import noop_handler
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: supervise and svscan do not import typing
@@ -371,27 +371,26 @@ def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool
     taken (the pid could be somebody else's by then); the caller owns it.
     """
     data = _own_status(supfd)
-    if data is None or len(data) < 18:
+    try:
+        status = statusfile.decode(data or b"")  # runit's 20-byte status starts with these 18 bytes
+    except ValueError:
         return None
-    pid = int.from_bytes(data[12:16], "little")
+    pid, label = status.pid, status.label
     if pid <= 1:
         return None
-    label = bytes(data[:12])
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
     try:
-        if not (_started_at(pid, label) and (_ours_alone(supfd) or _works_in(pid, dirfd))) or exited(pidfd):
+        if not (_started_at(pid, status.seconds) and (_ours_alone(supfd) or _works_in(pid, dirfd))) or exited(pidfd):
             os.close(pidfd)
             return None
     except BaseException:
         os.close(pidfd)
         raise
-    want = data[17:18]
-    if want not in (b"u", b"d"):
-        want = WANT_ONCE
-    return pid, label, want, bool(data[16]), pidfd
+    want = status.want if status.want in (WANT_UP, WANT_DOWN) else WANT_ONCE
+    return pid, label, want, status.paused, pidfd
 
 
 def running_in(path: str) -> tuple[int, bytes, bytes, bool, int] | None:
@@ -447,7 +446,8 @@ def reopen_pipe(pid: int, fd: int, pidfd: int) -> tuple[int, int] | None:
 
 
 def _own_status(supfd: int) -> bytes | None:
-    """Up to 20 bytes of ``status`` in SUPFD if it is a regular file of our own user, else None."""
+    """The first bytes of ``status`` in SUPFD (all that statusfile.decode reads) if it is a regular file of our own
+    user, else None."""
     try:
         fd = os.open("status", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=supfd)
     except OSError:
@@ -456,20 +456,19 @@ def _own_status(supfd: int) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             return None
-        return os.read(fd, 20)
+        return os.read(fd, statusfile.SIZE)
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def _started_at(pid: int, label: bytes) -> bool:
-    """PID is alive and started within two seconds of LABEL."""
-    started = process_start_time(pid)
-    if started is None:
+def _started_at(pid: int, seconds: int) -> bool:
+    """PID is alive and started (as far as /proc is sure) within two seconds of the unix time SECONDS."""
+    try:
+        return proc.running(pid, proc.ticks_at(seconds), 2 * proc.HZ, known=True)
+    except (OSError, ValueError):  # no /proc/stat: no start time to compare
         return False
-    seconds, _nanos = tai64n.unpack(label)
-    return seconds - 2 <= started <= seconds + 2
 
 
 def _ours_alone(supfd: int) -> bool:
@@ -491,28 +490,5 @@ def _works_in(pid: int, dirfd: int) -> bool:
     return (cwd.st_dev, cwd.st_ino) == (here.st_dev, here.st_ino)
 
 
-def process_start_time(pid: int) -> float | None:
-    """Unix time at which PID started (None if it does not exist, is a zombie, or /proc cannot say)."""
-    ticks = start_ticks(pid)
-    if not ticks:
-        return None
-    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
-
-
-_BOOT: list[float] = []
-
-
-def _boot_time() -> float:
-    if not _BOOT:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    _BOOT.append(float(line.split()[1]))
-                    break
-            else:
-                _BOOT.append(0.0)
-    return _BOOT[0]
-
-
-__all__ = ["Engine", "StartupError", "Supervised", "exited", "process_start_time", "reopen_pipe", "running_from_status",
+__all__ = ["Engine", "StartupError", "Supervised", "exited", "reopen_pipe", "running_from_status",
            "running_in"]

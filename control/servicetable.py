@@ -95,7 +95,7 @@ import stat
 import struct
 import time
 
-from prefork import shmfile
+from prefork import proc, shmfile
 from prefork.record import Record
 
 MAGIC = b"PFST"
@@ -206,7 +206,7 @@ class ServiceTable:
             raise ValueError(f"unknown table kind {kind}")
         dirbytes = os.path.abspath(directory).encode("utf-8", "surrogateescape")
         size = HEADER_SIZE + capacity * SLOT_SIZE
-        ticks = shmfile.start_ticks(os.getpid()) or 0
+        ticks = proc.start_ticks(os.getpid()) or 0
 
         def fill(mm: mmap.mmap) -> None:
             _HEADER.pack_into(
@@ -313,7 +313,7 @@ def remove_stale(path: str) -> bool:
         return False
     pid = struct.unpack_from("<I", head, _H_OWNER_PID)[0]
     ticks = _SEQ.unpack_from(head, _H_OWNER_TICKS)[0]
-    if pid == os.getpid() or shmfile.writer_running(pid, ticks):
+    if pid == os.getpid() or proc.running(pid, ticks):
         return False
     shmfile.unlink_if_same(path, (st.st_dev, st.st_ino))
     return _identity_of(path) != (st.st_dev, st.st_ino)

@@ -22,7 +22,7 @@ import os
 import struct
 import time
 
-from prefork import shmfile
+from prefork import proc, shmfile
 from prefork.record import Record
 
 MAGIC = b"PFST"
@@ -32,7 +32,8 @@ MAX_HEADER_SIZE = MAX_SLOT_SIZE = 4096  # larger ones (appended fields) are acce
 MAX_CAPACITY = 1 << 16  # slots (the writer's maximum)
 MAX_TABLE_SIZE = MAX_HEADER_SIZE + MAX_CAPACITY * MIN_SLOT_SIZE  # 32 MiB + 4 KiB: the most a reader maps
 MAX_WAIT_STATUS = 0xFFFF  # a wait status is 16 bits; anything else in the field is no status
-KIND_NAMES = {1: "svscan", 2: "supervise"}
+KIND_SVSCAN, KIND_SUPERVISE = 1, 2
+KIND_NAMES = {KIND_SVSCAN: "svscan", KIND_SUPERVISE: "supervise"}
 STATE_NAMES = {0: "down", 1: "up", 2: "stopping"}
 WANT_NAMES = {b"u": "up", b"d": "down", b"o": "once"}
 FLAG_NAMES = {1: "log", 2: "normally_up", 4: "exit_requested", 8: "adopted", 16: "inactive"}
@@ -184,31 +185,12 @@ def read(path: str, fd: int | None = None) -> Snapshot:
     """Read a service table file without talking to the supervisor; ServiceTableError says why it cannot.
 
     FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
+    The fixed header is mapped first; only the bytes it is checked to call for are mapped to be parsed.
     """
-    from prefork.djb import errstr
-
-    own = fd is None
-    try:
-        if fd is None:
-            fd = shmfile.open_source(path)
-        try:
-            mm, size = shmfile.map_regular(path, _FIXED.size, _FIXED.size, fd)
-            try:
-                need = _check_header(path, mm[:_FIXED.size], size)
-            finally:
-                mm.close()
-            mm, size = shmfile.map_regular(path, need, need, fd)  # the same file: what was checked is mapped
-        finally:
-            if own:
-                os.close(fd)
-    except OSError as e:
-        raise ServiceTableError(f"{path}: {errstr(e)}") from None
-    except ValueError as e:
-        raise ServiceTableError(f"{path}: {e}") from None
-    try:
-        return _parse(path, mm, size)
-    finally:
-        mm.close()
+    return shmfile.read_file(
+        path, fd, lambda mm, size: _parse(path, mm, size), lambda why: ServiceTableError(f"{path}: {why}"),
+        min_size=_FIXED.size, max_size=_FIXED.size, extent=lambda mm, size: _check_header(path, mm[:_FIXED.size], size),
+    )
 
 
 def paths(directory: str) -> list[str]:
@@ -235,4 +217,4 @@ def find(directory: str) -> str:
 def owner_running(snap: Snapshot) -> bool:
     """Whether the supervisor that wrote the table still runs: its pid exists, is no zombie, and is the same
     process (started at the recorded time), not a later one that got the pid of a killed svscan."""
-    return shmfile.writer_running(snap.owner_pid, snap.owner_ticks)
+    return proc.running(snap.owner_pid, snap.owner_ticks)

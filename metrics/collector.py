@@ -74,14 +74,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
+from prefork import proc, shmfile
 from prefork import scoreboard_read as boards
-from prefork import shmfile
 from prefork.control import servicetable_read as tables
 from prefork.control.log import logcounters_read as logs
 from prefork.djb import errstr, write_line
 from prefork.scoreboard import DURATION_BUCKETS
-from prefork.scoreboard_read import LIVE_STATES, read_board, service_name  # noqa: F401 (LIVE_STATES: re-exported)
-from prefork.shmfile import start_ticks  # looked up in this module at each call: tests replace it
+from prefork.scoreboard_read import LIVE_STATES, service_name  # noqa: F401 (LIVE_STATES: re-exported)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing the collector does not import typing
 if TYPE_CHECKING:
@@ -110,13 +109,12 @@ class Liveness:
         0 if unknown): a pid running a process started at another time is another process, from the first
         look on.  Without it the first sighting trusts the pid, later ones compare with it.
         """
-        ticks = start_ticks(pid)
+        ticks = proc.start_ticks(pid)
         key = (pid, start_ns)
         if ticks is None:
             self._seen.pop(key, None)
             return f"pid {pid} is not running"
-        first = self._seen.setdefault(key, recorded or ticks)
-        if first != ticks and ticks:
+        if not proc.same_start(self._seen.setdefault(key, recorded or ticks), ticks):
             return f"pid {pid} is not running (now another process)"
         return None
 
@@ -129,7 +127,7 @@ class Liveness:
 
 def supervised_name(snap: tables.Snapshot, entry: tables.Entry) -> str:
     """NAME or NAME/log as svscan names them; a lone supervise's entry is named after its directory."""
-    if snap.kind != 2:
+    if snap.kind != tables.KIND_SUPERVISE:
         return entry.name
     path = snap.directory.rstrip("/")
     base = os.path.basename(path) or path
@@ -155,7 +153,7 @@ def exit_status(raw: int) -> tuple[int, int] | None:
 def read_scoreboard(path: str, liveness: Liveness, fd: int | None = None) -> boards.Snapshot:
     """The scoreboard at PATH (read through FD if given) if its server is running; SourceFault otherwise."""
     try:
-        snap = read_board(path, fd)
+        snap = boards.read(path, fd)
     except OSError as e:
         raise SourceFault(errstr(e)) from None
     except boards.ScoreboardError as e:
@@ -603,7 +601,7 @@ def build_families(
             if status is not None:
                 last_exit.add(labels, status[0])
                 last_signal.add(labels, status[1])
-        if table.kind == 1:
+        if table.kind == tables.KIND_SVSCAN:
             services.add((directory,), table.services)
             scans.add((directory,), table.scans)
             scan_errors.add((directory,), table.scan_errors)

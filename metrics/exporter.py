@@ -51,8 +51,9 @@ from collections.abc import Callable
 
 from prefork.djb import errstr, fatal, warn, write_line
 from prefork.exporter_child import bind_listener, drop_privileges, resolve_user
-from prefork.metrics.collector import SharedMemoryCollector, start_ticks
+from prefork.metrics.collector import SharedMemoryCollector
 from prefork.options import Option, UsageError, parse, usage_error
+from prefork.proc import running, start_ticks
 
 PROG = "prefork-exporter"
 USAGE = (
@@ -218,7 +219,7 @@ class ParentWatch:
             return True
         if self.fd >= 0:
             return bool(select.select([self.fd], [], [], 0)[0])
-        return start_ticks(self.pid) != self._ticks
+        return not running(self.pid, self._ticks)
 
     def poll_timeout(self) -> float | None:
         """How long the main loop may sleep before it must look again (None: the pidfd wakes it)."""

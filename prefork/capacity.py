@@ -88,12 +88,6 @@ class Capacity:
         self.board.put32(self._my_held, self.held)
         self.wake_waiters()
 
-    def unreserve(self) -> None:
-        """Give back a token that was never used by an accept (shutdown paths)."""
-        self.held -= 1
-        self.board.put32(self._my_held, self.held)
-        self.wake_waiters()
-
     def set_waiting(self, waiting: bool) -> None:
         if waiting != self.waiting:
             self.waiting = waiting

@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 
+from prefork import proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.djb import errstr
@@ -307,7 +308,8 @@ class Master:
             known = set(self.workers) | set(self.orphans) | {pid for pid, _ in dead} | exporter
             found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
             for pid in found:
-                self.orphans[pid] = _start_boottime_ns(pid)
+                # Timed from its start: a program that outlives its worker still counts in the histogram.
+                self.orphans[pid] = proc.start_boottime_ns(pid) or time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             if self.spawnlog is not None:
                 # Before any end line: the dead workers' programs whose pid/ok lines are still missing get them.
                 self.logged_orphans |= self.spawnlog.settle_dead([index for _pid, index in dead], found)
@@ -349,22 +351,6 @@ class Master:
         self.board.put64(sb.H_ORPHAN_DURATION_SUM, self.board.get64(sb.H_ORPHAN_DURATION_SUM) + duration_ns)
         off = sb.H_ORPHAN_BUCKETS + 8 * sb.bucket_index(duration_ns)
         self.board.put64(off, self.board.get64(off) + 1)
-
-
-def _start_boottime_ns(pid: int) -> int:
-    """When PID started, in CLOCK_BOOTTIME ns (clock-tick resolution); now if /proc cannot say.
-
-    A worker's own programs are timed by the worker; a program that outlives
-    its worker is timed from here, so the duration histogram still counts
-    every program that the exit counters count.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        ticks = int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def _set_name() -> None:

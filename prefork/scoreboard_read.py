@@ -6,11 +6,11 @@ write it.
 
 The file is hostile data (its path is predictable, and a reader may be
 pointed at anything): a header that claims more than MAX_SLOTS (4096) worker
-slots is refused, only the header and the slots it declares are mapped (a
-larger file costs no more than that), nothing is copied but the fields, and
+slots is refused, no more than MAX_SIZE bytes are mapped and only the header
+and the slots it declares are copied (a larger file costs no more), and
 the only exceptions :func:`read` raises are OSError (the file cannot be
 opened) and :class:`ScoreboardError`.  The scoreboard is mode 0644, written by
-the master only: it holds connection counters and worker pids, which ``ps``
+the server only: it holds connection counters and worker pids, which ``ps``
 shows anyway.
 """
 
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import mmap
 import struct
+from array import array
 from dataclasses import dataclass, field
 
+from prefork import shmfile
 from prefork.scoreboard import _HEADER, _SLOT, HEADER_SIZE, MAGIC, METRICS, SLOT_SIZE, SLOT_STATES, VERSION
 
 
@@ -134,19 +136,21 @@ def read(path: str, fd: int | None = None) -> Snapshot:
     FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
     At most MAX_SIZE bytes are mapped, and only the header and the slots it declares are copied.
     """
-    from prefork import shmfile
+    return shmfile.read_file(path, fd, lambda mm, _size: parse(_copy(mm)), ScoreboardError,
+                             min_size=HEADER_SIZE, max_size=MAX_SIZE, keep_os_errors=True)
 
-    try:
-        mm, _size = shmfile.map_regular(path, HEADER_SIZE, MAX_SIZE, fd)
-    except ValueError as e:
-        raise ScoreboardError(str(e)) from None
-    try:
-        # One copy of the header and the declared slots (a memcpy: each counter copied whole, as the writer's
-        # single aligned stores left it), never more than MAX_SIZE; parse() checks the rest.
-        nslots = _NSLOTS.unpack_from(mm, 16)[0] if len(mm) >= HEADER_SIZE else 0
-        return parse(mm[: HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE])
-    finally:
-        mm.close()
+
+def _copy(mm: shmfile.Mapped) -> bytes:
+    """The header and the declared slots (never more than MAX_SIZE), each aligned 8-byte word loaded once, whole.
+
+    The writers store every field with one aligned store (``ScoreboardFile.put32``/``put64``); loading
+    words whole (``memoryview.cast``) is what makes a reader never see a counter half-written.
+    """
+    nslots = _NSLOTS.unpack_from(mm, 16)[0] if len(mm) >= HEADER_SIZE else 0
+    end = min(len(mm), HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE)
+    words = end // 8
+    with memoryview(mm) as view, view[: words * 8].cast("Q") as q:
+        return array("Q", q.tolist()).tobytes() + bytes(view[words * 8:end])
 
 
 LIVE_STATES = frozenset(("starting", "ready", "waiting"))  # slot states of a worker that is there
@@ -155,37 +159,3 @@ LIVE_STATES = frozenset(("starting", "ready", "waiting"))  # slot states of a wo
 def service_name(snap: Snapshot) -> str:
     """The ``service`` label of a scoreboard: its --name, else HOST:PORT."""
     return snap.name or f"{snap.local_ip}:{snap.local_port}"
-
-
-_SLOT_COUNTERS = ("accepted", "denied", "dropped", "exit_zero", "exit_nonzero", "exit_signal", "last_accept_ns",
-                  "duration_sum_ns")
-_HEADER_COUNTERS = ("worker_restarts", "orphan_exit_zero", "orphan_exit_nonzero", "orphan_exit_signal",
-                    "orphan_duration_sum_ns")
-
-
-def read_board(path: str, fd: int | None = None) -> Snapshot:
-    """A scoreboard read twice, each counter the larger of its two readings.
-
-    The writer's ``struct.pack_into`` zeroes a field before it writes the
-    new value byte by byte, so a read that lands in between sees 0 or a
-    part of the number, and a counter would seem to go backwards (Prometheus
-    would take it for a reset).  Counters only grow, so the larger reading
-    of two is the true one, unless both land in a rewrite of the same
-    field, a window of nanoseconds.  Gauges are taken from the second read.
-    """
-    first = read(path, fd)
-    snap = read(path, fd)
-    if len(first.slots) != len(snap.slots) or first.start_ns != snap.start_ns:
-        return snap  # replaced between the two reads: the new file is right
-    for a, b in zip(first.slots, snap.slots, strict=True):
-        for name in _SLOT_COUNTERS:
-            if getattr(a, name) > getattr(b, name):
-                setattr(b, name, getattr(a, name))
-        b.duration_buckets = [max(x, y) for x, y in zip(a.duration_buckets, b.duration_buckets, strict=True)]
-    for name in _HEADER_COUNTERS:
-        if getattr(first, name) > getattr(snap, name):
-            setattr(snap, name, getattr(first, name))
-    snap.orphan_duration_buckets = [
-        max(x, y) for x, y in zip(first.orphan_duration_buckets, snap.orphan_duration_buckets, strict=True)
-    ]
-    return snap

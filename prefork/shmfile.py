@@ -2,8 +2,9 @@
 
 Writers and readers meet here: where the files live (:func:`shm_dir`), how a
 writer makes one (:func:`create`) and removes it (:func:`unlink_if_same`), how
-a reader maps one it was pointed at (:func:`map_regular`), and whether the
-process that wrote one is still running (:func:`writer_running`).
+a reader maps one it was pointed at (:func:`map_regular`) and reads it
+(:func:`read_file`); whether the process that wrote one is still running is
+``prefork/proc.py``'s question.
 
 Each is built under ``PATH.new.PID`` and renamed over PATH once its header is
 written, so a reader never maps a file without one.  The files live in
@@ -41,6 +42,9 @@ import stat
 TYPE_CHECKING = False  # the lean server processes do not import typing
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 
 def shm_dir() -> str:
@@ -116,30 +120,46 @@ def _pread_all(fd: int, length: int) -> bytes:
     return b"".join(chunks).ljust(length, b"\0")
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if it is gone or a zombie.
+def read_file(path: str, fd: int | None, parse: Callable[[Mapped, int], T], error: Callable[[str], Exception], *,
+              min_size: int, max_size: int, extent: Callable[[Mapped, int], int] | None = None,
+              keep_os_errors: bool = False) -> T:
+    """The shape every shared-memory reader has: PARSE(mapping, file size) of PATH, mapped by :func:`map_regular`.
 
-    0 where there is no /proc to ask (the pid exists, its start time is unknown).
+    FD, a descriptor from :func:`open_source`, is read instead of opening
+    PATH (and is left open).  At most MAX_SIZE bytes are mapped; EXTENT, if
+    given, is asked with that first mapping how many bytes the header calls
+    for (checking it, raising the reader's own error), and exactly those are
+    mapped again from the same descriptor, so what was checked is what is
+    parsed.  Any OSError (unless KEEP_OS_ERRORS) and map_regular's ValueError
+    become ERROR(one-line reason); the mapping is closed however PARSE ends.
     """
-    if pid <= 0:
-        return None
+    own = fd is None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc here: kill(0) is all we can ask
+        if fd is None:
+            fd = open_source(path)
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, OverflowError):
-            pass
-        return 0
-    fields = data[data.rfind(b")") + 2:].split()
-    if len(fields) < 20 or fields[0] in (b"Z", b"X", b"x"):
-        return None
-    return int(fields[19])
+            mm, size = map_regular(path, min_size, max_size, fd)
+            if extent is not None:
+                try:
+                    need = extent(mm, size)
+                finally:
+                    mm.close()
+                mm, size = map_regular(path, need, need, fd)
+        finally:
+            if own:
+                os.close(fd)
+    except OSError as e:
+        if keep_os_errors:
+            raise
+        from prefork.djb import errstr
+
+        raise error(errstr(e)) from None
+    except ValueError as e:
+        raise error(str(e)) from None
+    try:
+        return parse(mm, size)
+    finally:
+        mm.close()
 
 
 def printable(text: str) -> str:
@@ -149,18 +169,6 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or "\udc80" <= ch <= "\udcff" else "?" for ch in text)
-
-
-def writer_running(pid: int, ticks: int) -> bool:
-    """Whether the process that wrote a file, PID started at TICKS (see :func:`start_ticks`), still runs.
-
-    A pid that now belongs to a process started at another time is a reused
-    pid: the writer is gone.  TICKS 0 (not recorded) trusts the pid alone.
-    """
-    now = start_ticks(pid)
-    if now is None:
-        return False
-    return not (ticks and now and now != ticks)
 
 
 def create(

@@ -29,8 +29,9 @@ import time
 
 from prefork.djb import errstr, fatal
 from prefork.options import Option, command_line, usage_error
-from prefork.scoreboard_read import LIVE_STATES, ScoreboardError, Snapshot, read_board, service_name
-from prefork.shmfile import printable, start_ticks
+from prefork.proc import running as process_running
+from prefork.scoreboard_read import LIVE_STATES, ScoreboardError, Snapshot, read, service_name
+from prefork.shmfile import printable
 
 PROG = "tcpserver-status"
 USAGE = "tcpserver-status [--json] scoreboard|pid"
@@ -54,7 +55,7 @@ def resolve(arg: str) -> str:
 
 def running(snap: Snapshot) -> bool:
     """Whether the master that made the scoreboard is still there (not gone, not a zombie)."""
-    return start_ticks(snap.master_pid) is not None
+    return process_running(snap.master_pid)
 
 
 def totals(snap: Snapshot) -> dict[str, int]:
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         usage_error(USAGE)
     path = resolve(operands[0])
     try:
-        snap = read_board(path)
+        snap = read(path)
     except OSError as e:
         fatal(PROG, f"unable to read {path}: {errstr(e)}")
     except ScoreboardError as e:

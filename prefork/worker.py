@@ -28,8 +28,8 @@ from prefork.capacity import Capacity
 from prefork.djb import errstr
 from prefork.environ import set_variable
 from prefork.logline import decision_line, decision_tail
+from prefork.proc import TICK_NS, start_ticks
 from prefork.serverconfig import TCP_VARS, ServerConfig
-from prefork.shmfile import start_ticks
 from prefork.spawn import Spawner
 from prefork.wakeup import drain, noop_handler
 
@@ -650,8 +650,7 @@ class SpawnLog:
         ticks = start_ticks(pid)
         if ticks is None:
             return pid  # exited already: the only candidate
-        tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-        return pid if (ticks + 1) * tick > self.u64[(base + 24) >> 3] else 0
+        return pid if (ticks + 1) * TICK_NS > self.u64[(base + 24) >> 3] else 0
 
 
 def connection_env(

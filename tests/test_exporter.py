@@ -639,7 +639,7 @@ total        - -            -       3        30       5        1        25      
 
 def test_status_table_of_a_running_server(tmp_path):
     status_board(tmp_path)
-    snap = tcpserver_status.read_board(str(tmp_path / "board"))
+    snap = tcpserver_status.read(str(tmp_path / "board"))
     text = tcpserver_status.format_text("/x/board", snap, True, NOW_NS + 7 * 10**9)
     pid = os.getpid()
     assert text == f"/x/board: up (pid {pid}) 107 seconds\n" + TABLE.format(alive=1, pid=pid)
@@ -647,7 +647,7 @@ def test_status_table_of_a_running_server(tmp_path):
 
 def test_status_table_of_a_dead_server(tmp_path):
     status_board(tmp_path)
-    snap = tcpserver_status.read_board(str(tmp_path / "board"))
+    snap = tcpserver_status.read(str(tmp_path / "board"))
     text = tcpserver_status.format_text("/x/board", snap, False, NOW_NS + 7 * 10**9)
     pid = os.getpid()
     assert text == f"/x/board: down (pid {pid} is not running), started 107 seconds ago\n" + TABLE.format(alive=0, pid=pid)

@@ -37,9 +37,9 @@ import pytest
 from conftest import ours, real
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
+from prefork import proc as procinfo
 from prefork import tai64n
 from prefork.control import supervise_scripts
-from prefork.control.engine import process_start_time
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root's tools against a user's files: needs root")
 
@@ -125,8 +125,9 @@ def script(path: Path, body: str) -> None:
 
 def forged_status(pid: int) -> bytes:
     """A status naming PID, "up, want up", labelled with PID's real start time as /proc gives it."""
-    started = process_start_time(pid)
-    assert started is not None
+    ticks = procinfo.start_ticks(pid)
+    assert ticks
+    started = procinfo.boot_time() + ticks / procinfo.HZ
     seconds = int(started)
     return tai64n.pack(seconds, int((started - seconds) * 1e9)) + struct.pack("<IB1s", pid, 0, b"u")
 

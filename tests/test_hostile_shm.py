@@ -37,13 +37,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prefork import scoreboard as sb
 from prefork import scoreboard_read as boards
+from prefork import tcpserver_status
 from prefork.control import servicetable as st
 from prefork.control import servicetable_read as tables
 from prefork.control import svstat_all
 from prefork.control.log import logcounters as lc
 from prefork.control.log import logcounters_read as logs
 from prefork.metrics import collector as mc
-from prefork import tcpserver_status
 
 SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -290,7 +290,7 @@ def test_scoreboard_reader_raises_only_its_error_and_status_prints_its_table(tmp
     path = tmp_path / "b"
     path.write_bytes(data)
     try:
-        snap = tcpserver_status.read_board(str(path))
+        snap = tcpserver_status.read(str(path))
     except boards.ScoreboardError as e:
         assert "\n" not in str(e)
         return

@@ -28,6 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st_
 from tcpserver_harness import QUIET, TAG_VAR, kill_procs, tagged, talk, wait_until
 
+from prefork import proc as procinfo
 from prefork import scoreboard as sb
 from prefork.control import servicetable as st
 from prefork.metrics import collector as mc
@@ -397,7 +398,7 @@ def test_fault_scoreboard_whose_pid_was_reused(tmp_path, monkeypatch):
     log = Log()
     collector = mc.SharedMemoryCollector([str(tmp_path / "board")], log=log)
     assert value(scrape(collector), "tcpserver_workers", service="web") == 2
-    monkeypatch.setattr(mc, "start_ticks", lambda pid: 10**12)  # the same pid, a process started later
+    monkeypatch.setattr(procinfo, "start_ticks", lambda pid: 10**12)  # the same pid, a process started later
     data = scrape(collector)
     assert value(data, "tcpserver_workers", service="web") is None
     assert value(data, "prefork_exporter_source_up", kind="scoreboard", path=str(tmp_path / "board")) == 0
@@ -463,7 +464,7 @@ def test_fault_services_table_whose_svscan_pid_was_reused_from_the_first_scrape(
 
 
 def test_liveness_with_recorded_ticks():
-    me = mc.start_ticks(os.getpid())
+    me = procinfo.start_ticks(os.getpid())
     live = mc.Liveness()
     assert live.check(os.getpid(), 1, me) is None
     assert live.check(os.getpid(), 2, me + 1) == f"pid {os.getpid()} is not running (now another process)"

@@ -27,6 +27,7 @@ from test_metrics_collector import NOT_A_PID, Log, names, promtool_check, sample
 from test_multilog import ENV, FakeSeam, contents, make, numbered, old_files, unstamp
 from test_multilog_faults import DiskFull, Processors
 
+from prefork import proc as procinfo
 from prefork.control.log import logcounters as lc
 from prefork.control.log import logcounters_read as lr
 from prefork.control.log.logscript import DIR, parse
@@ -855,7 +856,7 @@ def test_fault_block_whose_pid_was_reused(tmp_path, monkeypatch):
     log = Log()
     collector = mc.SharedMemoryCollector(multilogs=[str(tmp_path / "block")], log=log)
     assert value(scrape(collector), "multilog_lines_total", directory="/var/log/x") == 0
-    monkeypatch.setattr(mc, "start_ticks", lambda pid: 10**12)
+    monkeypatch.setattr(procinfo, "start_ticks", lambda pid: 10**12)
     data = scrape(collector)
     assert value(data, "multilog_lines_total", directory="/var/log/x") is None
     assert log == [f"prefork-exporter: warning: multilog {tmp_path}/block: multilog pid {os.getpid()} is not running"

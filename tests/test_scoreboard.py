@@ -136,3 +136,28 @@ def test_reader_reads_through_a_descriptor(tmp_path):
         assert reader.read(str(tmp_path / "board"), fd).accepted == 4
     finally:
         os.close(fd)
+
+
+def test_reader_copies_every_byte_of_what_it_parses(tmp_path):
+    """The word-by-word copy (each 8-byte word loaded whole) is the file's bytes: large counters, odd lengths."""
+    board = make_board(tmp_path)
+    slot = board.slot_offset(1)
+    board.put64(slot + sb.OFF_ACCEPTED, 2**64 - 1)
+    board.put64(slot + sb.OFF_DURATION_SUM, 0x0102030405060708)
+    board.put64(sb.H_RESTARTS, 2**40 + 3)
+    snap = reader.read(str(tmp_path / "board"))
+    assert snap.slots[1].accepted == 2**64 - 1 and snap.slots[1].duration_sum_ns == 0x0102030405060708
+    assert snap.worker_restarts == 2**40 + 3 and snap.name == "svc"
+    raw = (tmp_path / "board").read_bytes()
+    assert reader.read(str(tmp_path / "board")) == reader.parse(raw)
+    (tmp_path / "short").write_bytes(raw[:256 + 256 + 13])  # the second slot cut short, mid-word
+    with pytest.raises(reader.ScoreboardError, match="^truncated slots$"):
+        reader.read(str(tmp_path / "short"))
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        reader.read(str(tmp_path / "none"))  # OSError stays OSError: tcpserver-status prints its errno's words
+    (tmp_path / "small").write_bytes(b"PFSB")
+    with pytest.raises(reader.ScoreboardError, match=r"^truncated \(4 bytes\)$"):
+        reader.read(str(tmp_path / "small"))

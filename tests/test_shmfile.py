@@ -203,38 +203,73 @@ def test_map_regular_reads_a_descriptor_it_leaves_open(tmp_path):
         os.close(fd)
 
 
-# -- is the writer still running? -----------------------------------------------------------------------
-def _ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[19])
-
-
-def test_start_ticks_and_writer_running():
-    me = _ticks(os.getpid())
-    assert shmfile.start_ticks(os.getpid()) == me
-    assert shmfile.writer_running(os.getpid(), me) and shmfile.writer_running(os.getpid(), 0)
-    assert not shmfile.writer_running(os.getpid(), me + 1)  # the pid now runs a process started at another time
-    assert shmfile.start_ticks(0) is None and shmfile.start_ticks(-5) is None
-    assert not shmfile.writer_running(4_194_305, 0)  # above pid_max: never a process
-
-
-def test_a_zombie_writer_is_not_running():
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(["true"])
-    try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] != "Z":
-            time.sleep(0.01)
-        assert shmfile.start_ticks(proc.pid) is None and not shmfile.writer_running(proc.pid, 0)
-    finally:
-        proc.wait(5)
-
-
 @pytest.mark.parametrize(("text", "shown"), [
     ("web", "web"), ("caf\u00e9", "caf\u00e9"), ("a\nb", "a?b"), ("a\x1b[2Jb", "a?[2Jb"), ("\x7f\x85\u2028", "???"),
     ("raw\udcff", "raw\udcff"),
 ])
 def test_printable(text, shown):
     assert shmfile.printable(text) == shown
+
+
+# -- read_file: the readers' one shape ------------------------------------------------------------------
+class _Refused(Exception):
+    pass
+
+
+def _seen(mm, size):
+    return bytes(mm), size
+
+
+def test_read_file_parses_at_most_max_size(tmp_path):
+    (tmp_path / "f").write_bytes(b"HEAD" + bytes(range(100)))
+    data, size = shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=4, max_size=10)
+    assert data == b"HEAD" + bytes(range(6)) and size == 104
+
+
+def test_read_file_maps_what_the_header_calls_for(tmp_path):
+    (tmp_path / "f").write_bytes(b"\x06" + b"abcdefghij")
+
+    def extent(mm, size):
+        need = mm[0]
+        if need > size:
+            raise _Refused(f"truncated, the header says {need}")
+        return need
+
+    assert shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=1, max_size=1,
+                             extent=extent) == (b"\x06abcde", 11)
+    (tmp_path / "f").write_bytes(b"\x60abc")
+    with pytest.raises(_Refused, match="^truncated, the header says 96$"):
+        shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=1, max_size=1, extent=extent)
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda p: None, "file does not exist"), (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_bytes(b"ab"), "truncated (2 bytes)"), (lambda p: os.mkfifo(p), "not a regular file"),
+])
+def test_read_file_raises_only_the_readers_error(tmp_path, make, reason):
+    make(tmp_path / "f")
+    with pytest.raises(_Refused) as caught:
+        shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=4, max_size=8)
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_read_file_can_leave_os_errors_to_its_caller(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=4, max_size=8, keep_os_errors=True)
+    (tmp_path / "f").write_bytes(b"ab")
+    with pytest.raises(_Refused, match=r"^truncated \(2 bytes\)$"):
+        shmfile.read_file(str(tmp_path / "f"), None, _seen, _Refused, min_size=4, max_size=8, keep_os_errors=True)
+
+
+def test_read_file_reads_a_descriptor_it_leaves_open_and_closes_its_mapping(tmp_path):
+    (tmp_path / "f").write_bytes(b"HEADtail")
+    fd = shmfile.open_source(str(tmp_path / "f"))
+    kept = []
+    try:
+        os.unlink(tmp_path / "f")  # only the descriptor reaches it now
+        assert shmfile.read_file("gone", fd, lambda mm, size: kept.append(mm) or bytes(mm), _Refused,
+                                 min_size=4, max_size=64) == b"HEADtail"
+        assert kept[0].closed
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)

@@ -90,18 +90,8 @@ def read(path: str, fd: int | None = None) -> Snapshot:
 
     FD, a descriptor of PATH opened earlier (:func:`prefork.shmfile.open_source`), is read instead of PATH.
     """
-    from prefork.djb import errstr
-
-    try:
-        mm, size = shmfile.map_regular(path, _HEADER, MIN_SIZE, fd)
-    except OSError as e:
-        raise LogCountersError(f"{path}: {errstr(e)}") from None
-    except ValueError as e:
-        raise LogCountersError(f"{path}: {e}") from None
-    try:
-        return _parse(path, mm, size)
-    finally:
-        mm.close()
+    return shmfile.read_file(path, fd, lambda mm, size: _parse(path, mm, size),
+                             lambda why: LogCountersError(f"{path}: {why}"), min_size=_HEADER, max_size=MIN_SIZE)
 
 
 def blocks_dir() -> str:
