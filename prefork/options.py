@@ -29,7 +29,7 @@ from prefork.djb import EXIT_USAGE, progname, write_line
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: svstat and multilog do not import typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any, NoReturn
 
 FLAG, VALUE, MANY = 0, 1, 2  # what a long option takes: nothing, one word, one or more words
@@ -159,7 +159,7 @@ class Option:
 
 
 def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = True,
-          defaults: dict[str, object] | None = None) -> tuple[dict[str, Any], list[str]]:
+          defaults: Mapping[str, object] | None = None) -> tuple[dict[str, Any], list[str]]:
     """``(values by dest, operands)``; ``--help`` is always known and sets dest ``help``.
 
     LETTERS False: the command has no letter options (0.76 gives it none), so ``-x`` is an operand.
@@ -193,7 +193,7 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
 
 
 def command_line(args: Sequence[str], usage: str, help: str | Callable[[], str], options: Iterable[Option] = (), *,
-                 letters: bool = True, defaults: dict[str, object] | None = None,
+                 letters: bool = True, defaults: Mapping[str, object] | None = None,
                  code: int = EXIT_USAGE) -> tuple[dict[str, Any], list[str]]:
     """``parse`` for a command: ``--help`` prints HELP (text, or a function making it) and exits 0; a bad
     option prints what it is and the usage, exit CODE (100; envdir's usage exits 111)."""
@@ -249,7 +249,7 @@ def usage_error(usage: str, error: UsageError | str | None = None, prog: str | N
 
 def wrap_usage(text: str, width: int = 78) -> str:
     """A usage line wrapped between options (``[ -c limit ]`` stays whole), continuation lines indented."""
-    tokens = []
+    tokens: list[str] = []
     for word in text.split(" "):
         if tokens and tokens[-1].startswith("[") and not tokens[-1].endswith("]"):
             tokens[-1] += " " + word

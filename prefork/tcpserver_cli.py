@@ -68,7 +68,7 @@ FLAGS = [
     Option("-Q", "verbosity", "print only warnings and errors (default)", value=1),
     Option("-v", "verbosity", "print a line per connection event", value=2),
 ]
-DEFAULTS = {
+DEFAULTS: dict[str, object] = {
     "print_port": False,
     "env_ids": False,
     "rules_missing_ok": False,
