@@ -244,6 +244,11 @@ def test_header_records_the_owners_start_ticks(tmp_path):
     snap = reader.read(table.path)
     assert (snap.owner_pid, snap.owner_ticks) == (os.getpid(), ticks)
     assert reader.owner_running(snap)
+    # The same pid with another recorded start time is a reused pid: the table's writer is gone.
+    raw = bytearray(raw)
+    struct.pack_into("<Q", raw, 88, ticks + 1)
+    (tmp_path / "forged").write_bytes(raw)
+    assert not reader.owner_running(reader.read(str(tmp_path / "forged")))
     table.close()
 
 
