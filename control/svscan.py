@@ -45,12 +45,26 @@ import sys
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: svscan does not import typing
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Protocol
+    from typing import Protocol, TypedDict
 
     from prefork.control.engine import Engine
     from prefork.control.machine import Service
     from prefork.control.servicetable import ServiceTable
     from prefork.exporter_child import Exporter
+
+    class Settings(TypedDict):
+        """svscan's options as :func:`parse` returns them, each of the type its converter gives."""
+
+        max: int
+        stop: bool
+        grace: float
+        subreaper: bool
+        runit: bool
+        table: str | None
+        table_group: int | None
+        metrics: str | None
+        textfile: str | None
+        metrics_user: str | None
 
     class ScanEngine(Protocol):
         """What a :class:`Scanner` asks of its engine (:class:`prefork.control.engine.Engine` in svscan)."""
@@ -310,9 +324,8 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
     return None
 
 
-def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
-    """The options and the operands.  The options are a dict of objects, each value of its own type: where one
-    is used as its type, ``# type: ignore  # opts`` says so (a typed record of options would remove them)."""
+def parse(args: list[str]) -> tuple[Settings, list[str]]:
+    """The options (:class:`Settings`: each value of the type its converter or default gives) and the operands."""
     from prefork.options import Option, command_line
 
     options = [
@@ -328,7 +341,8 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
         Option("--metrics-user", "metrics_user", metavar="USER", convert=_metrics_user),
     ]
     defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False}
-    return command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
+    values, operands = command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
+    return values, operands  # type: ignore[return-value]  # a dict whose value types the Options above fix
 
 
 # Converters of parse(): a ValueError's text follows "svscan: bad value for --NAME: ".
@@ -397,16 +411,14 @@ def _leave_on(engine: Engine, table: ServiceTable, signum: int) -> None:
     engine.handle_signal(signum, leave)
 
 
-def _start_exporter(engine: Engine, opts: dict[str, object], source: str) -> Exporter:
+def _start_exporter(engine: Engine, opts: Settings, source: str) -> Exporter:
     """Run prefork-exporter on SOURCE (the tree, or its --table); restart it on the engine's timers when it exits."""
     from prefork.djb import warn
     from prefork.exporter_child import Exporter, exporter_args, metrics_listener
 
-    listen = opts["metrics"]
-    if listen is not None:
-        listen = metrics_listener(str(listen), lambda text, err: warn(PROG, text, err))
-    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"],  # type: ignore[arg-type]  # opts
-                         opts["metrics_user"])  # type: ignore[arg-type]  # opts: see parse()
+    address = opts["metrics"]
+    listen = None if address is None else metrics_listener(address, lambda text, err: warn(PROG, text, err))
+    args = exporter_args(["--services", source], os.getpid(), listen, opts["textfile"], opts["metrics_user"])
     from prefork.spawn import signals_to_reset
 
     exporter = Exporter(PROG, args, engine.env, signals_to_reset(always=()),
@@ -485,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             _set_subreaper()
         except OSError as err:
             fatal(PROG, "unable to become a subreaper", err)
-    max_services = int(opts["max"])  # type: ignore[call-overload]  # opts: see parse()
+    max_services = opts["max"]
     _raise_fd_limit(max_services)
 
     from prefork.control import servicetable
@@ -501,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
         path = str(table_path or default)
         capacity = min(servicetable.MAX_CAPACITY, max(2, 2 * max_services))  # more services go unpublished
         table = servicetable.ServiceTable.create(path, capacity, servicetable.KIND_SVSCAN, directory,
-                                                 0o600 if group is None else 0o640, group)  # type: ignore[arg-type]  # opts
+                                                 0o600 if group is None else 0o640, group)
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
     engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
@@ -517,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     engine.handle_signal(signal.SIGHUP, rescan_now)
     engine.handle_signal(signal.SIGALRM, rescan_now)
     if opts["stop"]:
-        grace = float(opts["grace"])  # type: ignore[arg-type]  # opts: see parse()
+        grace = opts["grace"]
         engine.handle_signal(signal.SIGTERM, lambda: scanner.stop_all(grace))
         engine.handle_signal(signal.SIGINT, lambda: scanner.stop_all(grace))
     elif table is not None and not table_path and os.getpid() != 1:  # PID 1 would not die of its own signal

@@ -1,8 +1,9 @@
 """Re-executing the tcpserver master as a lean Python process.
 
-The command line front end needs click (and, through it, typing, inspect and
-friends: several MB).  A server that forks workers would carry all of that in
-every process for its whole life, so once the command line is parsed and
+The command line front end needs more than the server does (the option
+parser and its help text, typing, site and an editable install's import
+finder).  A server that forks workers would carry all of that in every
+process for its whole life, so once the command line is parsed and
 checked, the front end execs a fresh interpreter (``-I -S``: no site, no
 environment-driven behaviour, nothing from the current directory) that
 imports only the server modules.  The settings travel in a small script held
@@ -69,7 +70,7 @@ def exec_lean(name: str, make_script: MakeScript) -> None:
     """Replace this process with ``python -I -S`` running ``make_script(fd, paths)``; returns if not possible.
 
     Shared by tcpserver and svscan: both are long-lived and hold nothing the
-    front end's imports (click, site, an editable install's finder) are needed for.
+    front end's imports (the option parser, site, an editable install's finder) are needed for.
     """
     fail_fast()  # for the in-process fallback: an exec replaces it with the bootstrap's own
     root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
