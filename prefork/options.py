@@ -208,7 +208,7 @@ def command_line(args: Sequence[str], usage: str, help: str | Callable[[], str],
     return values, operands
 
 
-def first_word_option(args: Sequence[str], usage: str, help: str, code: int = EXIT_USAGE) -> None:
+def first_word_option(args: Sequence[str], usage: str, help: str | Callable[[], str], code: int = EXIT_USAGE) -> None:
     """For a command 0.76 gives no options: a first word starting with ``--`` (not ``--`` itself) is prefork's.
 
     ``--help`` prints HELP and exits 0; any other is a usage error naming it.  Every other first word,

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from prefork.djb import EXIT_USAGE, fatal, usage
-from prefork.options import command_line, format_help
+from prefork.options import first_word_option, format_help
 from prefork.rules import CdbMaker, RulesSyntaxError, parse_line
 
 PROG = "tcprules"  # djb prints this name whatever argv[0] is
@@ -149,7 +149,8 @@ def _help() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point.  0.88 has no options: ``-x`` is an operand (a cdb may be called that); ``--help`` shows help."""
-    _, operands = command_line(sys.argv[1:] if argv is None else argv, USAGE, _help, letters=False)
+    operands = list(sys.argv[1:] if argv is None else argv)
+    first_word_option(operands, USAGE, _help)  # 0.88 reads its operands as they are: "-x" and "--" are names
     if len(operands) < 2:
         usage(PROG, USAGE)
     compile_to(operands[0], operands[1])

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from prefork.djb import fatal, usage
-from prefork.options import command_line, format_help
+from prefork.options import first_word_option, format_help
 from prefork.rules import entries, load
 
 PROG = "tcprulescheck"  # djb prints this name whatever argv[0] is
@@ -60,7 +60,8 @@ def _help() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point.  0.88 has no options: ``-x`` is an operand (a cdb may be called that); ``--help`` shows help."""
-    _, operands = command_line(sys.argv[1:] if argv is None else argv, USAGE, _help, letters=False)
+    operands = list(sys.argv[1:] if argv is None else argv)
+    first_word_option(operands, USAGE, _help)  # 0.88 reads its operands as they are: "-x" and "--" are names
     if len(operands) < 1:
         usage(PROG, USAGE)
     _write_stdout(report(operands[0], os.environb))
