@@ -24,8 +24,9 @@ warns and tries again every second until it works.
 How an operator learns the URL of ``--metrics HOST:0``: the exporter's own
 ``listening on http://HOST:PORT/metrics`` line goes to stderr, which ``-q``
 sends to /dev/null, so tcpserver binds the address before it prints ``-1``'s
-line and (1) with ``-1`` prints the bound metrics port on a second line (only
-with ``--metrics``: without it ``-1`` prints 0.88's single line), and (2)
+line and (1) with ``-1`` prints ``metrics PORT`` on a second line (only with
+``--metrics``: without it ``-1`` prints 0.88's single line; the word keeps a
+log reader that looks for 0.88's bare number from taking it for one), and (2)
 records the bound address in the scoreboard header, which ``tcpserver-status``
 shows as ``metrics http://HOST:PORT/metrics`` (``"metrics"`` in ``--json``).
 

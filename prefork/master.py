@@ -75,7 +75,7 @@ class Master:
         self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
         self.metrics_listen: socket.socket | str | None = None  # --metrics: bound socket, or HOST:PORT (see bind_metrics)
-        self.metrics_port: int | None = None  # what -1 prints on its second line
+        self.metrics_port: int | None = None  # what -1 prints on its second line ("metrics PORT")
 
     # -- messages --------------------------------------------------------------------------
     def fatal(self, text: str, err: BaseException | int | None = None) -> NoReturn:
@@ -143,10 +143,10 @@ class Master:
         if cfg.metrics is not None:
             self.bind_metrics()
         if cfg.print_port:
-            # 0.88's line, then (only with --metrics) the metrics port on a second line.
+            # 0.88's line, then (only with --metrics) "metrics PORT": a line no reader of 0.88's takes for a port.
             lines = b"%d\n" % cfg.port
             if self.metrics_port is not None:
-                lines += b"%d\n" % self.metrics_port
+                lines += b"metrics %d\n" % self.metrics_port
             try:
                 os.write(1, lines)
             except OSError:

@@ -128,7 +128,7 @@ OPTIONS = [
     Option("--dns-timeout", "dns_timeout", "seconds allowed for each DNS lookup (10)", metavar="SECONDS",
            convert=number()),
     Option("--metrics", "metrics", "serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at "
-           "start, shown by tcpserver-status and by -1 on a second line)", metavar="HOST:PORT", convert=_metrics_address),
+           "start, shown by tcpserver-status and by -1 as a second line 'metrics PORT')", metavar="HOST:PORT", convert=_metrics_address),
     Option("--metrics-textfile", "metrics_textfile", "also write the metrics to PATH for node_exporter's textfile "
            "collector", metavar="PATH", convert=_path),
     Option("--metrics-user", "metrics_user", "the account (or UID:GID) the exporter runs as when tcpserver keeps "

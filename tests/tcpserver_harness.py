@@ -227,7 +227,7 @@ class Launcher:
         server = Server(proc, 0, errfile, tag, host, self.impl)
         self.servers.append(server)
         line = read_line(proc.stdout, 15.0)
-        ports = re.fullmatch(rb"(\d+)\n(?:(\d+)\n)?", line)  # one write: the metrics port comes with the first
+        ports = re.fullmatch(rb"(\d+)\n(?:metrics (\d+)\n)?", line)  # one write: the metrics port comes with the first
         if not ports:
             proc.poll()
             raise AssertionError(f"{argv}: no port on stdout ({line!r}), rc={proc.returncode}, stderr:\n{server.stderr()}")
