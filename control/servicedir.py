@@ -27,7 +27,7 @@ import fcntl
 import os
 import stat
 
-from prefork.atomicfile import create
+from prefork.atomicfile import Failed, replace
 from prefork.control import statusfile
 from prefork.djb import errstr
 
@@ -156,21 +156,10 @@ class ServiceDir:
         new = f"{name}.new"
         shown = f"{self.display}/supervise/{new}"
         try:
-            fd = create(new, 0o644, dir_fd=self.supfd)  # never through a link: see the module's text
-        except OSError as err:
-            return f"unable to open {shown}: {errstr(err)}"
-        try:
-            written = os.write(fd, data)
-        except OSError as err:
-            return f"unable to write {shown}: {errstr(err)}"
-        finally:
-            os.close(fd)
-        if written < len(data):
-            return f"unable to write {shown}: partial write"
-        try:
-            os.rename(new, name, src_dir_fd=self.supfd, dst_dir_fd=self.supfd)
-        except OSError as err:
-            return f"unable to rename {shown} to {name}: {errstr(err)}"
+            replace(name, data, new, 0o644, dir_fd=self.supfd)  # never through a link: see the module's text
+        except Failed as err:
+            what = {"create": "unable to open", "write": "unable to write"}.get(err.step)
+            return f"{what} {shown}: {errstr(err)}" if what else f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
 
 

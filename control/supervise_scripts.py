@@ -645,20 +645,9 @@ def _install(prog: str, source: str, directory: str, name: str) -> None:
     except OSError as err:
         fatal(prog, f"unable to install '{path}': {errstr(err)}")
     try:
-        fd = atomicfile.create(tmp, 0o700, dir_fd=dirfd)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o755)  # install -m 755: exactly, and on this file, never on what the name is by then
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        # install -m 755: exactly, and on this file, never on what the name is by then
+        atomicfile.replace(name, data, tmp, 0o700, dir_fd=dirfd, chmod=0o755)
     except OSError as err:
-        try:
-            os.unlink(tmp, dir_fd=dirfd)
-        except OSError:
-            pass
         fatal(prog, f"unable to install '{path}': {errstr(err)}")
     finally:
         os.close(dirfd)

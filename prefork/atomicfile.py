@@ -42,28 +42,55 @@ def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
-def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, fsync: bool = False) -> None:
+class Failed(OSError):
+    """The OSError of a failed :func:`replace`; STEP says which: ``"create"``, ``"write"`` or ``"rename"``.
+
+    djb's programs word each step's failure their own way (supervise's
+    ``unable to open status.new``, ``unable to rename``); the errno is the
+    original one, so :func:`prefork.djb.errstr` gives the same words.
+    """
+
+    def __init__(self, step: str, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror, err.filename)
+        self.step = step
+
+
+def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, fsync: bool = False,
+            dir_fd: int | None = None, chmod: int | None = None) -> None:
     """Write ``data`` to ``tmp`` (default ``path + ".new"``), then rename it over ``path``.
 
-    Raises OSError from whichever step failed; ``path`` is untouched then, and
-    the temporary file is removed again.  The mode is subject to the umask,
-    as with djb's open_trunc.
+    Names are relative to DIR_FD when given (a directory opened once, so no
+    link swapped in later redirects the rename).  CHMOD, if given, is set on
+    the new file exactly (not subject to the umask: ``install -m``), before
+    the rename.  Raises :class:`Failed` (an OSError) naming the step that
+    failed; ``path`` is untouched then, and the temporary file is removed
+    again.  Without CHMOD the mode is subject to the umask, as with djb's
+    open_trunc.
     """
     tmp = path + ".new" if tmp is None else tmp
-    fd = create(tmp, mode)
+    try:
+        fd = create(tmp, mode, dir_fd)
+    except OSError as err:
+        raise Failed("create", err) from None
+    step = "write"
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if chmod is not None:
+                os.fchmod(fd, chmod)
             if fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
+        step = "rename"
+        os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as err:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
+        if isinstance(err, OSError):
+            raise Failed(step, err) from None
         raise

@@ -113,9 +113,39 @@ def test_atomicfile_failure_leaves_the_old_file_and_no_temporary(tmp_path, monke
     with pytest.raises(OSError) as exc:
         atomicfile.replace(str(tmp_path / "out"), b"new and longer\n")
     monkeypatch.undo()
-    assert exc.value.errno == errno.ENOSPC
+    assert exc.value.errno == errno.ENOSPC and isinstance(exc.value, atomicfile.Failed)
+    assert exc.value.step == "write"
     assert (tmp_path / "out").read_bytes() == b"old\n"
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_atomicfile_names_the_step_that_failed(tmp_path):
+    (tmp_path / "out").mkdir()  # a directory at the name: the rename fails, after a good write
+    with pytest.raises(atomicfile.Failed) as exc:
+        atomicfile.replace(str(tmp_path / "out"), b"new\n")
+    assert (exc.value.step, exc.value.errno) == ("rename", errno.EISDIR)
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the temporary is gone
+    with pytest.raises(atomicfile.Failed) as exc:
+        atomicfile.replace(str(tmp_path / "nodir" / "out"), b"new\n")
+    assert (exc.value.step, exc.value.errno) == ("create", errno.ENOENT)
+
+
+def test_atomicfile_relative_to_a_directory_fd_with_an_exact_mode(tmp_path):
+    """Names relative to an O_PATH directory (a link swapped in for the directory later changes nothing), and
+    CHMOD set exactly whatever the umask (install -m)."""
+    (tmp_path / "d").mkdir()
+    dirfd = os.open(tmp_path / "d", os.O_PATH | os.O_DIRECTORY)
+    old = os.umask(0o077)
+    try:
+        (tmp_path / "d").rename(tmp_path / "moved")
+        (tmp_path / "d").symlink_to(tmp_path / "elsewhere")
+        atomicfile.replace("run", b"#!/bin/sh\n", "run.new", 0o700, dir_fd=dirfd, chmod=0o755)
+    finally:
+        os.umask(old)
+        os.close(dirfd)
+    assert (tmp_path / "moved" / "run").read_bytes() == b"#!/bin/sh\n"
+    assert stat.S_IMODE((tmp_path / "moved" / "run").stat().st_mode) == 0o755
+    assert sorted(os.listdir(tmp_path / "moved")) == ["run"] and not (tmp_path / "elsewhere").exists()
 
 
 def test_atomicfile_with_a_directory_at_the_temporary_name_fails_cleanly(tmp_path):
