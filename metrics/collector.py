@@ -365,7 +365,7 @@ class SharedMemoryCollector:
         pids = {e.pid for table in served_tables for e in table.entries if e.flags & tables.FLAG_LOG and e.pid}
         if not pids:
             return []
-        owners = {uid for uid in map(_euid, pids) if uid is not None}
+        owners = {uid for uid in map(proc.euid, pids) if uid is not None}
         found = []
         for path in logs.every_block():
             try:
@@ -398,18 +398,6 @@ class SharedMemoryCollector:
     def render(self) -> bytes:
         """One scrape in the text format, without prometheus_client (what the exporter serves)."""
         return render_text(self.families())
-
-
-def _euid(pid: int) -> int | None:
-    """The effective uid of PID (the Uid: line of /proc/PID/status), None if it cannot be known."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[2])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _identity(path: str) -> object:

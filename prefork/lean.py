@@ -117,7 +117,7 @@ def hold_std_fds() -> None:
 
 
 def name_process() -> None:
-    """Name the lean interpreter after the command that started it (``svscan``, not ``python``).
+    """Name this interpreter after the command that started it (``svscan``, not ``python``).
 
     ``ps -C svscan``, ``pgrep multilog`` and ``killall`` match the kernel's
     comm, which an exec of the interpreter set to ``python3``.  Writing

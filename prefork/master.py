@@ -34,6 +34,7 @@ from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.djb import errstr
 from prefork.environ import original_environ
+from prefork.lean import name_process
 from prefork.serverconfig import ServerConfig
 from prefork.spawn import Spawner, signals_to_reset
 from prefork.wakeup import drain, noop_handler
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from prefork.exporter_child import Exporter
 
 PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_DELAY = 1.0  # a slot whose worker lived less than this waits before it is refilled
 
@@ -91,7 +91,7 @@ class Master:
         signal.signal(signal.SIGTERM, self._sigterm)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _set_name()
+        name_process()  # also in the in-process fallback: ps -C tcpserver finds the master, workers inherit it
         ip = cfg.ip
         if ip is None:
             from prefork.addr import HostError, resolve_server_host
@@ -306,7 +306,7 @@ class Master:
         if dead:
             # The dead workers' programs are our children now (reparented before we were told).
             known = set(self.workers) | set(self.orphans) | {pid for pid, _ in dead} | exporter
-            found = (set(_children(self.pid)) | {pid for pid, _ in reaped}) - known
+            found = (set(proc.children(self.pid)) | {pid for pid, _ in reaped}) - known
             for pid in found:
                 # Timed from its start: a program that outlives its worker still counts in the histogram.
                 self.orphans[pid] = proc.start_boottime_ns(pid) or time.clock_gettime_ns(time.CLOCK_BOOTTIME)
@@ -353,26 +353,6 @@ class Master:
         self.board.put64(off, self.board.get64(off) + 1)
 
 
-def _set_name() -> None:
-    """Name the process after the command that started it (``tcpserver``), not the interpreter,
-    so ``ps -C tcpserver`` and ``pgrep tcpserver`` find it after the lean exec; workers inherit it."""
-    try:
-        with open("/proc/self/cmdline", "rb") as f:
-            name = os.path.basename(f.read().split(b"\0", 1)[0]) or b"tcpserver"
-    except OSError:
-        return
-    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
-
-
-def _children(pid: int) -> list[int]:
-    """This process's children, from the kernel's own list (falls back to scanning /proc)."""
-    try:
-        with open(f"/proc/self/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children()]
 
 
 

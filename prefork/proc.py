@@ -90,3 +90,27 @@ def start_boottime_ns(pid: int) -> int | None:
     """When PID started, in CLOCK_BOOTTIME ns (tick resolution); None if it is gone or its start is unknown."""
     ticks = start_ticks(pid)
     return ticks * TICK_NS if ticks else None
+
+
+def euid(pid: int) -> int | None:
+    """The effective uid of PID (the ``Uid:`` line of /proc/PID/status), None if it cannot be known."""
+    try:
+        with open(f"{PROC}/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def children(pid: int) -> list[int]:
+    """The children of PID (a thread of this process), from the kernel's own list; psutil's scan of /proc
+    where the kernel keeps none (CONFIG_PROC_CHILDREN off)."""
+    try:
+        with open(f"{PROC}/self/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children()]

@@ -129,3 +129,26 @@ def test_ticks_at_without_btime_fails(fake_proc):
         f.write(b"cpu 1 2 3\n")
     with pytest.raises(ValueError):
         proc.ticks_at(1_700_000_000)
+
+
+def test_euid_of_a_real_process_and_of_garbage(fake_proc, tmp_path, monkeypatch):
+    monkeypatch.setattr(proc, "PROC", "/proc")
+    assert proc.euid(os.getpid()) == os.geteuid()
+    assert proc.euid(NOT_A_PID) is None
+    monkeypatch.setattr(proc, "PROC", str(tmp_path))
+    for status in (b"Name:\tx\n", b"Uid:\t0\n", b"Uid:\tnot numbers at all\n", b"\xff" * 64):
+        (tmp_path / "42").mkdir(exist_ok=True)
+        (tmp_path / "42" / "status").write_bytes(status)
+        assert proc.euid(42) is None, status
+    (tmp_path / "42" / "status").write_bytes(b"Name:\tx\nUid:\t1\t65534\t1\t1\n")
+    assert proc.euid(42) == 65534
+
+
+def test_children_lists_a_child_until_it_is_reaped():
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert child.pid in proc.children(os.getpid())
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert child.pid not in proc.children(os.getpid())
