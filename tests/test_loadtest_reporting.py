@@ -5,6 +5,7 @@ benchmarks' tiny runs call check_outputs() from their own test files."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -35,7 +36,10 @@ def check_outputs(bench: reporting.Bench, main, out: Path, before: dict[Path, st
     assert text == bench.render(data)
     assert not LOCAL.search(text), LOCAL.search(text)
     assert data["command"] in text and " --publish" not in data["command"]
-    assert (out / bench.chart).read_bytes().startswith(b"\x89PNG")
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra: without it no chart is drawn
+        assert (out / bench.chart).read_bytes().startswith(b"\x89PNG")
+    else:
+        assert not (out / bench.chart).exists()
     copy = tmp_path / "published"
     copy.mkdir()
     for p in before:
