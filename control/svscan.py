@@ -326,12 +326,12 @@ def _recover_pipe(name: str) -> tuple[int, int] | None:
 
 def parse(args: list[str]) -> tuple[Settings, list[str]]:
     """The options (:class:`Settings`: each value of the type its converter or default gives) and the operands."""
-    from prefork.options import Option, command_line
+    from prefork.options import Option, command_line, seconds
 
     options = [
         Option("--max-services", "max", metavar="N", convert=_max_services),
         Option("--stop-services", "stop"),
-        Option("--grace", "grace", metavar="SECONDS", convert=_grace),
+        Option("--grace", "grace", metavar="SECONDS", convert=seconds()),
         Option("--subreaper", "subreaper"),
         Option("--runit", "runit"),
         Option("--table", "table", metavar="PATH"),
@@ -352,14 +352,6 @@ def _max_services(word: str) -> int:
     return int(word)
 
 
-def _grace(word: str) -> float:
-    try:
-        grace = float(word)
-    except ValueError:
-        grace = -1.0
-    if not grace >= 0:  # a negative wait or a NaN deadline (it would break the timer heap)
-        raise ValueError(repr(word))
-    return grace
 
 
 def _metrics_address(word: str) -> str:

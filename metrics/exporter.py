@@ -52,7 +52,7 @@ from collections.abc import Callable
 from prefork.djb import errstr, fatal, warn, write_line
 from prefork.exporter_child import bind_listener, drop_privileges, resolve_user
 from prefork.metrics.collector import SharedMemoryCollector
-from prefork.options import Option, UsageError, parse, usage_error
+from prefork.options import Option, UsageError, parse, seconds, usage_error
 from prefork.proc import running, start_ticks
 
 PROG = "prefork-exporter"
@@ -114,12 +114,9 @@ def _listen_fd(value: str) -> int:
 
 def _interval(value: str) -> float:
     try:
-        seconds = float(value)
+        return seconds(positive=True)(value)
     except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < 1e9:
-        raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}")
-    return seconds
+        raise UsageError(f"--textfile-interval wants a number of seconds above 0, not {value!r}") from None
 
 
 def _parent_pid(value: str) -> int:

@@ -231,6 +231,25 @@ def number(maximum: int | None = None) -> Callable[[str], int]:
     return convert
 
 
+def seconds(positive: bool = False, maximum: float = 1e9) -> Callable[[str], float]:
+    """A converter for a duration: a decimal number of seconds, at least 0 (above 0 if POSITIVE), below MAXIMUM.
+
+    NaN and the infinities are refused with everything else that is no such number: either would break a
+    timer (a NaN deadline never compares, an infinite one overflows).  The ValueError's text is the word.
+    """
+
+    def convert(word: str) -> float:
+        try:
+            value = float(word)
+        except ValueError:
+            raise ValueError(repr(word)) from None
+        if not ((value > 0) if positive else (value >= 0)) or not value < maximum:
+            raise ValueError(repr(word))
+        return value
+
+    return convert
+
+
 def usage_error(usage: str, error: UsageError | str | None = None, prog: str | None = None,
                 code: int = EXIT_USAGE) -> NoReturn:
     """Print ``PROG: ERROR`` (if any) and ``NAME: usage: USAGE`` on stderr, exit 100.

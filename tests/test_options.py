@@ -7,6 +7,7 @@ unknown option and must name it, print its whole usage line and exit as document
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -16,7 +17,19 @@ from conftest import fuzz_examples, ours
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefork.options import FLAG, MANY, VALUE, Option, UsageError, format_help, getopt, parse, wrap_usage
+from prefork.options import (
+    FLAG,
+    MANY,
+    VALUE,
+    Option,
+    UsageError,
+    format_help,
+    getopt,
+    number,
+    parse,
+    seconds,
+    wrap_usage,
+)
 
 
 # -- djb's getopt ----------------------------------------------------------------------------------------------
@@ -224,3 +237,28 @@ def test_unknown_option_is_named_with_the_whole_usage(name, tmp_path):
     else:
         assert name in NO_OPTIONS
         assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+@pytest.mark.parametrize(("word", "positive", "expected"), [
+    ("0", False, 0.0), ("1.5", False, 1.5), ("10", True, 10.0), ("0.01", True, 0.01), ("1e3", False, 1000.0),
+    ("0", True, None), ("-1", False, None), ("nan", False, None), ("inf", False, None), ("-inf", True, None),
+    ("1e9", False, None), ("soon", False, None), ("", False, None), (" 1", False, 1.0),
+])
+def test_seconds_takes_a_finite_duration(word, positive, expected):
+    convert = seconds(positive=positive)
+    if expected is None:
+        with pytest.raises(ValueError, match=f"^{re.escape(repr(word))}$"):
+            convert(word)
+    else:
+        assert convert(word) == expected
+
+
+@pytest.mark.parametrize(("word", "ok"), [("0", True), ("65535", True), ("65536", False), ("-1", False),
+                                          ("1x", False), ("٣", False), ("", False)])
+def test_number_takes_decimal_digits_only(word, ok):
+    convert = number(65535)
+    if ok:
+        assert convert(word) == int(word)
+    else:
+        with pytest.raises(ValueError):
+            convert(word)

@@ -664,7 +664,7 @@ def test_option_without_its_value_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize(("option", "value"), [
     ("--max-services", "abc"), ("--max-services", "0"), ("--max-services", "-3"),
-    ("--grace", "soon"), ("--grace", "-1"), ("--grace", "nan"),
+    ("--grace", "soon"), ("--grace", "-1"), ("--grace", "nan"), ("--grace", "inf"),
 ])
 def test_bad_option_value_is_refused(tmp_path, option, value):
     # The directory is empty: were the value taken, svscan would run (and be killed by the timeout) starting nothing.
