@@ -27,7 +27,7 @@ import fcntl
 import os
 import stat
 
-from prefork.atomicfile import Failed, replace
+from prefork.atomicfile import failed_step, replace
 from prefork.control import statusfile
 from prefork.djb import errstr
 
@@ -157,8 +157,8 @@ class ServiceDir:
         shown = f"{self.display}/supervise/{new}"
         try:
             replace(name, data, new, 0o644, dir_fd=self.supfd)  # never through a link: see the module's text
-        except Failed as err:
-            what = {"create": "unable to open", "write": "unable to write"}.get(err.step)
+        except OSError as err:
+            what = {"create": "unable to open", "write": "unable to write"}.get(failed_step(err))
             return f"{what} {shown}: {errstr(err)}" if what else f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
 

@@ -42,17 +42,17 @@ def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 
-class Failed(OSError):
-    """The OSError of a failed :func:`replace`; STEP says which: ``"create"``, ``"write"`` or ``"rename"``.
+_STEP = "atomicfile_step"  # the attribute replace() sets on the OSError it raises
+
+
+def failed_step(err: OSError) -> str:
+    """Which step of :func:`replace` raised ERR: ``"create"``, ``"write"`` or ``"rename"`` ("" if none did).
 
     djb's programs word each step's failure their own way (supervise's
-    ``unable to open status.new``, ``unable to rename``); the errno is the
-    original one, so :func:`prefork.djb.errstr` gives the same words.
+    ``unable to open status.new``, ``unable to rename``).  The error itself is
+    the system's, its class kept (IsADirectoryError stays one).
     """
-
-    def __init__(self, step: str, err: OSError) -> None:
-        super().__init__(err.errno, err.strerror, err.filename)
-        self.step = step
+    return str(getattr(err, _STEP, ""))
 
 
 def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, fsync: bool = False,
@@ -62,16 +62,17 @@ def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, f
     Names are relative to DIR_FD when given (a directory opened once, so no
     link swapped in later redirects the rename).  CHMOD, if given, is set on
     the new file exactly (not subject to the umask: ``install -m``), before
-    the rename.  Raises :class:`Failed` (an OSError) naming the step that
-    failed; ``path`` is untouched then, and the temporary file is removed
-    again.  Without CHMOD the mode is subject to the umask, as with djb's
+    the rename.  Raises the OSError of the step that failed (see
+    :func:`failed_step`); ``path`` is untouched then, and the temporary file
+    is removed again.  Without CHMOD the mode is subject to the umask, as with djb's
     open_trunc.
     """
     tmp = path + ".new" if tmp is None else tmp
     try:
         fd = create(tmp, mode, dir_fd)
     except OSError as err:
-        raise Failed("create", err) from None
+        setattr(err, _STEP, "create")
+        raise
     step = "write"
     try:
         try:
@@ -92,5 +93,5 @@ def replace(path: str, data: bytes, tmp: str | None = None, mode: int = 0o644, f
         except OSError:
             pass
         if isinstance(err, OSError):
-            raise Failed(step, err) from None
+            setattr(err, _STEP, step)
         raise
