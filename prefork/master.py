@@ -17,6 +17,9 @@ With ``--metrics``/``--metrics-textfile`` the master also runs one
 scoreboard exists and the privileges are dropped, never counted as a program
 or an orphan, restarted like a worker when it exits, and gone by itself
 (``--parent-pid``) when the master is.
+
+Under systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``, see
+``activation.py``) the master serves the inherited socket instead of binding.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import signal
 import socket
 import time
 
-from prefork import proc
+from prefork import activation, proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.djb import errstr
@@ -76,6 +79,11 @@ class Master:
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
         self.metrics_listen: socket.socket | str | None = None  # --metrics: bound socket, or HOST:PORT (see bind_metrics)
         self.metrics_port: int | None = None  # what -1 prints on its second line ("metrics PORT")
+        # What our programs (and the exporter) start from; socket activation's variables consumed (activation.py).
+        self.environ = original_environ()
+        self.activated = activation.listen_fds(self.environ, self.pid)  # sockets passed to us; 0: bind
+        if activation.addressed_here(self.environ, self.pid):
+            self.environ = activation.without_listen_vars(self.environ)
 
     # -- messages --------------------------------------------------------------------------
     def fatal(self, text: str, err: BaseException | int | None = None) -> NoReturn:
@@ -100,23 +108,27 @@ class Master:
                 ip = resolve_server_host(cfg.host)
             except HostError as e:
                 self.fatal(e.message)
-        try:
-            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as e:
-            self.fatal("unable to create socket", e)
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            lsock.bind((ip, cfg.port))
-        except OSError as e:
-            self.fatal("unable to bind", e)
-        try:
+        if self.activated:
+            lsock = self.adopt_socket(ip)
             local_ip, cfg.port = lsock.getsockname()
-        except OSError as e:
-            self.fatal("unable to get local address", e)
-        try:
-            lsock.listen(cfg.backlog)
-        except OSError as e:
-            self.fatal("unable to listen", e)
+        else:
+            try:
+                lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as e:
+                self.fatal("unable to create socket", e)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                lsock.bind((ip, cfg.port))
+            except OSError as e:
+                self.fatal("unable to bind", e)
+            try:
+                local_ip, cfg.port = lsock.getsockname()
+            except OSError as e:
+                self.fatal("unable to get local address", e)
+            try:
+                lsock.listen(cfg.backlog)
+            except OSError as e:
+                self.fatal("unable to listen", e)
         path = cfg.scoreboard_path or sb.default_path(self.pid)
         try:
             self.board = sb.ScoreboardFile(path, cfg.workers, cfg.limit, self.pid, cfg.name)
@@ -162,6 +174,20 @@ class Master:
             os.write(2, b"tcpserver: status: 0/%d\n" % cfg.limit)
         self.serve(lsock)
 
+    def adopt_socket(self, ip: str) -> socket.socket:
+        """Socket activation: the inherited socket instead of a bind; HOST/PORT that differ are warned about."""
+        try:
+            lsock = activation.adopt(self.activated)
+            local_ip, port = lsock.getsockname()
+        except activation.ActivationError as e:
+            self.fatal(str(e))
+        except OSError as e:
+            self.fatal("unable to get local address", e)
+        if self.warn and ((self.cfg.port and self.cfg.port != port) or (ip != "0.0.0.0" and ip != local_ip)):
+            os.write(2, b"tcpserver: warning: socket activation: serving %s:%d from fd %d, not %s:%d as given\n"
+                     % (local_ip.encode(), port, activation.FIRST_FD, ip.encode(), self.cfg.port))
+        return lsock
+
     def _sigterm(self, signum: int, frame: object) -> None:
         if self.remove_board and self.board is not None and os.getpid() == self.pid:
             self.board.unlink()
@@ -181,7 +207,7 @@ class Master:
         signal.signal(signal.SIGCHLD, noop_handler)
         if self.verbose:
             self.spawnlog = SpawnLog(cfg.workers, cfg.limit)
-        self.base_env = base_environment(original_environ())
+        self.base_env = base_environment(self.environ)
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
         if cfg.rules_path is not None:
@@ -248,7 +274,7 @@ class Master:
         listen = self.metrics_listen
         args = exporter_args(["--scoreboard", self.board.path], self.pid, listen, cfg.metrics_textfile,
                              cfg.metrics_user)
-        self.exporter = Exporter("tcpserver", args, original_environ(), self.spawner.sigdef, quiet=not self.warn,
+        self.exporter = Exporter("tcpserver", args, self.environ, self.spawner.sigdef, quiet=not self.warn,
                                  listener=listen)
         self.exporter.start()
 

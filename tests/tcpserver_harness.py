@@ -212,9 +212,10 @@ class Launcher:
         env: dict[str, str] | None = None,
         wrap: Sequence[str] = (),
         add_one: bool = True,
+        stdin: int = subprocess.DEVNULL,
     ) -> Server:
         """Start `[WRAP...] tcpserver [-1] OPTS HOST PORT PROG...` and read the port -1 prints
-        (ADD_ONE=False when OPTS carry their own -1)."""
+        (ADD_ONE=False when OPTS carry their own -1; STDIN: a descriptor for WRAP to move elsewhere)."""
         tag = uuid.uuid4().hex
         full_env = dict(base_env() if env is None else env)
         full_env[TAG_VAR] = tag
@@ -222,7 +223,7 @@ class Launcher:
         argv = [*wrap, *command(self.impl), *(["-1"] if add_one else []), *opts, host, port, *prog]
         with open(errfile, "wb") as err:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=full_env, cwd=self.tmp_path
+                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=full_env, cwd=self.tmp_path
             )
         server = Server(proc, 0, errfile, tag, host, self.impl)
         self.servers.append(server)
