@@ -15,10 +15,11 @@ that is not a listening IPv4 stream socket, is fatal: a unit that passes
 more, or something else, is a mistake to be seen, not half-served.
 
 The variables addressed to this process are consumed: removed from the
-environment of every program tcpserver runs (``sd_listen_fds(1)``), part of
-this contract (docs/CONTRACTS.md's rule: the inherited environment plus what
-the contract adds or removes).  Variables addressed to another pid are
-nobody's business of ours and passed on untouched.
+environment of every program tcpserver runs, as ``sd_listen_fds(1)`` does:
+the programs get the inherited environment plus what the contract adds or
+removes, and this removal is part of it
+(docs/CONTRACTS.md, tcpserver environment).  Variables addressed to another
+pid are not ours to consume and are passed on untouched.
 
 The front end never looks at fd 3: it survives the lean re-exec (lean.py)
 because systemd passes it without close-on-exec, and the master makes it

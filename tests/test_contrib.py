@@ -4,7 +4,8 @@ Run scripts are executable and parse (``sh -n``); each service template's
 tcpserver command line, captured by running the template with a recording
 stand-in for ``tcpserver`` on PATH, parses with prefork's own tcpserver
 parser and means what its comments say; the log scripts really log (as
-nobody); the systemd unit has the stop semantics (``systemd-analyze verify``
+nobody); the systemd unit has the stop semantics and the socket-activated
+pair serves one IPv4 socket with tcpserver (``systemd-analyze verify``
 where present); the Dockerfile's entrypoint exists and is executable; the
 Kubernetes manifests parse and agree with each other (``kubectl kustomize``
 where present); and the Kubernetes example tree runs under the container
@@ -38,6 +39,8 @@ SERVICES = CONTRIB / "services"
 KUBE = CONTRIB / "kubernetes"
 CONTAINER = CONTRIB / "container"
 UNIT = CONTRIB / "systemd" / "prefork-svscan.service"
+ECHO_SOCKET = CONTRIB / "systemd" / "prefork-echo.socket"  # socket activation (prefork/activation.py)
+ECHO_SERVICE = CONTRIB / "systemd" / "prefork-echo.service"
 TEMPLATES = ("vsftpd", "rsync", "qmail-smtpd", "axfrdns")
 OURS = ("prometheus", "grafana")  # contrib/ subdirectories written elsewhere
 
@@ -264,10 +267,10 @@ def test_template_log_run_logs_as_nobody(name, nobody_dir):
 
 
 # -- systemd ---------------------------------------------------------------------------------
-def _unit() -> configparser.ConfigParser:
+def _unit(path: Path = UNIT) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, strict=True, comment_prefixes=("#", ";"))
     parser.optionxform = str  # keys are case-sensitive in systemd
-    parser.read(UNIT)
+    parser.read(path)
     return parser
 
 
@@ -287,16 +290,42 @@ def test_systemd_unit_runs_svscan_with_stop_semantics():
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_systemd_analyze_verify(tmp_path):
+def test_socket_activated_pair_serves_one_ipv4_socket_with_tcpserver():
+    from prefork.tcpserver_cli import parse_command_line
+
+    sock = _unit(ECHO_SOCKET)
+    listen = sock["Socket"]["ListenStream"]
+    assert "\n" not in listen.strip()  # one socket: tcpserver refuses more
+    host, _, port = listen.rpartition(":")
+    socket.inet_aton(host)  # an IPv4 address: a bare port would be an IPv6 socket, refused
+    assert 0 < int(port) < 65536
+    assert sock["Socket"].get("Accept", "no") == "no"  # tcpserver's workers accept
+    assert sock["Unit"]["PartOf"] == ECHO_SERVICE.name
+    assert sock["Install"]["WantedBy"] == "sockets.target"
+    service = _unit(ECHO_SERVICE)
+    assert service["Unit"]["Requires"] == ECHO_SOCKET.name and ECHO_SOCKET.name in service["Unit"]["After"].split()
+    start = service["Service"]["ExecStart"].split()
+    assert start[0] == "/opt/prefork/bin/tcpserver"
+    values, operands = parse_command_line(start[1:])
+    assert operands[:2] == ["0", "0"]  # whatever systemd passes: no mismatch warning
+    assert os.access(operands[2], os.X_OK)
+    assert not values["remote_host_lookup"] and not values["ident"] and values["localname"] == "0"
+
+
+@pytest.mark.parametrize("names", [[UNIT.name], [ECHO_SOCKET.name, ECHO_SERVICE.name]], ids=["svscan", "echo"])
+def test_systemd_analyze_verify(tmp_path, names):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
-    text = UNIT.read_text().replace("/opt/prefork/bin/", f"{VENV_BIN}/")  # ExecStart must exist to verify
-    unit = tmp_path / UNIT.name
-    unit.write_text(text)
-    proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, timeout=60)
+    units = []
+    for name in names:
+        text = (UNIT.parent / name).read_text().replace("/opt/prefork/bin/", f"{VENV_BIN}/")  # ExecStart must exist
+        units.append(tmp_path / name)
+        units[-1].write_text(text)
+    proc = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert UNIT.name.encode() not in proc.stderr, proc.stderr
+    for name in names:  # warnings (an unknown key, an unsafe setting) name the file
+        assert name.encode() not in proc.stderr, proc.stderr
 
 
 # -- container -------------------------------------------------------------------------------
