@@ -1,7 +1,8 @@
 """tcprules' language, its cdb file, and the rules lookup of tcpserver/tcprulescheck.
 
 One home for the rules logic: ``parse_line``/``compile_rules`` turn the text
-into (key, value) records exactly as ucspi-tcp 0.88's tcprules does,
+into (key, value) records exactly as ucspi-tcp 0.88's tcprules does (plus
+CIDR blocks, a prefork extension expanded into keys 0.88 reads),
 ``CdbMaker``/``cdb_bytes`` write them byte-identically to djb's cdb_make, and
 ``RulesDB``/``RulesFile`` answer the per-connection question "which rule, allow
 or deny, which variables" in the order of djb's rules.c.
@@ -79,8 +80,58 @@ def _number(text: bytes, line: bytes) -> int:
     return number
 
 
+_DOTTED = frozenset(b"0123456789.-")
+
+
+def cidr_keys(network: int, length: int) -> list[bytes]:
+    """The fewest 0.88 keys matching exactly the block NETWORK/LENGTH (host bits zero).
+
+    0.88's lookup knows only whole octets (the address, its prefixes ending in
+    a dot, the empty key: docs/CONTRACTS.md, "Rules lookup order"), so the
+    length is rounded up to the next multiple of 8 and every key of that
+    size inside the block is listed: at most 128 keys (/1, /9, /17, /25).
+    """
+    octets = -(-length // 8)
+    step = 1 << (32 - 8 * octets)
+    keys = []
+    for n in range(1 << (8 * octets - length)):
+        parts = (network + n * step).to_bytes(4, "big")[:octets]
+        key = b".".join(b"%d" % part for part in parts)
+        keys.append(key if octets == 4 else key + b"." if octets else b"")
+    return keys
+
+
+def _cidr(address: bytes, line: bytes) -> list[bytes] | None:
+    """The keys of ``A.B.C.D/N`` (docs/CONTRACTS.md, "tcprules input"); None for any other address.
+
+    The form is claimed by digits, dots and dashes before a ``/`` (keys 0.88
+    would store but no IPv4 client can match); anything there but a plain
+    block with its host bits zero is a parse error.  ``INFO@`` is refused:
+    0.88 matches ``INFO@IP`` only whole, so a block would need an exact key
+    per address.  Other addresses with ``/`` (``=`` names, letters) stay literal.
+    """
+    if b"=" in address:
+        return None
+    _, at, ip = address.rpartition(b"@")
+    base, slash, length = ip.partition(b"/")
+    if not slash or not base or not set(base) <= _DOTTED:
+        return None
+    octets = base.split(b".")
+    if at or len(octets) != 4 or not (length.isdigit() and len(length) <= 2 and int(length) <= 32):
+        raise RulesSyntaxError(line)
+    if not all(o == b"0" or (o.isdigit() and len(o) <= 3 and int(o) <= 255 and o[:1] != b"0") for o in octets):
+        raise RulesSyntaxError(line)  # (a leading zero reads as octal to inet_aton: refused, not guessed)
+    network = int.from_bytes(bytes(int(o) for o in octets), "big")
+    if network & ((1 << (32 - int(length))) - 1):
+        raise RulesSyntaxError(line)
+    return cidr_keys(network, int(length))
+
+
 def _keys(address: bytes, line: bytes) -> list[bytes]:
-    """The keys one address stands for: itself, or the expansion of its first ``-`` range."""
+    """The keys one address stands for: itself, its CIDR block's keys, or the expansion of its first ``-`` range."""
+    cidr = _cidr(address, line)
+    if cidr is not None:
+        return cidr
     if b"=" in address or b"@" in address or b"-" not in address:
         return [address]
     dash = address.index(b"-")

@@ -140,7 +140,9 @@ DESCRIPTION = """Compile rules text from stdin into the cdb RULES.CDB that tcpse
 
 The cdb is written to RULES.TMP first and renamed over RULES.CDB only when
 complete, so readers never see a half-written file.  Lines look like
-ADDRESS:allow or ADDRESS:deny, optionally followed by ,NAME="VALUE" settings."""
+ADDRESS:allow or ADDRESS:deny, optionally followed by ,NAME="VALUE" settings.
+ADDRESS may be a CIDR block (10.0.0.0/8, 192.168.4.0/22): it is written as
+the addresses and prefixes 0.88's tcpserver reads."""
 
 
 def _help() -> str:

@@ -13,6 +13,7 @@ import time
 
 import cdblib
 import pytest
+from conftest import fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,6 +147,120 @@ def test_ranges(address: bytes, keys: list[bytes]) -> None:
     assert parse_line(address + b":deny") == [(k, b"D\0") for k in keys]
 
 
+# -- parser: CIDR blocks (a prefork extension) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "keys"),
+    [
+        (b"10.0.0.0/8", [b"10."]),
+        (b"10.1.0.0/16", [b"10.1."]),
+        (b"192.168.4.0/24", [b"192.168.4."]),
+        (b"192.168.4.9/32", [b"192.168.4.9"]),
+        (b"0.0.0.0/0", [b""]),
+        (b"192.168.4.0/22", [b"192.168.4.", b"192.168.5.", b"192.168.6.", b"192.168.7."]),
+        (b"1.2.3.64/26", [b"1.2.3.%d" % n for n in range(64, 128)]),
+        (b"1.2.3.254/31", [b"1.2.3.254", b"1.2.3.255"]),
+        (b"128.0.0.0/1", [b"%d." % n for n in range(128, 256)]),
+        (b"0.0.0.0/7", [b"0.", b"1."]),
+        (b"172.16.0.0/12", [b"172.%d." % n for n in range(16, 32)]),
+        (b"255.255.255.255/32", [b"255.255.255.255"]),
+        (b"10.0.0.0/08", [b"10."]),
+    ],
+)
+def test_cidr_blocks(address: bytes, keys: list[bytes]) -> None:
+    assert parse_line(address + b':allow,X="y"\n') == [(k, b"+X=y\0") for k in keys]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        b"10.0.0.1/8",  # host bits set
+        b"1.2.3.5/31",
+        b"0.0.0.1/0",
+        b"10.0.0.0/33",  # length past 32
+        b"10.0.0.0/100",
+        b"10.0.0.0/x",  # length not a number
+        b"10.0.0.0/",
+        b"10.0.0.0/+8",
+        b"10.0.0.0/ 8",
+        b"10.0.0.0/8/8",
+        b"10.0.0.0/8.",
+        b"10.0.0.0/8\0",
+        b"10.0.0/8",  # malformed address
+        b"10.0.0.0.0/8",
+        b"10..0.0/8",
+        b"256.0.0.0/8",
+        b"010.0.0.0/8",
+        b"1.2.0-3.0/24",
+        b".../0",
+        b"joe@10.0.0.0/8",  # INFO@ has no prefixes in 0.88
+        b"@1.2.3.4/32",
+    ],
+)
+def test_cidr_errors(address: bytes) -> None:
+    line = address + b":deny"
+    with pytest.raises(RulesSyntaxError) as info:
+        parse_line(line + b" \n")
+    assert info.value.line == line
+
+
+@pytest.mark.parametrize(
+    "address",
+    [b"/8", b"abc/8", b"fe80.0.0.0/10", b"=a/b", b"=10.0.0.0/8", b"joe@=10.0.0.0/8", b"j/e@1.2.3.4", b"1.2.3.x/8"],
+)
+def test_slash_elsewhere_stays_literal(address: bytes) -> None:
+    assert parse_line(address + b":deny") == [(address, b"D\0")]
+
+
+def _in_block(ip: int, network: int, length: int) -> bool:
+    return ip >> (32 - length) == network >> (32 - length) if length else True
+
+
+def _dotted(ip: int) -> bytes:
+    return b".".join(b"%d" % b for b in ip.to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("length", range(33))
+@settings(max_examples=fuzz_examples(25), deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 2**32 - 1), max_size=8))
+def test_cidr_expansion_against_brute_force(length: int, base: int, samples: list[int]) -> None:
+    """Every length: the compiled keys deny exactly the block's addresses (edges, neighbours, samples)."""
+    network = base & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+    size = 1 << (32 - length)
+    keys = [k for k, _ in compile_rules(b"%s/%d:deny\n" % (_dotted(network), length))]
+    assert len(keys) == len(set(keys)) == 1 << (-length % 8)
+    db = RulesDB(cdb_bytes([(k, b"D\0") for k in keys] + [(b"", b"+DEFAULT=1\0")]))
+    probes = {network, network + size - 1, network - 1, network + size, network + size // 2, *samples}
+    probes |= {base ^ (1 << bit) for bit in range(32)}  # one bit away, inside and outside
+    for ip in probes:
+        ip &= 0xFFFFFFFF
+        assert db.lookup(_dotted(ip)).deny == _in_block(ip, network, length), (_dotted(ip), length)
+
+
+def test_cidr_keys_cover_the_block_exactly() -> None:
+    """The keys of every length, each read back as the addresses it matches, add up to exactly the block."""
+    for length in range(33):
+        network = 0xC0A80400 & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        covered = 0
+        for key in rules.cidr_keys(network, length):
+            parts = key.split(b".")
+            octets = len(parts) - 1 if key.endswith(b".") or not key else 4
+            fixed = int.from_bytes(bytes(int(p) for p in parts[:octets]), "big") << (32 - 8 * octets)
+            assert _in_block(fixed, network, length)
+            covered += 1 << (32 - 8 * octets)
+        assert covered == 1 << (32 - length)
+
+
+def test_cidr_blocks_keep_the_lookup_order() -> None:
+    """A longer block beats a shorter one when its keys are longer; between equal keys the earlier line wins."""
+    text = b"10.0.0.0/8:deny\n10.1.0.0/16:allow\n10.0.0.0/22:deny\n10.0.0.0/23:allow\n"
+    db = RulesDB(cdb_bytes(compile_rules(text)))
+    assert db.lookup("10.9.9.9").key == b"10."
+    assert db.lookup("10.1.2.3").key == b"10.1."
+    assert (db.lookup("10.0.1.7").key, db.lookup("10.0.1.7").deny) == (b"10.0.1.", True)
+
+
 def test_compile_rules_order_duplicates_and_last_line() -> None:
     text = b"# rules\n\n1.2.3.4:deny\n1.2.3.4:allow\n1.2.3.1-2:allow\nnothing here\n:allow"
     assert compile_rules(text) == [
@@ -165,8 +280,8 @@ def test_compile_rules_error_reports_trimmed_line() -> None:
 
 @st.composite
 def _rule_lines(draw: st.DrawFn) -> tuple[bytes, bytes, bytes]:
-    """A well-formed line, its address and the value tcprules stores for it."""
-    address = draw(st.binary(max_size=8).filter(lambda b: not ({0x3A, 0x0A, 0x2D} & set(b)) and b[:1] != b"#"))
+    """A well-formed line with a literal address (no ``-`` range, no ``/`` block), the address, its value."""
+    address = draw(st.binary(max_size=8).filter(lambda b: not ({0x3A, 0x0A, 0x2D, 0x2F} & set(b)) and b[:1] != b"#"))
     deny = draw(st.booleans())
     line, value = address + (b":deny" if deny else b":allow"), b"D\0" if deny else b""
     for _ in range(draw(st.integers(0, 3))):
