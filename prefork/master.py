@@ -10,7 +10,9 @@ without them before it.  Workers die with it
 (PR_SET_PDEATHSIG), so no orphaned acceptor keeps the port.
 
 SIGTERM exits at once with status 0, as tcpserver does; running programs are
-not signalled and keep serving their clients.
+not signalled and keep serving their clients.  SIGSTOP (``svc -p``) stops
+the whole server: the workers see their master stopped in /proc and serve
+nobody until SIGCONT (see worker.py), so the master needs no timer for it.
 
 With ``--metrics``/``--metrics-textfile`` the master also runs one
 ``prefork-exporter`` child (see ``exporter_child.py``): started once the

@@ -52,6 +52,21 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def state(pid: int) -> str | None:
+    """PID's state letter (``/proc/PID/stat`` field 3: R, S, D, T stopped, t traced, Z ...); None if it is gone
+    or /proc cannot say.  tcpserver's workers ask it of their master (``svc -p``, see worker.py)."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: the fields start after its last ")".
+    fields = data[data.rfind(b")") + 2:].split()
+    return fields[0].decode("ascii", "replace") if fields else None
+
+
 def same_start(recorded: int, now: int, slack: int = 0) -> bool:
     """The one comparison: a process started at NOW ticks is the one recorded as started at RECORDED (within
     SLACK ticks).  0 on either side is "not known" and trusts the pid: a file written without /proc, or read

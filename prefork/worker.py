@@ -10,6 +10,14 @@ fast path (``-H -R -l NAME``) has no threads at all.
 Per connection, in 0.88's order: IP options and Nagle, banner,
 local address, lookups, rules, the ``ok``/``deny`` line, then the program with
 the socket as fds 0 and 1.  Log lines are written whole, one write() each.
+
+``svc -p`` stops the master only (supervise knows no other pid), yet 0.88,
+one process, then serves nobody.  So after an accept a worker looks at its
+master's state in /proc (at most once per ``MASTER_CHECK_NS``: the hot path
+costs one clock read) and, while it is stopped, holds that connection unserved
+and uncounted, accepting nothing more: to the client a backlog wait.  This
+needs no heartbeat from the master (no periodic wake-up of an idle server) and
+nothing in the public scoreboard layout.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import signal
 import socket
 import time
 
+from prefork import proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.djb import errstr
@@ -45,6 +54,9 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 STATUS_DENY = 100 << 8
 STATUS_DROP = 111 << 8
 PID_MAX_LIMIT = 1 << 22  # the kernel never hands out a pid at or above this (include/linux/threads.h)
+STOPPED = ("T", "t")  # /proc/PID/stat states of a stopped (SIGSTOP: svc -p) or traced process
+MASTER_CHECK_NS = 100_000_000  # how often, at most, an accept looks whether the master is stopped
+HOLD_POLL = 0.05  # while it is, how often a held connection looks again
 
 
 class Conn:
@@ -101,6 +113,8 @@ class Worker:
         self.warn = cfg.verbosity >= 1
         self.limit_b = b"%d" % cfg.limit
         self.pid = os.getpid()
+        self.master_pid = os.getppid()  # forked by the master (master.py checks that before building us)
+        self.master_check_at = 0  # monotonic ns of the next look at the master's state (svc -p)
         self.ident_seq = 0
         self.any_address = cfg.bound_ip == "0.0.0.0"
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
@@ -214,6 +228,11 @@ class Worker:
             if self.warn and e.errno not in (103, 104):
                 os.write(2, b"tcpserver: warning: unable to accept: %s\n" % errstr(e).encode())
             return
+        now = time.monotonic_ns()
+        if now >= self.master_check_at:  # svc -p: at most one look at the master per MASTER_CHECK_NS
+            self.master_check_at = now + MASTER_CHECK_NS
+            if proc.state(self.master_pid) in STOPPED:
+                self.hold_while_master_stopped()
         self.reserved = False
         if self.verbose:
             self.cap.lock()
@@ -227,6 +246,21 @@ class Worker:
         self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, time.time_ns())
         self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
         self.ensure_reservation()
+
+    def hold_while_master_stopped(self) -> None:
+        """The master is stopped (``svc -p``): keep the connection just accepted unserved until it continues.
+
+        0.88 is one process, so stopping it leaves clients in the backlog; here the workers must notice by
+        themselves, since supervise signals the master's pid only.  The client sees what a backlog wait
+        shows (connected, nothing said), and nothing is counted yet.  This worker accepts nothing more
+        meanwhile; its programs run on, their ends are reaped when it continues.
+        """
+        master = self.master_pid
+        while proc.state(master) in STOPPED:
+            time.sleep(HOLD_POLL)
+        if os.getppid() != master:  # gone: the parent-death signal (master.py) ends us; never outlive it
+            os._exit(0)
+        self.master_check_at = 0  # look again at the next accept: it may be stopped again soon
 
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
