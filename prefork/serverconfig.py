@@ -44,6 +44,7 @@ DEFAULTS: dict[str, object] = {
     "ident_timeout": 26,  # -t
     "ident_port": 113,  # --ident-port (testing and non-standard setups)
     "dns_timeout": 10.0,  # --dns-timeout: bound on each system-resolver lookup
+    "proxy_protocol": False,  # --proxy-protocol: each connection starts with a PROXY header (prefork/proxyproto.py)
     "workers": 1,
     "bound_ip": "0.0.0.0",  # set by the master after bind
     "scoreboard_path": None,
@@ -81,6 +82,7 @@ class ServerConfig:
     ident_timeout: int
     ident_port: int
     dns_timeout: float
+    proxy_protocol: bool
     workers: int
     bound_ip: str
     scoreboard_path: str | None

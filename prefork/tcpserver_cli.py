@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         name: str
         ident_port: int
         dns_timeout: int
+        proxy_protocol: bool
         metrics: str | None
         metrics_textfile: str | None
         metrics_user: str | None
@@ -78,6 +79,7 @@ DEFAULTS: dict[str, object] = {
     "keep_ip_options": False,
     "nodelay": False,
     "verbosity": 1,
+    "proxy_protocol": False,
 }
 
 
@@ -127,6 +129,8 @@ OPTIONS = [
     Option("--ident-port", "ident_port", "port of the ident servers (113)", metavar="PORT", convert=number(65535)),
     Option("--dns-timeout", "dns_timeout", "seconds allowed for each DNS lookup (10)", metavar="SECONDS",
            convert=number()),
+    Option("--proxy-protocol", "proxy_protocol", "each connection starts with a PROXY header (v1 or v2) naming "
+           "the real client; without one within -t seconds it is dropped", value=True),
     Option("--metrics", "metrics", "serve Prometheus metrics at http://HOST:PORT/metrics (port 0: one chosen at "
            "start, shown by tcpserver-status and by -1 as a second line 'metrics PORT')", metavar="HOST:PORT", convert=_metrics_address),
     Option("--metrics-textfile", "metrics_textfile", "also write the metrics to PATH for node_exporter's textfile "
@@ -213,6 +217,7 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         ident_timeout=int(opts["timeout"]),
         ident_port=int(opts["ident_port"]),
         dns_timeout=float(opts["dns_timeout"]),
+        proxy_protocol=bool(opts["proxy_protocol"]),
         workers=max(1, int(workers) if workers is not None else _default_workers()),
         scoreboard_path=opts["scoreboard"],
         name=str(opts["name"]),

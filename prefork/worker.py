@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
     from typing import NoReturn
 
+    from prefork.proxyproto import Header
     from prefork.rules import RulesFile
 
 EPOLLIN = select.EPOLLIN
@@ -63,7 +64,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo")
+                 "remoteinfo", "sockip")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -75,6 +76,7 @@ class Conn:
         self.localhost: bytes | None = None
         self.remotehost: bytes | None = None
         self.remoteinfo: bytes | None = None
+        self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
 
 
 class Worker:
@@ -274,6 +276,11 @@ class Worker:
                     pass
             if cfg.nodelay:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            header = None
+            if cfg.proxy_protocol:
+                header = self.proxy_header(conn, s)
+                if header is None:  # dropped
+                    return
             if cfg.banner:
                 try:
                     s.sendall(cfg.banner)
@@ -291,11 +298,32 @@ class Worker:
         finally:
             s.detach()
         conn.localport = cfg.port
+        if header is not None and not header.local:  # everything from here on (lookups, rules, logs, env) sees the real client
+            conn.sockip = conn.localip
+            conn.remoteip, conn.remoteport = header.src, header.sport
+            conn.localip, conn.localport = header.dst, header.dport
         if self.pool is not None:
             self.pool.submit(self.lookups, conn)
         else:
             conn.localhost = self.localhost_fixed
             self.decide(conn)
+
+    def proxy_header(self, conn: Conn, s: socket.socket) -> Header | None:
+        """``--proxy-protocol``: the header, read before anything is written; None when it is missing,
+        bad or late and the connection is dropped (docs/CONTRACTS.md, PROXY protocol).
+
+        The wait is bounded by ``-t`` and holds this worker, as 0.88's ident wait holds its child.
+        """
+        from prefork import proxyproto
+
+        try:
+            header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
+            if not header.local and header.family != "TCP4":  # no IPv6 client can be served (IPv4 only)
+                raise proxyproto.ProxyError(f"unsupported address family {header.family} in PROXY header")
+        except proxyproto.ProxyError as e:
+            self.drop(conn, str(e).encode())
+            return None
+        return header
 
     def lookups(self, conn: Conn) -> None:
         """DNS and ident for one connection (runs in a pool thread).
@@ -324,8 +352,8 @@ class Worker:
             conn.remotehost = None
         try:
             if cfg.ident:
-                conn.remoteinfo = ident.ident_query_bytes(
-                    conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
+                conn.remoteinfo = ident.ident_query_bytes(  # from our own address, even behind a proxy
+                    conn.sockip or conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
                     ident_port=cfg.ident_port,
                 )
         except Exception:
