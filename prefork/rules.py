@@ -2,7 +2,8 @@
 
 One home for the rules logic: ``parse_line``/``compile_rules`` turn the text
 into (key, value) records exactly as ucspi-tcp 0.88's tcprules does (plus
-CIDR blocks, a prefork extension expanded into keys 0.88 reads),
+CIDR blocks, a prefork extension expanded into keys 0.88 reads, and IPv6
+addresses as ucspi-tcp-ipv6 reads them),
 ``CdbMaker``/``cdb_bytes`` write them byte-identically to djb's cdb_make, and
 ``RulesDB``/``RulesFile`` answer the per-connection question "which rule, allow
 or deny, which variables" in the order of djb's rules.c.
@@ -172,17 +173,36 @@ def parse_line(line: bytes) -> list[tuple[bytes, bytes]] | None:
     """The records of one input line (its ``\\n`` may be included).
 
     None for lines tcprules skips (``#`` comments, empty lines, lines without
-    ``:``); an empty list for a range with low > high.  Raises
+    ``:``); an empty list for a range with low > high.  The address ends at
+    the first ``:`` that an instruction follows (``_split``), so it may hold
+    colons (IPv6).  Raises
     RulesSyntaxError for anything tcprules rejects.
     """
     if not line or line[:1] in (b"#", b"\n"):
         return None
     line = line.rstrip(b" \t\n")
-    address, colon, instruction = line.partition(b":")
-    if not colon:
+    colon = _split(line)
+    if colon < 0:
         return None
-    value = _value(instruction, line)
-    return [(key, value) for key in _keys(address, line)]
+    value = _value(line[colon + 1 :], line)
+    return [(key, value) for key in _keys(line[:colon], line)]
+
+
+def _split(line: bytes) -> int:
+    """Where the address ends: the first ``:`` followed by ``allow`` or ``deny``, else the first ``:``.
+
+    IPv6 addresses hold colons, so ucspi-tcp-ipv6's tcprules skips any colon
+    not followed by an instruction word (docs/CONTRACTS.md, "tcprules input").
+    Where 0.88 accepts a line its first colon is such a colon, so IPv4 files
+    read the same.  With no such colon the first one is used and the line
+    fails as in 0.88 (ucspi-tcp-ipv6 loops forever there); -1: no colon.
+    """
+    first = at = line.find(b":")
+    while at >= 0:
+        if line.startswith((b"allow", b"deny"), at + 1):
+            return at
+        at = line.find(b":", at + 1)
+    return first
 
 
 def split_lines(data: bytes) -> Iterator[bytes]:
@@ -384,6 +404,9 @@ def _bytes(text: str | bytes) -> bytes:
 def candidates(ip: str | bytes, host: str | bytes | None = None, info: str | bytes | None = None) -> Iterator[bytes]:
     """The keys tried for a connection, in djb's rules.c order; the first one found wins.
 
+    IP's prefixes end at a ``.`` or, for IPv6, a ``:`` (ucspi-tcp-ipv6's
+    order); an IPv4 address has no ``:``, so its keys are 0.88's.
+
     Each of IP, HOST and INFO ends at its first NUL, as a C string does.
     """
     ipb = _bytes(ip)
@@ -397,7 +420,7 @@ def candidates(ip: str | bytes, host: str | bytes | None = None, info: str | byt
     if hostb is not None:
         yield b"=" + hostb
     for end in range(len(ipb), 0, -1):
-        if ipb[end - 1 : end] == b".":
+        if ipb[end - 1] in b".:":  # ':' for IPv6 prefixes, as ucspi-tcp-ipv6 (docs/CONTRACTS.md)
             yield ipb[:end]
     if hostb is not None:
         for start, byte in enumerate(hostb):

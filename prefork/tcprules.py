@@ -142,7 +142,8 @@ The cdb is written to RULES.TMP first and renamed over RULES.CDB only when
 complete, so readers never see a half-written file.  Lines look like
 ADDRESS:allow or ADDRESS:deny, optionally followed by ,NAME="VALUE" settings.
 ADDRESS may be a CIDR block (10.0.0.0/8, 192.168.4.0/22): it is written as
-the addresses and prefixes 0.88's tcpserver reads."""
+the addresses and prefixes 0.88's tcpserver reads.  ADDRESS may be IPv6
+(::1:deny; 2001:db8::allow is the prefix 2001:db8:), as ucspi-tcp-ipv6 reads it."""
 
 
 def _help() -> str:
