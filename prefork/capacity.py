@@ -88,6 +88,12 @@ class Capacity:
         self.board.put32(self._my_held, self.held)
         self.wake_waiters()
 
+    def release(self) -> None:
+        """Give back the token reserved for an accept that will not happen (a worker leaving)."""
+        self.held -= 1
+        self.board.put32(self._my_held, self.held)
+        self.wake_waiters()
+
     def set_waiting(self, waiting: bool) -> None:
         if waiting != self.waiting:
             self.waiting = waiting

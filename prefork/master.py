@@ -10,7 +10,15 @@ without them before it.  Workers die with it
 (PR_SET_PDEATHSIG), so no orphaned acceptor keeps the port.
 
 SIGTERM exits at once with status 0, as tcpserver does; running programs are
-not signalled and keep serving their clients.  SIGSTOP (``svc -p``) stops
+not signalled and keep serving their clients.  gunicorn's QUIT, TTIN and TTOU
+(docs/reference/tcpserver.md, Signals) are only queued by their handler and
+dispatched by the loop: TTIN starts a worker in a free scoreboard slot (up to
+``--max-workers``), TTOU tells the highest-numbered worker to leave, QUIT
+tells them all to leave and closes the listener, then waits up to
+``--drain-timeout`` for the running programs, TERMs those left and exits 0.
+A worker told to leave (SIGQUIT, see worker.py) finishes the connection it
+is starting and exits; its programs are handed over to us as orphans exactly
+like those of a worker that died, so ``-c`` stays exact.  SIGSTOP (``svc -p``) stops
 the whole server: the workers see their master stopped in /proc and serve
 nobody until SIGCONT (see worker.py), so the master needs no timer for it.
 
@@ -75,6 +83,11 @@ class Master:
         self.workers: dict[int, int] = {}  # pid -> slot index
         self.started: dict[int, float] = {}  # slot index -> monotonic start
         self.pending: dict[int, float] = {}  # slot index -> when to start it
+        self.nslots = max(cfg.workers, cfg.max_workers)  # scoreboard slots, fixed at start: TTIN's ceiling
+        self.target = cfg.workers  # workers wanted (TTIN/TTOU move it)
+        self.retiring: set[int] = set()  # workers told to leave (TTOU, QUIT): their slot is not refilled
+        self.queued: list[int] = []  # signals the handler queued for the loop
+        self.drain_until: float | None = None  # QUIT: when the programs still running are TERMed
         self.orphans: dict[int, int] = {}  # pid -> start, CLOCK_BOOTTIME ns (for the duration histogram)
         self.logged_orphans: set[int] = set()  # orphans whose pid/ok lines were written (-v): they get an end line
         self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
@@ -99,6 +112,8 @@ class Master:
     def start(self) -> NoReturn:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._sigterm)
+        for sig in (signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, self._queue_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         name_process()  # also in the in-process fallback: ps -C tcpserver finds the master, workers inherit it
@@ -133,7 +148,7 @@ class Master:
                 self.fatal("unable to listen", e)
         path = cfg.scoreboard_path or sb.default_path(self.pid)
         try:
-            self.board = sb.ScoreboardFile(path, cfg.workers, cfg.limit, self.pid, cfg.name)
+            self.board = sb.ScoreboardFile(path, self.nslots, cfg.limit, self.pid, cfg.name)
         except OSError as e:
             self.fatal(f"unable to create scoreboard {path}", e)
         self.board.set_local(local_ip, cfg.port)
@@ -195,6 +210,10 @@ class Master:
             self.board.unlink()
         os._exit(0)
 
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        """QUIT, TTIN, TTOU: only queued; the loop acts on them (its wake-up fd has the byte)."""
+        self.queued.append(signum)
+
     # -- running ------------------------------------------------------------------------------
     def serve(self, lsock: socket.socket) -> NoReturn:
         cfg = self.cfg
@@ -208,7 +227,7 @@ class Master:
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, noop_handler)
         if self.verbose:
-            self.spawnlog = SpawnLog(cfg.workers, cfg.limit)
+            self.spawnlog = SpawnLog(self.nslots, cfg.limit)
         self.base_env = base_environment(self.environ)
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
@@ -224,8 +243,13 @@ class Master:
             self.start_worker(index)
         readable = [self.sig_r]
         while True:
+            self.dispatch()
+            if self.drain_until is not None and not self.workers and not self.orphans:
+                self.exit_drained()
             timeout = None
             due = list(self.pending.values())
+            if self.drain_until is not None:
+                due.append(self.drain_until)
             if self.exporter is not None and self.exporter.due is not None:
                 due.append(self.exporter.due)
             if due:
@@ -242,8 +266,114 @@ class Master:
                     del self.pending[index]
                     self.board.put64(sb.H_RESTARTS, self.board.get64(sb.H_RESTARTS) + 1)
                     self.start_worker(index)
+            if self.drain_until is not None:
+                if not self.workers and not self.orphans:
+                    self.exit_drained()
+                if now >= self.drain_until:
+                    self.drain_expired()
+            else:
+                self.fill()
             if self.exporter is not None:
                 self.exporter.start_if_due(now)
+
+    # -- QUIT, TTIN, TTOU ----------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Act on the queued signals in order; during a drain only its first QUIT counts."""
+        while self.queued:
+            sig = self.queued.pop(0)
+            if self.drain_until is not None:
+                continue  # draining: another QUIT, TTIN or TTOU changes nothing (TERM still exits at once)
+            if sig == signal.SIGQUIT:
+                self.begin_drain()
+            elif sig == signal.SIGTTIN:
+                if self.target >= self.nslots:
+                    self.note(b"TTIN ignored: all %d scoreboard slots in use (--max-workers)" % self.nslots)
+                else:
+                    self.target += 1
+                    self.fill()
+            elif sig == signal.SIGTTOU:
+                if self.target <= 1:
+                    self.note(b"TTOU ignored: one worker left")
+                else:
+                    self.target -= 1
+                    self.shed()
+
+    def note(self, text: bytes) -> None:
+        if self.warn:
+            os.write(2, b"tcpserver: warning: " + text + b"\n")
+
+    def staying(self) -> int:
+        """Workers running or due to start, not counting those told to leave."""
+        return len(self.workers) - len(self.retiring) + len(self.pending)
+
+    def fill(self) -> None:
+        """Start workers in free slots (lowest first) until there are as many as wanted."""
+        assert self.board is not None
+        while self.staying() < self.target:
+            taken = set(self.workers.values()) | set(self.pending)
+            free = [i for i in range(self.nslots) if i not in taken]
+            if not free:
+                return  # a leaving worker still holds the slot: filled when it has gone
+            self.start_worker(free[0])
+
+    def shed(self) -> None:
+        """One worker fewer: a slot waiting for its restart is dropped, else the highest live worker leaves."""
+        assert self.board is not None
+        while self.staying() > self.target:
+            if self.pending:
+                index = max(self.pending)
+                del self.pending[index]
+                self.board.put32(self.board.slot_offset(index) + sb.OFF_STATE, sb.STATE_EMPTY)
+                continue
+            staying = [(index, pid) for pid, index in self.workers.items() if pid not in self.retiring]
+            if not staying:
+                return
+            self.retire(max(staying)[1])
+
+    def retire(self, pid: int) -> None:
+        """Tell a worker to leave: it finishes what it is starting and exits (worker.py, SIGQUIT)."""
+        self.retiring.add(pid)
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass  # dead already: reaped as a leaving worker
+
+    def begin_drain(self) -> None:
+        """QUIT: accept nothing more, let the workers leave, wait for the programs up to --drain-timeout."""
+        assert self.board is not None
+        self.drain_until = time.monotonic() + self.cfg.drain_timeout
+        self.lsock.close()  # the workers close theirs as they leave: the port then refuses (activation: queues)
+        for index in self.pending:
+            self.board.put32(self.board.slot_offset(index) + sb.OFF_STATE, sb.STATE_EMPTY)
+        self.pending.clear()
+        for pid in list(self.workers):
+            if pid not in self.retiring:
+                self.retire(pid)
+
+    def exit_drained(self) -> NoReturn:
+        """Nothing left running: leave as on TERM (scoreboard removed), status 0."""
+        if self.remove_board and self.board is not None:
+            self.board.unlink()
+        os._exit(0)
+
+    def drain_expired(self) -> NoReturn:
+        """--drain-timeout is over: workers still starting a connection are killed (their programs come to
+        us), every program still running gets SIGTERM, and the master exits 0 without waiting for them."""
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        exporter = self.exporter.pid if self.exporter is not None else None
+        programs = [pid for pid in proc.children(self.pid) if pid != exporter]
+        for pid in programs:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.note(b"drain timeout: %d programs sent TERM" % len(programs))
+        self.exit_drained()
 
     def warning(self, text: str, err: BaseException) -> None:
         """``tcpserver: warning: TEXT: ERR``, unless -q."""
@@ -342,12 +472,18 @@ class Master:
                 # Before any end line: the dead workers' programs whose pid/ok lines are still missing get them.
                 self.logged_orphans |= self.spawnlog.settle_dead([index for _pid, index in dead], found)
             added = len(found)
-            for _pid, index in dead:
+            for pid, index in dead:
                 self.cap.absorb_dead_worker(index, added)
                 added = 0
                 slot = self.board.slot_offset(index)
                 self.board.put32(slot + sb.OFF_PID, 0)
+                if pid in self.retiring:  # left when told (TTOU, QUIT): the slot is free, not refilled
+                    self.retiring.discard(pid)
+                    self.board.put32(slot + sb.OFF_STATE, sb.STATE_EMPTY)
+                    continue
                 self.board.put32(slot + sb.OFF_STATE, sb.STATE_EXITED)
+                if self.drain_until is not None:
+                    continue  # draining: nobody replaces a worker
                 lived = time.monotonic() - self.started.get(index, 0.0)
                 self.pending[index] = time.monotonic() + (0.0 if lived >= RESTART_DELAY else RESTART_DELAY - lived)
         for pid, status in reaped:

@@ -17,7 +17,7 @@ Layout version 1, all integers little-endian::
       4  I   layout version (1)
       8  I   header size (256)
      12  I   slot size (256)
-     16  I   number of slots (= workers)
+     16  I   number of slots (= --max-workers, default --workers)
      20  I   connection limit (-c)
      24  I   master pid
      28  I   local port

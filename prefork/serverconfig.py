@@ -46,6 +46,8 @@ DEFAULTS: dict[str, object] = {
     "dns_timeout": 10.0,  # --dns-timeout: bound on each system-resolver lookup
     "proxy_protocol": False,  # --proxy-protocol: each connection starts with a PROXY header (prefork/proxyproto.py)
     "workers": 1,
+    "max_workers": 0,  # --max-workers: scoreboard slots, the ceiling of TTIN (0: as many as --workers)
+    "drain_timeout": 30.0,  # --drain-timeout: how long QUIT lets running programs finish (master.py)
     "bound_ip": "0.0.0.0",  # set by the master after bind
     "scoreboard_path": None,
     "name": "",
@@ -84,6 +86,8 @@ class ServerConfig:
     dns_timeout: float
     proxy_protocol: bool
     workers: int
+    max_workers: int
+    drain_timeout: float
     bound_ip: str
     scoreboard_path: str | None
     name: str

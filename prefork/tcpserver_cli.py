@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from prefork.djb import EXIT_USAGE
-from prefork.options import Option, command_line, format_help, number
+from prefork.options import Option, command_line, format_help, number, seconds
 from prefork.scoreboard_read import MAX_SLOTS
 from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
         localname: str | None
         timeout: int
         workers: int | None
+        max_workers: int | None
+        drain_timeout: float
         scoreboard: str | None
         name: str
         ident_port: int
@@ -123,6 +125,10 @@ OPTIONS = [
     Option("-t", "timeout", "ident timeout in seconds (26)", metavar="timeout", convert=number()),
     Option("--workers", "workers", f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})", metavar="N",
            convert=number(MAX_SLOTS)),
+    Option("--max-workers", "max_workers", "scoreboard slots: SIGTTIN adds workers up to N (default: --workers)",
+           metavar="N", convert=number(MAX_SLOTS)),
+    Option("--drain-timeout", "drain_timeout", "after SIGQUIT, seconds running programs get before SIGTERM (30)",
+           metavar="SECONDS", convert=seconds(maximum=1e6)),
     Option("--scoreboard", "scoreboard", "shared-memory status file (default /dev/shm/prefork-tcpserver.PID, "
            "removed at exit)", metavar="PATH"),
     Option("--name", "name", "service name recorded in the scoreboard for metrics", metavar="NAME"),
@@ -139,7 +145,7 @@ OPTIONS = [
            "root (default nobody)", metavar="USER", convert=_account),
 ]
 DEFAULTS.update(limit=40, banner="", gid=0, uid=0, backlog=DEFAULT_BACKLOG, timeout=26, name="", ident_port=113,
-                dns_timeout=10)
+                dns_timeout=10, drain_timeout=30)
 DESCRIPTION = """Accept TCP connections on HOST PORT and run PROGRAM for each, the socket as stdin and stdout.
 
 Drop-in for ucspi-tcp 0.88's tcpserver: same options, environment, log lines and rules files; connections are
@@ -193,7 +199,8 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         uid = _env_number("UID", uid)
         gid = _env_number("GID", gid)
     localname = opts["localname"]
-    workers = opts["workers"]
+    workers = max(1, int(opts["workers"]) if opts["workers"] is not None else _default_workers())
+    max_workers = opts["max_workers"]
     cfg = ServerConfig(
         host=operands[0],
         ip=ip,
@@ -218,7 +225,9 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         ident_port=int(opts["ident_port"]),
         dns_timeout=float(opts["dns_timeout"]),
         proxy_protocol=bool(opts["proxy_protocol"]),
-        workers=max(1, int(workers) if workers is not None else _default_workers()),
+        workers=workers,
+        max_workers=max(workers, int(max_workers) if max_workers is not None else workers),
+        drain_timeout=float(opts["drain_timeout"]),
         scoreboard_path=opts["scoreboard"],
         name=str(opts["name"]),
         metrics=opts["metrics"],

@@ -18,6 +18,12 @@ costs one clock read) and, while it is stopped, holds that connection unserved
 and uncounted, accepting nothing more: to the client a backlog wait.  This
 needs no heartbeat from the master (no periodic wake-up of an idle server) and
 nothing in the public scoreboard layout.
+
+SIGQUIT from the master (TTOU, QUIT: master.py) makes a worker leave: its
+handler only sets a flag; the loop then stops accepting, gives back its
+reserved token, finishes the connections whose lookups are in flight and
+exits 0.  Its running programs are handed over to the master, which counts
+and reaps them as it does a dead worker's, so nothing accepted is dropped.
 """
 
 from __future__ import annotations
@@ -133,6 +139,7 @@ class Worker:
         self.done: collections.deque[Conn] = collections.deque()
         self.lookup_r = self.lookup_w = -1
         self.localhost_fixed = cfg.localname
+        self.leaving = False  # SIGQUIT: finish what is started, then exit
 
     # -- process set-up ---------------------------------------------------------------
     def run(self) -> NoReturn:
@@ -150,6 +157,9 @@ class Worker:
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, noop_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, self._sigquit)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):  # the master's, not ours: as before they existed
+            signal.signal(sig, signal.SIG_DFL)
         self.lsock.setblocking(False)
         self.ep = select.epoll()
         self.ep.register(self.sig_r, EPOLLIN)
@@ -163,6 +173,10 @@ class Worker:
         self.board.put64(self.slot + sb.OFF_STARTED, time.time_ns())
         self.board.put32(self.slot + sb.OFF_STATE, sb.STATE_READY)
         self.ensure_reservation()
+
+    def _sigquit(self, signum: int, frame: object) -> None:
+        """The master tells us to leave: only a flag, the loop acts on it."""
+        self.leaving = True
 
     # -- the event loop -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -183,8 +197,29 @@ class Worker:
                     drain(lookup_r)
                     while self.done:
                         self.decide(self.done.popleft())
+            if self.leaving:
+                self.leave()
+                return
             if self.waiting_registered:
                 self.ensure_reservation()
+
+    def leave(self) -> None:
+        """Stop accepting, give back the reserved token, start the programs of connections in lookups.
+
+        The programs keep running when we exit: the master is their subreaper and counts them as orphans.
+        """
+        if self.listening:
+            self.ep.unregister(self.lfd)
+            self.listening = False
+        self.lsock.close()
+        if self.reserved:
+            self.reserved = False
+            self.cap.release()
+        self.cap.set_waiting(False)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # lookups are bounded (-t, --dns-timeout)
+            while self.done:
+                self.decide(self.done.popleft())
 
     def ensure_reservation(self) -> None:
         """Hold one token for the next accept, or wait on the wake-up pipe when at the limit."""
