@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,6 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DEBIAN_BIN = Path("/usr/bin")
+# What no committed file may name: a developer's checkout or root's home (an absolute path starting with one
+# of those two directory names, then a name), or a pytest temporary directory.  test_docs checks every
+# committed file with it, test_loadtest_reporting the benchmark reports.
+LOCAL_PATH = re.compile(r"(?<![\w.-])/(?:work|root)/[\w.-]|/tmp/pytest[-]")
 
 
 def ours(name: str) -> str:

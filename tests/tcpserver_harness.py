@@ -309,6 +309,19 @@ def connect(port: int, host: str = "127.0.0.1", source: str | None = None, timeo
     return sock
 
 
+def recv_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """One line from SOCK, read byte by byte (nothing past the newline is taken), within TIMEOUT."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n") and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Read until EOF; raises TimeoutError if EOF does not come within TIMEOUT seconds."""
     data = b""

@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ours, real
+from conftest import LOCAL_PATH, ROOT, ours, real
 
 from loadtest import reporting, runner
 from loadtest.report import BENCH as TCPSERVER
 
-LOCAL = re.compile(r"/work/|/tmp/|/root/|\bissue\b|\bstop \d+", re.I)
+# A report names no path of this machine (conftest.LOCAL_PATH, or any temporary file) and no tracker words.
+LOCAL = re.compile(LOCAL_PATH.pattern + r"|/tmp/|\bissue\b|\bstop \d+", re.I)
 COMMITTED = [ROOT / "loadtest" / name for name in ("REPORT.md", "SUPERVISION.md", "MULTILOG.md", "SCRAPE.md")]
 
 

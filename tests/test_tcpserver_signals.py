@@ -16,6 +16,7 @@ from tcpserver_harness import (
     SINK,
     connect,
     recv_all,
+    recv_line,
     tagged_pids,
     talk,
     wait_until,
@@ -33,18 +34,6 @@ def refused(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def read_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n") and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def live_tagged(server) -> list[int]:
     """Processes started by the server (master, workers, programs) that are still running."""
     out = []
@@ -60,7 +49,7 @@ def live_tagged(server) -> list[int]:
 def test_sigterm_exits_and_running_program_keeps_serving(launch):
     server = launch(QUIET, CHAT)
     with connect(server.port) as sock:
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=5) == 0
         assert server.stderr() == ""

@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from tcpserver_harness import QUIET, check_order, connect, recv_all, wait_until
+from tcpserver_harness import QUIET, check_order, connect, recv_all, recv_line, wait_until
 
 from prefork.scoreboard_read import Snapshot, read
 
@@ -26,18 +26,6 @@ def board(server) -> Snapshot:
 def live(snap: Snapshot) -> list[int]:
     """Indices of the slots with a live worker."""
     return [s.index for s in snap.slots if s.pid and s.state in ("starting", "ready", "waiting")]
-
-
-def read_line(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not data.endswith(b"\n") and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def not_served(port: int) -> bool:
@@ -62,7 +50,7 @@ def two_held(server) -> tuple[socket.socket, socket.socket]:
     socks = []
     for _ in range(2):
         sock = connect(server.port)
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         socks.append(sock)
     assert wait_until(lambda: [s.accepted for s in board(server).slots][:2] == [1, 1], 5), board(server).slots
     return socks[0], socks[1]
@@ -110,7 +98,7 @@ def test_ttou_removes_a_worker_and_its_connection_completes(prefork):
     assert wait_until(lambda: board(server).active == 0 and board(server).orphans == 0, 10)
     # -c 2 again in full with the one worker left: both tokens came back
     socks = [connect(server.port) for _ in range(2)]
-    assert [read_line(s) for s in socks] == [b"ready\n", b"ready\n"]
+    assert [recv_line(s) for s in socks] == [b"ready\n", b"ready\n"]
     assert [finish(s, b"x") for s in socks] == [b"got x\n", b"got x\n"]
     for s in socks:
         s.close()
@@ -148,7 +136,7 @@ def test_ttou_at_one_worker_is_a_no_op(prefork):
     assert wait_until(lambda: "TTOU ignored" in server.stderr(), 5), server.stderr()
     assert [w.pid for w in server.workers()] == [worker]
     with connect(server.port) as sock:
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         assert finish(sock, b"still") == b"got still\n"
 
 
@@ -157,7 +145,7 @@ def test_quit_drains_and_exits_zero(prefork):
     assert wait_until(lambda: len(server.workers()) == 2, 10)
     path = f"/dev/shm/prefork-tcpserver.{server.pid}"
     with connect(server.port) as sock:
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         server.proc.send_signal(signal.SIGQUIT)
         assert wait_until(lambda: not server.workers(), 10)
         assert not_served(server.port)
@@ -174,7 +162,7 @@ def test_quit_past_drain_timeout_terms_programs(prefork):
     server = prefork(["--drain-timeout", "1", *QUIET], ["/bin/sh", "-c", "echo ready; exec sleep 60"])
     assert wait_until(lambda: len(server.workers()) == 2, 10)
     with connect(server.port) as sock:
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         started = time.monotonic()
         server.proc.send_signal(signal.SIGQUIT)
         assert server.proc.wait(timeout=10) == 0
@@ -187,7 +175,7 @@ def test_quit_twice_and_ttin_during_drain(prefork):
     server = prefork(["--workers", "1", "--max-workers", "3", "--drain-timeout", "20", *QUIET], CHAT)
     assert wait_until(lambda: len(server.workers()) == 1, 10)
     with connect(server.port) as sock:
-        assert read_line(sock) == b"ready\n"
+        assert recv_line(sock) == b"ready\n"
         server.proc.send_signal(signal.SIGQUIT)
         assert wait_until(lambda: not server.workers() and board(server).orphans == 1, 10)
         for sig in (signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
