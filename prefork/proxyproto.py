@@ -102,6 +102,13 @@ def v2_length(head: bytes) -> int:
     return int.from_bytes(head[14:16], "big")
 
 
+# v2 family byte -> (v1's protocol word, address family, address block: source, destination, ports)
+_V2_BLOCKS = {
+    0x11: ("TCP4", socket.AF_INET, struct.Struct("!4s4sHH")),
+    0x21: ("TCP6", socket.AF_INET6, struct.Struct("!16s16sHH")),
+}
+
+
 def parse_v2(data: bytes) -> Header:
     """A whole v2 header (DATA must be exactly its 16 + length bytes); TLVs after the addresses are skipped."""
     length = v2_length(data)
@@ -115,19 +122,14 @@ def parse_v2(data: bytes) -> Header:
     body = data[V2_HEAD:]
     if family == 0x00:  # AF_UNSPEC: the proxy does not know; keep the socket's addresses (as v1 UNKNOWN)
         return Header(2, True)
-    if family == 0x11:
-        if length < 12:
-            raise ProxyError("short PROXY v2 address block")
-        src, dst, sport, dport = struct.unpack_from("!4s4sHH", body)
-        return Header(2, False, "TCP4", socket.inet_ntop(socket.AF_INET, src), sport,
-                      socket.inet_ntop(socket.AF_INET, dst), dport)
-    if family == 0x21:
-        if length < 36:
-            raise ProxyError("short PROXY v2 address block")
-        src, dst, sport, dport = struct.unpack_from("!16s16sHH", body)
-        return Header(2, False, "TCP6", socket.inet_ntop(socket.AF_INET6, src), sport,
-                      socket.inet_ntop(socket.AF_INET6, dst), dport)
-    raise ProxyError("unsupported address family in PROXY v2 header")
+    block = _V2_BLOCKS.get(family)
+    if block is None:
+        raise ProxyError("unsupported address family in PROXY v2 header")
+    proto, af, layout = block
+    if length < layout.size:
+        raise ProxyError("short PROXY v2 address block")
+    src, dst, sport, dport = layout.unpack_from(body)
+    return Header(2, False, proto, socket.inet_ntop(af, src), sport, socket.inet_ntop(af, dst), dport)
 
 
 def read_header(sock: socket.socket, deadline: float) -> Header:
