@@ -409,8 +409,10 @@ def normalise(
     """Replace pids/ids by #1, #2... (order of first appearance; all `#` if ANONYMOUS) and ports by
     PORT / RPORT (any remote port when CLIENT_PORTS is empty)."""
     ids: dict[str, str] = {}
-    ports = {str(server_port): "PORT"}
-    ports.update({str(p): "RPORT" for p in client_ports})
+    # The local field names the server's port, the remote field a client's: one client may be given the
+    # server's port number (another address, same number), so each field has its own map.
+    local_ports = {str(server_port): "PORT"}
+    remote_ports = {str(p): "RPORT" for p in client_ports}
 
     def ident(value: str) -> str:
         return "#" if anonymous else ids.setdefault(value, f"#{len(ids) + 1}")
@@ -424,7 +426,7 @@ def normalise(
             if not client_ports:
                 head, sep, port = remote.rpartition(":")
                 remote = f"{head}:RPORT" if sep and port.isdigit() else remote
-            line = f"tcpserver: {m[1]} {ident(m[2])} {_strip_port(m[3], ports)} {_strip_port(remote, ports)}"
+            line = f"tcpserver: {m[1]} {ident(m[2])} {_strip_port(m[3], local_ports)} {_strip_port(remote, remote_ports)}"
         elif m := END_RE.match(line):
             line = f"tcpserver: end {ident(m[1])} status {m[2]}"
         out.append(line)
