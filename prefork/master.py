@@ -89,6 +89,7 @@ class Master:
         self.queued: list[int] = []  # signals the handler queued for the loop
         self.drain_until: float | None = None  # QUIT: when the programs still running are TERMed
         self.orphans: dict[int, int] = {}  # pid -> start, CLOCK_BOOTTIME ns (for the duration histogram)
+        self.counted_orphans: set[int] = set()  # zombies whose exit their dead worker had counted
         self.logged_orphans: set[int] = set()  # orphans whose pid/ok lines were written (-v): they get an end line
         self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
@@ -468,6 +469,8 @@ class Master:
             for pid in found:
                 # Timed from its start: a program that outlives its worker still counts in the histogram.
                 self.orphans[pid] = proc.start_boottime_ns(pid) or time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            # A worker killed between counting a program's exit and reaping it: finished, not counted twice.
+            self.counted_orphans |= {self.board.settle_exit(index) for _pid, index in dead} & found
             if self.spawnlog is not None:
                 # Before any end line: the dead workers' programs whose pid/ok lines are still missing get them.
                 self.logged_orphans |= self.spawnlog.settle_dead([index for _pid, index in dead], found)
@@ -488,10 +491,14 @@ class Master:
                 self.pending[index] = time.monotonic() + (0.0 if lived >= RESTART_DELAY else RESTART_DELAY - lived)
         for pid, status in reaped:
             if pid in self.orphans:
-                self._orphan_duration(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - self.orphans.pop(pid))
-                cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
-                off = sb.H_ORPHAN_EXITS + 8 * cls
-                self.board.put64(off, self.board.get64(off) + 1)
+                started = self.orphans.pop(pid)
+                if pid in self.counted_orphans:
+                    self.counted_orphans.discard(pid)
+                else:
+                    self._orphan_duration(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - started)
+                    cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
+                    off = sb.H_ORPHAN_EXITS + 8 * cls
+                    self.board.put64(off, self.board.get64(off) + 1)
                 if self.verbose and (self.spawnlog is None or pid in self.logged_orphans):
                     self.logged_orphans.discard(pid)
                     self.cap.lock()

@@ -53,10 +53,23 @@ Layout version 1, all integers little-endian::
      80  Q   this worker's start, ns since the epoch
      88  Q   sum of connection durations, ns
      96  12Q connection duration histogram, counts per bucket (DURATION_BUCKETS)
-    192  64s reserved
+    192  I   the exit being counted: the program's pid (0 = none)
+    196  I   ... its class (0 exit 0, 1 non-zero, 2 signal) << 8 | its histogram bucket
+    200  Q   ... the exit counter of that class once counted
+    208  Q   ... the duration sum once counted
+    216  Q   ... that bucket's count once counted
+    224  32s reserved
 
 Counters are cumulative over the generations of a slot, so they never go
-backwards when a worker dies and is replaced.  ``scoreboard_read.py`` is the
+backwards when a worker dies and is replaced.
+
+A program's exit is counted exactly once even if its worker is SIGKILLed at
+any instant: the worker peeks at the zombie, writes the counting record
+(bytes 192-223, the pid last), stores the three counters, reaps the zombie and
+then clears the pid.  A worker killed before the record's pid leaves an
+unreaped zombie the master counts as an orphan; killed after it, the master
+finishes the three stores from the record (``settle_exit``) and does not
+count that zombie again.  ``scoreboard_read.py`` is the
 reader (status tools, metrics, tests); this module is the writer's side.
 """
 
@@ -83,7 +96,7 @@ SLOT_STATES = {0: "empty", 1: "starting", 2: "ready", 3: "waiting", 4: "exited"}
 STATE_EMPTY, STATE_STARTING, STATE_READY, STATE_WAITING, STATE_EXITED = range(5)
 
 _HEADER = struct.Struct("<4sIIIIIII Q I 4s QQQQ Q 12Q 8s 64s")
-_SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q 64s")
+_SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q II QQQ 32s")
 assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE
 
 # Field offsets inside a slot / the header, for single-field writes.
@@ -91,6 +104,8 @@ OFF_PID, OFF_STATE, OFF_GENERATION, OFF_HELD, OFF_ACTIVE, OFF_WAITING = 0, 4, 8,
 OFF_ACCEPTED, OFF_DENIED, OFF_DROPPED = 24, 32, 40
 OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL = 48, 56, 64
 OFF_LAST_ACCEPT, OFF_STARTED, OFF_DURATION_SUM, OFF_BUCKETS = 72, 80, 88, 96
+OFF_COUNTING_PID, OFF_COUNTING_WHICH, OFF_COUNTING_EXITS, OFF_COUNTING_SUM, OFF_COUNTING_BUCKET = 192, 196, 200, 208, 216
+EXIT_OFFSETS = (OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL)  # by exit class
 H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
 # The metrics address (the header's 8 bytes at 184, zero in files written before it was recorded, so the layout
 # version is still 1): tcpserver-status shows it, since with port 0 and -q nothing else tells it.
@@ -188,6 +203,51 @@ class ScoreboardFile:
 
     def get64(self, offset: int) -> int:
         return self._u64[offset >> 3]
+
+    # -- counting a program's exit (the worker's side, then the master's for a dead worker) --------
+    def count_exit(self, slot: int, pid: int, cls: int, bucket: int, exits: int, duration_sum: int,
+                   bucket_count: int) -> None:
+        """Store a program's exit in SLOT's counters (the new values given), behind its counting record.
+
+        Called before the zombie is reaped; ``counted`` after.  See the module docstring.
+        """
+        put64 = self.put64
+        put64(slot + OFF_COUNTING_EXITS, exits)
+        put64(slot + OFF_COUNTING_SUM, duration_sum)
+        put64(slot + OFF_COUNTING_BUCKET, bucket_count)
+        self.put32(slot + OFF_COUNTING_WHICH, cls << 8 | bucket)
+        self.put32(slot + OFF_COUNTING_PID, pid)  # the record is complete from here on
+        put64(slot + EXIT_OFFSETS[cls], exits)
+        put64(slot + OFF_DURATION_SUM, duration_sum)
+        put64(slot + OFF_BUCKETS + 8 * bucket, bucket_count)
+
+    def counted(self, slot: int) -> None:
+        """The zombie of the record is reaped: the record is void."""
+        self.put32(slot + OFF_COUNTING_PID, 0)
+
+    def settle_exit(self, index: int) -> int:
+        """For dead worker INDEX: finish the exit it was counting; returns that pid (0 if none).
+
+        A returned pid that is still a zombie has been counted and must not be
+        counted again as an orphan.  Counters only move forward to the record's
+        values, so a repeat, or a worker that got as far as the stores, changes nothing.
+        """
+        slot = self.slot_offset(index)
+        pid = self.get32(slot + OFF_COUNTING_PID)
+        if not pid:
+            return 0
+        which = self.get32(slot + OFF_COUNTING_WHICH)
+        cls, bucket = which >> 8, which & 0xFF
+        if cls < len(EXIT_OFFSETS) and bucket < len(DURATION_BUCKETS):
+            for off, target in (
+                (slot + EXIT_OFFSETS[cls], self.get64(slot + OFF_COUNTING_EXITS)),
+                (slot + OFF_DURATION_SUM, self.get64(slot + OFF_COUNTING_SUM)),
+                (slot + OFF_BUCKETS + 8 * bucket, self.get64(slot + OFF_COUNTING_BUCKET)),
+            ):
+                if target > self.get64(off):
+                    self.put64(off, target)
+        self.counted(slot)
+        return pid
 
     def unlink(self) -> None:
         """Remove the file, unless another server's scoreboard has been renamed over it since."""

@@ -509,21 +509,28 @@ class Worker:
 
     # -- reaping --------------------------------------------------------------------------
     def reap(self) -> None:
+        """Count and reap the programs that exited: each exit is peeked at (WNOWAIT) and counted
+        before its zombie is reaped, so a SIGKILL at any instant neither loses nor doubles it
+        (the counting record in ``scoreboard.py``)."""
         if self.spawnlog is not None:
             self.reap_logged(self.spawnlog)
             return
         children = self.children
         while children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
+            pid = info.si_pid
             conn = children.pop(pid, None)
             if conn is None:
+                os.waitpid(pid, 0)  # not a program of ours
                 continue
-            self.record_exit(status, time.monotonic_ns() - conn.started)
+            self.record_exit(pid, wait_status(info), time.monotonic_ns() - conn.started)
+            os.waitpid(pid, 0)
+            self.board.counted(self.slot)
             self.cap.ended()
 
     def reap_logged(self, log: SpawnLog) -> None:
@@ -559,20 +566,20 @@ class Worker:
                 % (pid, status, self.cap.in_use() - 1, self.limit_b),
             )
             log.reaped(self.index, pid, self.live_pos)
+            self.record_exit(pid, status, time.monotonic_ns() - conn.started)
             os.waitpid(pid, 0)
-            self.record_exit(status, time.monotonic_ns() - conn.started)
+            self.board.counted(self.slot)
             self.cap.ended()
             self.cap.unlock()
 
-    def record_exit(self, status: int, duration_ns: int) -> None:
+    def record_exit(self, pid: int, status: int, duration_ns: int) -> None:
+        """Count PID's exit in this slot; the caller reaps it next, then voids the record."""
         cls = 2 if os.WIFSIGNALED(status) else (0 if status == 0 else 1)
-        self.exits[cls] += 1
-        self.board.put64(self.slot + (sb.OFF_EXIT_ZERO, sb.OFF_EXIT_NONZERO, sb.OFF_EXIT_SIGNAL)[cls], self.exits[cls])
-        self.duration_sum += duration_ns
-        self.board.put64(self.slot + sb.OFF_DURATION_SUM, self.duration_sum)
         i = sb.bucket_index(duration_ns)
+        self.exits[cls] += 1
+        self.duration_sum += duration_ns
         self.buckets[i] += 1
-        self.board.put64(self.slot + sb.OFF_BUCKETS + 8 * i, self.buckets[i])
+        self.board.count_exit(self.slot, pid, cls, i, self.exits[cls], self.duration_sum, self.buckets[i])
 
 
 def wait_status(info: os.waitid_result) -> int:

@@ -161,3 +161,83 @@ def test_reader_errors(tmp_path):
     (tmp_path / "small").write_bytes(b"PFSB")
     with pytest.raises(reader.ScoreboardError, match=r"^truncated \(4 bytes\)$"):
         reader.read(str(tmp_path / "small"))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DyingBoard(sb.ScoreboardFile):
+    """A board whose writer is 'SIGKILLed' after a given number of stores."""
+
+    stores_left = 10**9
+
+    def _tick(self) -> None:
+        if self.stores_left == 0:
+            raise _Killed
+        self.stores_left -= 1
+
+    def put32(self, offset: int, value: int) -> None:
+        self._tick()
+        super().put32(offset, value)
+
+    def put64(self, offset: int, value: int) -> None:
+        self._tick()
+        super().put64(offset, value)
+
+
+def _counted_total(board: sb.ScoreboardFile, slot: int) -> tuple[int, int, int]:
+    exits = sum(board.get64(slot + off) for off in sb.EXIT_OFFSETS) + sum(
+        board.get64(sb.H_ORPHAN_EXITS + 8 * c) for c in range(3))
+    buckets = sum(board.get64(slot + sb.OFF_BUCKETS + 8 * i) for i in range(12)) + sum(
+        board.get64(sb.H_ORPHAN_BUCKETS + 8 * i) for i in range(12))
+    return exits, buckets, board.get64(slot + sb.OFF_DURATION_SUM) + board.get64(sb.H_ORPHAN_DURATION_SUM)
+
+
+@pytest.mark.parametrize("kill_after", range(12))
+def test_an_exit_is_counted_once_whenever_its_worker_dies(tmp_path, kill_after):
+    """The worker's sequence (count, reap, void the record) cut after every store, then the master's
+    settling as master.py does it: the program's exit is counted exactly once, with its duration."""
+    board = _DyingBoard(str(tmp_path / "board"), 2, 3, os.getpid(), "svc")
+    slot = board.slot_offset(1)
+    # Earlier history of this slot: 5 exits 0 with 5 ms each in bucket 0.
+    board.put64(slot + sb.OFF_EXIT_ZERO, 5)
+    board.put64(slot + sb.OFF_DURATION_SUM, 5 * 4_000_000)
+    board.put64(slot + sb.OFF_BUCKETS, 5)
+    before = _counted_total(board, slot)
+    pid, duration = 31337, 7_000_000
+    zombie = True
+    board.stores_left = kill_after
+    try:
+        board.count_exit(slot, pid, 1, sb.bucket_index(duration), 1, 5 * 4_000_000 + duration, 1)
+        zombie = False  # os.waitpid
+        board.counted(slot)
+        board.stores_left = -1
+    except _Killed:
+        pass
+    board.stores_left = 10**9
+    # The master: the dead worker's record first, then the zombie (if any) as an orphan.
+    found = {pid} if zombie else set()
+    precounted = {board.settle_exit(1)} & found
+    if zombie and pid not in precounted:
+        board.put64(sb.H_ORPHAN_EXITS + 8, board.get64(sb.H_ORPHAN_EXITS + 8) + 1)
+        board.put64(sb.H_ORPHAN_DURATION_SUM, board.get64(sb.H_ORPHAN_DURATION_SUM) + duration)
+        off = sb.H_ORPHAN_BUCKETS + 8 * sb.bucket_index(duration)
+        board.put64(off, board.get64(off) + 1)
+    after = _counted_total(board, slot)
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (1, 1, duration)
+    assert board.get32(slot + sb.OFF_COUNTING_PID) == 0
+    assert board.settle_exit(1) == 0  # settled once
+
+
+def test_settle_exit_never_moves_a_counter_back_and_ignores_a_garbled_record(tmp_path):
+    board = make_board(tmp_path)
+    slot = board.slot_offset(0)
+    board.put64(slot + sb.OFF_EXIT_ZERO, 9)
+    board.count_exit(slot, 77, 0, 0, 8, 1, 1)  # a record behind the counter: nothing moves back
+    board.put64(slot + sb.OFF_EXIT_ZERO, 9)
+    assert board.settle_exit(0) == 77 and board.get64(slot + sb.OFF_EXIT_ZERO) == 9
+    board.count_exit(slot, 78, 0, 0, 10, 1, 1)
+    board.put32(slot + sb.OFF_COUNTING_WHICH, 7 << 8 | 200)  # no such class or bucket
+    assert board.settle_exit(0) == 78
+    assert board.get32(slot + sb.OFF_COUNTING_PID) == 0
