@@ -21,6 +21,7 @@ directory's absolute path as multilog saw it)::
     tcpserver_connections_accepted_total{service}   every accepted connection (denied and dropped included)
     tcpserver_connections_denied_total{service}     refused by the rules
     tcpserver_connections_dropped_total{service}    rules unreadable, program could not start, banner failed
+    tcpserver_connections_limited_total{service,limit}  refused by a per-client limit: MAXCONNIP | MAXCONNC | MAXLOAD
     tcpserver_connections_active{service}           programs running, those of dead workers included
     tcpserver_connections_limit{service}            -c
     tcpserver_orphan_connections{service}           programs still running whose worker died
@@ -79,7 +80,7 @@ from prefork import scoreboard_read as boards
 from prefork.control import servicetable_read as tables
 from prefork.control.log import logcounters_read as logs
 from prefork.djb import errstr, write_line
-from prefork.scoreboard import DURATION_BUCKETS
+from prefork.scoreboard import DURATION_BUCKETS, LIMIT_KINDS
 from prefork.scoreboard_read import LIVE_STATES, service_name  # noqa: F401 (LIVE_STATES: re-exported)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing the collector does not import typing
@@ -515,6 +516,8 @@ def build_families(
     denied = Family("tcpserver_connections_denied", "counter", "Connections refused by the rules (-x).")
     dropped = Family("tcpserver_connections_dropped", "counter",
                      "Connections dropped: rules unreadable, program not started, banner failed.")
+    limited = Family("tcpserver_connections_limited", "counter",
+                     "Connections refused by a per-client limit (MAXCONNIP, MAXCONNC, MAXLOAD).")
     active = Family("tcpserver_connections_active", "gauge", "Programs running now, those of dead workers included.")
     limit = Family("tcpserver_connections_limit", "gauge", "The connection limit (-c).")
     orphans = Family("tcpserver_orphan_connections", "gauge", "Programs still running whose worker died.")
@@ -534,6 +537,8 @@ def build_families(
         accepted.add(labels, sum(x.accepted for x in slots))
         denied.add(labels, sum(x.denied for x in slots))
         dropped.add(labels, sum(x.dropped for x in slots))
+        for k, kind in enumerate(LIMIT_KINDS):
+            limited.add((*labels, ("limit", kind)), sum(x.limited[k] for x in slots))
         active.add(labels, snap.active)
         limit.add(labels, snap.limit)
         orphans.add(labels, snap.orphans)
@@ -556,7 +561,7 @@ def build_families(
         restarts.add(labels, snap.worker_restarts)
         started.add(labels, snap.start_ns / NS)
         last_accept.add(labels, max((x.last_accept_ns for x in slots), default=0) / NS)
-    families = [accepted, denied, dropped, active, limit, orphans, exits, duration, workers, alive, restarts,
+    families = [accepted, denied, dropped, limited, active, limit, orphans, exits, duration, workers, alive, restarts,
                 started, last_accept]
 
     up = Family("supervise_up", "gauge", "1 while the service's ./run is running.")

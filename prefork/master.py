@@ -45,6 +45,7 @@ import time
 from prefork import activation, proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
+from prefork.clients import ClientTable
 from prefork.djb import errstr
 from prefork.environ import original_environ
 from prefork.lean import name_process
@@ -89,6 +90,7 @@ class Master:
         self.queued: list[int] = []  # signals the handler queued for the loop
         self.drain_until: float | None = None  # QUIT: when the programs still running are TERMed
         self.orphans: dict[int, int] = {}  # pid -> start, CLOCK_BOOTTIME ns (for the duration histogram)
+        self.client_entries: dict[int, int] = {}  # orphan pid -> its entry in the client table
         self.counted_orphans: set[int] = set()  # zombies whose exit their dead worker had counted
         self.logged_orphans: set[int] = set()  # orphans whose pid/ok lines were written (-v): they get an end line
         self.spawnlog: SpawnLog | None = None  # -v only: what a killed worker may not have logged
@@ -229,6 +231,7 @@ class Master:
         signal.signal(signal.SIGCHLD, noop_handler)
         if self.verbose:
             self.spawnlog = SpawnLog(self.nslots, cfg.limit)
+        self.clients = ClientTable(self.nslots, cfg.limit)  # per-client limits: shared with every worker
         self.base_env = base_environment(self.environ)
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
@@ -439,7 +442,7 @@ class Master:
                     self.exporter.listener.close()  # the metrics address is the master's, not a worker's
                 Worker(
                     self.cfg, self.lsock, board, index, self.wake_r, self.wake_w,
-                    self.base_env, self.spawner, self.rules, self.spawnlog,
+                    self.base_env, self.spawner, self.rules, self.spawnlog, self.clients,
                 ).run()
             finally:
                 os._exit(111)
@@ -471,6 +474,13 @@ class Master:
                 self.orphans[pid] = proc.start_boottime_ns(pid) or time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             # A worker killed between counting a program's exit and reaping it: finished, not counted twice.
             self.counted_orphans |= {self.board.settle_exit(index) for _pid, index in dead} & found
+            # The dead workers' programs keep their places in the per-client counts, now in our region.
+            self.cap.lock()
+            try:
+                for _pid, index in dead:
+                    self.clients.settle_dead(index, found, self.client_entries)
+            finally:
+                self.cap.unlock()
             if self.spawnlog is not None:
                 # Before any end line: the dead workers' programs whose pid/ok lines are still missing get them.
                 self.logged_orphans |= self.spawnlog.settle_dead([index for _pid, index in dead], found)
@@ -492,6 +502,9 @@ class Master:
         for pid, status in reaped:
             if pid in self.orphans:
                 started = self.orphans.pop(pid)
+                entry = self.client_entries.pop(pid, None)
+                if entry is not None:
+                    self.clients.free(entry)
                 if pid in self.counted_orphans:
                     self.counted_orphans.discard(pid)
                 else:

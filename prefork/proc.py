@@ -129,3 +129,12 @@ def children(pid: int) -> list[int]:
         import psutil
 
         return [c.pid for c in psutil.Process(pid).children()]
+
+
+def fd_inode(pid: int, fd: int) -> int | None:
+    """The inode of what PID has open as FD (a socket's, say), None if it cannot be known: how the master
+    tells which of its new children a dead worker started on a given connection."""
+    try:
+        return os.stat(f"{PROC}/{pid}/fd/{fd}").st_ino
+    except OSError:
+        return None

@@ -58,7 +58,10 @@ Layout version 1, all integers little-endian::
     200  Q   ... the exit counter of that class once counted
     208  Q   ... the duration sum once counted
     216  Q   ... that bucket's count once counted
-    224  32s reserved
+    224  Q   refused by a per-client limit: MAXCONNIP
+    232  Q   ... MAXCONNC
+    240  Q   ... MAXLOAD
+    248  8s  reserved
 
 Counters are cumulative over the generations of a slot, so they never go
 backwards when a worker dies and is replaced.
@@ -96,7 +99,7 @@ SLOT_STATES = {0: "empty", 1: "starting", 2: "ready", 3: "waiting", 4: "exited"}
 STATE_EMPTY, STATE_STARTING, STATE_READY, STATE_WAITING, STATE_EXITED = range(5)
 
 _HEADER = struct.Struct("<4sIIIIIII Q I 4s QQQQ Q 12Q 8s 64s")
-_SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q II QQQ 32s")
+_SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q II QQQ QQQ 8s")
 assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE
 
 # Field offsets inside a slot / the header, for single-field writes.
@@ -105,6 +108,8 @@ OFF_ACCEPTED, OFF_DENIED, OFF_DROPPED = 24, 32, 40
 OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL = 48, 56, 64
 OFF_LAST_ACCEPT, OFF_STARTED, OFF_DURATION_SUM, OFF_BUCKETS = 72, 80, 88, 96
 OFF_COUNTING_PID, OFF_COUNTING_WHICH, OFF_COUNTING_EXITS, OFF_COUNTING_SUM, OFF_COUNTING_BUCKET = 192, 196, 200, 208, 216
+OFF_LIMITED = 224  # three u64 counters, in LIMIT_KINDS order
+LIMIT_KINDS = ("MAXCONNIP", "MAXCONNC", "MAXLOAD")
 EXIT_OFFSETS = (OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL)  # by exit class
 H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
 # The metrics address (the header's 8 bytes at 184, zero in files written before it was recorded, so the layout

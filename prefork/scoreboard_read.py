@@ -46,6 +46,7 @@ class Slot:
     started_ns: int
     duration_sum_ns: int
     duration_buckets: list[int] = field(default_factory=list)
+    limited: tuple[int, int, int] = (0, 0, 0)  # refused by MAXCONNIP, MAXCONNC, MAXLOAD (LIMIT_KINDS)
 
 
 @dataclass
@@ -118,7 +119,7 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
                 index=i, pid=v[0], state=SLOT_STATES.get(v[1], str(v[1])), generation=v[2], held=v[3],
                 active=v[4], waiting=bool(v[5]), accepted=v[6], denied=v[7], dropped=v[8],
                 exit_zero=v[9], exit_nonzero=v[10], exit_signal=v[11], last_accept_ns=v[12],
-                started_ns=v[13], duration_sum_ns=v[14], duration_buckets=list(v[15:27]),
+                started_ns=v[13], duration_sum_ns=v[14], duration_buckets=list(v[15:27]), limited=v[32:35],
             )
         )
     return Snapshot(

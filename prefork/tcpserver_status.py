@@ -30,6 +30,7 @@ import time
 from prefork.djb import errstr, fatal
 from prefork.options import Option, command_line, usage_error
 from prefork.proc import running as process_running
+from prefork.scoreboard import LIMIT_KINDS
 from prefork.scoreboard_read import LIVE_STATES, ScoreboardError, Snapshot, read, service_name
 from prefork.shmfile import printable
 
@@ -72,6 +73,11 @@ def totals(snap: Snapshot) -> dict[str, int]:
         "duration_count": sum(sum(s.duration_buckets) for s in slots) + sum(snap.orphan_duration_buckets),
         "duration_sum_ns": sum(s.duration_sum_ns for s in slots) + snap.orphan_duration_sum_ns,
     }
+
+
+def limited(snap: Snapshot) -> dict[str, int]:
+    """Connections refused by each per-client limit, summed over the slots."""
+    return {kind: sum(s.limited[k] for s in snap.slots) for k, kind in enumerate(LIMIT_KINDS)}
 
 
 def workers_alive(snap: Snapshot, is_running: bool) -> int:
@@ -144,6 +150,9 @@ def format_text(path: str, snap: Snapshot, is_running: bool, now_ns: int) -> str
     )))
     if any(s.waiting for s in snap.slots):
         lines.append("* waiting for a free connection (-c limit reached)")
+    refused = limited(snap)
+    if any(refused.values()):
+        lines.append("refused by per-client limits: " + ", ".join(f"{k} {n}" for k, n in refused.items()))
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +182,7 @@ def as_json(path: str, snap: Snapshot, is_running: bool) -> dict[str, object]:
         "worker_restarts": snap.worker_restarts,
         "metrics": metrics(snap),
         "totals": {
-            "accepted": t["accepted"], "denied": t["denied"], "dropped": t["dropped"],
+            "accepted": t["accepted"], "denied": t["denied"], "dropped": t["dropped"], "limited": limited(snap),
             "exits": exits(t["exit_zero"], t["exit_nonzero"], t["exit_signal"]),
             "duration_count": t["duration_count"], "duration_seconds_sum": t["duration_sum_ns"] / NS,
         },
@@ -186,7 +195,8 @@ def as_json(path: str, snap: Snapshot, is_running: bool) -> dict[str, object]:
             {
                 "index": s.index, "pid": s.pid or None, "state": s.state, "generation": s.generation,
                 "active": s.active, "waiting": s.waiting, "accepted": s.accepted, "denied": s.denied,
-                "dropped": s.dropped, "exits": exits(s.exit_zero, s.exit_nonzero, s.exit_signal),
+                "dropped": s.dropped, "limited": dict(zip(LIMIT_KINDS, s.limited, strict=True)),
+                "exits": exits(s.exit_zero, s.exit_nonzero, s.exit_signal),
                 "duration_count": sum(s.duration_buckets), "duration_seconds_sum": s.duration_sum_ns / NS,
                 "started_time": secs(s.started_ns) if s.pid else None, "last_accept_time": secs(s.last_accept_ns),
             }

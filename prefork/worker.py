@@ -40,6 +40,7 @@ import time
 from prefork import proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
+from prefork.clients import ClientTable, LimitError, Region, address_key, load_over, network_key, parse_limits
 from prefork.djb import errstr
 from prefork.environ import set_variable
 from prefork.logline import decision_line, decision_tail
@@ -70,7 +71,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo", "sockip")
+                 "remoteinfo", "sockip", "entry")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -83,6 +84,7 @@ class Conn:
         self.remotehost: bytes | None = None
         self.remoteinfo: bytes | None = None
         self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
+        self.entry = -1  # its entry in the client table (clients.py), -1 until admitted
 
 
 class Worker:
@@ -99,7 +101,8 @@ class Worker:
         base_env: dict[bytes, bytes],
         spawner: Spawner,
         rules: RulesFile | None,
-        spawnlog: SpawnLog | None = None,
+        spawnlog: SpawnLog | None,
+        clients: ClientTable,
     ) -> None:
         self.cfg = cfg
         self.lsock = lsock
@@ -113,6 +116,9 @@ class Worker:
         self.rules = rules
         self.children: dict[int, Conn] = {}
         self.spawnlog = spawnlog if cfg.verbosity >= 2 else None  # the master writes pid/ok lines (-v)
+        self.clients = clients
+        self.region = Region(self.clients, index)
+        self.limited = [board.get64(self.slot + sb.OFF_LIMITED + 8 * k) for k in range(len(sb.LIMIT_KINDS))]
         self.live_pos: dict[int, int] = {}  # pid -> its place in this slot's list of live programs
         self.reserved = False
         self.listening = False
@@ -418,6 +424,8 @@ class Worker:
                     return
                 env_rules = decision.env
         env = connection_env(self.base_env, conn, env_rules)
+        if not self.admit(conn, env):
+            return
         log = self.spawnlog
         if log is not None:
             try:
@@ -433,9 +441,12 @@ class Worker:
         except (OSError, ValueError) as e:  # ValueError: cannot happen with connection_env's output
             if log is not None:
                 log.failed(self.index)
+            self.region.give_back(conn.entry)
             err = e if isinstance(e, OSError) else errno.EINVAL
             self.drop(conn, b"unable to run %s: %s" % (self.spawner.path, errstr(err).encode()), b"ok")
             return
+        if conn.entry >= 0:
+            self.clients.set_pid(conn.entry, pid)
         os.close(conn.fd)
         conn.fd = -1
         self.children[pid] = conn
@@ -447,6 +458,71 @@ class Worker:
         # client before this worker accepts and spawns the next one.  Under load this cuts tail latency by a
         # third (loadtest/REPORT.md); with nothing else runnable it costs one system call.
         os.sched_yield()
+
+    def admit(self, conn: Conn, env: dict[bytes, bytes]) -> bool:
+        """Give CONN its entry in the client table, unless a per-client limit refuses it (False: it is
+        finished).  docs/reference/tcpserver.md, "Per-client limits"."""
+        try:
+            limits = parse_limits(env)
+        except LimitError as e:
+            self.drop(conn, str(e).encode())
+            return False
+        try:
+            key = address_key(conn.remoteip)
+        except OSError:  # the kernel's or a checked header's address: cannot happen
+            key = bytes(16)
+        try:
+            inode = os.fstat(conn.fd).st_ino
+        except OSError:
+            inode = 0
+        table = self.clients
+        entry = self.region.take()
+        if limits is None:
+            if entry >= 0:
+                table.put(entry, key, inode)
+            conn.entry = entry
+            return True
+        maxip, maxc, maxload = limits
+        if maxload >= 0:
+            load = load_over(maxload)
+            if load is not None:
+                self.region.give_back(entry)
+                self.refuse(conn, env, 2, b"LOAD:%d" % load)
+                return False
+        cap = self.cap
+        refused = -1
+        cap.lock()  # counting and taking the entry are one step for every worker
+        try:
+            if maxip >= 0 and (maxip == 0 or table.count(key, maxip) >= maxip):
+                refused = 0
+            elif maxc >= 0 and (maxc == 0 or table.count(network_key(key), maxc) >= maxc):
+                refused = 1
+            elif entry >= 0:
+                table.put(entry, key, inode)
+        finally:
+            cap.unlock()
+        if refused >= 0:
+            self.region.give_back(entry)
+            self.refuse(conn, env, refused, b"%s:%d" % (sb.LIMIT_KINDS[refused].encode(), (maxip, maxc)[refused]))
+            return False
+        conn.entry = entry
+        return True
+
+    def refuse(self, conn: Conn, env: dict[bytes, bytes], kind: int, marker: bytes) -> None:
+        """A connection over a per-client limit: counted, DIEMSG sent (CRLF added), a deny line with the
+        limit's marker (-v), no program."""
+        self.limited[kind] += 1
+        self.board.put64(self.slot + sb.OFF_LIMITED + 8 * kind, self.limited[kind])
+        message = env.get(b"DIEMSG")
+        if message is not None:
+            s = socket.socket(fileno=conn.fd)
+            try:  # a fresh connection's send buffer is empty; never wait on a client that does not read
+                s.send(message + b"\r\n", socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            finally:
+                s.detach()
+        self.finish_without_program(conn, STATUS_DENY, b"deny", None, marker)
 
     def ok_line(self, word: bytes, ident: int, conn: Conn) -> bytes:
         return decision_line(
@@ -465,7 +541,9 @@ class Worker:
         self.board.put64(self.slot + sb.OFF_DROPPED, self.dropped)
         self.finish_without_program(conn, STATUS_DROP, word, b"tcpserver: warning: dropping connection, %s\n" % why)
 
-    def finish_without_program(self, conn: Conn, status: int, word: bytes | None, warning: bytes | None) -> None:
+    def finish_without_program(
+        self, conn: Conn, status: int, word: bytes | None, warning: bytes | None, marker: bytes = b""
+    ) -> None:
         """A connection that runs no program still logs pid/…/end/status, as 0.88's child that exited.
 
         Its id is not a pid (see next_ident); the lines are written in one
@@ -477,7 +555,8 @@ class Worker:
             ident = self.next_ident()
             lines = [b"tcpserver: pid %d from %s\n" % (ident, conn.remoteip.encode())]
             if word is not None:
-                lines.append(self.ok_line(word, ident, conn))
+                line = self.ok_line(word, ident, conn)
+                lines.append(line[:-1] + b" " + marker + b"\n" if marker else line)
             if warning is not None:
                 lines.append(warning)
             self.cap.lock()
@@ -528,6 +607,7 @@ class Worker:
             if conn is None:
                 os.waitpid(pid, 0)  # not a program of ours
                 continue
+            self.region.give_back(conn.entry)
             self.record_exit(pid, wait_status(info), time.monotonic_ns() - conn.started)
             os.waitpid(pid, 0)
             self.board.counted(self.slot)
@@ -566,6 +646,7 @@ class Worker:
                 % (pid, status, self.cap.in_use() - 1, self.limit_b),
             )
             log.reaped(self.index, pid, self.live_pos)
+            self.region.give_back(conn.entry)
             self.record_exit(pid, status, time.monotonic_ns() - conn.started)
             os.waitpid(pid, 0)
             self.board.counted(self.slot)
@@ -743,11 +824,8 @@ class SpawnLog:
         base = self._base(index)
         inode = self.u64[(base + 16) >> 3]
         for pid in sorted(candidates):
-            try:
-                if os.stat(f"/proc/{pid}/fd/0").st_ino == inode:
-                    return pid
-            except OSError:
-                continue
+            if proc.fd_inode(pid, 0) == inode:
+                return pid
         if not alone or len(candidates) != 1:
             return 0
         (pid,) = candidates

@@ -168,7 +168,18 @@ def test_no_per_pid_or_per_client_labels(tmp_path):
     fill_board(board)
     data = scrape(mc.SharedMemoryCollector([str(tmp_path / "board")]))
     for name, labels in data:
-        assert {k for k, _ in labels} <= {"service", "exit", "le", "kind", "path"}, name
+        assert {k for k, _ in labels} <= {"service", "exit", "le", "kind", "path", "limit"}, name
+
+
+def test_refusals_by_per_client_limits_are_summed_per_limit(tmp_path):
+    board = make_board(tmp_path / "board", workers=2, name="lim")
+    for index, counts in ((0, (3, 1, 0)), (1, (2, 0, 7))):
+        for k, n in enumerate(counts):
+            board.put64(board.slot_offset(index) + sb.OFF_LIMITED + 8 * k, n)
+    data = scrape(mc.SharedMemoryCollector([str(tmp_path / "board")]))
+    got = {kind: value(data, "tcpserver_connections_limited_total", service="lim", limit=kind)
+           for kind in ("MAXCONNIP", "MAXCONNC", "MAXLOAD")}
+    assert got == {"MAXCONNIP": 5, "MAXCONNC": 1, "MAXLOAD": 7}
 
 
 def test_two_scoreboards_are_two_services(tmp_path):
