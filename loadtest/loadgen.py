@@ -97,7 +97,7 @@ def merge(results: list[LoadResult]) -> LoadResult:
 
 
 def _client(conn: Connection, host: str, port: int, expect: bytes, seconds: float, max_conns: int,
-            timeout: float) -> None:
+            timeout: float, send: bytes = b"") -> None:
     """One client process: wait for the common start instant, loop until the deadline, report once."""
     conn.send(b"ready")
     start_at: float = conn.recv()
@@ -123,6 +123,8 @@ def _client(conn: Connection, host: str, port: int, expect: bytes, seconds: floa
             s.setsockopt(SOL_SOCKET, SO_RCVTIMEO, tv)
             s.setsockopt(SOL_SOCKET, SO_SNDTIMEO, tv)  # bounds connect() too (EINPROGRESS on expiry)
             s.connect(addr)
+            if send:
+                s.sendall(send)
             data = s.recv(65536)
             if data and len(data) <= expect_len:
                 chunk = data
@@ -157,8 +159,9 @@ def _client(conn: Connection, host: str, port: int, expect: bytes, seconds: floa
 
 
 def run_load(port: int, expect: bytes, clients: int = 4, seconds: float = 5.0, connections: int | None = None,
-             host: str = "127.0.0.1", timeout: float = 5.0) -> LoadResult:
-    """Run C client processes against host:port for `seconds` (and at most `connections` in total).
+             host: str = "127.0.0.1", timeout: float = 5.0, send: bytes = b"") -> LoadResult:
+    """Run C client processes against host:port for `seconds` (and at most `connections` in total);
+    each connection first sends SEND (a PROXY header, say), then reads the reply.
 
     Clients start at one common instant; elapsed runs from it to the last client's last close, so
     conn/s is not diluted by process start-up. Every wait is bounded; a stuck client is killed by pid.
@@ -171,7 +174,7 @@ def run_load(port: int, expect: bytes, clients: int = 4, seconds: float = 5.0, c
     try:
         for _ in range(clients):
             parent_end, child_end = ctx.Pipe()
-            p = ctx.Process(target=_client, args=(child_end, host, port, expect, seconds, per_client, timeout),
+            p = ctx.Process(target=_client, args=(child_end, host, port, expect, seconds, per_client, timeout, send),
                             daemon=True)
             p.start()
             child_end.close()

@@ -96,11 +96,11 @@ def expected_reply(program: list[str]) -> bytes:
     return out.stdout
 
 
-def run_slot(server: RunningServer, args: argparse.Namespace, expect: bytes) -> tuple[LoadResult, dict]:
+def run_slot(server: RunningServer, args: argparse.Namespace, expect: bytes, send: bytes = b"") -> tuple[LoadResult, dict]:
     """One server's turn in a round: load it and account the CPU its own processes used meanwhile."""
     procs = server.server_processes()
     before = server.cpu_sample(procs)
-    result = run_load(server.port, expect, args.clients, args.seconds, timeout=args.timeout)
+    result = run_load(server.port, expect, args.clients, args.seconds, timeout=args.timeout, send=send)
     used, vanished = server.cpu_since(before)
     root = used.get(server.pid, 0.0)
     others = sum(v for pid, v in used.items() if pid != server.pid)

@@ -40,9 +40,10 @@ def address_key(ip: str) -> bytes:
     return V4MAPPED + socket.inet_pton(socket.AF_INET, ip)
 
 
-def network_key(key: bytes) -> bytes:
-    """The prefix MAXCONNC counts: the /24 of an IPv4 client, the /64 of an IPv6 one."""
-    return key[:15] if key.startswith(V4MAPPED) else key[:V6_NETWORK]
+def network_bytes(key: bytes) -> int:
+    """How many leading bytes of KEY name the network MAXCONNC counts: the /24 of an IPv4 client, the /64
+    of an IPv6 one."""
+    return 15 if key.startswith(V4MAPPED) else V6_NETWORK
 
 
 class LimitError(ValueError):
@@ -114,10 +115,13 @@ class ClientTable:
         self.mm[base : base + self.stride] = bytes(self.stride)
 
     # -- counting (under the -c lock) ---------------------------------------------------------
-    def count(self, prefix: bytes, stop: int) -> int:
-        """Live entries whose address starts with PREFIX, counting no further than STOP."""
+    def count(self, key: bytes, stop: int, network: int = 16) -> tuple[int, int]:
+        """(live entries of address KEY, live entries whose address shares KEY's first NETWORK bytes), in one
+        scan; it ends early once the first reaches STOP.  NETWORK 16 (the default) counts the address only."""
         mm, u32, per = self.mm, self.u32, self.per
-        n = 0
+        prefix = key[:network]
+        full = network >= 16
+        n_ip = n_net = 0
         for region in range(self.slots + 1):
             base = region * self.stride
             end = base + (min(u32[base >> 2], per) + 1) * ENTRY
@@ -125,11 +129,13 @@ class ClientTable:
             while pos >= 0:
                 start = pos - ADDR
                 if (start - base) % ENTRY == 0 and u32[start >> 2] != FREE:
-                    n += 1
-                    if n >= stop:
-                        return n
+                    n_net += 1
+                    if full or mm[pos : pos + 16] == key:
+                        n_ip += 1
+                        if n_ip >= stop:
+                            return n_ip, n_net
                 pos = mm.find(prefix, pos + 1, end)
-        return n
+        return n_ip, n_net
 
     # -- one entry ------------------------------------------------------------------------------
     def put(self, offset: int, key: bytes, inode: int) -> None:

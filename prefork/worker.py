@@ -40,7 +40,7 @@ import time
 from prefork import proc
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
-from prefork.clients import ClientTable, LimitError, Region, address_key, load_over, network_key, parse_limits
+from prefork.clients import ClientTable, LimitError, Region, address_key, load_over, network_bytes, parse_limits
 from prefork.djb import errstr
 from prefork.environ import set_variable
 from prefork.logline import decision_line, decision_tail
@@ -493,12 +493,19 @@ class Worker:
         refused = -1
         cap.lock()  # counting and taking the entry are one step for every worker
         try:
-            if maxip >= 0 and (maxip == 0 or table.count(key, maxip) >= maxip):
+            if maxip == 0:
                 refused = 0
-            elif maxc >= 0 and (maxc == 0 or table.count(network_key(key), maxc) >= maxc):
+            elif maxc == 0:
                 refused = 1
-            elif entry >= 0:
-                table.put(entry, key, inode)
+            else:
+                n_ip, n_net = table.count(key, maxip if maxip > 0 else 1 << 62,
+                                          network_bytes(key) if maxc > 0 else 16)
+                if 0 < maxip <= n_ip:
+                    refused = 0
+                elif 0 < maxc <= n_net:
+                    refused = 1
+                elif entry >= 0:
+                    table.put(entry, key, inode)
         finally:
             cap.unlock()
         if refused >= 0:

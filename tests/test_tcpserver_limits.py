@@ -73,7 +73,8 @@ def test_maxconnip_from_rules_refuses_the_third_with_diemsg_deny_line_and_counts
         assert recv_all(s) == b"421 too many from you\r\n"  # the message, CRLF added, then the close
     with connect(server.port, source=f"{net}.8") as s:  # another address has its own count
         assert recv_line(s) == b"hi\n"
-    lines = server.wait_lines(lambda ls: any(" deny " in line for line in ls))
+    lines = server.wait_lines(lambda ls: any(" deny " in line for line in ls)  # ok lines follow the spawn
+                              and len([line for line in ls if line.startswith("tcpserver: ok ")]) >= 3)
     deny = [line for line in lines if line.startswith("tcpserver: deny ")]
     assert len(deny) == 1 and deny[0].endswith(f":{net}.7::{deny[0].rsplit('::', 1)[1].split()[0]} MAXCONNIP:2")
     assert len([line for line in lines if line.startswith("tcpserver: ok ")]) == 3
