@@ -113,6 +113,11 @@ class ServerConfig:
         return self.localname is None or self.remote_host_lookup or self.ident
 
     @property
+    def needs_pool(self) -> bool:
+        """True when workers need their thread pool: lookups, or PROXY headers that may be slow to come."""
+        return self.needs_lookups or self.proxy_protocol
+
+    @property
     def wants_exporter(self) -> bool:
         """True when the master must run a prefork-exporter beside itself."""
         return self.metrics is not None or self.metrics_textfile is not None

@@ -71,7 +71,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo", "sockip", "entry")
+                 "remoteinfo", "sockip", "entry", "error")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -85,6 +85,7 @@ class Conn:
         self.remoteinfo: bytes | None = None
         self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
         self.entry = -1  # its entry in the client table (clients.py), -1 until admitted
+        self.error: bytes | None = None  # why a pool thread failed it (--proxy-protocol), to be dropped
 
 
 class Worker:
@@ -169,7 +170,7 @@ class Worker:
         self.lsock.setblocking(False)
         self.ep = select.epoll()
         self.ep.register(self.sig_r, EPOLLIN)
-        if self.cfg.needs_lookups:
+        if self.cfg.needs_pool:
             from concurrent.futures import ThreadPoolExecutor
 
             self.lookup_r, self.lookup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -202,7 +203,7 @@ class Worker:
                 elif fd == lookup_r:
                     drain(lookup_r)
                     while self.done:
-                        self.decide(self.done.popleft())
+                        self.ready(self.done.popleft())
             if self.leaving:
                 self.leave()
                 return
@@ -225,7 +226,7 @@ class Worker:
         if self.pool is not None:
             self.pool.shutdown(wait=True)  # lookups are bounded (-t, --dns-timeout)
             while self.done:
-                self.decide(self.done.popleft())
+                self.ready(self.done.popleft())
 
     def ensure_reservation(self) -> None:
         """Hold one token for the next accept, or wait on the wake-up pipe when at the limit."""
@@ -307,6 +308,25 @@ class Worker:
 
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
+        """A new connection: with ``--proxy-protocol`` everything up to the rules runs in the pool (a client
+        that never sends its header holds a thread and a -c token for up to -t, never this worker);
+        otherwise the banner and local address here, then the lookups in the pool or the rules at once."""
+        if self.cfg.proxy_protocol:
+            assert self.pool is not None  # for mypy: serverconfig.needs_pool is true with --proxy-protocol
+            self.pool.submit(self.proxied, conn)
+            return
+        why = self.prepare(conn, None)
+        if why is not None:
+            self.drop(conn, why)
+        elif self.pool is not None:
+            self.pool.submit(self.lookups, conn)
+        else:
+            conn.localhost = self.localhost_fixed
+            self.decide(conn)
+
+    def prepare(self, conn: Conn, header: Header | None) -> bytes | None:
+        """Socket options, the banner, the local address, then a PROXY header's addresses; the reason to drop
+        the connection, or None."""
         cfg = self.cfg
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
         try:
@@ -317,23 +337,16 @@ class Worker:
                     pass
             if cfg.nodelay:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            header = None
-            if cfg.proxy_protocol:
-                header = self.proxy_header(conn, s)
-                if header is None:  # dropped
-                    return
             if cfg.banner:
                 try:
                     s.sendall(cfg.banner)
                 except OSError as e:
-                    self.drop(conn, b"unable to print banner: " + errstr(e).encode())
-                    return
+                    return b"unable to print banner: " + errstr(e).encode()
             if self.any_address:
                 try:
                     conn.localip, _ = s.getsockname()
                 except OSError as e:
-                    self.drop(conn, b"unable to get local address: " + errstr(e).encode())
-                    return
+                    return b"unable to get local address: " + errstr(e).encode()
             else:  # bound to one address: every connection's local address is that one
                 conn.localip = cfg.bound_ip
         finally:
@@ -343,28 +356,44 @@ class Worker:
             conn.sockip = conn.localip
             conn.remoteip, conn.remoteport = header.src, header.sport
             conn.localip, conn.localport = header.dst, header.dport
-        if self.pool is not None:
-            self.pool.submit(self.lookups, conn)
-        else:
-            conn.localhost = self.localhost_fixed
-            self.decide(conn)
+        return None
 
-    def proxy_header(self, conn: Conn, s: socket.socket) -> Header | None:
-        """``--proxy-protocol``: the header, read before anything is written; None when it is missing,
-        bad or late and the connection is dropped (docs/CONTRACTS.md, PROXY protocol).
-
-        The wait is bounded by ``-t`` and holds this worker, as 0.88's ident wait holds its child.
-        """
+    def proxied(self, conn: Conn) -> None:
+        """``--proxy-protocol`` (a pool thread): the header, read before anything is written, within -t
+        (docs/CONTRACTS.md, PROXY protocol); then ``prepare`` and the lookups.  A missing, bad or late
+        header ends as a drop by the worker's own thread, like every other outcome of the pool."""
         from prefork import proxyproto
 
         try:
-            header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+            try:
+                header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
+            finally:
+                s.detach()
             if not header.local and header.family != "TCP4":  # no IPv6 client can be served (IPv4 only)
                 raise proxyproto.ProxyError(f"unsupported address family {header.family} in PROXY header")
+            conn.error = self.prepare(conn, header)
         except proxyproto.ProxyError as e:
-            self.drop(conn, str(e).encode())
-            return None
-        return header
+            conn.error = str(e).encode()
+        except Exception as e:  # never lose a connection (and its -c token) in a pool thread
+            conn.error = b"PROXY header: " + repr(e).encode("utf-8", "replace")
+        if conn.error is None and self.cfg.needs_lookups:
+            self.lookups(conn)  # appends to done itself
+            return
+        self.done.append(conn)
+        try:
+            os.write(self.lookup_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def ready(self, conn: Conn) -> None:
+        """A connection back from the pool: dropped if it failed there, else on to the rules."""
+        if conn.error is not None:
+            self.drop(conn, conn.error)
+            return
+        if conn.localhost is None and not self.cfg.needs_lookups:
+            conn.localhost = self.localhost_fixed
+        self.decide(conn)
 
     def lookups(self, conn: Conn) -> None:
         """DNS and ident for one connection (runs in a pool thread).

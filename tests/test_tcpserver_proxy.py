@@ -132,9 +132,26 @@ def test_bad_header_dropped_with_one_warning(prefork, send, why):
     assert lines == [f"tcpserver: warning: dropping connection, {why}"]
 
 
+def test_a_flood_of_headerless_connections_holds_no_worker(prefork):
+    """20 silent clients on ONE worker with -t 30: each waits in a pool thread, so real clients are served
+    at once (a worker held by a silent client would keep them waiting 30 s, past recv's 10 s bound)."""
+    server = prefork([*QUIET, "--proxy-protocol", "-t", "30", "--workers", "1", "-c", "40"], ECHO)
+    silent = [connect(server.port) for _ in range(20)]
+    try:
+        for s in silent[::2]:
+            s.sendall(b"PROXY TCP4 1.2.3.4")  # half start a header and stop, half send nothing
+        for n in range(5):
+            assert talk(server.port, V1 + b"%d" % n, timeout=10)[0] == b"192.0.2.1:40000 198.51.100.7:443\n%d" % n
+    finally:
+        for s in silent:
+            s.close()
+    assert server.wait_lines(lambda ls: len(ls) == 20, timeout=15) == [
+        "tcpserver: warning: dropping connection, connection closed in PROXY header"] * 20
+
+
 def test_slow_header_times_out_and_others_are_served(prefork):
-    """A silent client holds one of the two workers (tcpserver_harness.command) for -t seconds; the other
-    serves a real client meanwhile."""
+    """A silent client waits in a pool thread for -t seconds, then is dropped; a real client is served
+    meanwhile."""
     server = prefork([*QUIET, "--proxy-protocol", "-t", "2"], ECHO)
     with connect(server.port) as silent:
         silent.sendall(b"PROXY TCP4 1.2.3.4")  # and nothing more
