@@ -9,7 +9,7 @@ counts the entries of its address (or network) and takes its own under the
 connection.  Connections without a limit take their entry without the lock.
 Programs whose worker died stay in the table (the master moves them to its own
 region and frees them when it reaps them), so a SIGKILLed worker changes no
-count.  docs/ARCHITECTURE.md, "Client table", has the layout and the proof;
+count.  docs/ARCHITECTURE.md, "Client table (per-client limits)", has the layout and the proof;
 docs/reference/tcpserver.md, "Per-client limits", the contract.
 
 The table is a memfd: private to the server's processes (nobody else can open

@@ -653,6 +653,9 @@ def test_status_table_of_a_dead_server(tmp_path):
     assert text == f"/x/board: down (pid {pid} is not running), started 107 seconds ago\n" + TABLE.format(alive=0, pid=pid)
 
 
+NO_LIMITS = {"MAXCONNIP": 0, "MAXCONNC": 0, "MAXLOAD": 0}
+
+
 def test_status_json(tmp_path, capfd):
     status_board(tmp_path)
     with pytest.raises(SystemExit) as exc:
@@ -669,13 +672,13 @@ def test_status_json(tmp_path, capfd):
     }
     assert doc["start_time"] == pytest.approx(NOW_NS / 1e9 - 100)
     assert doc["totals"] == {"accepted": 30, "denied": 5, "dropped": 1, "exits": {"zero": 25, "nonzero": 9, "signal": 9},
-                             "duration_count": 24, "duration_seconds_sum": 5.75}
+                             "duration_count": 24, "duration_seconds_sum": 5.75, "limited": NO_LIMITS}
     assert doc["orphan_programs"] == {"exits": {"zero": 6, "nonzero": 7, "signal": 8}, "duration_count": 2,
                                       "duration_seconds_sum": 4.0}
     s0, s1, s2 = doc["slots"]
     assert s0 == {"index": 0, "pid": os.getpid(), "state": "waiting", "generation": 2, "active": 2, "waiting": True,
                   "accepted": 10, "denied": 2, "dropped": 1, "exits": {"zero": 4, "nonzero": 2, "signal": 1},
-                  "duration_count": 7, "duration_seconds_sum": 1.5, "started_time": pytest.approx(NOW_NS / 1e9 - 50),
+                  "limited": NO_LIMITS, "duration_count": 7, "duration_seconds_sum": 1.5, "started_time": pytest.approx(NOW_NS / 1e9 - 50),
                   "last_accept_time": pytest.approx(NOW_NS / 1e9)}
     assert (s1["pid"], s1["state"], s1["started_time"], s1["accepted"]) == (None, "exited", None, 20)
     assert (s2["state"], s2["last_accept_time"]) == ("empty", None)
