@@ -45,8 +45,8 @@ def replaced(server, before: dict[int, int], count: int | None = None) -> bool:
     """Every slot of BEFORE (or COUNT slots) serves with a worker that is not one of BEFORE's."""
     now = live(board(server))
     count = len(before) if count is None else count
-    return len(now) == count and not set(now.values()) & set(before.values()) and sorted(
-        w.pid for w in server.workers()) == sorted(now.values())
+    return len(now) == count and not set(now.values()) & set(before.values()) and set(now.values()) <= {
+        w.pid for w in server.workers()}
 
 
 def totals(snap: Snapshot) -> tuple[int, int]:
@@ -371,3 +371,62 @@ def test_reloads_under_load_refuse_nobody(prefork):
     assert failures == [] and served[0] > 0
     assert most <= limit
     assert server.stderr() == ""
+
+
+def test_quit_during_usr2_drains(prefork):
+    server = prefork(["--drain-timeout", "20", *PROXIED], ["/bin/echo", "served"])
+    assert wait_until(lambda: len(live(board(server))) == 1, 10)
+    sock = held_in_header(server)
+    server.proc.send_signal(signal.SIGUSR2)
+    time.sleep(0.5)  # probed (or probing): the upgrade waits for the held worker either way
+    server.proc.send_signal(signal.SIGQUIT)
+    time.sleep(0.3)
+    assert send_header(sock, server) == b"served\n"
+    assert server.proc.wait(timeout=15) == 0
+    assert server.stderr() == ""
+
+
+def test_usr2_under_socket_activation(prefork):
+    """The inherited socket goes on being served, and the LISTEN_* variables stay consumed."""
+    from test_tcpserver_socket_activation import WRAP, activation_env, listen_vars, listener
+
+    with listener() as sock:
+        port = sock.getsockname()[1]
+        server = prefork(QUIET, [VIEW], env=activation_env(LISTEN_FDNAMES="x"), wrap=WRAP, stdin=sock.fileno())
+    assert server.port == port
+    assert wait_until(lambda: len(live(board(server))) == 2, 10)
+    first = parse_view(talk(port)[0])
+    assert listen_vars(first["env"]) == {}  # type: ignore[arg-type]
+    before = live(board(server))
+    server.proc.send_signal(signal.SIGUSR2)
+    assert wait_until(lambda: replaced(server, before), 15), server.stderr()
+    after = parse_view(talk(port)[0])
+    for view in (first, after):
+        view["env"].pop("TCPREMOTEPORT")  # type: ignore[attr-defined]
+    assert after["env"] == first["env"] and sorted(after["fds"]) == [0, 1, 2]  # type: ignore[arg-type]
+    assert server.stderr() == ""
+
+
+def test_usr2_keeps_the_metrics_exporter(prefork):
+    from test_metrics_serving import scrape, value
+
+    server = prefork(["--metrics", "127.0.0.1:0", *QUIET], ["/bin/echo", "hi"])
+    assert wait_until(lambda: len(live(board(server))) == 2, 10)
+
+    def exporter() -> list[int]:
+        return [p.pid for p in psutil.Process(server.pid).children()
+                if any("prefork-exporter" in part for part in p.cmdline()[:2])]
+
+    assert wait_until(lambda: len(exporter()) == 1, 10)
+    (pid,) = exporter()
+    assert talk(server.port)[0] == b"hi\n"
+    before = live(board(server))
+    server.proc.send_signal(signal.SIGUSR2)
+    assert wait_until(lambda: replaced(server, before), 15), server.stderr()
+    assert talk(server.port)[0] == b"hi\n"
+    assert exporter() == [pid]  # adopted by the new master, not started again
+    service = f"127.0.0.1:{server.port}"
+    text = wait_until(lambda: (t := scrape(server.metrics_port)) and value(
+        t, "tcpserver_connections_accepted_total", service=service) == 2 and t, 15, 0.1)
+    assert text, scrape(server.metrics_port)
+    assert server.lines() == [f"prefork-exporter: listening on http://127.0.0.1:{server.metrics_port}/metrics"]
