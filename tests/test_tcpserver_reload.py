@@ -430,3 +430,45 @@ def test_usr2_keeps_the_metrics_exporter(prefork):
         t, "tcpserver_connections_accepted_total", service=service) == 2 and t, 15, 0.1)
     assert text, scrape(server.metrics_port)
     assert server.lines() == [f"prefork-exporter: listening on http://127.0.0.1:{server.metrics_port}/metrics"]
+
+
+def test_hup_whose_new_worker_fails_to_start_keeps_the_old_code(prefork, pkgcopy):
+    """Code that imports (the probe passes) but whose worker dies before serving: the reload stops at the
+    first slot, which gets a forked worker again (the code the master runs); the other slot keeps its worker."""
+    wrap, worker_py = pkgcopy
+    server = prefork(QUIET, MARK, wrap=wrap)
+    assert wait_until(lambda: len(live(board(server))) == 2, 10)
+    before = live(board(server))
+    text = worker_py.read_text()
+    old = "    def _setup(self) -> None:\n"
+    assert old in text
+    worker_py.write_text(text.replace(old, old + "        raise RuntimeError('no start on purpose')\n"))
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload failed" in server.stderr() and len(live(board(server))) == 2, 15), \
+        server.stderr()
+    assert wait_until(lambda: live(board(server))[1] == before[1] and live(board(server))[0] != before[0], 10)
+    assert marks(server) == {b"mark none\n"}
+    lines = server.lines()
+    assert len(lines) == 2 and "worker exiting: RuntimeError('no start on purpose')" in lines[0], lines
+    assert lines[1].startswith("tcpserver: warning: reload failed: new worker ") and lines[1].endswith(
+        " did not start serving; the running code goes on serving"), lines
+    worker_py.write_text(text)  # fixed: the next HUP replaces both
+    before = live(board(server))
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: replaced(server, before), 15), server.stderr()
+    assert len(server.lines()) == 2
+
+
+def test_ttin_during_hup_acts_at_once(prefork):
+    """The held worker keeps slot 0 while it leaves; HUP's successor and TTIN's worker start meanwhile."""
+    server = prefork(["--max-workers", "3", *PROXIED], ["/bin/echo", "served"])
+    assert wait_until(lambda: len(live(board(server))) == 1, 10)
+    first = live(board(server))[0]
+    sock = held_in_header(server)
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTTIN)  # the reload still waits for the held worker
+    assert wait_until(lambda: len(live(board(server))) == 3, 10), board(server).slots
+    assert send_header(sock, server) == b"served\n"
+    assert wait_until(lambda: len(live(board(server))) == 2 and first not in live(board(server)).values(), 15)
+    assert server.stderr() == ""
