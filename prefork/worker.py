@@ -147,7 +147,10 @@ class Worker:
         try:
             self._setup()
             if self.ready_fd >= 0:
-                os.write(self.ready_fd, b"r")
+                try:
+                    os.write(self.ready_fd, b"r")
+                except OSError:
+                    pass  # the master gave up on this reload (QUIT, a deadline): we serve all the same
                 os.close(self.ready_fd)
             self._loop()
         except BaseException as e:  # never return into the master's code after fork
