@@ -137,8 +137,11 @@ class Master:
     def start(self) -> NoReturn:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._sigterm)
-        for sig in (signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR2):
+        for sig in (signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, self._queue_signal)
+        for sig in (signal.SIGHUP, signal.SIGUSR2):  # ignored at start (nohup): no reload, programs still ignore it
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._queue_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         name_process()  # also in the in-process fallback: ps -C tcpserver finds the master, workers inherit it

@@ -166,7 +166,8 @@ class Worker:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, self._sigquit)
         for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR2):  # the master's, not ours
-            signal.signal(sig, signal.SIG_DFL)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored at start: stays so, as with 0.88
+                signal.signal(sig, signal.SIG_DFL)
         self.lsock.setblocking(False)
         self.ep = select.epoll()
         self.ep.register(self.sig_r, EPOLLIN)

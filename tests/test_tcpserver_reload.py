@@ -22,7 +22,18 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tcpserver_harness import QUIET, VIEW, check_order, connect, parse_view, recv_all, recv_line, talk, wait_until
+from tcpserver_harness import (
+    QUIET,
+    VIEW,
+    check_order,
+    connect,
+    parse_view,
+    recv_all,
+    recv_line,
+    sigbit,
+    talk,
+    wait_until,
+)
 
 from loadtest.soak_procs import count_programs
 from prefork.scoreboard_read import Snapshot, read
@@ -471,4 +482,22 @@ def test_ttin_during_hup_acts_at_once(prefork):
     assert wait_until(lambda: len(live(board(server))) == 3, 10), board(server).slots
     assert send_header(sock, server) == b"served\n"
     assert wait_until(lambda: len(live(board(server))) == 2 and first not in live(board(server)).values(), 15)
+    assert server.stderr() == ""
+
+
+def test_hup_ignored_at_start_stays_ignored(prefork):
+    """Started under nohup: HUP reloads nothing and programs get it ignored (0.88's); USR2 still works."""
+    from test_tcpserver_env import SIGWRAP
+
+    server = prefork(QUIET, [VIEW], wrap=[SIGWRAP, "HUP", "--"])
+    assert wait_until(lambda: len(live(board(server))) == 2, 10)
+    before = live(board(server))
+    server.proc.send_signal(signal.SIGHUP)
+    view = parse_view(talk(server.port)[0])
+    assert view["SigIgn"] & sigbit(signal.SIGHUP)  # type: ignore[operator]
+    time.sleep(0.5)
+    assert server.proc.poll() is None and live(board(server)) == before and generations(server) == [1, 1]
+    server.proc.send_signal(signal.SIGUSR2)
+    assert wait_until(lambda: replaced(server, before), 15), server.stderr()
+    assert parse_view(talk(server.port)[0])["SigIgn"] & sigbit(signal.SIGHUP)  # type: ignore[operator]
     assert server.stderr() == ""
