@@ -214,47 +214,9 @@ class ConnRig:
                 out.append(pid)
         return out
 
-    def _programs_pass(self) -> dict[int, tuple[int, str, str, int | None]]:
-        """One look at the master's tree: {program pid: (parent, comm, state, start ticks)}.
-
-        A worker's comm is ``tcpserver`` (the master names itself, its forks
-        inherit it); a program's is ``sh``.  Every child of a worker is a
-        program (the fast path starts no other process); so is every child of
-        the master that is not a worker (a program whose worker died).
-        """
-        found: dict[int, tuple[int, str, str, int | None]] = {}
-        master = self.master
-        for pid in procs.children(master):
-            st = procs.stat(pid)
-            if st is None:
-                continue
-            if st[0] == "tcpserver":
-                for kid in procs.children(pid):
-                    kst = procs.stat(kid)
-                    if kst is not None:
-                        found[kid] = (pid, kst[0], kst[1], procs.start_ticks(kid))
-            else:
-                found[pid] = (master, st[0], st[1], procs.start_ticks(pid))
-        return found
-
     def count_programs(self, detail: list | None = None) -> int:
-        """Programs running (or exited, not yet reaped) at one instant in the master's tree.
-
-        One look reads the workers' lists one after another, so it is no
-        snapshot: a program seen early in one worker may exit, and its token
-        start a program seen later in another.  So the tree is looked at twice
-        and a program counts only if both looks saw it (same pid, same start
-        time): it was alive over the whole gap between the end of the first
-        look and the start of the second, so all of them were alive at one
-        instant.  The count can be low, never high.  DETAIL, when given, gets
-        ``(pid, parent, comm, state)`` of every program counted.
-        """
-        first = self._programs_pass()
-        second = self._programs_pass()
-        both = {pid: v for pid, v in second.items() if pid in first and first[pid][3] == v[3]}
-        if detail is not None:
-            detail.extend((pid, v[0], v[1], v[2]) for pid, v in sorted(both.items()))
-        return len(both)
+        """Programs running (or exited, not yet reaped) at one instant in the master's tree (procs.count_programs)."""
+        return procs.count_programs(self.master, detail)
 
     def tokens(self) -> dict:
         """What the scoreboard says right now: tokens held and connections active per slot, orphans."""

@@ -136,6 +136,54 @@ def tagged_pids(tag: str) -> list[int]:
     return found
 
 
+def _programs_pass(master: int) -> dict[int, tuple[int, str, str, int | None]]:
+    """One look at a tcpserver master's tree: {program pid: (parent, comm, state, start ticks)}.
+
+    A worker's comm is ``tcpserver`` (the master names itself, its forks
+    inherit it); a program's is its own.  A worker or a reload's probe exec'd
+    fresh (HUP, USR2) is ``python3...`` until it names itself, but has the
+    master's command line from its exec on (``tcpserver -I -S SCRIPT ARGS``,
+    only SCRIPT differs).  Every child of a worker is a program (the fast
+    path starts no other process); so is every child of the master that is
+    not one of those (a program whose worker died or left).
+    """
+    found: dict[int, tuple[int, str, str, int | None]] = {}
+    own = cmdline(master).split(b"\0")
+    for pid in children(master):
+        st = stat(pid)
+        if st is None:
+            continue
+        line = cmdline(pid).split(b"\0")
+        if st[0] == "tcpserver" or (line[1:3] == [b"-I", b"-S"] and line[:1] + line[4:] == own[:1] + own[4:]):
+            for kid in children(pid):
+                kst = stat(kid)
+                if kst is not None:
+                    found[kid] = (pid, kst[0], kst[1], start_ticks(kid))
+        else:
+            found[pid] = (master, st[0], st[1], start_ticks(pid))
+    return found
+
+
+def count_programs(master: int, detail: list | None = None) -> int:
+    """Programs running (or exited, not yet reaped) at one instant in MASTER's tree.
+
+    One look reads the workers' lists one after another, so it is no
+    snapshot: a program seen early in one worker may exit, and its token
+    start a program seen later in another.  So the tree is looked at twice
+    and a program counts only if both looks saw it (same pid, same start
+    time): it was alive over the whole gap between the end of the first
+    look and the start of the second, so all of them were alive at one
+    instant.  The count can be low, never high.  DETAIL, when given, gets
+    ``(pid, parent, comm, state)`` of every program counted.
+    """
+    first = _programs_pass(master)
+    second = _programs_pass(master)
+    both = {pid: v for pid, v in second.items() if pid in first and first[pid][3] == v[3]}
+    if detail is not None:
+        detail.extend((pid, v[0], v[1], v[2]) for pid, v in sorted(both.items()))
+    return len(both)
+
+
 def shm_names() -> set[str]:
     try:
         return set(os.listdir("/dev/shm"))

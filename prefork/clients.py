@@ -152,8 +152,8 @@ class ClientTable:
 
     # -- the master's side ----------------------------------------------------------------------
     def settle_dead(self, index: int, found: set[int], orphans: dict[int, int]) -> None:
-        """Move dead worker INDEX's entries of programs still alive (FOUND: the master's new children)
-        into the master's region, recording pid -> entry in ORPHANS; free the rest.
+        """Move dead worker INDEX's entries of programs still alive (FOUND: the master's children whose
+        worker is gone) into the master's region, recording pid -> entry in ORPHANS; free the rest.
 
         Called under the -c lock.  An entry still ADMITTED may belong to a program
         started in the instant the worker died, before it stored the pid: that is
@@ -169,9 +169,9 @@ class ClientTable:
             if pid == ADMITTED:
                 pid = _program_on(self.u64[(off + 8) >> 3], found - claimed)
             if pid and pid in found and pid not in claimed and spare:
-                i = spare.pop()
-                self.used(self.slots, i)
-                new = self.entry(self.slots, i)
+                place = spare.pop()
+                self.used(self.slots, place)
+                new = self.entry(self.slots, place)
                 self.put(new, bytes(self.mm[off + ADDR : off + ADDR + 16]), 0)
                 self.set_pid(new, pid)
                 orphans[pid] = new

@@ -73,6 +73,15 @@ def exec_lean(name: str, make_script: MakeScript) -> None:
     front end's imports (the option parser, site, an editable install's finder) are needed for.
     """
     fail_fast()  # for the in-process fallback: an exec replaces it with the bootstrap's own
+    exec_script(name, make_script, sys.executable, sys.argv[0], sys.argv[1:], original_environ())
+
+
+def exec_script(name: str, make_script: MakeScript, executable: str, argv0: str, args: list[str],
+                env: dict[bytes, bytes]) -> None:
+    """``execve(EXECUTABLE, [ARGV0, "-I", "-S", /proc/self/fd/N, *ARGS], ENV)`` running the script in memfd N.
+
+    Also how a running tcpserver starts fresh code on HUP and USR2 (reload.py).  Returns if not possible.
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(prefork.__file__)))
     paths = [root] + [p for p in sys.path if p and p != root]
     hold_std_fds()  # the memfd must not become fd 0, 1 or 2 of the new interpreter
@@ -90,11 +99,11 @@ def exec_lean(name: str, make_script: MakeScript) -> None:
         if not os.path.exists(path):
             os.close(fd)
             return
-        argv = [sys.argv[0], "-I", "-S", path, *sys.argv[1:]]
+        argv = [argv0, "-I", "-S", path, *args]
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:  # None when Python started with that fd closed
                 stream.flush()
-        os.execve(sys.executable, argv, original_environ())
+        os.execve(executable, argv, env)
     except OSError:
         try:
             os.close(fd)

@@ -30,6 +30,12 @@ or an orphan, restarted like a worker when it exits, and gone by itself
 
 Under systemd socket activation (``LISTEN_PID``/``LISTEN_FDS``, see
 ``activation.py``) the master serves the inherited socket instead of binding.
+
+HUP and USR2 reload the code without closing the listening socket (reload.py; docs/ARCHITECTURE.md,
+tcpserver: master, workers, scoreboard): after a probe has imported the new code, HUP
+replaces the workers one slot at a time by fresh interpreters, USR2 lets the
+workers leave and re-executes the master in place (same pid), which resumes
+with the same socket, scoreboard, programs and exporter.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import signal
 import socket
 import time
 
-from prefork import activation, proc
+from prefork import activation, proc, reload
 from prefork import scoreboard as sb
 from prefork.capacity import Capacity
 from prefork.clients import ClientTable
@@ -62,6 +68,10 @@ if TYPE_CHECKING:
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+# Blocked across USR2's exec (the mask survives it): a signal arriving meanwhile waits, pending, for the
+# new master's handlers instead of meeting the default action (HUP, TERM end it; TTIN, TTOU stop it).
+EXEC_BLOCKED = {signal.SIGHUP, signal.SIGUSR2, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTERM,
+                signal.SIGINT, signal.SIGCHLD}
 RESTART_DELAY = 1.0  # a slot whose worker lived less than this waits before it is refilled
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -74,8 +84,9 @@ def prctl(option: int, value: int) -> None:
 class Master:
     """State of the master process."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, handoff: dict | None = None) -> None:
         self.cfg = cfg
+        self.handoff = handoff  # USR2: what the master we replace left us (resume())
         self.verbose = cfg.verbosity >= 2
         self.warn = cfg.verbosity >= 1
         self.pid = os.getpid()
@@ -97,6 +108,19 @@ class Master:
         self.exporter: Exporter | None = None  # only with --metrics/--metrics-textfile
         self.metrics_listen: socket.socket | str | None = None  # --metrics: bound socket, or HOST:PORT (see bind_metrics)
         self.metrics_port: int | None = None  # what -1 prints on its second line ("metrics PORT")
+        # HUP, USR2 (reload.py): the probe of the new code, the reload in progress (its signal, 0: none), the
+        # reloads asked for meanwhile, workers exec'd fresh (after a HUP) rather than forked, HUP's workers of
+        # the old code still to replace, the slot being replaced and the new worker there not yet serving
+        # (its ready pipe, pid, deadline), and USR2's wait for the workers to leave.
+        self.probe: reload.Probe | None = None
+        self.stray: set[int] = set()  # probes killed with their reload, not reaped yet: never counted as programs
+        self.reloading = 0
+        self.deferred: list[int] = []
+        self.fresh = False
+        self.old: set[int] = set()
+        self.replacing: int | None = None
+        self.turnover: tuple[int, int, float] | None = None
+        self.upgrading = False
         # What our programs (and the exporter) start from; socket activation's variables consumed (activation.py).
         self.environ = original_environ()
         self.activated = activation.listen_fds(self.environ, self.pid)  # sockets passed to us; 0: bind
@@ -117,9 +141,14 @@ class Master:
         signal.signal(signal.SIGTERM, self._sigterm)
         for sig in (signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(sig, self._queue_signal)
+        for sig in (signal.SIGHUP, signal.SIGUSR2):  # ignored at start (nohup): no reload, programs still ignore it
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, self._queue_signal)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
         name_process()  # also in the in-process fallback: ps -C tcpserver finds the master, workers inherit it
+        if self.handoff is not None:
+            self.resume(self.handoff)
         ip = cfg.ip
         if ip is None:
             from prefork.addr import HostError, resolve_server_host
@@ -213,8 +242,34 @@ class Master:
             self.board.unlink()
         os._exit(0)
 
+    def resume(self, h: dict) -> NoReturn:
+        """USR2's new master: the socket, scoreboard, programs and exporter of the master we replaced.
+
+        Bound, privileges dropped and announced already; the workers left before the exec, so every child
+        but the exporter is a counted program (an orphan), whose exits we count and reap from here on.
+        """
+        lsock = socket.socket(fileno=h["listen"])
+        lsock.set_inheritable(False)
+        self.board = sb.ScoreboardFile.attach(h["board_path"], h["board"])
+        os.set_inheritable(self.board.fd, False)
+        self.remove_board = h["remove_board"]
+        self.target = h["target"]
+        self.orphans = dict(h["orphans"])
+        self.counted_orphans = set(h["counted"])
+        self.client_entries = dict(h["client_entries"])
+        self.logged_orphans = set(h["logged"])
+        self.queued = list(h["queued"])
+        metrics = h["metrics"]
+        if isinstance(metrics, int):
+            self.metrics_listen = socket.socket(fileno=metrics)
+            self.metrics_listen.set_inheritable(False)
+        else:
+            self.metrics_listen = metrics
+        self.cfg.bound_ip = h["bound_ip"]
+        self.serve(lsock)
+
     def _queue_signal(self, signum: int, frame: object) -> None:
-        """QUIT, TTIN, TTOU: only queued; the loop acts on them (its wake-up fd has the byte)."""
+        """QUIT, TTIN, TTOU, HUP, USR2: only queued; the loop acts on them (its wake-up fd has the byte)."""
         self.queued.append(signum)
 
     # -- running ------------------------------------------------------------------------------
@@ -229,9 +284,12 @@ class Master:
         self.sig_w = sig_w
         signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, noop_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)  # after USR2: what came during the exec
         if self.verbose:
             self.spawnlog = SpawnLog(self.nslots, cfg.limit)
-        self.clients = ClientTable(self.nslots, cfg.limit)  # per-client limits: shared with every worker
+        # Per-client limits: shared with every worker; after USR2 the same memfd, the orphans' entries in it.
+        self.clients = ClientTable(self.nslots, cfg.limit, self.handoff["clients"] if self.handoff else None)
+        os.set_inheritable(self.clients.fd, False)
         self.base_env = base_environment(self.environ)
         self.spawner = Spawner(cfg.argv, signals_to_reset())
         self.rules = None
@@ -240,12 +298,15 @@ class Master:
 
             self.rules = RulesFile(cfg.rules_path, cfg.rules_missing_ok)
         if cfg.wants_exporter:
-            self.start_exporter()
+            self.start_exporter(self.handoff["exporter"] if self.handoff is not None else 0)
         gc.collect()
         gc.freeze()  # keep the objects the workers share out of later collections: fewer copied pages
-        for index in range(cfg.workers):
-            self.start_worker(index)
-        readable = [self.sig_r]
+        if self.handoff is not None:
+            self.reap()  # programs that ended during the exec
+            self.fill()
+        else:
+            for index in range(cfg.workers):
+                self.start_worker(index)
         while True:
             self.dispatch()
             if self.drain_until is not None and not self.workers and not self.orphans:
@@ -256,15 +317,22 @@ class Master:
                 due.append(self.drain_until)
             if self.exporter is not None and self.exporter.due is not None:
                 due.append(self.exporter.due)
+            if self.probe is not None:
+                due.append(self.probe.deadline)
+            readable = [self.sig_r]
+            if self.turnover is not None:
+                readable.append(self.turnover[0])
+                due.append(self.turnover[2])
             if due:
                 timeout = max(0.0, min(due) - time.monotonic())
             try:
-                select.select(readable, [], [], timeout)
+                ready = select.select(readable, [], [], timeout)[0]
             except InterruptedError:
-                pass
+                ready = []
             drain(self.sig_r)
             self.reap()
             now = time.monotonic()
+            self.reload_step(ready, now)
             for index, when in list(self.pending.items()):
                 if when <= now:
                     del self.pending[index]
@@ -275,6 +343,8 @@ class Master:
                     self.exit_drained()
                 if now >= self.drain_until:
                     self.drain_expired()
+            elif self.upgrading and not self.workers:
+                self.reexec()
             else:
                 self.fill()
             if self.exporter is not None:
@@ -301,6 +371,11 @@ class Master:
                 else:
                     self.target -= 1
                     self.shed()
+            elif self.reloading:  # HUP, USR2 during a reload: after it, once per kind
+                if sig not in self.deferred:
+                    self.deferred.append(sig)
+            else:
+                self.begin_reload(sig)
 
     def note(self, text: bytes) -> None:
         if self.warn:
@@ -313,7 +388,7 @@ class Master:
     def fill(self) -> None:
         """Start workers in free slots (lowest first) until there are as many as wanted."""
         assert self.board is not None
-        while self.staying() < self.target:
+        while self.staying() < self.target and not self.upgrading:
             taken = set(self.workers.values()) | set(self.pending)
             free = [i for i in range(self.nslots) if i not in taken]
             if not free:
@@ -345,6 +420,8 @@ class Master:
     def begin_drain(self) -> None:
         """QUIT: accept nothing more, let the workers leave, wait for the programs up to --drain-timeout."""
         assert self.board is not None
+        self.end_reload()  # a reload in progress stops here; those asked for meanwhile are dropped
+        self.deferred.clear()
         self.drain_until = time.monotonic() + self.cfg.drain_timeout
         self.lsock.close()  # the workers close theirs as they leave: the port then refuses (activation: queues)
         for index in self.pending:
@@ -379,6 +456,145 @@ class Master:
         self.note(b"drain timeout: %d programs sent TERM" % len(programs))
         self.exit_drained()
 
+    # -- HUP, USR2 (reload.py) ---------------------------------------------------------------------
+    def begin_reload(self, sig: int) -> None:
+        """Start a reload by probing the new code; the loop goes on from the probe's exit (reload_step)."""
+        if sig == signal.SIGHUP and self.spawnlog is not None and self.spawnlog.fd < 0:
+            self.note(b"reload failed: -v needs memfd_create to hand the spawn log to a new worker")
+            return
+        try:
+            errfd = os.memfd_create("tcpserver-probe", os.MFD_CLOEXEC)
+        except OSError as e:
+            self.note(b"reload failed: unable to check the new code: " + errstr(e).encode())
+            return
+        pid = self.fork_fresh(errfd)
+        if not pid:
+            os.close(errfd)
+            return
+        self.reloading = sig
+        self.probe = reload.Probe(pid, errfd, sig)
+
+    def fork_fresh(self, errfd: int) -> int:
+        """Fork the probe (its stderr ERRFD); 0 if fork fails (said in one line)."""
+        try:
+            pid = os.fork()
+        except OSError as e:
+            self.note(b"reload failed: unable to fork: " + errstr(e).encode())
+            return 0
+        if pid == 0:
+            try:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() == self.pid:
+                    os.dup2(errfd, 2)
+                    reload.exec_fresh("tcpserver-probe", reload.probe_body(self.cfg), (), self.environ)
+            finally:
+                os._exit(111)
+        return pid
+
+    def probe_exited(self, status: int) -> None:
+        """The probe is over: on success HUP starts replacing workers, USR2 lets them all leave."""
+        probe, self.probe = self.probe, None
+        assert probe is not None
+        failure = probe.failure(status)
+        if failure is not None:
+            self.note(b"reload failed: " + failure + b"; the running code goes on serving")
+            self.end_reload()
+        elif self.reloading == signal.SIGHUP:
+            self.fresh = True
+            self.old = {pid for pid in self.workers if pid not in self.retiring}
+        else:
+            assert self.board is not None
+            self.upgrading = True
+            for index in self.pending:
+                self.board.put32(self.board.slot_offset(index) + sb.OFF_STATE, sb.STATE_EMPTY)
+            self.pending.clear()
+            for pid in list(self.workers):
+                if pid not in self.retiring:
+                    self.retire(pid)
+
+    def reload_step(self, ready: list[int], now: float) -> None:
+        """Move the reload on: the probe's deadline, the new worker's ready pipe, the next slot to replace."""
+        if self.probe is not None and now >= self.probe.deadline:
+            try:
+                os.kill(self.probe.pid, signal.SIGKILL)  # reaped (and reported) as any probe exit
+            except ProcessLookupError:
+                pass
+        if self.turnover is not None:
+            fd, pid, deadline = self.turnover
+            if fd in ready or now >= deadline:
+                self.turnover = None
+                try:
+                    said = os.read(fd, 1) if fd in ready else b""
+                except OSError:
+                    said = b""
+                os.close(fd)
+                if said != b"r":
+                    self.note(b"reload failed: new worker %d did not start serving; the running code goes on "
+                              b"serving" % pid)
+                    if pid in self.workers:
+                        os.kill(pid, signal.SIGKILL)  # a hung one: reaped and replaced by a forked one
+                    self.fresh = False  # restarts fork the code the master runs, as before the HUP
+                    self.end_reload()
+        if self.reloading == signal.SIGHUP and self.probe is None and self.drain_until is None:
+            self.replace_next()
+
+    def replace_next(self) -> None:
+        """HUP: when no slot is changing hands, tell the lowest worker of the old code to leave (reap() then
+        starts a fresh one in its slot); none left: the reload is over."""
+        if self.replacing is not None or self.turnover is not None:
+            return
+        self.old &= set(self.workers)
+        self.old -= self.retiring
+        if not self.old:
+            self.end_reload()
+            return
+        index, pid = min((self.workers[pid], pid) for pid in self.old)
+        self.old.discard(pid)
+        self.replacing = index
+        self.retire(pid)
+
+    def end_reload(self) -> None:
+        """No reload in progress any more; one asked for meanwhile is dispatched next."""
+        if self.probe is not None:
+            os.kill(self.probe.pid, signal.SIGKILL)  # our child, not reaped yet: the pid is still its
+            os.close(self.probe.errfd)
+            self.stray.add(self.probe.pid)
+            self.probe = None
+        if self.turnover is not None:
+            os.close(self.turnover[0])
+            self.turnover = None
+        self.reloading = 0
+        self.old.clear()
+        self.replacing = None
+        self.upgrading = False
+        self.queued[:0] = self.deferred
+        self.deferred.clear()
+
+    def reexec(self) -> None:
+        """USR2, every worker gone: exec a fresh master in place (same pid), which resume()s from what we pass."""
+        assert self.board is not None
+        listen = self.metrics_listen
+        handoff = {
+            "listen": self.lsock.fileno(), "board": self.board.fd, "board_path": self.board.path,
+            "remove_board": self.remove_board, "target": self.target, "bound_ip": self.cfg.bound_ip,
+            "orphans": self.orphans, "counted": sorted(self.counted_orphans), "logged": sorted(self.logged_orphans),
+            "clients": self.clients.fd, "client_entries": self.client_entries,
+            "queued": self.deferred + self.queued,
+            "exporter": self.exporter.pid if self.exporter is not None else 0,
+            "metrics": listen.fileno() if isinstance(listen, socket.socket) else listen,
+        }
+        keep = [self.lsock.fileno(), self.board.fd, self.clients.fd]
+        if isinstance(listen, socket.socket):
+            keep.append(listen.fileno())
+        signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED)
+        reload.exec_master(self, handoff, keep)
+        for fd in keep:  # still here: the exec failed
+            os.set_inheritable(fd, False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
+        self.note(b"reload failed: unable to execute a new master; the running code goes on serving")
+        self.end_reload()
+        self.fill()
+
     def warning(self, text: str, err: BaseException) -> None:
         """``tcpserver: warning: TEXT: ERR``, unless -q."""
         if self.warn:
@@ -401,8 +617,9 @@ class Master:
         else:
             self.metrics_port = parse_address(listen)[1]
 
-    def start_exporter(self) -> None:
-        """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile)."""
+    def start_exporter(self, running: int = 0) -> None:
+        """Run prefork-exporter on our scoreboard (only with --metrics/--metrics-textfile); RUNNING: the pid of the
+        one the master we replaced (USR2) started, ours now."""
         from prefork.exporter_child import Exporter, exporter_args
 
         cfg = self.cfg
@@ -412,9 +629,15 @@ class Master:
                              cfg.metrics_user)
         self.exporter = Exporter("tcpserver", args, self.environ, self.spawner.sigdef, quiet=not self.warn,
                                  listener=listen)
-        self.exporter.start()
+        if running:
+            self.exporter.pid = running
+            self.exporter.started = time.monotonic()
+        else:
+            self.exporter.start()
 
-    def start_worker(self, index: int) -> None:
+    def start_worker(self, index: int, ready: bool = False) -> None:
+        """A worker in slot INDEX: forked, or after a HUP exec'd fresh; READY: HUP's replacement, which says on
+        a pipe when it serves (self.turnover)."""
         board = self.board
         assert board is not None
         slot = board.slot_offset(index)
@@ -423,18 +646,27 @@ class Master:
         board.put32(slot + sb.OFF_GENERATION, board.get32(slot + sb.OFF_GENERATION) + 1)
         if self.spawnlog is not None:
             self.spawnlog.reset(index)
+        ready_r = ready_w = -1
+        if ready and self.fresh:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
             pid = os.fork()
         except OSError as e:
             if self.warn:
                 os.write(2, b"tcpserver: warning: unable to fork worker: %s\n" % errstr(e).encode())
             self.pending[index] = time.monotonic() + RESTART_DELAY
+            if ready_r >= 0:
+                os.close(ready_r)
+                os.close(ready_w)
             return
         if pid == 0:
             try:
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() != self.pid:
                     os._exit(0)
+                if self.fresh:  # after a HUP: the code on disk now, in a fresh interpreter
+                    reload.exec_worker(self, index, ready_w)
+                    os._exit(111)
                 signal.set_wakeup_fd(-1)
                 os.close(self.sig_r)
                 os.close(self.sig_w)
@@ -449,6 +681,9 @@ class Master:
         self.workers[pid] = index
         self.started[index] = time.monotonic()
         board.put32(slot + sb.OFF_PID, pid)
+        if ready_r >= 0:
+            os.close(ready_w)
+            self.turnover = (ready_r, pid, time.monotonic() + reload.PROBE_TIMEOUT)
 
     def reap(self) -> None:
         reaped: list[tuple[int, int]] = []
@@ -464,21 +699,32 @@ class Master:
             return
         assert self.board is not None  # for mypy: children are reaped only while serving, board made
         exporter = {self.exporter.pid} if self.exporter is not None and self.exporter.pid else set()
+        others = exporter | self.stray  # children that are not programs
+        self.stray -= {pid for pid, _ in reaped}
+        if self.probe is not None:
+            others.add(self.probe.pid)
+            for pid, status in reaped:
+                if pid == self.probe.pid:
+                    self.probe_exited(status)
+                    break
         dead = [(pid, self.workers.pop(pid)) for pid, _ in reaped if pid in self.workers]
         if dead:
             # The dead workers' programs are our children now (reparented before we were told).
-            known = set(self.workers) | set(self.orphans) | {pid for pid, _ in dead} | exporter
+            known = set(self.workers) | set(self.orphans) | {pid for pid, _ in dead} | others
             found = (set(proc.children(self.pid)) | {pid for pid, _ in reaped}) - known
             for pid in found:
                 # Timed from its start: a program that outlives its worker still counts in the histogram.
                 self.orphans[pid] = proc.start_boottime_ns(pid) or time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            # Every program whose worker is gone, not just those found now: when two workers die together
+            # (a reload), the second one's programs may have been found, as orphans, when the first was reaped.
+            gone = set(self.orphans)
             # A worker killed between counting a program's exit and reaping it: finished, not counted twice.
-            self.counted_orphans |= {self.board.settle_exit(index) for _pid, index in dead} & found
+            self.counted_orphans |= {self.board.settle_exit(index) for _pid, index in dead} & gone
             # The dead workers' programs keep their places in the per-client counts, now in our region.
             self.cap.lock()
             try:
                 for _pid, index in dead:
-                    self.clients.settle_dead(index, found, self.client_entries)
+                    self.clients.settle_dead(index, gone, self.client_entries)
             finally:
                 self.cap.unlock()
             if self.spawnlog is not None:
@@ -493,10 +739,14 @@ class Master:
                 if pid in self.retiring:  # left when told (TTOU, QUIT): the slot is free, not refilled
                     self.retiring.discard(pid)
                     self.board.put32(slot + sb.OFF_STATE, sb.STATE_EMPTY)
+                    if index == self.replacing:  # HUP: its fresh successor, unless TTOU wants one fewer
+                        self.replacing = None
+                        if self.staying() < self.target:
+                            self.start_worker(index, ready=True)
                     continue
                 self.board.put32(slot + sb.OFF_STATE, sb.STATE_EXITED)
-                if self.drain_until is not None:
-                    continue  # draining: nobody replaces a worker
+                if self.drain_until is not None or self.upgrading:
+                    continue  # draining, or USR2's new master starts them: nobody replaces a worker
                 lived = time.monotonic() - self.started.get(index, 0.0)
                 self.pending[index] = time.monotonic() + (0.0 if lived >= RESTART_DELAY else RESTART_DELAY - lived)
         for pid, status in reaped:
@@ -541,6 +791,6 @@ class Master:
 
 
 
-def run(cfg: ServerConfig) -> NoReturn:
-    """Start a tcpserver with this configuration; never returns."""
-    Master(cfg).start()
+def run(cfg: ServerConfig, handoff: dict | None = None) -> NoReturn:
+    """Start a tcpserver with this configuration (HANDOFF: USR2's, see Master.resume); never returns."""
+    Master(cfg, handoff).start()

@@ -178,6 +178,24 @@ class ScoreboardFile:
         # the same file, so it is never made lazily in a worker.
         self.lock_fd = private_lock_file()
 
+    @classmethod
+    def attach(cls, path: str, fd: int, lock_fd: int | None = None) -> ScoreboardFile:
+        """The scoreboard FD, created by this server before a reload, mapped again: its counters continue
+        (docs/ARCHITECTURE.md, tcpserver: master, workers, scoreboard).  LOCK_FD: the ``-c`` lock file shared
+        with running workers; None makes a new one."""
+        self = cls.__new__(cls)
+        self.path = path
+        size = os.fstat(fd).st_size
+        self.workers = (size - HEADER_SIZE) // SLOT_SIZE
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
+        self._u32 = memoryview(self.mm).cast("I")
+        self._u64 = memoryview(self.mm).cast("Q")
+        self.fd = fd
+        self.lock_fd = private_lock_file() if lock_fd is None else lock_fd
+        return self
+
     def set_local(self, ip: str, port: int) -> None:
         import socket
 

@@ -147,11 +147,18 @@ class Worker:
         self.lookup_r = self.lookup_w = -1
         self.localhost_fixed = cfg.localname
         self.leaving = False  # SIGQUIT: finish what is started, then exit
+        self.ready_fd = -1  # a worker exec'd on HUP writes b"r" here once it serves (reload.py)
 
     # -- process set-up ---------------------------------------------------------------
     def run(self) -> NoReturn:
         try:
             self._setup()
+            if self.ready_fd >= 0:
+                try:
+                    os.write(self.ready_fd, b"r")
+                except OSError:
+                    pass  # the master gave up on this reload (QUIT, a deadline): we serve all the same
+                os.close(self.ready_fd)
             self._loop()
         except BaseException as e:  # never return into the master's code after fork
             if not isinstance(e, SystemExit) and self.warn:
@@ -165,8 +172,9 @@ class Worker:
         signal.signal(signal.SIGCHLD, noop_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGQUIT, self._sigquit)
-        for sig in (signal.SIGTTIN, signal.SIGTTOU):  # the master's, not ours: as before they existed
-            signal.signal(sig, signal.SIG_DFL)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR2):  # the master's, not ours
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored at start: stays so, as with 0.88
+                signal.signal(sig, signal.SIG_DFL)
         self.lsock.setblocking(False)
         self.ep = select.epoll()
         self.ep.register(self.sig_r, EPOLLIN)
@@ -747,10 +755,18 @@ class SpawnLog:
     HEAD = 32
     TEXT = 1024
 
-    def __init__(self, workers: int, limit: int) -> None:
+    def __init__(self, workers: int, limit: int, fd: int | None = None) -> None:
         self.capacity = limit + 1  # a worker's live programs never exceed its tokens (at most the limit)
         self.size = (self.HEAD + self.TEXT + 4 * self.capacity + 7) & ~7
-        self.mm = mmap.mmap(-1, max(1, workers) * self.size)  # MAP_SHARED | MAP_ANONYMOUS
+        length = max(1, workers) * self.size
+        if fd is None:  # the master: a memfd, so a worker exec'd on HUP maps it too (reload.py); else anonymous
+            try:
+                fd = os.memfd_create("prefork-spawnlog", os.MFD_CLOEXEC)
+                os.ftruncate(fd, length)
+            except (AttributeError, OSError):
+                fd = -1
+        self.fd = fd
+        self.mm = mmap.mmap(fd, length)  # MAP_SHARED (MAP_ANONYMOUS with fd -1)
         self.u32 = memoryview(self.mm).cast("I")
         self.u64 = memoryview(self.mm).cast("Q")
 

@@ -152,3 +152,38 @@ def test_children_lists_a_child_until_it_is_reaped():
         child.kill()
         child.wait(timeout=10)
     assert child.pid not in proc.children(os.getpid())
+
+
+SUBREAPER = r"""
+import ctypes, os, sys, time
+sys.path.insert(0, sys.argv[1])
+from prefork import proc
+ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans below us come to us
+missed = 0
+for _ in range(int(sys.argv[2])):
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # a "worker": starts a "program" and dies at once
+        os.close(r)
+        grandchild = os.posix_spawn("/bin/sleep", ["sleep", "30"], {})
+        os.write(w, b"%d" % grandchild)
+        os._exit(0)
+    os.close(w)
+    grandchild = int(os.read(r, 64))
+    os.close(r)
+    os.waitpid(child, 0)  # reparented to us before its parent became a zombie
+    if grandchild not in proc.children(os.getpid()):
+        missed += 1
+    os.kill(grandchild, 9)
+    os.waitpid(grandchild, 0)
+print(missed)
+"""
+
+
+def test_children_sees_orphans_reparented_to_a_subreaper(tmp_path):
+    """The tcpserver master's case: a worker dies, its program is the master's child now and must be found."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(proc.__file__)))
+    out = subprocess.run(["/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3", "-c", SUBREAPER,
+                          root, "60"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"0\n"

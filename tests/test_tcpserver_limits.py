@@ -246,3 +246,34 @@ def test_without_limits_nothing_changes_for_a_0_88_command_line(tmp_path, prefor
     assert board_json(board)["totals"]["limited"] == {"MAXCONNIP": 0, "MAXCONNC": 0, "MAXLOAD": 0}
     for s in held:
         s.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR2], ids=["HUP", "USR2"])
+def test_limits_stay_exact_across_a_reload(tmp_path, prefork, sig):
+    """A program admitted before HUP (new workers exec'd fresh) or USR2 (a new master) still holds its
+    address's one place after it, until it ends."""
+    net = subnet()
+    cdb = rules(tmp_path, f'{net}.:allow,MAXCONNIP="1"\n')
+    board = tmp_path / "board"
+    server = prefork([*QUIET, "-x", cdb, "--scoreboard", str(board)], ["sh", "-c", "echo hi; exec sleep 30"])
+    held = connect(server.port, source=f"{net}.4")
+    assert recv_line(held) == b"hi\n"
+    before = {w.pid for w in server.workers()}
+    server.proc.send_signal(sig)
+    assert wait_until(lambda: len(server.workers()) == 2 and not before & {w.pid for w in server.workers()}, 20)
+    assert wait_until(lambda: {s["state"] for s in board_json(board)["slots"]} == {"ready"}, 10)
+    with connect(server.port, source=f"{net}.4") as s:  # the place is still taken
+        assert recv_all(s) == b""
+    with connect(server.port, source=f"{net}.5") as s:  # others are served
+        assert recv_line(s) == b"hi\n"
+    for p in psutil.Process(server.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "sleep" and p.environ().get("TCPREMOTEIP") == f"{net}.4":
+                p.kill()
+    def admitted() -> bool:
+        with connect(server.port, source=f"{net}.4") as s:
+            return recv_line(s, 2) == b"hi\n"
+    assert wait_until(admitted, timeout=10, interval=0.1)
+    held.close()
+    assert board_json(board)["totals"]["limited"]["MAXCONNIP"] >= 1
+    assert server.stderr() == ""
