@@ -23,6 +23,8 @@ import select
 import socket
 import time
 
+from prefork.addr import unmapped
+
 __all__ = ["IDENT_PORT", "MAX_INFO", "IdentReply", "ident_query", "ident_query_bytes", "parse_ident_reply"]
 
 IDENT_PORT = 113
@@ -120,8 +122,10 @@ def ident_query_bytes(
 ) -> bytes | None:
     """``ident_query``'s answer as the bytes the server sent (IdentReply.raw), or None."""
     deadline = time.monotonic() + timeout
+    local_ip, remote_ip = unmapped(local_ip), unmapped(remote_ip)  # -6 shows IPv4 clients as ::ffff:1.2.3.4
+    family = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setblocking(False)
             sock.bind((local_ip, 0))
             err = sock.connect_ex((remote_ip, ident_port))

@@ -39,6 +39,7 @@ import time
 
 from prefork import proc
 from prefork import scoreboard as sb
+from prefork.addr import present
 from prefork.capacity import Capacity
 from prefork.djb import errstr
 from prefork.environ import set_variable
@@ -70,7 +71,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo", "sockip")
+                 "remoteinfo", "sockip", "scope")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -83,6 +84,7 @@ class Conn:
         self.remotehost: bytes | None = None
         self.remoteinfo: bytes | None = None
         self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
+        self.scope = 0  # an IPv6 client's scope id (link-local): TCP6INTERFACE
 
 
 class Worker:
@@ -124,7 +126,12 @@ class Worker:
         self.master_pid = os.getppid()  # forked by the master (master.py checks that before building us)
         self.master_check_at = 0  # monotonic ns of the next look at the master's state (svc -p)
         self.ident_seq = 0
-        self.any_address = cfg.bound_ip == "0.0.0.0"
+        self.any_address = cfg.bound_ip in ("0.0.0.0", "::")
+        self.lfamily = lsock.family
+        # addresses shown other than as accept() gives them: an IPv6 listener's (mapped IPv4 clients shown as
+        # IPv4) and, with -6, an IPv4 listener's (shown as ::ffff:); docs/CONTRACTS.md, IPv6
+        self.force6 = cfg.family == 6
+        self.rewrite = self.lfamily == socket.AF_INET6 or self.force6
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
         self.denied = board.get64(self.slot + sb.OFF_DENIED)
         self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
@@ -281,7 +288,10 @@ class Worker:
         self.accepted += 1
         self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
         self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, time.time_ns())
-        self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
+        conn = Conn(fd, addr[0], addr[1], time.monotonic_ns())
+        if len(addr) > 3:  # IPv6: (host, port, flowinfo, scope id)
+            conn.scope = addr[3]
+        self.handle(conn)
         self.ensure_reservation()
 
     def hold_while_master_stopped(self) -> None:
@@ -302,7 +312,7 @@ class Worker:
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
         cfg = self.cfg
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+        s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
         try:
             if not cfg.keep_ip_options:
                 try:
@@ -324,7 +334,7 @@ class Worker:
                     return
             if self.any_address:
                 try:
-                    conn.localip, _ = s.getsockname()
+                    conn.localip = s.getsockname()[0]
                 except OSError as e:
                     self.drop(conn, b"unable to get local address: " + errstr(e).encode())
                     return
@@ -333,10 +343,14 @@ class Worker:
         finally:
             s.detach()
         conn.localport = cfg.port
+        if self.rewrite:
+            conn.remoteip = present(conn.remoteip, self.force6)
+            conn.localip = present(conn.localip, self.force6)
         if header is not None and not header.local:  # everything from here on (lookups, rules, logs, env) sees the real client
             conn.sockip = conn.localip
-            conn.remoteip, conn.remoteport = header.src, header.sport
-            conn.localip, conn.localport = header.dst, header.dport
+            conn.remoteip, conn.remoteport = present(header.src, self.force6), header.sport
+            conn.localip, conn.localport = present(header.dst, self.force6), header.dport
+            conn.scope = 0
         if self.pool is not None:
             self.pool.submit(self.lookups, conn)
         else:
@@ -353,8 +367,6 @@ class Worker:
 
         try:
             header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
-            if not header.local and header.family != "TCP4":  # no IPv6 client can be served (IPv4 only)
-                raise proxyproto.ProxyError(f"unsupported address family {header.family} in PROXY header")
         except proxyproto.ProxyError as e:
             self.drop(conn, str(e).encode())
             return None
@@ -768,7 +780,8 @@ def connection_env(
     the result.
     """
     env = base.copy()
-    env[b"PROTO"] = b"TCP"
+    six = ":" in conn.remoteip
+    env[b"PROTO"] = b"TCP6" if six else b"TCP"
     env[b"TCPLOCALIP"] = conn.localip.encode()
     env[b"TCPLOCALPORT"] = b"%d" % conn.localport
     if conn.localhost is not None:
@@ -779,6 +792,16 @@ def connection_env(
         set_variable(env, b"TCPREMOTEHOST", conn.remotehost)
     if conn.remoteinfo is not None:
         set_variable(env, b"TCPREMOTEINFO", conn.remoteinfo)
+    if six:  # ucspi-tcp-ipv6's twins of an IPv6 connection: the same values (docs/CONTRACTS.md, IPv6)
+        for name in (b"LOCALIP", b"LOCALPORT", b"LOCALHOST", b"REMOTEIP", b"REMOTEPORT", b"REMOTEHOST", b"REMOTEINFO"):
+            value = env.get(b"TCP" + name)
+            if value is not None:
+                env[b"TCP6" + name] = value
+        if conn.scope:
+            try:
+                env[b"TCP6INTERFACE"] = socket.if_indextoname(conn.scope).encode()
+            except (OSError, ValueError, OverflowError):
+                pass
     for name, value in rules_env:
         set_variable(env, name, value)
     return env

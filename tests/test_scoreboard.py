@@ -20,7 +20,8 @@ def test_header_bytes_follow_the_documented_layout(tmp_path):
     board = make_board(tmp_path, workers=3, limit=40)
     board.set_local("127.0.0.1", 4321)
     raw = (tmp_path / "board").read_bytes()
-    assert len(raw) == 256 + 3 * 256
+    assert len(raw) == 256 + 3 * 256 + 16  # header, slots, the trailer an IPv6 listener's address goes in
+    assert raw[187] == 0 and raw[-16:] == bytes(16)  # IPv4: the trailer unused
     assert raw[0:4] == b"PFSB"
     version, header_size, slot_size, nslots, limit, master_pid, port = struct.unpack_from("<7I", raw, 4)
     assert (version, header_size, slot_size, nslots, limit, master_pid, port) == (1, 256, 256, 3, 40, os.getpid(), 4321)
