@@ -396,3 +396,30 @@ def test_scoreboard_and_status_show_the_ipv6_listener(prefork, tmp_path):
 
     rendered = SharedMemoryCollector([str(board)]).render().decode()
     assert f'service="[::1]:{server.port}"' in rendered
+
+
+# ---- DNS over IPv6 (prefork's system resolver, docs/reference/tcpserver.md) --------------------------
+
+
+def _private_hosts_possible() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _private_hosts_possible(), reason="needs unshare --mount (root)")
+@pytest.mark.parametrize("paranoid", [False, True])
+def test_names_of_an_ipv6_client(prefork, tmp_path, paranoid):
+    """-h (and -p) for an IPv6 client: the PTR name of ::1 (ip6.arpa, here from a private /etc/hosts) in
+    TCPREMOTEHOST, TCPLOCALHOST and their TCP6 twins; -p confirms it by the name's AAAA records."""
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\n::1 Six.Example\n")
+    wrap = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+    opts = ["-h", *(["-p"] if paranoid else []), "-R", "-v", "--dns-timeout", "5"]
+    server = prefork(opts, [VIEW], host="::1", wrap=wrap)
+    env = program_env(server.port, "::1")
+    names = {k: env.get(k) for k in ("TCPREMOTEHOST", "TCP6REMOTEHOST", "TCPLOCALHOST", "TCP6LOCALHOST")}
+    assert names == dict.fromkeys(names, "six.example")
+    assert "tcpserver: ok #1 six.example:::1:PORT six.example:::1::RPORT" in normalise(server.wait_ends(1),
+                                                                                          server.port)
