@@ -423,3 +423,51 @@ def test_names_of_an_ipv6_client(prefork, tmp_path, paranoid):
     assert names == dict.fromkeys(names, "six.example")
     assert "tcpserver: ok #1 six.example:::1:PORT six.example:::1::RPORT" in normalise(server.wait_ends(1),
                                                                                           server.port)
+
+
+def link_local() -> tuple[str, str] | None:
+    """(address, interface) of a link-local IPv6 address of this machine, from /proc/net/if_inet6."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 6 and fields[0].startswith("fe80"):
+            return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])), fields[5]
+    return None
+
+
+@pytest.mark.skipif(link_local() is None, reason="no link-local IPv6 address here")
+def test_link_local_with_interface_as_the_judge(tmp_path):
+    """-I IFACE binds a link-local address (without it the bind fails, as the judge's); a client in that scope
+    gets TCP6INTERFACE=IFACE and no zone id in its addresses."""
+    found = link_local()
+    assert found is not None
+    address, iface = found
+
+    def scenario(launch: Launcher):
+        server = launch(["-v", *QUIET, "-I", iface], [VIEW], host=address)
+        info = socket.getaddrinfo(f"{address}%{iface}", server.port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.settimeout(10)
+            sock.connect(info)
+            cport = sock.getsockname()[1]
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        env = parse_view(data)["env"]
+        env.pop(TAG_VAR, None)
+        env.pop("PWD", None)
+        for name in PORT_VARS:
+            env[name] = {str(server.port): "PORT", str(cport): "CPORT"}[env[name]]
+        return env, normalise(server.wait_ends(1), server.port)
+
+    theirs, mine = both(tmp_path, scenario)
+    assert mine == theirs
+    assert (mine[0]["TCP6INTERFACE"], mine[0]["TCPREMOTEIP"]) == (iface, address)
+    from tcpserver_harness import command
+
+    for impl in ("judge", "prefork"):
+        result = run([*command(impl), *QUIET, address, "0", "true"])
+        assert (result.returncode, result.stderr) == (111, b"tcpserver: fatal: unable to bind: invalid argument\n")
