@@ -471,3 +471,97 @@ def test_link_local_with_interface_as_the_judge(tmp_path):
     for impl in ("judge", "prefork"):
         result = run([*command(impl), *QUIET, address, "0", "true"])
         assert (result.returncode, result.stderr) == (111, b"tcpserver: fatal: unable to bind: invalid argument\n")
+
+
+class Dns6Stub:
+    """A DNS server on [::1]:53 (UDP) knowing one name: the PTR of ::1 is NAME, NAME's AAAA is AAAA, anything
+    else does not exist.  One test at a time holds the port, under a lock file."""
+
+    LOCK = Path("/tmp/prefork-test-dns6.lock")
+    PTR = ".".join("1" + "0" * 31) + ".ip6.arpa"
+
+    def __init__(self, name: str, aaaa: str) -> None:
+        self.name, self.aaaa = name.encode(), aaaa
+        self.questions: list[tuple[bytes, int]] = []
+
+    def __enter__(self) -> Dns6Stub:
+        self.lock = open(self.LOCK, "a")  # noqa: SIM115 (held until __exit__)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.bind(("::1", 53))
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+        return self
+
+    @staticmethod
+    def wire(name: bytes) -> bytes:
+        return b"".join(bytes([len(label)]) + label for label in name.split(b".")) + b"\0"
+
+    def answer(self, data: bytes) -> bytes:
+        labels, off = [], 12
+        while data[off]:
+            labels.append(data[off + 1 : off + 1 + data[off]])
+            off += 1 + data[off]
+        qname = b".".join(labels).lower()
+        qtype = struct.unpack_from("!H", data, off + 1)[0]
+        self.questions.append((qname, qtype))
+        question = data[12 : off + 5]
+        records, rcode = [], 0
+        if qname == self.PTR.encode() and qtype == 12:
+            rdata = self.wire(self.name)
+            records.append(struct.pack("!HHHIH", 0xC00C, 12, 1, 60, len(rdata)) + rdata)
+        elif qname == self.name.lower() and qtype == 28:
+            records.append(struct.pack("!HHHIH", 0xC00C, 28, 1, 60, 16) + socket.inet_pton(socket.AF_INET6, self.aaaa))
+        elif qname != self.name.lower():
+            rcode = 3  # NXDOMAIN
+        return struct.pack("!HHHHHH", data[0] << 8 | data[1], 0x8180 | rcode, 1, len(records), 0, 0) + question + \
+            b"".join(records)
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except OSError:
+                continue
+            with contextlib.suppress(Exception):  # a test's own stub: a question it cannot read goes unanswered
+                self.sock.sendto(self.answer(data), peer)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+        self.lock.close()
+
+
+@pytest.mark.skipif(not _private_hosts_possible(), reason="needs unshare --mount (root)")
+@pytest.mark.parametrize(("aaaa", "paranoid"), [("::1", []), ("::1", ["-p"]), ("::2", ["-p"]), ("::2", [])],
+                         ids=["name", "confirmed", "not-confirmed", "unchecked"])
+def test_dns_names_of_an_ipv6_client_as_the_judge(tmp_path, aaaa, paranoid):
+    """-h/-p against a DNS stub on ::1: the judge asks it through DNSCACHEIP=::1, prefork's system resolver
+    through a private resolv.conf (nameserver ::1) and an /etc/hosts without ::1.  Same PTR (ip6.arpa) name
+    in TCPREMOTEHOST, TCPLOCALHOST and their twins, the same -p decision (by the name's AAAA records)."""
+    (tmp_path / "resolv.conf").write_text("nameserver ::1\noptions timeout:2 attempts:2\n")
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    wrap = ["unshare", "--mount", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/hosts && shift && exec "$@"',
+            str(tmp_path / "resolv.conf"), str(tmp_path / "hosts")]
+
+    def scenario(launch: Launcher):
+        opts = ["-v", "-h", *paranoid, "-R"]
+        if launch.impl == "judge":
+            server = launch(opts, [VIEW], host="::1", env=base_env(DNSCACHEIP="::1"))
+        else:
+            server = launch([*opts, "--dns-timeout", "5"], [VIEW], host="::1", wrap=wrap)
+        env = program_env(server.port, "::1")
+        return env, normalise(server.wait_ends(1), server.port)
+
+    with Dns6Stub("Six.Example", aaaa) as stub:
+        theirs, mine = both(tmp_path, scenario)
+        assert (Dns6Stub.PTR.encode(), 12) in stub.questions
+    theirs[0].pop("DNSCACHEIP", None)
+    assert mine == theirs
+    confirmed = aaaa == "::1" or not paranoid
+    assert mine[0].get("TCP6REMOTEHOST") == ("six.example" if confirmed else None)
+    assert mine[0]["TCPLOCALHOST"] == mine[0]["TCP6LOCALHOST"] == "six.example"
