@@ -51,6 +51,7 @@ __all__ = [
     "client_host",
     "dns_escape",
     "forward_confirms",
+    "host_port",
     "ip6_literal",
     "is_ip6",
     "literal_addresses",
@@ -170,6 +171,11 @@ def present(ip: str, force6: bool) -> str:
     if force6 and ":" not in ip:
         return "::ffff:" + ip
     return ip
+
+
+def host_port(ip: str, port: int) -> str:
+    """``IP:PORT``, an IPv6 address in brackets (``[::1]:80``)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def scan_ip(text: str) -> str | None:

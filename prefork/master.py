@@ -45,6 +45,7 @@ import time
 
 from prefork import activation, proc
 from prefork import scoreboard as sb
+from prefork.addr import host_port
 from prefork.capacity import Capacity
 from prefork.djb import errstr
 from prefork.environ import original_environ
@@ -213,8 +214,8 @@ class Master:
         except OSError as e:
             self.fatal("unable to get local address", e)
         if self.warn and ((self.cfg.port and self.cfg.port != port) or (ip not in ("0.0.0.0", "::") and ip != local_ip)):
-            os.write(2, b"tcpserver: warning: socket activation: serving %s:%d from fd %d, not %s:%d as given\n"
-                     % (local_ip.encode(), port, activation.FIRST_FD, ip.encode(), self.cfg.port))
+            os.write(2, b"tcpserver: warning: socket activation: serving %s from fd %d, not %s as given\n"
+                     % (host_port(local_ip, port).encode(), activation.FIRST_FD, host_port(ip, self.cfg.port).encode()))
         return lsock
 
     def _sigterm(self, signum: int, frame: object) -> None:

@@ -93,8 +93,9 @@ class Snapshot:
     @property
     def local(self) -> str:
         """``IP:PORT``, an IPv6 address in brackets (``[::1]:PORT``)."""
-        ip = f"[{self.local_ip}]" if ":" in self.local_ip else self.local_ip
-        return f"{ip}:{self.local_port}"
+        from prefork.addr import host_port
+
+        return host_port(self.local_ip, self.local_port)
 
 
 MAX_SLOTS = 4096  # worker slots a reader accepts: 1 MiB of scoreboard

@@ -565,3 +565,17 @@ def test_dns_names_of_an_ipv6_client_as_the_judge(tmp_path, aaaa, paranoid):
     confirmed = aaaa == "::1" or not paranoid
     assert mine[0].get("TCP6REMOTEHOST") == ("six.example" if confirmed else None)
     assert mine[0]["TCPLOCALHOST"] == mine[0]["TCP6LOCALHOST"] == "six.example"
+
+
+def test_socket_activation_mismatch_names_ipv6_addresses_in_brackets(prefork):
+    from test_tcpserver_socket_activation import WRAP, activation_env
+
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        sock.listen(16)
+        port = sock.getsockname()[1]
+        server = prefork(QUIET, ["/bin/echo", "hi"], host="::2", port="1", env=activation_env(), wrap=WRAP,
+                         stdin=sock.fileno())
+    assert talk(port, host="::1")[0] == b"hi\n"
+    expected = f"tcpserver: warning: socket activation: serving [::1]:{port} from fd 3, not [::2]:1 as given"
+    assert server.wait_lines(lambda lines: expected in lines) == [expected]
