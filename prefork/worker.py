@@ -769,6 +769,11 @@ class SpawnLog:
         return pid if (ticks + 1) * TICK_NS > self.u64[(base + 24) >> 3] else 0
 
 
+# (name, its TCP6 twin) for an IPv6 connection's environment
+TWINS = tuple((b"TCP" + n, b"TCP6" + n) for n in (b"LOCALIP", b"LOCALPORT", b"LOCALHOST", b"REMOTEIP", b"REMOTEPORT",
+                                                  b"REMOTEHOST", b"REMOTEINFO"))
+
+
 def connection_env(
     base: dict[bytes, bytes], conn: Conn, rules_env: list[tuple[bytes, bytes]] | tuple[()] = ()
 ) -> dict[bytes, bytes]:
@@ -793,10 +798,10 @@ def connection_env(
     if conn.remoteinfo is not None:
         set_variable(env, b"TCPREMOTEINFO", conn.remoteinfo)
     if six:  # ucspi-tcp-ipv6's twins of an IPv6 connection: the same values (docs/CONTRACTS.md, IPv6)
-        for name in (b"LOCALIP", b"LOCALPORT", b"LOCALHOST", b"REMOTEIP", b"REMOTEPORT", b"REMOTEHOST", b"REMOTEINFO"):
-            value = env.get(b"TCP" + name)
+        for name, twin in TWINS:
+            value = env.get(name)
             if value is not None:
-                env[b"TCP6" + name] = value
+                env[twin] = value
         if conn.scope:
             try:
                 env[b"TCP6INTERFACE"] = socket.if_indextoname(conn.scope).encode()
