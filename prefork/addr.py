@@ -50,6 +50,7 @@ __all__ = [
     "PortError",
     "client_host",
     "dns_escape",
+    "format_ip6",
     "forward_confirms",
     "host_port",
     "ip6_literal",
@@ -130,8 +131,38 @@ def parse_ip4_literal(text: str) -> str | None:
     return addresses[0] if addresses else None
 
 
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def format_ip6(packed: bytes) -> str:
+    """An IPv6 address (16 bytes) as ucspi-tcp-ipv6 writes it (docs/CONTRACTS.md, IPv6).
+
+    Lowercase hex groups without leading zeros; the longest run of zero groups, even a single one,
+    written ``::`` (of equal runs the first); an IPv4-mapped address as ``::ffff:`` and a dotted quad.
+    This is inet_ntop's form except for two cases: a lone zero group (``2001:db8::1:1:1:1:1``, where
+    inet_ntop writes ``2001:db8:0:1:1:1:1:1``) and IPv4-compatible addresses (``::102:304``, where
+    inet_ntop writes ``::1.2.3.4``).
+    """
+    if packed[:12] == _MAPPED:
+        return "::ffff:" + ".".join(str(b) for b in packed[12:16])
+    groups = [packed[i] << 8 | packed[i + 1] for i in range(0, 16, 2)]
+    best_at, best_len, run_at = 0, 0, -1
+    for i, group in enumerate(groups):
+        if group:
+            run_at = -1
+            continue
+        if run_at < 0:
+            run_at = i
+        if i - run_at + 1 > best_len:
+            best_at, best_len = run_at, i - run_at + 1
+    words = [f"{g:x}" for g in groups]
+    if not best_len:
+        return ":".join(words)
+    return ":".join(words[:best_at]) + "::" + ":".join(words[best_at + best_len :])
+
+
 def ip6_literal(text: str) -> str | None:
-    """The compact form (inet_ntop's) of an IPv6 literal host, ``::1`` or ``[::1]``; None when TEXT is none.
+    """An IPv6 literal host, ``::1`` or ``[::1]``, in ucspi-tcp-ipv6's form (format_ip6); None when TEXT is none.
 
     Only one pair of brackets around the whole host is taken off; a zone id
     (``fe80::1%eth0``) is not a literal (``-I`` names the interface).
@@ -141,7 +172,7 @@ def ip6_literal(text: str) -> str | None:
     if ":" not in text or not text.isascii():
         return None
     try:
-        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+        return format_ip6(socket.inet_pton(socket.AF_INET6, text))
     except (OSError, ValueError):
         return None
 
@@ -164,10 +195,14 @@ def present(ip: str, force6: bool) -> str:
 
     An IPv4 client, on an IPv4 socket or as a mapped address on a dual-stack
     one, is shown as 0.88 shows it, its dotted quad; with ``-6`` (FORCE6) as
-    ucspi-tcp-ipv6 ``-6`` shows it, ``::ffff:1.2.3.4``.  IPv6 addresses stay
-    in inet_ntop's compact form.  docs/CONTRACTS.md, IPv6.
+    ucspi-tcp-ipv6 ``-6`` shows it, ``::ffff:1.2.3.4``.  IPv6 addresses are
+    written as ucspi-tcp-ipv6 writes them (format_ip6; IP is the socket
+    module's inet_ntop text).  docs/CONTRACTS.md, IPv6.
     """
-    ip = unmapped(ip)
+    if ":" in ip and ("." in ip or ("::" not in ip and "0" in ip.split(":"))):
+        # inet_ntop's text differs from format_ip6's only with a dot (mapped, IPv4-compatible) or a lone zero
+        # group and no "::"; every other address (::1, fe80::1, 2001:db8::7) is already written the same
+        ip = unmapped(format_ip6(socket.inet_pton(socket.AF_INET6, ip)))
     if force6 and ":" not in ip:
         return "::ffff:" + ip
     return ip

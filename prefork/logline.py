@@ -66,7 +66,7 @@ def decision_tail(
 ) -> bytes:
     """The part of a decision line after its id: ``LOCAL REMOTE\\n`` (no NUL, one newline, at the end).
 
-    The addresses are the server's own text (inet_ntop's, or a checked PROXY header's), so they are not
+    The addresses are the server's own text (addr.format_ip6's, or a checked PROXY header's), so they are not
     sanitised: an IPv6 address keeps its colons, as ucspi-tcp-ipv6 writes it (``0:::1:PORT``).
     """
     return b"%s:%s:%s %s:%s:%s:%s\n" % (

@@ -66,7 +66,7 @@ class Snapshot:
     version: int
     limit: int
     master_pid: int
-    local_ip: str  # dotted quad, or an IPv6 address in inet_ntop's compact form
+    local_ip: str  # dotted quad, or an IPv6 address as addr.format_ip6 writes it
     local_port: int
     start_ns: int
     orphans: int
@@ -144,9 +144,9 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
         trailer = HEADER_SIZE + nslots * SLOT_SIZE
         if len(data) < trailer + TRAILER_SIZE:
             raise ScoreboardError("truncated local address")
-        import socket
+        from prefork.addr import format_ip6
 
-        local_ip = socket.inet_ntop(socket.AF_INET6, bytes(data[trailer : trailer + TRAILER_SIZE]))
+        local_ip = format_ip6(bytes(data[trailer : trailer + TRAILER_SIZE]))
     return Snapshot(
         version=version, limit=limit, master_pid=master_pid, local_ip=local_ip,
         local_port=port, start_ns=start_ns, orphans=orphans, worker_restarts=restarts,

