@@ -209,7 +209,8 @@ def connection_environ(
     changes["TCPREMOTEHOST"] = addr.reverse_name(remote_ip, dns_timeout) if opts.remote_host else None
     info = None
     if opts.remote_info:
-        info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port)
+        info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port,
+                           scope=_scope(opts.interface))
     changes["TCPREMOTEINFO"] = info
     return changes
 

@@ -401,7 +401,7 @@ class Worker:
             if cfg.ident:
                 conn.remoteinfo = ident.ident_query_bytes(  # from our own address, even behind a proxy
                     conn.sockip or conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
-                    ident_port=cfg.ident_port,
+                    ident_port=cfg.ident_port, scope=conn.scope,
                 )
         except Exception:
             conn.remoteinfo = None

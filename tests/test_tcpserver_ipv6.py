@@ -187,16 +187,20 @@ def test_rules_decide_as_the_judge(tmp_path, rules, opts, host, client):
 
 
 class Ident6Stub:
-    """An ident server on [::1]:113 answering ``USERID : UNIX : joe``; one test at a time holds the port."""
+    """An ident server on [ADDRESS]:113 (SCOPE: a link-local address's) answering ``USERID : UNIX : joe``; one
+    test at a time holds port 113 of the IPv6 addresses, under a lock file."""
 
     LOCK = Path("/tmp/prefork-test-ident6.lock")
+
+    def __init__(self, address: str = "::1", scope: int = 0) -> None:
+        self.address, self.scope = address, scope
 
     def __enter__(self) -> Ident6Stub:
         self.lock = open(self.LOCK, "a")  # noqa: SIM115 (held until __exit__)
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.sock = socket.socket(socket.AF_INET6)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("::1", 113))
+        self.sock.bind((self.address, 113, 0, self.scope))
         self.sock.listen(8)
         self.sock.settimeout(0.1)
         self.queries: list[bytes] = []
@@ -638,3 +642,29 @@ def test_address_text_as_the_judge_writes_it(tmp_path):
     assert mine == theirs
     assert "2001:db8:0:1:1:1:1:1 2001:db8::1:1:1:1:1 2001:db8::1:1:1:1:1 2001:db8::1:1:1:1:1" in mine[0]
     assert mine[1].startswith("::102:304 ::102:304 ::102:304")
+
+
+@pytest.mark.skipif(link_local() is None, reason="no link-local IPv6 address here")
+def test_ident_of_a_link_local_client_as_the_judge(tmp_path):
+    """-r for a link-local client: the query goes to its port 113 in the connection's scope."""
+    found = link_local()
+    assert found is not None
+    address, iface = found
+
+    def scenario(launch: Launcher):
+        server = launch(["-v", "-H", "-l0", "-I", iface], [VIEW], host=address)
+        info = socket.getaddrinfo(f"{address}%{iface}", server.port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.settimeout(10)
+            sock.connect(info)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        env = parse_view(data)["env"]
+        server.wait_ends(1)
+        return env.get("TCPREMOTEINFO"), env.get("TCP6REMOTEINFO")
+
+    with Ident6Stub(address, socket.if_nametoindex(iface)) as stub:
+        theirs, mine = both(tmp_path, scenario)
+        assert len(stub.queries) == 2
+    assert mine == theirs == ("joe", "joe")
