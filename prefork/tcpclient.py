@@ -344,7 +344,8 @@ def parse_command_line(args: Sequence[str]) -> tuple[list[str], Options]:
     """The operands and options of ARGS; ``--help`` and a bad command line end the process (0, or 100)."""
     defaults = Options()
     values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
-                                    defaults=dict(vars(defaults), local_ip=None))
+                                    defaults=dict(vars(defaults), local_ip=None),
+                                    usage_after=usage_after)
     if values["local_ip"] is not None:  # checked once the whole line is read: -i x -z reports the -z
         values["local_given"] = True
         values["local_ip"] = addr.scan_ip(values["local_ip"])
@@ -359,6 +360,12 @@ def usage_for(values: dict[str, object] | Options) -> str:
     if isinstance(values, Options):
         values = vars(values)
     return USAGE6 if values.get("family") or values.get("interface") is not None else USAGE
+
+
+def usage_after(found: list[tuple[str, str | None]]) -> str:
+    """The usage line of a bad option: as usage_for, from the options read before it."""
+    return usage_for({"family": any(name in ("-4", "-6") for name, _ in found),
+                      "interface": next((value for name, value in found if name == "-I"), None)})
 
 
 def run(args: list[str], opts: Options) -> NoReturn:

@@ -54,6 +54,7 @@ USAGE = (
     "tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
     "[ -b backlog ] [ -l localname ] [ -t timeout ] host port program"
 )
+IPV6_OPTIONS = ("-4", "-6", "-I")
 # ucspi-tcp-ipv6's usage line: printed instead of 0.88's when the command line used -4, -6 or -I
 # (docs/reference/tcpserver.md, IPv6), so every 0.88 command line keeps 0.88's bytes.
 USAGE6 = (
@@ -170,11 +171,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve(operands, values)
 
 
+def usage_after(found: list[tuple[str, str | None]]) -> str:
+    """The usage line of a bad command line: ucspi-tcp-ipv6's if -4, -6 or -I came before the problem."""
+    return USAGE6 if any(name in IPV6_OPTIONS for name, _ in found) else USAGE
+
+
 def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
     """The options and operands of ARGS; ``--help`` and a bad option end the process (0, or 100 with the usage)."""
     # getopt problems are printed even under -q, as 0.88 prints them
     values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
-                                    defaults=DEFAULTS)
+                                    defaults=DEFAULTS, usage_after=usage_after)
     return cast("Options", values), operands
 
 

@@ -668,3 +668,17 @@ def test_ident_of_a_link_local_client_as_the_judge(tmp_path):
         theirs, mine = both(tmp_path, scenario)
         assert len(stub.queries) == 2
     assert mine == theirs == ("joe", "joe")
+
+
+@pytest.mark.parametrize("prog", ["tcpserver", "tcpclient"])
+@pytest.mark.parametrize(("args", "six"), [(["-6", "-z"], True), (["-I", "lo", "-z"], True), (["-z", "-6"], False),
+                                           (["-z"], False), (["-4"], True)])
+def test_usage_line_names_the_ipv6_options_once_one_was_read(prog, args, six):
+    """A usage error's line is ucspi-tcp-ipv6's once -4, -6 or -I was read before the problem, else 0.88's."""
+    from prefork import tcpclient, tcpserver_cli
+
+    usage = {"tcpserver": (tcpserver_cli.USAGE, tcpserver_cli.USAGE6),
+             "tcpclient": (tcpclient.USAGE, tcpclient.USAGE6)}[prog][six]
+    result = run([ours(prog), *args])
+    assert result.returncode == 100
+    assert result.stderr.decode().splitlines()[-1] == f"{prog}: usage: {usage}"
