@@ -108,7 +108,8 @@ def _client(conn: Connection, host: str, port: int, expect: bytes, seconds: floa
     addr = (host, port)
     clock = time.monotonic
     sock_new = socket.socket
-    AF_INET, SOCK_STREAM, SOL_SOCKET = socket.AF_INET, socket.SOCK_STREAM, socket.SOL_SOCKET
+    AF_INET = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 host (::1): IPv6 clients
+    SOCK_STREAM, SOL_SOCKET = socket.SOCK_STREAM, socket.SOL_SOCKET
     SO_RCVTIMEO, SO_SNDTIMEO = socket.SO_RCVTIMEO, socket.SO_SNDTIMEO
     expect_len = len(expect)
     delay = start_at - clock()

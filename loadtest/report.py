@@ -39,6 +39,11 @@ def render_markdown(data: dict) -> str:
     for name, r in data["ratios"].items():
         out.append("")
         out.append(f"**{name}/debian**: conn/s × {r['conn_per_s']:.2f}, p99 × {r['p99']:.2f}.")
+    six = data.get("ipv6_ratio")
+    if six:  # --ipv6: prefork6 is prefork on ::1, its clients over IPv6
+        out.append("")
+        out.append(f"**prefork6/prefork** (the same server on ::1, clients over IPv6, against 127.0.0.1): conn/s × "
+                   f"{six['conn_per_s']:.2f}, p99 × {six['p99']:.2f}.")
     out += ["", "## Rounds", "", "| round | " + " | ".join(f"{n} conn/s | {n} p99 ms" for n in names) + " |",
             "|---|" + "---:|---:|" * len(names)]
     for i in range(cfg["rounds"]):

@@ -29,6 +29,7 @@ from loadtest.spawnrate import SpawnResult, spawn_ceiling
 DEBIAN = "/usr/bin/tcpserver"
 PREFORK = str(Path(sys.executable).parent / "tcpserver")
 BASELINE = "debian"
+IPV6_NAME = "prefork6"  # --ipv6: prefork listening on ::1, compared with "prefork" on 127.0.0.1
 NPROC = len(os.sched_getaffinity(0))
 MODEL_CORES = sorted({NPROC, 4, 8, 16, 32})
 
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="another server to compare: a tcpserver-style command (flags get appended) or a "
                          "command naming {port} (and {program}); NAME debian/prefork replaces that default")
     ap.add_argument("--skip", action="append", default=[], metavar="NAME", help="leave out a server")
+    ap.add_argument("--ipv6", action="store_true",
+                    help=f"also run prefork on ::1 (server {IPV6_NAME}, clients over IPv6) and report its conn/s "
+                         "against prefork's on 127.0.0.1")
     BENCH.add_options(ap)
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.workers < 1:
@@ -73,6 +77,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--server", s]
     for s in args.skip:
         parts += ["--skip", s]
+    if args.ipv6:
+        parts.append("--ipv6")
     return spelled_out("loadtest.runner", parts, args.publish)
 
 
@@ -87,6 +93,9 @@ def build_specs(args: argparse.Namespace) -> tuple[list[ServerSpec], dict[str, b
         scales.pop(spec.name, None)
     for name in args.skip:
         specs.pop(name, None)
+    if args.ipv6 and "prefork" in specs:  # the same server and flags, on ::1
+        specs[IPV6_NAME] = ServerSpec(IPV6_NAME, list(specs["prefork"].argv), host="::1")
+        scales[IPV6_NAME] = scales.get("prefork", False)
     return list(specs.values()), scales
 
 
@@ -100,7 +109,8 @@ def run_slot(server: RunningServer, args: argparse.Namespace, expect: bytes, sen
     """One server's turn in a round: load it and account the CPU its own processes used meanwhile."""
     procs = server.server_processes()
     before = server.cpu_sample(procs)
-    result = run_load(server.port, expect, args.clients, args.seconds, timeout=args.timeout, send=send)
+    result = run_load(server.port, expect, args.clients, args.seconds, host=server.spec.host, timeout=args.timeout,
+                      send=send)
     used, vanished = server.cpu_since(before)
     root = used.get(server.pid, 0.0)
     others = sum(v for pid, v in used.items() if pid != server.pid)
@@ -151,6 +161,10 @@ def print_summary(data: dict) -> None:
     for name, ratio in data["ratios"].items():
         print(f"ratio {name}/{BASELINE}: conn/s {ratio['conn_per_s']:.2f}x  p99 {ratio['p99']:.2f}x "
               f"(above 1 = more conn/s; below 1 = lower p99)")
+    six = data.get("ipv6_ratio")
+    if six:
+        print(f"ratio {IPV6_NAME}/prefork (IPv6 on ::1 / IPv4 on 127.0.0.1): conn/s {six['conn_per_s']:.2f}x  "
+              f"p99 {six['p99']:.2f}x")
     sp = data["spawn_ceiling"]
     print(f"spawn ceiling: {sp['spawns_per_s']:,.0f} spawns/s with {sp['procs']} loops "
           f"({sp['per_proc_per_s']:,.0f} per loop), no network; before {sp['before']:,.0f}, after {sp['after']:,.0f}")
@@ -180,6 +194,16 @@ def print_summary(data: dict) -> None:
             row += f"{m['accept_side']:>18,.0f}{m['all_cores']:>20,.0f}"
         print(row)
     print(f"reproduce: {data['command']}")
+
+
+def ipv6_ratio(servers: dict) -> dict | None:
+    """--ipv6: prefork on ::1 against prefork on 127.0.0.1, measured in the same alternating rounds."""
+    four, six = servers.get("prefork"), servers.get(IPV6_NAME)
+    if four is None or six is None:
+        return None
+    b, t = four["total"], six["total"]
+    return {"conn_per_s": t["conn_per_s"] / b["conn_per_s"] if b["conn_per_s"] else 0.0,
+            "p99": t["p99_ms"] / b["p99_ms"] if b["p99_ms"] else 0.0}
 
 
 def compute_ratios(servers: dict) -> dict:
@@ -222,7 +246,8 @@ def benchmark(args: argparse.Namespace) -> dict:
             log(f"started {spec.name}: pid {server.pid}, port {server.port}: {shlex.join(server.argv)}")
         if args.warmup > 0:
             for name, server in running.items():
-                w = run_load(server.port, expect, args.clients, args.warmup, timeout=args.timeout)
+                w = run_load(server.port, expect, args.clients, args.warmup, host=server.spec.host,
+                             timeout=args.timeout)
                 log(f"warm-up   {format_result(name, w)}")
         for i in range(args.rounds):
             order = specs if i % 2 == 0 else specs[::-1]
@@ -263,6 +288,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         "spawn_ceiling": spawn,
         "servers": servers,
         "ratios": compute_ratios(servers),
+        "ipv6_ratio": ipv6_ratio(servers),
     }
 
 

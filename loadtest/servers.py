@@ -29,6 +29,7 @@ class ServerStartError(RuntimeError):
 class ServerSpec:
     name: str
     argv: list[str]
+    host: str = "127.0.0.1"  # where a tcpserver-style server listens and the clients connect (::1: IPv6)
 
     @property
     def templated(self) -> bool:
@@ -39,7 +40,7 @@ class ServerSpec:
         if self.templated:
             prog = shlex.join(program)
             return [a.replace("{port}", str(port)).replace("{program}", prog) for a in self.argv]
-        return [*self.argv, "-1", *flags, "127.0.0.1", "0", *program]
+        return [*self.argv, "-1", *flags, self.host, "0", *program]
 
     @classmethod
     def parse(cls, text: str) -> ServerSpec:

@@ -10,8 +10,10 @@ Adopted, the socket replaces the bind, and its ``getsockname()`` is the
 local address every report uses (TCPLOCALIP/TCPLOCALPORT, ``-1``, the
 scoreboard, the log lines); HOST and PORT are still required (0.88's
 syntax) and a mismatch with the socket is warned about, the socket winning.
-tcpserver serves one IPv4 TCP socket, so ``LISTEN_FDS`` above 1, or a fd 3
-that is not a listening IPv4 stream socket, is fatal: a unit that passes
+tcpserver serves one TCP socket, IPv4 or IPv6 (an IPv6 one's IPv4 clients,
+if its creator let it take any, are shown as IPv4: docs/CONTRACTS.md, IPv6),
+so ``LISTEN_FDS`` above 1, or a fd 3 that is not a listening IPv4 or IPv6
+stream socket, is fatal: a unit that passes
 more, or something else, is a mistake to be seen, not half-served.
 
 The variables addressed to this process are consumed: removed from the
@@ -78,8 +80,8 @@ def adopt(count: int) -> socket.socket:
         sock.detach()
         raise ActivationError(f"unable to use socket activation fd {FIRST_FD}: {_errstr(e)}") from None
     problem = None
-    if family != socket.AF_INET:
-        problem = "is not an IPv4 socket (tcpserver serves IPv4 only)"
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        problem = "is not an IPv4 or IPv6 socket"
     elif kind != socket.SOCK_STREAM or protocol not in (0, socket.IPPROTO_TCP):
         problem = "is not a TCP stream socket"
     elif not listening:

@@ -5,7 +5,13 @@ The one home of ucspi-tcp's address rules:
 - a host made only of digits, dots and brackets is parsed locally the way
   djb's ``dns_ip4`` does (fields mod 256, brackets ignored, extra fields make
   more addresses, a partial address is dropped): ``127.1`` has no address;
-- anything else goes to the *system* resolver (``getaddrinfo``, IPv4 only).
+- a host with a colon is an IPv6 literal (``::1``, ``::``, ``[::1]``), parsed
+  locally with ``inet_pton`` and written back in inet_ntop's compact form; one
+  that does not parse is ``no IP address`` (a colon is in no host name, so no
+  resolver is asked).  An IPv4-mapped literal (``::ffff:1.2.3.4``) is that
+  IPv4 address (docs/CONTRACTS.md, IPv6);
+- anything else goes to the *system* resolver (``getaddrinfo``, IPv4 only
+  unless the command asked for IPv6 with ``-6``).
   Deliberate difference from djb, whose stub resolver asks DNS servers only:
   ``/etc/hosts`` and the rest of nsswitch ARE consulted, and the resolver's
   own search/timeout settings apply.  Strings the C library would take as a
@@ -27,11 +33,15 @@ import errno
 import os
 import random
 import socket
-import threading
-from collections.abc import Callable
-from typing import TypeVar, cast
 
 from prefork.djb import errstr
+
+TYPE_CHECKING = False  # the lean tcpserver worker imports this module (see lean.py): no typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 __all__ = [
     "DNS_TIMEOUT",
@@ -40,15 +50,21 @@ __all__ = [
     "PortError",
     "client_host",
     "dns_escape",
+    "format_ip6",
     "forward_confirms",
+    "host_port",
+    "ip6_literal",
+    "is_ip6",
     "literal_addresses",
     "parse_ip4_literal",
     "parse_port",
+    "present",
     "resolve_client_host",
     "resolve_server_host",
     "reverse_name",
     "scan_ip4",
     "server_host",
+    "unmapped",
 ]
 
 # Bound for one PTR or forward look-up when a command has no timeout of its own.
@@ -115,6 +131,96 @@ def parse_ip4_literal(text: str) -> str | None:
     return addresses[0] if addresses else None
 
 
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def format_ip6(packed: bytes) -> str:
+    """An IPv6 address (16 bytes) as ucspi-tcp-ipv6 writes it (docs/CONTRACTS.md, IPv6).
+
+    Lowercase hex groups without leading zeros; the longest run of zero groups, even a single one,
+    written ``::`` (of equal runs the first); an IPv4-mapped address as ``::ffff:`` and a dotted quad.
+    This is inet_ntop's form except for two cases: a lone zero group (``2001:db8::1:1:1:1:1``, where
+    inet_ntop writes ``2001:db8:0:1:1:1:1:1``) and IPv4-compatible addresses (``::102:304``, where
+    inet_ntop writes ``::1.2.3.4``).
+    """
+    if packed[:12] == _MAPPED:
+        return "::ffff:" + ".".join(str(b) for b in packed[12:16])
+    groups = [packed[i] << 8 | packed[i + 1] for i in range(0, 16, 2)]
+    best_at, best_len, run_at = 0, 0, -1
+    for i, group in enumerate(groups):
+        if group:
+            run_at = -1
+            continue
+        if run_at < 0:
+            run_at = i
+        if i - run_at + 1 > best_len:
+            best_at, best_len = run_at, i - run_at + 1
+    words = [f"{g:x}" for g in groups]
+    if not best_len:
+        return ":".join(words)
+    return ":".join(words[:best_at]) + "::" + ":".join(words[best_at + best_len :])
+
+
+def ip6_literal(text: str) -> str | None:
+    """An IPv6 literal host, ``::1`` or ``[::1]``, in ucspi-tcp-ipv6's form (format_ip6); None when TEXT is none.
+
+    Only one pair of brackets around the whole host is taken off; a zone id
+    (``fe80::1%eth0``) is not a literal (``-I`` names the interface).
+    """
+    if text[:1] == "[" and text[-1:] == "]":
+        text = text[1:-1]
+    if ":" not in text or not text.isascii():
+        return None
+    try:
+        return format_ip6(socket.inet_pton(socket.AF_INET6, text))
+    except (OSError, ValueError):
+        return None
+
+
+def is_ip6(ip: str) -> bool:
+    """Whether IP (an address as this module or the socket module writes it) is an IPv6 address."""
+    return ":" in ip
+
+
+def unmapped(ip: str) -> str:
+    """IP with an IPv4-mapped IPv6 address (``::ffff:1.2.3.4``, as inet_ntop writes it) turned into the
+    IPv4 address it maps; any other address unchanged."""
+    if ip[:7] == "::ffff:" and "." in ip:
+        return ip[7:]
+    return ip
+
+
+def present(ip: str, force6: bool) -> str:
+    """How a connection's address is shown (TCPLOCALIP, TCPREMOTEIP, the log lines, the rules key).
+
+    An IPv4 client, on an IPv4 socket or as a mapped address on a dual-stack
+    one, is shown as 0.88 shows it, its dotted quad; with ``-6`` (FORCE6) as
+    ucspi-tcp-ipv6 ``-6`` shows it, ``::ffff:1.2.3.4``.  IPv6 addresses are
+    written as ucspi-tcp-ipv6 writes them (format_ip6; IP is the socket
+    module's inet_ntop text).  docs/CONTRACTS.md, IPv6.
+    """
+    if ":" in ip and ("." in ip or ("::" not in ip and "0" in ip.split(":"))):
+        # inet_ntop's text differs from format_ip6's only with a dot (mapped, IPv4-compatible) or a lone zero
+        # group and no "::"; every other address (::1, fe80::1, 2001:db8::7) is already written the same
+        ip = unmapped(format_ip6(socket.inet_pton(socket.AF_INET6, ip)))
+    if force6 and ":" not in ip:
+        return "::ffff:" + ip
+    return ip
+
+
+def host_port(ip: str, port: int) -> str:
+    """``IP:PORT``, an IPv6 address in brackets (``[::1]:80``)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def scan_ip(text: str) -> str | None:
+    """tcpclient's ``-i``: an IPv6 literal (``::1``, ``[::1]``, mapped ones as IPv4), else ``scan_ip4``."""
+    if ":" in text:
+        ip6 = ip6_literal(text)
+        return None if ip6 is None else unmapped(ip6)
+    return scan_ip4(text)
+
+
 def scan_ip4(text: str) -> str | None:
     """A dotted quad at the start of TEXT (each field any digits, mod 256; trailing junk ignored).
 
@@ -138,9 +244,11 @@ def scan_ip4(text: str) -> str | None:
     return ".".join(str(octet) for octet in octets)
 
 
-def server_host(text: str) -> str:
-    """tcpserver's host argument with its wildcard spelled out: ``""``/``0`` mean 0.0.0.0."""
-    return "0.0.0.0" if text in ("", "0") else text
+def server_host(text: str, force6: bool = False) -> str:
+    """tcpserver's host argument with its wildcard spelled out: ``""``/``0`` mean 0.0.0.0 (``::`` with ``-6``)."""
+    if text in ("", "0"):
+        return "::" if force6 else "0.0.0.0"
+    return text
 
 
 def client_host(text: str) -> str:
@@ -159,13 +267,13 @@ def _looks_numeric_to_libc(raw: bytes) -> bool:
     return True
 
 
-def _system_addresses(text: str) -> list[str]:
-    """A records of a name from the system resolver, de-duplicated, in resolver order."""
+def _system_addresses(text: str, family: int = socket.AF_INET) -> list[str]:
+    """A (or FAMILY's) records of a name from the system resolver, de-duplicated, in resolver order."""
     raw = os.fsencode(text)
     if _looks_numeric_to_libc(raw):
         raise HostError(f"no IP address for {text}")
     try:
-        infos = _getaddrinfo(raw, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = _getaddrinfo(raw, None, family, socket.SOCK_STREAM)
     except socket.gaierror as e:
         if e.errno in _NO_ADDRESS:
             raise HostError(f"no IP address for {text}") from None
@@ -175,9 +283,9 @@ def _system_addresses(text: str) -> list[str]:
     except OSError as e:
         raise HostError(f"temporarily unable to figure out IP address for {text}: {errstr(e)}") from None
     addresses: list[str] = []
-    for family, _type, _proto, _canon, sockaddr in infos:
-        if family == socket.AF_INET and sockaddr[0] not in addresses:
-            addresses.append(cast(str, sockaddr[0]))  # an AF_INET sockaddr is (host, port)
+    for found, _type, _proto, _canon, sockaddr in infos:
+        if found == family and sockaddr[0] not in addresses:
+            addresses.append(unmapped(str(sockaddr[0])))  # (host, port[, flow, scope]): the host
     if not addresses:
         raise HostError(f"no IP address for {text}")
     return addresses
@@ -191,27 +299,60 @@ def _gai_errstr(e: socket.gaierror) -> str:
     return "unknown error"
 
 
-def _resolve(text: str) -> list[str]:
-    literal = literal_addresses(text)
-    if literal is None:
+def _names(text: str, family6: bool) -> list[str]:
+    """A name's addresses, shuffled; with FAMILY6 (``-6``) its AAAA records first, then its A records."""
+    if not family6:
         addresses = _system_addresses(text)
         random.shuffle(addresses)
         return addresses
+    found: list[str] = []
+    failure: HostError | None = None
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            some = _system_addresses(text, family)
+        except HostError as e:
+            failure = failure or e
+            continue
+        random.shuffle(some)
+        found += [ip for ip in some if ip not in found]
+    if not found:
+        assert failure is not None
+        raise failure
+    return found
+
+
+def _resolve(text: str, family6: bool = False, only4: bool = False) -> list[str]:
+    if ":" in text:
+        ip6 = ip6_literal(text)
+        if ip6 is None or (only4 and ":" in unmapped(ip6)):
+            raise HostError(f"no IP address for {text}")
+        return [unmapped(ip6)]
+    literal = literal_addresses(text)
+    if literal is None:
+        return _names(text, family6 and not only4)
     if not literal:
         raise HostError(f"no IP address for {text}")
     return literal
 
 
-def resolve_server_host(text: str) -> str:
-    """tcpserver's listening address for its host argument; raises HostError."""
+def resolve_server_host(text: str, force6: bool = False) -> str:
+    """tcpserver's listening address for its host argument; raises HostError.
+
+    ``0``/empty is 0.0.0.0 as in 0.88 (``::``, dual-stack, with ``-6``); an
+    IPv6 literal, ``::`` and ``[::1]`` included, is itself; a name is its
+    first A record (with ``-6``: its first AAAA record, else A).
+    """
     if text in ("", "0"):
-        return "0.0.0.0"
-    return _resolve(text)[0]
+        return server_host(text, force6)
+    return _resolve(text, force6)[0]
 
 
-def resolve_client_host(text: str) -> list[str]:
-    """tcpclient's addresses to try, in order (several A records shuffled); raises HostError."""
-    return _resolve(client_host(text))
+def resolve_client_host(text: str, force6: bool = False, only4: bool = False) -> list[str]:
+    """tcpclient's addresses to try, in order (several records shuffled); raises HostError.
+
+    ONLY4 (``-4``): an IPv6 literal has no address; FORCE6 (``-6``): names' AAAA records come first.
+    """
+    return _resolve(client_host(text), force6, only4)
 
 
 def parse_port(text: str) -> int:
@@ -298,15 +439,14 @@ def _to_presentation(escaped: str) -> bytes:
     return bytes(out)
 
 
-_T = TypeVar("_T")
-
-
 def _with_deadline(call: Callable[[], _T], timeout: float) -> _T:
     """CALL's result, run in a helper thread; TimeoutError if it takes longer than TIMEOUT.
 
     The C resolver cannot be interrupted; a call that overruns is left to
     finish in its daemon thread and its answer is dropped.
     """
+    import threading
+
     answers: list[_T] = []  # CALL's result, or
     errors: list[Exception] = []  # what it raised (one of the two gets one entry)
     done = threading.Event()
@@ -366,12 +506,15 @@ def forward_confirms(name: str, ip: str, timeout: float = DNS_TIMEOUT) -> bool:
     """
     literal = literal_addresses(name)
     if literal is not None:
-        return ip in literal
+        return unmapped(ip) in literal
     query = _to_presentation(name)
 
+    ip = unmapped(ip)  # -6 shows an IPv4 client as ::ffff:1.2.3.4: its name's A records confirm it
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # an IPv6 client: the name's AAAA records
+
     def lookup() -> list[str]:
-        infos = _getaddrinfo(query, None, socket.AF_INET, socket.SOCK_STREAM)
-        return [info[4][0] for info in infos if info[0] == socket.AF_INET]
+        infos = _getaddrinfo(query, None, family, socket.SOCK_STREAM)
+        return [str(info[4][0]) for info in infos if info[0] == family]
 
     try:
         return ip in _with_deadline(lookup, timeout)

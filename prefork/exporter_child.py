@@ -79,7 +79,9 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def format_address(host: str, port: int) -> str:
     """The ``--listen`` word for HOST and PORT (IPv6 literals in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    from prefork.addr import host_port
+
+    return host_port(host, port)
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

@@ -23,6 +23,8 @@ import select
 import socket
 import time
 
+from prefork.addr import unmapped
+
 __all__ = ["IDENT_PORT", "MAX_INFO", "IdentReply", "ident_query", "ident_query_bytes", "parse_ident_reply"]
 
 IDENT_PORT = 113
@@ -99,13 +101,14 @@ def ident_query(
     timeout: float,
     *,
     ident_port: int = IDENT_PORT,
+    scope: int = 0,
 ) -> str | None:
     """Ask REMOTE_IP's ident server who owns the connection; its answer (maybe ``""``) or None.
 
     None means failure: refused, reset, EOF before the end of the reply, or
     TIMEOUT seconds passed.  ``ident_port`` exists for tests (a stub server).
     """
-    raw = ident_query_bytes(local_ip, local_port, remote_ip, remote_port, timeout, ident_port=ident_port)
+    raw = ident_query_bytes(local_ip, local_port, remote_ip, remote_port, timeout, ident_port=ident_port, scope=scope)
     return None if raw is None else os.fsdecode(raw)
 
 
@@ -117,14 +120,20 @@ def ident_query_bytes(
     timeout: float,
     *,
     ident_port: int = IDENT_PORT,
+    scope: int = 0,
 ) -> bytes | None:
-    """``ident_query``'s answer as the bytes the server sent (IdentReply.raw), or None."""
+    """``ident_query``'s answer as the bytes the server sent (IdentReply.raw), or None.
+
+    SCOPE: a link-local IPv6 client's scope id (the connection's), without which it cannot be reached."""
     deadline = time.monotonic() + timeout
+    local_ip, remote_ip = unmapped(local_ip), unmapped(remote_ip)  # -6 shows IPv4 clients as ::ffff:1.2.3.4
+    family = socket.AF_INET6 if ":" in remote_ip else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setblocking(False)
-            sock.bind((local_ip, 0))
-            err = sock.connect_ex((remote_ip, ident_port))
+            six = family == socket.AF_INET6
+            sock.bind((local_ip, 0, 0, scope) if six else (local_ip, 0))
+            err = sock.connect_ex((remote_ip, ident_port, 0, scope) if six else (remote_ip, ident_port))
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 if not _ready(sock, select.POLLOUT, deadline):
                     return None

@@ -5,6 +5,8 @@ a field is a C string there, so it ends at its first NUL; bytes outside
 33..126, ``%`` and ``:`` become ``?``; a field keeps its first 100 bytes and
 gets ``...`` when it was 100 bytes or longer.  Whatever a field holds, its
 output is at most 103 bytes, all in 33..126, none of them ``%`` or ``:``.
+The IP fields are the exception: the server's own text, shown as they are
+(an IPv6 address has colons; docs/CONTRACTS.md, IPv6).
 """
 
 from __future__ import annotations
@@ -62,13 +64,17 @@ def decision_tail(
     remoteinfo: bytes | str | None,
     remoteport: int,
 ) -> bytes:
-    """The part of a decision line after its id: ``LOCAL REMOTE\\n`` (no NUL, one newline, at the end)."""
+    """The part of a decision line after its id: ``LOCAL REMOTE\\n`` (no NUL, one newline, at the end).
+
+    The addresses are the server's own text (addr.format_ip6's, or a checked PROXY header's), so they are not
+    sanitised: an IPv6 address keeps its colons, as ucspi-tcp-ipv6 writes it (``0:::1:PORT``).
+    """
     return b"%s:%s:%s %s:%s:%s:%s\n" % (
         safe(localhost),
-        safe(localip),
+        localip.encode("ascii", "replace"),
         safe(str(localport)),
         safe(remotehost),
-        safe(remoteip),
+        remoteip.encode("ascii", "replace"),
         safe(remoteinfo),
         safe(str(remoteport)),
     )

@@ -41,6 +41,7 @@ with the same socket, scoreboard, programs and exporter.
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import select
@@ -50,6 +51,7 @@ import time
 
 from prefork import activation, proc, reload
 from prefork import scoreboard as sb
+from prefork.addr import host_port
 from prefork.capacity import Capacity
 from prefork.clients import ClientTable
 from prefork.djb import errstr
@@ -159,19 +161,29 @@ class Master:
                 self.fatal(e.message)
         if self.activated:
             lsock = self.adopt_socket(ip)
-            local_ip, cfg.port = lsock.getsockname()
+            local_ip, cfg.port = lsock.getsockname()[:2]
         else:
+            if ":" in ip and cfg.family == 4:  # -4: IPv4 only; "::" is its any address (docs/CONTRACTS.md, IPv6)
+                if ip != "::":
+                    self.fatal("unable to bind", errno.EAFNOSUPPORT)
+                ip = "0.0.0.0"
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             try:
-                lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                lsock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as e:
                 self.fatal("unable to create socket", e)
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                lsock.bind((ip, cfg.port))
+                if family == socket.AF_INET6:
+                    if ip == "::":  # dual-stack whatever the sysctl says: IPv4 clients arrive as ::ffff:1.2.3.4
+                        lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    lsock.bind((ip, cfg.port, 0, interface_index(cfg.interface)))
+                else:
+                    lsock.bind((ip, cfg.port))
             except OSError as e:
                 self.fatal("unable to bind", e)
             try:
-                local_ip, cfg.port = lsock.getsockname()
+                local_ip, cfg.port = lsock.getsockname()[:2]
             except OSError as e:
                 self.fatal("unable to get local address", e)
             try:
@@ -227,14 +239,14 @@ class Master:
         """Socket activation: the inherited socket instead of a bind; HOST/PORT that differ are warned about."""
         try:
             lsock = activation.adopt(self.activated)
-            local_ip, port = lsock.getsockname()
+            local_ip, port = lsock.getsockname()[:2]
         except activation.ActivationError as e:
             self.fatal(str(e))
         except OSError as e:
             self.fatal("unable to get local address", e)
-        if self.warn and ((self.cfg.port and self.cfg.port != port) or (ip != "0.0.0.0" and ip != local_ip)):
-            os.write(2, b"tcpserver: warning: socket activation: serving %s:%d from fd %d, not %s:%d as given\n"
-                     % (local_ip.encode(), port, activation.FIRST_FD, ip.encode(), self.cfg.port))
+        if self.warn and ((self.cfg.port and self.cfg.port != port) or (ip not in ("0.0.0.0", "::") and ip != local_ip)):
+            os.write(2, b"tcpserver: warning: socket activation: serving %s from fd %d, not %s as given\n"
+                     % (host_port(local_ip, port).encode(), activation.FIRST_FD, host_port(ip, self.cfg.port).encode()))
         return lsock
 
     def _sigterm(self, signum: int, frame: object) -> None:
@@ -789,6 +801,16 @@ class Master:
 
 
 
+
+
+def interface_index(name: str | None) -> int:
+    """-I NAME as a scope id; 0 for none or an unknown name, which ucspi-tcp-ipv6 ignores as well."""
+    if not name:
+        return 0
+    try:
+        return socket.if_nametoindex(name)
+    except (OSError, ValueError, UnicodeError):
+        return 0
 
 
 def run(cfg: ServerConfig, handoff: dict | None = None) -> NoReturn:

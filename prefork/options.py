@@ -194,13 +194,15 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
 
 def command_line(args: Sequence[str], usage: str, help: str | Callable[[], str], options: Iterable[Option] = (), *,
                  letters: bool = True, defaults: Mapping[str, object] | None = None,
-                 code: int = EXIT_USAGE) -> tuple[dict[str, Any], list[str]]:
+                 code: int = EXIT_USAGE,
+                 usage_after: Callable[[list[Any]], str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """``parse`` for a command: ``--help`` prints HELP (text, or a function making it) and exits 0; a bad
-    option prints what it is and the usage, exit CODE (100; envdir's usage exits 111)."""
+    option prints what it is and the usage, exit CODE (100; envdir's usage exits 111).  USAGE_AFTER, when
+    given, picks the usage line from the options read before the bad one (``UsageError.found``)."""
     try:
         values, operands = parse(args, options, letters=letters, defaults=defaults)
     except UsageError as e:
-        usage_error(usage, e, code=code)
+        usage_error(usage if usage_after is None else usage_after(e.found), e, code=code)
     if values.pop("help"):
         text = help if isinstance(help, str) else help()
         write_line(text.rstrip("\n") + "\n", 1)

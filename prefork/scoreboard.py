@@ -32,7 +32,8 @@ Layout version 1, all integers little-endian::
      88  12Q orphan duration histogram buckets (master)
     184  H   metrics port, what --metrics bound (port 0 included): 0 = none
     186  B   metrics address family: 4, 6, or 0 = no --metrics address
-    187  x   reserved
+    187  B   local address family: 6 = an IPv6 listener, its address in the
+             trailer; anything else (0 in every older file) = IPv4, at 44
     188  4s  metrics IPv4 address (zeros for an IPv6 one: only its port fits)
     192  64s service name, NUL padded (--name)
 
@@ -62,6 +63,9 @@ Layout version 1, all integers little-endian::
     232  Q   ... MAXCONNC
     240  Q   ... MAXLOAD
     248  8s  reserved
+
+    trailer at 256 + slots * 256
+      0  16s local IPv6 address (network order), when byte 187 says 6
 
 Counters are cumulative over the generations of a slot, so they never go
 backwards when a worker dies and is replaced.
@@ -98,6 +102,7 @@ _BUCKET_NS = tuple(int(b * 1e9) for b in DURATION_BUCKETS[:-1])
 SLOT_STATES = {0: "empty", 1: "starting", 2: "ready", 3: "waiting", 4: "exited"}
 STATE_EMPTY, STATE_STARTING, STATE_READY, STATE_WAITING, STATE_EXITED = range(5)
 
+TRAILER_SIZE = 16  # after the last slot: the local IPv6 address (a reader that knows only 256 + slots x 256 skips it)
 _HEADER = struct.Struct("<4sIIIIIII Q I 4s QQQQ Q 12Q 8s 64s")
 _SLOT = struct.Struct("<IIIIII QQQQQQ QQQ 12Q II QQQ QQQ 8s")
 assert _HEADER.size == HEADER_SIZE and _SLOT.size == SLOT_SIZE
@@ -115,7 +120,8 @@ H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS =
 # The metrics address (the header's 8 bytes at 184, zero in files written before it was recorded, so the layout
 # version is still 1): tcpserver-status shows it, since with port 0 and -q nothing else tells it.
 H_METRICS = 184
-METRICS = struct.Struct("<HBx4s")
+METRICS = struct.Struct("<HBB4s")  # metrics port, its family, the LOCAL family (byte 187), metrics IPv4 address
+H_LOCAL_FAMILY = 187
 
 
 
@@ -158,7 +164,7 @@ class ScoreboardFile:
     def __init__(self, path: str, workers: int, limit: int, master_pid: int, name: str = "") -> None:
         self.path = path
         self.workers = workers
-        size = HEADER_SIZE + workers * SLOT_SIZE
+        size = HEADER_SIZE + workers * SLOT_SIZE + TRAILER_SIZE
 
         def fill(mm: mmap.mmap) -> None:
             mm[:HEADER_SIZE] = _HEADER.pack(
@@ -197,19 +203,26 @@ class ScoreboardFile:
         return self
 
     def set_local(self, ip: str, port: int) -> None:
+        """The listening address: IPv4 at 44; IPv6 in the trailer, then byte 187 says 6 (address first)."""
         import socket
 
         self.put32(28, port)
-        self.mm[44:48] = socket.inet_aton(ip)
+        if ":" in ip:
+            trailer = HEADER_SIZE + self.workers * SLOT_SIZE
+            self.mm[trailer : trailer + TRAILER_SIZE] = socket.inet_pton(socket.AF_INET6, ip)
+            self.mm[H_LOCAL_FAMILY] = 6
+        else:
+            self.mm[44:48] = socket.inet_aton(ip)
 
     def set_metrics(self, host: str, port: int) -> None:
         """Record the exporter's bound address, in one aligned store (a reader never sees half of it)."""
         import socket
 
+        local = self.mm[H_LOCAL_FAMILY]  # the master's own byte in this word: kept as it is
         if ":" in host:
-            field = METRICS.pack(port, 6, b"\0\0\0\0")
+            field = METRICS.pack(port, 6, local, b"\0\0\0\0")
         else:
-            field = METRICS.pack(port, 4, socket.inet_aton(host))
+            field = METRICS.pack(port, 4, local, socket.inet_aton(host))
         self.put64(H_METRICS, int.from_bytes(field, "little"))
 
     def slot_offset(self, index: int) -> int:

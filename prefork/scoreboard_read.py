@@ -22,7 +22,18 @@ from array import array
 from dataclasses import dataclass, field
 
 from prefork import shmfile
-from prefork.scoreboard import _HEADER, _SLOT, HEADER_SIZE, MAGIC, METRICS, SLOT_SIZE, SLOT_STATES, VERSION
+from prefork.scoreboard import (
+    _HEADER,
+    _SLOT,
+    H_LOCAL_FAMILY,
+    HEADER_SIZE,
+    MAGIC,
+    METRICS,
+    SLOT_SIZE,
+    SLOT_STATES,
+    TRAILER_SIZE,
+    VERSION,
+)
 
 
 @dataclass
@@ -56,7 +67,7 @@ class Snapshot:
     version: int
     limit: int
     master_pid: int
-    local_ip: str
+    local_ip: str  # dotted quad, or an IPv6 address as addr.format_ip6 writes it
     local_port: int
     start_ns: int
     orphans: int
@@ -80,9 +91,16 @@ class Snapshot:
     def accepted(self) -> int:
         return sum(s.accepted for s in self.slots)
 
+    @property
+    def local(self) -> str:
+        """``IP:PORT``, an IPv6 address in brackets (``[::1]:PORT``)."""
+        from prefork.addr import host_port
+
+        return host_port(self.local_ip, self.local_port)
+
 
 MAX_SLOTS = 4096  # worker slots a reader accepts: 1 MiB of scoreboard
-MAX_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE
+MAX_SIZE = HEADER_SIZE + MAX_SLOTS * SLOT_SIZE + TRAILER_SIZE
 _NSLOTS = struct.Struct("<I")  # header offset 16
 
 
@@ -108,7 +126,7 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
     start_ns, orphans, ip, restarts, oz, onz, osig, osum = h[8:16]
     obuckets = list(h[16:28])
     name = h[29].rstrip(b"\0").decode("utf-8", "replace")
-    mport, mfamily, mip = METRICS.unpack(h[28])
+    mport, mfamily, lfamily, mip = METRICS.unpack(h[28])
     if mfamily not in (4, 6) or not mport:
         mport, mfamily = 0, 0  # any other byte: no address, never an error
     slots = []
@@ -122,8 +140,16 @@ def parse(data: bytes | mmap.mmap) -> Snapshot:
                 started_ns=v[13], duration_sum_ns=v[14], duration_buckets=list(v[15:27]), limited=v[32:35],
             )
         )
+    local_ip = ".".join(str(b) for b in ip)
+    if lfamily == 6:  # an IPv6 listener: its address is in the trailer after the slots
+        trailer = HEADER_SIZE + nslots * SLOT_SIZE
+        if len(data) < trailer + TRAILER_SIZE:
+            raise ScoreboardError("truncated local address")
+        from prefork.addr import format_ip6
+
+        local_ip = format_ip6(bytes(data[trailer : trailer + TRAILER_SIZE]))
     return Snapshot(
-        version=version, limit=limit, master_pid=master_pid, local_ip=".".join(str(b) for b in ip),
+        version=version, limit=limit, master_pid=master_pid, local_ip=local_ip,
         local_port=port, start_ns=start_ns, orphans=orphans, worker_restarts=restarts,
         orphan_exit_zero=oz, orphan_exit_nonzero=onz, orphan_exit_signal=osig,
         orphan_duration_sum_ns=osum, orphan_duration_buckets=obuckets, name=name, slots=slots,
@@ -148,7 +174,8 @@ def _copy(mm: shmfile.Mapped) -> bytes:
     words whole (``memoryview.cast``) is what makes a reader never see a counter half-written.
     """
     nslots = _NSLOTS.unpack_from(mm, 16)[0] if len(mm) >= HEADER_SIZE else 0
-    end = min(len(mm), HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE)
+    trailer = TRAILER_SIZE if len(mm) >= HEADER_SIZE and mm[H_LOCAL_FAMILY] == 6 else 0
+    end = min(len(mm), HEADER_SIZE + min(nslots, MAX_SLOTS + 1) * SLOT_SIZE + trailer)
     words = end // 8
     with memoryview(mm) as view, view[: words * 8].cast("Q") as q:
         return array("Q", q.tolist()).tobytes() + bytes(view[words * 8:end])
@@ -159,4 +186,4 @@ LIVE_STATES = frozenset(("starting", "ready", "waiting"))  # slot states of a wo
 
 def service_name(snap: Snapshot) -> str:
     """The ``service`` label of a scoreboard: its --name, else HOST:PORT."""
-    return snap.name or f"{snap.local_ip}:{snap.local_port}"
+    return snap.name or snap.local

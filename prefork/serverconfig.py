@@ -12,6 +12,15 @@ TCP_VARS = (
     b"TCPREMOTEPORT",
     b"TCPREMOTEHOST",
     b"TCPREMOTEINFO",
+    # ucspi-tcp-ipv6's twins, set for an IPv6 connection and removed for the others (docs/CONTRACTS.md, IPv6)
+    b"TCP6LOCALIP",
+    b"TCP6LOCALPORT",
+    b"TCP6LOCALHOST",
+    b"TCP6REMOTEIP",
+    b"TCP6REMOTEPORT",
+    b"TCP6REMOTEHOST",
+    b"TCP6REMOTEINFO",
+    b"TCP6INTERFACE",
 )
 
 # 0.88's listen() backlog is 20, which loses clients in bursts; prefork's default does not
@@ -48,6 +57,8 @@ DEFAULTS: dict[str, object] = {
     "workers": 1,
     "max_workers": 0,  # --max-workers: scoreboard slots, the ceiling of TTIN (0: as many as --workers)
     "drain_timeout": 30.0,  # --drain-timeout: how long QUIT lets running programs finish (master.py)
+    "family": 0,  # -4 (4): IPv4 only; -6 (6): IPv4 clients shown as IPv6, host 0 is ::; 0: neither
+    "interface": None,  # -I: the interface (scope) of a link-local IPv6 address to bind
     "bound_ip": "0.0.0.0",  # set by the master after bind
     "scoreboard_path": None,
     "name": "",
@@ -88,6 +99,8 @@ class ServerConfig:
     workers: int
     max_workers: int
     drain_timeout: float
+    family: int
+    interface: str | None
     bound_ip: str
     scoreboard_path: str | None
     name: str

@@ -40,6 +40,11 @@ USAGE = (
     "tcpclient [ -hHrRdDqQv ] [ -i localip ] [ -p localport ] [ -T timeoutconn ]"
     " [ -l localname ] [ -t timeoutinfo ] host port program"
 )
+# ucspi-tcp-ipv6's usage line, printed instead when the command line used -4, -6 or -I (as tcpserver's)
+USAGE6 = (
+    "tcpclient [ -46hHrRdDqQv ] [ -i localip ] [ -p localport ] [ -T timeoutconn ]"
+    " [ -l localname ] [ -t timeoutinfo ] [ -I interface ] host port program"
+)
 SOCKET_FDS = (6, 7)
 DEFAULT_PATH = b"/bin:/usr/bin"
 
@@ -55,9 +60,12 @@ class Options:
     local_name: str | None = None
     info_timeout: float = 26
     conn_timeouts: tuple[int, int] = (2, 58)
-    local_ip: str = "0.0.0.0"
+    local_ip: str = "0.0.0.0"  # -i; "0.0.0.0" (the default) is any address, of either family
     local_port: int = 0
     ident_port: int = IDENT_PORT
+    family: int = 0  # -4: IPv4 only; -6: IPv4 connections shown as IPv6 (::ffff:), names' AAAA records first
+    interface: str | None = None  # -I: the scope of link-local IPv6 addresses
+    local_given: bool = False  # -i was given: its family must be the server's
 
 
 class ClientError(Exception):
@@ -80,10 +88,10 @@ def _wait_writable(sock: socket.socket, seconds: float) -> bool:
     return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000.0))
 
 
-def connect_with_timeout(sock: socket.socket, ip: str, port: int, seconds: float) -> int:
+def connect_with_timeout(sock: socket.socket, ip: str, port: int, seconds: float, scope: int = 0) -> int:
     """djb's ``timeoutconn``: 0 when connected (socket left blocking), else the errno."""
     sock.setblocking(False)
-    err = sock.connect_ex((ip, port))
+    err = sock.connect_ex((ip, port, 0, scope) if ":" in ip else (ip, port))
     if err in (errno.EINPROGRESS, errno.EAGAIN):
         if not _wait_writable(sock, seconds):
             return errno.ETIMEDOUT
@@ -99,17 +107,30 @@ def connect_with_timeout(sock: socket.socket, ip: str, port: int, seconds: float
     return 0
 
 
-def _bound_socket(local_ip: str, local_port: int) -> socket.socket:
+def _bound_socket(local_ip: str, local_port: int, family: int = socket.AF_INET, scope: int = 0) -> socket.socket:
     try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
         raise ClientError("unable to create socket", e) from None
     try:
-        sock.bind((local_ip, local_port))
+        if family == socket.AF_INET6:
+            sock.bind(("::" if local_ip == "0.0.0.0" else local_ip, local_port, 0, scope))
+        else:
+            sock.bind((local_ip, local_port))
     except OSError as e:
         sock.close()
         raise ClientError("unable to bind socket", e) from None
     return sock
+
+
+def _scope(interface: str | None) -> int:
+    """-I NAME as a scope id; 0 for none or an unknown name (ucspi-tcp-ipv6 ignores it too)."""
+    if not interface:
+        return 0
+    try:
+        return socket.if_nametoindex(interface)
+    except (OSError, ValueError, UnicodeError):
+        return 0
 
 
 def connect(addresses: Sequence[str], port: int, opts: Options, warn: Callable[[str], None]) -> socket.socket | None:
@@ -124,11 +145,16 @@ def connect(addresses: Sequence[str], port: int, opts: Options, warn: Callable[[
     if len(addresses) == 1:
         first, second = first + second, 0
     pending = list(addresses)
+    scope = _scope(opts.interface)
     for pass_index, seconds in enumerate((first, second)):
         retry: list[str] = []
         for ip in pending:
-            sock = _bound_socket(opts.local_ip, opts.local_port)
-            err = connect_with_timeout(sock, ip, port, seconds)
+            six = ":" in ip
+            if opts.local_given and six != (":" in opts.local_ip):  # -i of the other family: as ucspi-tcp-ipv6
+                warn(f"unable to connect to {ip} port {port}: {djb.errstr(errno.EAFNOSUPPORT)}")
+                continue
+            sock = _bound_socket(opts.local_ip, opts.local_port, socket.AF_INET6 if six else socket.AF_INET, scope)
+            err = connect_with_timeout(sock, ip, port, seconds, scope)
             if not err:
                 return sock
             sock.close()
@@ -158,21 +184,24 @@ def connection_environ(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-    changes: dict[str, str | None] = {"PROTO": "TCP"}
+    force6 = opts.family == 6
     try:
-        local_ip, local_port = sock.getsockname()
+        local_ip, local_port = sock.getsockname()[:2]
     except OSError as e:
         raise ClientError("unable to get local address", e) from None
+    try:
+        remote_ip, remote_port = sock.getpeername()[:2]
+    except OSError as e:
+        raise ClientError("unable to get remote address", e) from None
+    local_ip, remote_ip = addr.present(local_ip, force6), addr.present(remote_ip, force6)
+    # ucspi-tcp-ipv6's tcpclient sets no TCP6* twins, only PROTO (docs/CONTRACTS.md, IPv6)
+    changes: dict[str, str | None] = {"PROTO": "TCP6" if addr.is_ip6(remote_ip) else "TCP"}
     changes["TCPLOCALPORT"] = str(local_port)
     changes["TCPLOCALIP"] = local_ip
     if opts.local_name is not None:
         changes["TCPLOCALHOST"] = opts.local_name
     else:
         changes["TCPLOCALHOST"] = addr.reverse_name(local_ip, dns_timeout)
-    try:
-        remote_ip, remote_port = sock.getpeername()
-    except OSError as e:
-        raise ClientError("unable to get remote address", e) from None
     changes["TCPREMOTEPORT"] = str(remote_port)
     changes["TCPREMOTEIP"] = remote_ip
     if opts.verbosity >= 2:
@@ -180,7 +209,8 @@ def connection_environ(
     changes["TCPREMOTEHOST"] = addr.reverse_name(remote_ip, dns_timeout) if opts.remote_host else None
     info = None
     if opts.remote_info:
-        info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port)
+        info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port,
+                           scope=_scope(opts.interface))
     changes["TCPREMOTEINFO"] = info
     return changes
 
@@ -288,6 +318,9 @@ def _conn_timeouts(word: str) -> tuple[int, int]:
 
 
 OPTIONS = [
+    Option("-4", "family", "IPv4 only", value=4),
+    Option("-6", "family", "show IPv4 connections as IPv6 (PROTO=TCP6, ::ffff:a.b.c.d); names' AAAA first", value=6),
+    Option("-I", "interface", "the interface of a link-local IPv6 host (its scope)", metavar="interface"),
     Option("-d", "nodelay", "delay sending data (Nagle; default)", value=False),
     Option("-D", "nodelay", "set TCP_NODELAY", value=True),
     Option("-v", "verbosity", "report the connection", value=2),
@@ -311,13 +344,28 @@ def parse_command_line(args: Sequence[str]) -> tuple[list[str], Options]:
     """The operands and options of ARGS; ``--help`` and a bad command line end the process (0, or 100)."""
     defaults = Options()
     values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
-                                    defaults=dict(vars(defaults), local_ip=None))
+                                    defaults=dict(vars(defaults), local_ip=None),
+                                    usage_after=usage_after)
     if values["local_ip"] is not None:  # checked once the whole line is read: -i x -z reports the -z
-        values["local_ip"] = addr.scan_ip4(values["local_ip"])
+        values["local_given"] = True
+        values["local_ip"] = addr.scan_ip(values["local_ip"])
         if values["local_ip"] is None:  # as 0.88: only the usage line
-            usage_error(USAGE)
+            usage_error(usage_for(values))
     values["local_ip"] = values["local_ip"] or defaults.local_ip
     return operands, Options(**values)
+
+
+def usage_for(values: dict[str, object] | Options) -> str:
+    """0.88's usage line, or ucspi-tcp-ipv6's when the command line used -4, -6 or -I."""
+    if isinstance(values, Options):
+        values = vars(values)
+    return USAGE6 if values.get("family") or values.get("interface") is not None else USAGE
+
+
+def usage_after(found: list[tuple[str, str | None]]) -> str:
+    """The usage line of a bad option: as usage_for, from the options read before it."""
+    return usage_for({"family": any(name in ("-4", "-6") for name, _ in found),
+                      "interface": next((value for name, value in found if name == "-I"), None)})
 
 
 def run(args: list[str], opts: Options) -> NoReturn:
@@ -334,7 +382,7 @@ def run(args: list[str], opts: Options) -> NoReturn:
 
     def usage() -> NoReturn:
         if loud:
-            djb.usage(PROG, USAGE)
+            djb.usage(PROG, usage_for(opts))
         raise SystemExit(djb.EXIT_USAGE)
 
     if len(args) < 2:
@@ -347,7 +395,7 @@ def run(args: list[str], opts: Options) -> NoReturn:
     if not program:
         usage()
     try:
-        addresses = addr.resolve_client_host(host)
+        addresses = addr.resolve_client_host(host, opts.family == 6, opts.family == 4)
         sock = connect(addresses, port, opts, say)
         if sock is None:
             raise SystemExit(djb.EXIT_TEMP)

@@ -47,13 +47,24 @@ if TYPE_CHECKING:
         metrics: str | None
         metrics_textfile: str | None
         metrics_user: str | None
+        family: int
+        interface: str | None
 
 USAGE = (
     "tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
     "[ -b backlog ] [ -l localname ] [ -t timeout ] host port program"
 )
+IPV6_OPTIONS = ("-4", "-6", "-I")
+# ucspi-tcp-ipv6's usage line: printed instead of 0.88's when the command line used -4, -6 or -I
+# (docs/reference/tcpserver.md, IPv6), so every 0.88 command line keeps 0.88's bytes.
+USAGE6 = (
+    "tcpserver [ -461UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
+    "[ -b backlog ] [ -l localname ] [ -t timeout ] [ -I interface ] host port program"
+)
 
 FLAGS = [
+    Option("-4", "family", "IPv4 only: an IPv6 host cannot be bound (:: is 0.0.0.0)", value=4),
+    Option("-6", "family", "show IPv4 clients as IPv6 (PROTO=TCP6, ::ffff:a.b.c.d); host 0 is ::", value=6),
     Option("-1", "print_port", "print the local port on stdout once listening (with --metrics, then its port)", value=True),
     Option("-U", "env_ids", "take the uid and gid from $UID and $GID", value=True),
     Option("-X", "rules_missing_ok", "with -x: a rules file that does not exist allows everything", value=True),
@@ -82,6 +93,7 @@ DEFAULTS: dict[str, object] = {
     "nodelay": False,
     "verbosity": 1,
     "proxy_protocol": False,
+    "family": 0,
 }
 
 
@@ -123,6 +135,7 @@ OPTIONS = [
     Option("-b", "backlog", f"listen() backlog ({DEFAULT_BACKLOG})", metavar="backlog", convert=number()),
     Option("-l", "localname", "TCPLOCALHOST, instead of a DNS lookup of the local IP", metavar="localname"),
     Option("-t", "timeout", "ident timeout in seconds (26)", metavar="timeout", convert=number()),
+    Option("-I", "interface", "the interface of a link-local IPv6 host (its scope)", metavar="interface"),
     Option("--workers", "workers", f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})", metavar="N",
            convert=number(MAX_SLOTS)),
     Option("--max-workers", "max_workers", "scoreboard slots: SIGTTIN adds workers up to N (default: --workers)",
@@ -158,11 +171,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve(operands, values)
 
 
+def usage_after(found: list[tuple[str, str | None]]) -> str:
+    """The usage line of a bad command line: ucspi-tcp-ipv6's if -4, -6 or -I came before the problem."""
+    return USAGE6 if any(name in IPV6_OPTIONS for name, _ in found) else USAGE
+
+
 def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
     """The options and operands of ARGS; ``--help`` and a bad option end the process (0, or 100 with the usage)."""
     # getopt problems are printed even under -q, as 0.88 prints them
     values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
-                                    defaults=DEFAULTS)
+                                    defaults=DEFAULTS, usage_after=usage_after)
     return cast("Options", values), operands
 
 
@@ -171,10 +189,12 @@ def serve(operands: Sequence[str], opts: Options) -> None:
     from prefork.addr import HostError, PortError, parse_port, resolve_server_host
 
     verbosity = int(opts["verbosity"])
+    family = int(opts["family"])
 
     def usage() -> None:
         if verbosity:  # -q silences even this (0.88 closes its stderr buffer after option parsing)
-            os.write(2, f"tcpserver: usage: {USAGE}\n".encode())
+            line = USAGE6 if family or opts["interface"] is not None else USAGE
+            os.write(2, f"tcpserver: usage: {line}\n".encode())
         raise SystemExit(EXIT_USAGE)
 
     def fatal(message: str) -> None:
@@ -191,7 +211,7 @@ def serve(operands: Sequence[str], opts: Options) -> None:
     if len(operands) < 3:
         usage()
     try:
-        ip = resolve_server_host(operands[0])
+        ip = resolve_server_host(operands[0], family == 6)
     except HostError as e:
         fatal(e.message)
     uid, gid = int(opts["uid"]), int(opts["gid"])
@@ -233,6 +253,8 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         metrics=opts["metrics"],
         metrics_textfile=opts["metrics_textfile"],
         metrics_user=opts["metrics_user"],
+        family=family,
+        interface=opts["interface"],
     )
     from prefork.lean import exec_server
 

@@ -172,7 +172,7 @@ def as_json(path: str, snap: Snapshot, is_running: bool) -> dict[str, object]:
         "name": snap.name,
         "running": is_running,
         "master_pid": snap.master_pid,
-        "local": f"{snap.local_ip}:{snap.local_port}",
+        "local": snap.local,
         "start_time": snap.start_ns / NS,
         "limit": snap.limit,
         "active": t["active"],

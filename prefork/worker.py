@@ -39,6 +39,7 @@ import time
 
 from prefork import proc
 from prefork import scoreboard as sb
+from prefork.addr import present
 from prefork.capacity import Capacity
 from prefork.clients import ClientTable, LimitError, Region, address_key, load_over, network_bytes, parse_limits
 from prefork.djb import errstr
@@ -71,7 +72,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo", "sockip", "entry", "error")
+                 "remoteinfo", "sockip", "entry", "error", "scope")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -86,6 +87,7 @@ class Conn:
         self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
         self.entry = -1  # its entry in the client table (clients.py), -1 until admitted
         self.error: bytes | None = None  # why a pool thread failed it (--proxy-protocol), to be dropped
+        self.scope = 0  # an IPv6 client's scope id (link-local): TCP6INTERFACE
 
 
 class Worker:
@@ -131,7 +133,12 @@ class Worker:
         self.master_pid = os.getppid()  # forked by the master (master.py checks that before building us)
         self.master_check_at = 0  # monotonic ns of the next look at the master's state (svc -p)
         self.ident_seq = 0
-        self.any_address = cfg.bound_ip == "0.0.0.0"
+        self.any_address = cfg.bound_ip in ("0.0.0.0", "::")
+        self.lfamily = lsock.family
+        # addresses shown other than as accept() gives them: an IPv6 listener's (mapped IPv4 clients shown as
+        # IPv4) and, with -6, an IPv4 listener's (shown as ::ffff:); docs/CONTRACTS.md, IPv6
+        self.force6 = cfg.family == 6
+        self.rewrite = self.lfamily == socket.AF_INET6 or self.force6
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
         self.denied = board.get64(self.slot + sb.OFF_DENIED)
         self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
@@ -296,7 +303,10 @@ class Worker:
         self.accepted += 1
         self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
         self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, time.time_ns())
-        self.handle(Conn(fd, addr[0], addr[1], time.monotonic_ns()))
+        conn = Conn(fd, addr[0], addr[1], time.monotonic_ns())
+        if len(addr) > 3:  # IPv6: (host, port, flowinfo, scope id)
+            conn.scope = addr[3]
+        self.handle(conn)
         self.ensure_reservation()
 
     def hold_while_master_stopped(self) -> None:
@@ -336,7 +346,7 @@ class Worker:
         """Socket options, the banner, the local address, then a PROXY header's addresses; the reason to drop
         the connection, or None."""
         cfg = self.cfg
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+        s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
         try:
             if not cfg.keep_ip_options:
                 try:
@@ -352,7 +362,7 @@ class Worker:
                     return b"unable to print banner: " + errstr(e).encode()
             if self.any_address:
                 try:
-                    conn.localip, _ = s.getsockname()
+                    conn.localip = s.getsockname()[0]
                 except OSError as e:
                     return b"unable to get local address: " + errstr(e).encode()
             else:  # bound to one address: every connection's local address is that one
@@ -360,10 +370,14 @@ class Worker:
         finally:
             s.detach()
         conn.localport = cfg.port
+        if self.rewrite:
+            conn.remoteip = present(conn.remoteip, self.force6)
+            conn.localip = present(conn.localip, self.force6)
         if header is not None and not header.local:  # everything from here on (lookups, rules, logs, env) sees the real client
             conn.sockip = conn.localip
-            conn.remoteip, conn.remoteport = header.src, header.sport
-            conn.localip, conn.localport = header.dst, header.dport
+            conn.remoteip, conn.remoteport = present(header.src, self.force6), header.sport
+            conn.localip, conn.localport = present(header.dst, self.force6), header.dport
+            conn.scope = 0
         return None
 
     def proxied(self, conn: Conn) -> None:
@@ -373,13 +387,11 @@ class Worker:
         from prefork import proxyproto
 
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, conn.fd)
+            s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
             try:
                 header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
             finally:
                 s.detach()
-            if not header.local and header.family != "TCP4":  # no IPv6 client can be served (IPv4 only)
-                raise proxyproto.ProxyError(f"unsupported address family {header.family} in PROXY header")
             conn.error = self.prepare(conn, header)
         except proxyproto.ProxyError as e:
             conn.error = str(e).encode()
@@ -432,7 +444,7 @@ class Worker:
             if cfg.ident:
                 conn.remoteinfo = ident.ident_query_bytes(  # from our own address, even behind a proxy
                     conn.sockip or conn.localip, conn.localport, conn.remoteip, conn.remoteport, float(cfg.ident_timeout),
-                    ident_port=cfg.ident_port,
+                    ident_port=cfg.ident_port, scope=conn.scope,
                 )
         except Exception:
             conn.remoteinfo = None
@@ -887,6 +899,11 @@ class SpawnLog:
         return pid if (ticks + 1) * TICK_NS > self.u64[(base + 24) >> 3] else 0
 
 
+# (name, its TCP6 twin) for an IPv6 connection's environment
+TWINS = tuple((b"TCP" + n, b"TCP6" + n) for n in (b"LOCALIP", b"LOCALPORT", b"LOCALHOST", b"REMOTEIP", b"REMOTEPORT",
+                                                  b"REMOTEHOST", b"REMOTEINFO"))
+
+
 def connection_env(
     base: dict[bytes, bytes], conn: Conn, rules_env: list[tuple[bytes, bytes]] | tuple[()] = ()
 ) -> dict[bytes, bytes]:
@@ -898,7 +915,8 @@ def connection_env(
     the result.
     """
     env = base.copy()
-    env[b"PROTO"] = b"TCP"
+    six = ":" in conn.remoteip
+    env[b"PROTO"] = b"TCP6" if six else b"TCP"
     env[b"TCPLOCALIP"] = conn.localip.encode()
     env[b"TCPLOCALPORT"] = b"%d" % conn.localport
     if conn.localhost is not None:
@@ -909,6 +927,16 @@ def connection_env(
         set_variable(env, b"TCPREMOTEHOST", conn.remotehost)
     if conn.remoteinfo is not None:
         set_variable(env, b"TCPREMOTEINFO", conn.remoteinfo)
+    if six:  # ucspi-tcp-ipv6's twins of an IPv6 connection: the same values (docs/CONTRACTS.md, IPv6)
+        for name, twin in TWINS:
+            value = env.get(name)
+            if value is not None:
+                env[twin] = value
+        if conn.scope:
+            try:
+                env[b"TCP6INTERFACE"] = socket.if_indextoname(conn.scope).encode()
+            except (OSError, ValueError, OverflowError):
+                pass
     for name, value in rules_env:
         set_variable(env, name, value)
     return env

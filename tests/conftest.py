@@ -45,6 +45,19 @@ def clean_env() -> dict[str, str]:
 
 
 # -- tcpserver fixtures: every differential test runs once per implementation -----------------
+# ucspi-tcp-ipv6 (0.88 with the IPv6 patch) conflicts with ucspi-tcp as a package, so .ci/run unpacks it
+# here instead of installing it: the judge of the IPv6 differential tests.
+JUDGE_BIN = Path("/opt/ucspi-tcp-ipv6/usr/bin")
+
+
+def judge(name: str) -> str:
+    """ucspi-tcp-ipv6's NAME; skips the test when the package has not been unpacked."""
+    path = JUDGE_BIN / name
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"ucspi-tcp-ipv6's {name} is not unpacked in {JUDGE_BIN} (see .ci/run)")
+    return str(path)
+
+
 @pytest.fixture(params=["debian", "prefork"])  # tcpserver_harness.IMPLS (it imports this module)
 def impl(request) -> str:
     """Which tcpserver a differential test drives (Debian's is skipped where it is not installed)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from conftest import ours, real
+from conftest import judge, ours, real
 
 PROGS = Path(__file__).resolve().parent / "progs"
 VIEW = str(PROGS / "view.pl")
@@ -40,9 +40,12 @@ QUIET = ["-H", "-R", "-l0"]
 
 
 def command(impl: str) -> list[str]:
-    """argv prefix of implementation IMPL: Debian's binary, or prefork's with two workers."""
+    """argv prefix of implementation IMPL: Debian's binary (0.88, or ucspi-tcp-ipv6's: "judge"), or prefork's
+    with two workers."""
     if impl == "debian":
         return [real("tcpserver")]
+    if impl == "judge":  # ucspi-tcp-ipv6, the judge of the IPv6 tests (tests/test_tcpserver_ipv6.py)
+        return [judge("tcpserver")]
     return [ours("tcpserver"), "--workers", "2"]
 
 
@@ -301,7 +304,7 @@ def run(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float =
 
 
 def connect(port: int, host: str = "127.0.0.1", source: str | None = None, timeout: float = 10.0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     if source is not None:
         sock.bind((source, 0))

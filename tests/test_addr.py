@@ -388,3 +388,107 @@ def test_forward_confirms_timeout(monkeypatch) -> None:
     finally:
         release.set()
     assert time.monotonic() - started < 3
+
+
+# -- IPv6 (docs/CONTRACTS.md, IPv6) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::1", "::1"), ("[::1]", "::1"), ("::", "::"), ("::0", "::"), ("0:0:0:0:0:0:0:1", "::1"),
+        ("2001:DB8:0::1", "2001:db8::1"), ("::ffff:1.2.3.4", "::ffff:1.2.3.4"),
+        ("::g", None), ("1:2:3:4:5:6:7:8:9", None), ("[::1", None), ("::1]", None), ("1::2::3", None),
+        (":::", None), ("fe80::1%lo", None), ("[[::1]]", None), ("::1\udcff", None), ("127.0.0.1", None), ("", None),
+    ],
+)
+def test_ip6_literal(text, expected):
+    assert addr.ip6_literal(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("ip", "force6", "shown"),
+    [
+        ("127.0.0.1", False, "127.0.0.1"), ("::ffff:127.0.0.1", False, "127.0.0.1"), ("::1", False, "::1"),
+        ("127.0.0.1", True, "::ffff:127.0.0.1"), ("::ffff:127.0.0.1", True, "::ffff:127.0.0.1"), ("::1", True, "::1"),
+        ("::ffff:0:1", False, "::ffff:0:1"),  # not a mapped address: no dot
+    ],
+)
+def test_present(ip, force6, shown):
+    assert addr.present(ip, force6) == shown
+
+
+def test_ipv6_hosts_never_reach_the_resolver(monkeypatch):
+    monkeypatch.setattr(addr, "_getaddrinfo", fake_getaddrinfo({}))  # any question fails the test
+    assert resolve_server_host("::") == "::" and resolve_server_host("[::1]") == "::1"
+    assert resolve_server_host("::ffff:127.0.0.1") == "127.0.0.1"  # a mapped literal is its IPv4 address
+    assert resolve_server_host("0") == "0.0.0.0" and resolve_server_host("0", force6=True) == "::"
+    assert resolve_client_host("[::1]") == ["::1"] and resolve_client_host("0") == ["127.0.0.1"]
+    for host in ("::g", "[::1", "1:2:3:4:5:6:7:8:9"):
+        with pytest.raises(HostError, match=r"^no IP address for "):
+            resolve_server_host(host)
+    with pytest.raises(HostError, match=r"^no IP address for ::1$"):
+        resolve_client_host("::1", only4=True)
+
+
+def test_minus_6_looks_up_aaaa_records_first(monkeypatch):
+    calls: list = []
+
+    def lookup(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append(family)
+        if family == socket.AF_INET6:
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::5", 0, 0, 0))]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.5", 0))]
+
+    monkeypatch.setattr(addr, "_getaddrinfo", lookup)
+    assert resolve_client_host("h.example", force6=True) == ["2001:db8::5", "192.0.2.5"]
+    assert resolve_server_host("h.example", force6=True) == "2001:db8::5"
+    assert calls == [socket.AF_INET6, socket.AF_INET, socket.AF_INET6, socket.AF_INET]
+    calls.clear()
+    assert resolve_client_host("h.example") == ["192.0.2.5"] and calls == [socket.AF_INET]  # 0.88: A only
+
+
+def test_paranoid_check_of_an_ipv6_client_asks_for_aaaa(monkeypatch):
+    calls: list = []
+
+    def lookup(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append((host, family))
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::5", 0, 0, 0))]
+
+    monkeypatch.setattr(addr, "_getaddrinfo", lookup)
+    assert forward_confirms("h.example", "2001:db8::5", 5)
+    assert not forward_confirms("h.example", "2001:db8::6", 5)
+    assert calls == [(b"h.example", socket.AF_INET6)] * 2
+
+
+@pytest.mark.parametrize(
+    ("address", "written"),
+    [
+        ("::", "::"), ("::1", "::1"), ("1::", "1::"), ("fe80::fc:ff:fe00:1", "fe80::fc:ff:fe00:1"),
+        ("2001:db8:0:1:1:1:1:1", "2001:db8::1:1:1:1:1"),  # a lone zero group: compressed (inet_ntop does not)
+        ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),  # equal runs: the first
+        ("2001:0:0:1:0:0:0:1", "2001:0:0:1::1"),  # the longest
+        ("::102:304", "::102:304"),  # IPv4-compatible: hex (inet_ntop: ::1.2.3.4)
+        ("::ffff:1.2.3.4", "::ffff:1.2.3.4"), ("::ffff:0:102:304", "::ffff:0:102:304"),
+        ("1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"), ("1:2:3:4:5:6:7:0", "1:2:3:4:5:6:7::"),
+    ],
+)
+def test_format_ip6_writes_what_ucspi_tcp_ipv6_writes(address, written):
+    """The forms seen from the judge's tcpserver on these addresses (tests/test_tcpserver_ipv6.py checks them live)."""
+    assert addr.format_ip6(socket.inet_pton(socket.AF_INET6, address)) == written
+    assert addr.ip6_literal(address) == written
+    assert addr.present(socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address)), False) == (
+        addr.unmapped(written))
+
+
+def test_present_fast_path_agrees_with_format_ip6() -> None:
+    """present() reformats only what inet_ntop may write otherwise; checked on addresses rich in zero groups."""
+    import random
+
+    rnd = random.Random(7)
+    for _ in range(20000):
+        groups = [rnd.choice([0, 0, 0, 1, 0xFFFF, rnd.randrange(65536)]) for _ in range(8)]
+        if rnd.random() < 0.1:
+            groups[:6] = [0, 0, 0, 0, 0, rnd.choice([0, 0xFFFF])]
+        packed = b"".join(g.to_bytes(2, "big") for g in groups)
+        assert addr.present(socket.inet_ntop(socket.AF_INET6, packed), False) == addr.unmapped(addr.format_ip6(packed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import pytest
@@ -20,7 +21,8 @@ def test_header_bytes_follow_the_documented_layout(tmp_path):
     board = make_board(tmp_path, workers=3, limit=40)
     board.set_local("127.0.0.1", 4321)
     raw = (tmp_path / "board").read_bytes()
-    assert len(raw) == 256 + 3 * 256
+    assert len(raw) == 256 + 3 * 256 + 16  # header, slots, the trailer an IPv6 listener's address goes in
+    assert raw[187] == 0 and raw[-16:] == bytes(16)  # IPv4: the trailer unused
     assert raw[0:4] == b"PFSB"
     version, header_size, slot_size, nslots, limit, master_pid, port = struct.unpack_from("<7I", raw, 4)
     assert (version, header_size, slot_size, nslots, limit, master_pid, port) == (1, 256, 256, 3, 40, os.getpid(), 4321)
@@ -241,3 +243,27 @@ def test_settle_exit_never_moves_a_counter_back_and_ignores_a_garbled_record(tmp
     board.put32(slot + sb.OFF_COUNTING_WHICH, 7 << 8 | 200)  # no such class or bucket
     assert board.settle_exit(0) == 78
     assert board.get32(slot + sb.OFF_COUNTING_PID) == 0
+
+
+def test_ipv6_listener_address_in_the_trailer(tmp_path):
+    """An IPv6 listener: header byte 187 says 6, its address is in the 16 bytes after the slots; bytes 44-47 stay
+    zero (a reader that knows only the IPv4 field shows 0.0.0.0), and --metrics' store keeps byte 187."""
+    board = make_board(tmp_path, workers=3)
+    board.set_local("2001:db8::7", 443)
+    board.set_metrics("127.0.0.1", 9100)
+    raw = (tmp_path / "board").read_bytes()
+    assert raw[187] == 6 and raw[44:48] == bytes(4)
+    assert raw[256 + 3 * 256:] == socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+    snap = reader.read(str(tmp_path / "board"))
+    assert (snap.local_ip, snap.local_port, snap.local, snap.metrics_ip, snap.metrics_port) == (
+        "2001:db8::7", 443, "[2001:db8::7]:443", "127.0.0.1", 9100)
+    assert reader.service_name(snap) == "svc"
+
+
+def test_ipv6_flag_without_its_trailer_is_refused(tmp_path):
+    board = make_board(tmp_path, workers=2)
+    board.set_local("::1", 80)
+    path = tmp_path / "board"
+    os.truncate(path, 256 + 2 * 256 + 8)
+    with pytest.raises(reader.ScoreboardError, match="truncated local address"):
+        reader.read(str(path))

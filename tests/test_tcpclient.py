@@ -190,7 +190,6 @@ def normalise(result: subprocess.CompletedProcess, server: StubServer, local_por
         ["-q", "-HR", "-l0", "127.0.0.1", "nosuchservice-prefork", "true"],
         ["-HR", "-l0", "127.1", "{closed}", "true"],
         ["-q", "-HR", "-l0", "127.1", "{closed}", "true"],
-        ["-HR", "-l0", "::1", "{closed}", "true"],
         ["-HR", "-l0", "127.0.0.1", "{closed}", "true"],
         ["-HRv", "-l0", "127.0.0.1", "{closed}", "true"],
         ["-HRq", "-l0", "127.0.0.1", "{closed}", "true"],

@@ -8,12 +8,11 @@ The 0.88 judge of IPv4 files stays tests/test_tcprules_diff.py.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fuzz_examples, ours
+from conftest import fuzz_examples, judge, ours
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +21,7 @@ from prefork.tcprulescheck import report
 
 pytestmark = pytest.mark.differential
 
-JUDGE_BIN = Path("/opt/ucspi-tcp-ipv6/usr/bin")
 OLD_CDB = b"old cdb, must survive every failed run\n"
-
-
-def judge(name: str) -> str:
-    """ucspi-tcp-ipv6's NAME; skips the test when the package has not been unpacked."""
-    path = JUDGE_BIN / name
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"ucspi-tcp-ipv6's {name} is not unpacked in {JUDGE_BIN} (see .ci/run)")
-    return str(path)
 
 
 def _tcprules(exe: str, folder: Path, text: bytes) -> tuple[int, bytes, bytes, dict[str, bytes]]:

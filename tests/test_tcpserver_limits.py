@@ -277,3 +277,17 @@ def test_limits_stay_exact_across_a_reload(tmp_path, prefork, sig):
     held.close()
     assert board_json(board)["totals"]["limited"]["MAXCONNIP"] >= 1
     assert server.stderr() == ""
+
+
+def test_maxconnip_for_an_ipv6_client(tmp_path, prefork):
+    """An IPv6 client counts by its address (MAXCONNC's /64 is unit-tested: loopback has one IPv6 address)."""
+    cdb = rules(tmp_path, ':allow,MAXCONNIP="1",DIEMSG="421 one each"\n')
+    board = tmp_path / "board"
+    server = prefork([*QUIET, "-x", cdb, "--scoreboard", str(board)], ["sh", "-c", "echo hi; exec sleep 30"],
+                     host="::1")
+    first = connect(server.port, host="::1")
+    assert recv_line(first) == b"hi\n"
+    with connect(server.port, host="::1") as s:  # ::1 has its one place
+        assert recv_all(s) == b"421 one each\r\n"
+    assert board_json(board)["totals"]["limited"]["MAXCONNIP"] == 1
+    first.close()

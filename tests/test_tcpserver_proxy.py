@@ -121,7 +121,7 @@ def test_rules_env_applies_to_the_real_client(prefork, tmp_path):
 @pytest.mark.parametrize("send, why", [
     (b"GET / HTTP/1.0\r\n\r\n", "missing PROXY header"),
     (b"PROXY TCP4 192.0.2.1 198.51.100.7 40000 99999\r\nx", "bad port in PROXY header"),
-    (b"PROXY TCP6 ::1 ::1 1 2\r\nx", "unsupported address family TCP6 in PROXY header"),
+    (b"PROXY TCP6 ::1 ::g 1 2\r\nx", "bad IPv6 address in PROXY header"),
     (v2(cmd=0x23), "unknown command in PROXY v2 header"),
     (b"PROXY TCP4 1.2", "connection closed in PROXY header"),
 ])

@@ -94,7 +94,7 @@ def pkgcopy(tmp_path):
 def mark_programs(worker_py: Path) -> None:
     """Edit the copy: every program gets PREFORK_RELOAD_MARK=new."""
     text = worker_py.read_text()
-    old = '    env[b"PROTO"] = b"TCP"\n'
+    old = '    env[b"PROTO"] = b"TCP6" if six else b"TCP"\n'
     assert old in text
     worker_py.write_text(text.replace(old, old + '    env[b"PREFORK_RELOAD_MARK"] = b"new"\n'))
 
