@@ -143,6 +143,19 @@ def read_header(sock: socket.socket, deadline: float) -> Header:
     v2 is read as its 16-byte head, then its announced length.
     """
     try:
+        # Usually the whole header is there already: one peek finds its end, one read takes exactly it.
+        try:
+            data = sock.recv(V1_MAX, _PEEK | _DONTWAIT)
+        except OSError:  # nothing yet (or an error the reads below meet again)
+            data = b""
+        if data.startswith(V1_PREFIX):
+            end = data.find(b"\r\n")
+            if end >= 0:
+                return parse_v1(_read_exact(sock, end + 2, deadline))
+        elif data[:12] == V2_SIGNATURE and len(data) >= V2_HEAD:
+            whole = V2_HEAD + v2_length(data[:V2_HEAD])
+            if len(data) >= whole:
+                return parse_v2(_read_exact(sock, whole, deadline))
         first = _read_exact(sock, V1_MIN, deadline)
         if first[:12] == V2_SIGNATURE:
             head = first + _read_exact(sock, V2_HEAD - V1_MIN, deadline)
@@ -152,6 +165,26 @@ def read_header(sock: socket.socket, deadline: float) -> Header:
         return parse_v1(_read_v1_rest(sock, first, deadline))
     except OSError as e:
         raise ProxyError(f"unable to read PROXY header: {e.strerror or e}") from None
+
+
+def arrived(sock: socket.socket) -> bool:
+    """Whether what has arrived on SOCK settles the header: a whole header, or bytes that cannot begin one
+    (so read_header returns or fails at once, without waiting).  False when it must wait for more."""
+    try:
+        data = sock.recv(V1_MAX + 1, _PEEK | _DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # read_header meets the same error at once
+    if not data:
+        return True  # end of file: "connection closed in PROXY header" at once
+    if data[:12] == V2_SIGNATURE[: len(data)] and len(data) < 12:
+        return False  # the start of a v2 signature, more to come
+    if data[:12] == V2_SIGNATURE:
+        return len(data) >= V2_HEAD and len(data) >= V2_HEAD + int.from_bytes(data[14:16], "big")
+    if not (data[:6] == V1_PREFIX[: len(data)] or data.startswith(V1_PREFIX)):
+        return True  # not a header: refused at once
+    return b"\r\n" in data or len(data) > V1_MAX  # a whole v1 line, or too long to be one
 
 
 def _wait(sock: socket.socket, deadline: float) -> None:

@@ -124,12 +124,6 @@ class ServerConfig:
     def needs_lookups(self) -> bool:
         """True when a connection must wait for DNS or ident before its program can start."""
         return self.localname is None or self.remote_host_lookup or self.ident
-
-    @property
-    def needs_pool(self) -> bool:
-        """True when workers need their thread pool: lookups, or PROXY headers that may be slow to come."""
-        return self.needs_lookups or self.proxy_protocol
-
     @property
     def wants_exporter(self) -> bool:
         """True when the master must run a prefork-exporter beside itself."""

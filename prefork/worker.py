@@ -72,7 +72,7 @@ class Conn:
     """One accepted connection until its program is reaped (or it is denied or dropped)."""
 
     __slots__ = ("fd", "remoteip", "remoteport", "localip", "localport", "started", "localhost", "remotehost",
-                 "remoteinfo", "sockip", "entry", "error", "scope")
+                 "remoteinfo", "sockip", "entry", "scope")
 
     def __init__(self, fd: int, remoteip: str, remoteport: int, started: int) -> None:
         self.fd = fd
@@ -86,7 +86,6 @@ class Conn:
         self.remoteinfo: bytes | None = None
         self.sockip = ""  # --proxy-protocol: the socket's own local address, when localip is the header's
         self.entry = -1  # its entry in the client table (clients.py), -1 until admitted
-        self.error: bytes | None = None  # why a pool thread failed it (--proxy-protocol), to be dropped
         self.scope = 0  # an IPv6 client's scope id (link-local): TCP6INTERFACE
 
 
@@ -154,6 +153,7 @@ class Worker:
         self.lookup_r = self.lookup_w = -1
         self.localhost_fixed = cfg.localname
         self.leaving = False  # SIGQUIT: finish what is started, then exit
+        self.headers: dict[int, Conn] = {}  # --proxy-protocol: connections waiting for their header, by fd
         self.ready_fd = -1  # a worker exec'd on HUP writes b"r" here once it serves (reload.py)
 
     # -- process set-up ---------------------------------------------------------------
@@ -185,7 +185,7 @@ class Worker:
         self.lsock.setblocking(False)
         self.ep = select.epoll()
         self.ep.register(self.sig_r, EPOLLIN)
-        if self.cfg.needs_pool:
+        if self.cfg.needs_lookups:
             from concurrent.futures import ThreadPoolExecutor
 
             self.lookup_r, self.lookup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -204,10 +204,18 @@ class Worker:
     def _loop(self) -> None:
         poll = self.ep.poll
         lfd, sig_r, wake_r, lookup_r = self.lfd, self.sig_r, self.cap.wake_r, self.lookup_r
+        headers = self.headers
         while True:
             # While waiting for capacity, re-check once a second as a safety net.
-            for fd, _ev in poll(1.0 if self.waiting_registered else -1):
-                if fd == lfd:
+            timeout = 1.0 if self.waiting_registered else -1
+            if headers:  # --proxy-protocol: wake for the first header deadline
+                first = max(0.0, min(c.started for c in headers.values()) / 1e9 + self.cfg.ident_timeout
+                            - time.monotonic())
+                timeout = first if timeout < 0 else min(timeout, first)
+            for fd, ev in poll(timeout):
+                if fd in headers:
+                    self.header_ready(fd, ev)
+                elif fd == lfd:
                     self.accept_ready()
                 elif fd == sig_r:
                     drain(sig_r)
@@ -218,7 +226,9 @@ class Worker:
                 elif fd == lookup_r:
                     drain(lookup_r)
                     while self.done:
-                        self.ready(self.done.popleft())
+                        self.decide(self.done.popleft())
+            if headers:
+                self.headers_expired()
             if self.leaving:
                 self.leave()
                 return
@@ -238,10 +248,13 @@ class Worker:
             self.reserved = False
             self.cap.release()
         self.cap.set_waiting(False)
+        for fd in list(self.headers):  # what we started: each header is waited for, within its -t
+            self.ep.unregister(fd)
+            self.proxied(self.headers.pop(fd), blocking=True)
         if self.pool is not None:
             self.pool.shutdown(wait=True)  # lookups are bounded (-t, --dns-timeout)
             while self.done:
-                self.ready(self.done.popleft())
+                self.decide(self.done.popleft())
 
     def ensure_reservation(self) -> None:
         """Hold one token for the next accept, or wait on the wake-up pipe when at the limit."""
@@ -326,14 +339,32 @@ class Worker:
 
     # -- one connection ---------------------------------------------------------------
     def handle(self, conn: Conn) -> None:
-        """A new connection: with ``--proxy-protocol`` everything up to the rules runs in the pool (a client
-        that never sends its header holds a thread and a -c token for up to -t, never this worker);
-        otherwise the banner and local address here, then the lookups in the pool or the rules at once."""
+        """A new connection.  With ``--proxy-protocol`` its header comes first: read now if it is all there,
+        else waited for in this worker's event loop (``header_ready``), so a client that never sends it holds
+        a -c token for up to -t, never the worker."""
+        header = None
         if self.cfg.proxy_protocol:
-            assert self.pool is not None  # for mypy: serverconfig.needs_pool is true with --proxy-protocol
-            self.pool.submit(self.proxied, conn)
-            return
-        why = self.prepare(conn, None)
+            from prefork import proxyproto
+
+            s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
+            try:
+                if not proxyproto.arrived(s):  # not there yet (an accept often beats the first segment)
+                    self.headers[conn.fd] = conn
+                    # Edge-triggered: a part of a header wakes us once, not at every poll; RDHUP: the end.
+                    self.ep.register(conn.fd, EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+                    return
+                try:
+                    header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
+                except proxyproto.ProxyError as e:
+                    self.drop(conn, str(e).encode())
+                    return
+            finally:
+                s.detach()
+        self.admitted(conn, header)
+
+    def admitted(self, conn: Conn, header: Header | None) -> None:
+        """The banner and local address, then the lookups in the pool or the rules at once."""
+        why = self.prepare(conn, header)
         if why is not None:
             self.drop(conn, why)
         elif self.pool is not None:
@@ -380,40 +411,48 @@ class Worker:
             conn.scope = 0
         return None
 
-    def proxied(self, conn: Conn) -> None:
-        """``--proxy-protocol`` (a pool thread): the header, read before anything is written, within -t
-        (docs/CONTRACTS.md, PROXY protocol); then ``prepare`` and the lookups.  A missing, bad or late
-        header ends as a drop by the worker's own thread, like every other outcome of the pool."""
+    def header_ready(self, fd: int, events: int) -> None:
+        """Bytes (or the end) came on a connection waiting for its PROXY header: read it once it is all there,
+        or the client has stopped sending."""
         from prefork import proxyproto
 
-        try:
-            s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
+        conn = self.headers[fd]
+        if not events & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+            s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, fd)
             try:
-                header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
+                if not proxyproto.arrived(s):
+                    return  # part of it: wait for the rest
             finally:
                 s.detach()
-            conn.error = self.prepare(conn, header)
-        except proxyproto.ProxyError as e:
-            conn.error = str(e).encode()
-        except Exception as e:  # never lose a connection (and its -c token) in a pool thread
-            conn.error = b"PROXY header: " + repr(e).encode("utf-8", "replace")
-        if conn.error is None and self.cfg.needs_lookups:
-            self.lookups(conn)  # appends to done itself
-            return
-        self.done.append(conn)
-        try:
-            os.write(self.lookup_w, b"x")
-        except BlockingIOError:
-            pass
+        del self.headers[fd]
+        self.ep.unregister(fd)
+        self.proxied(conn, blocking=False)
 
-    def ready(self, conn: Conn) -> None:
-        """A connection back from the pool: dropped if it failed there, else on to the rules."""
-        if conn.error is not None:
-            self.drop(conn, conn.error)
+    def headers_expired(self) -> None:
+        """Drop the connections whose header did not come within -t (docs/CONTRACTS.md, PROXY protocol)."""
+        now = time.monotonic_ns()
+        limit = int(self.cfg.ident_timeout * 1e9)
+        for fd, conn in list(self.headers.items()):
+            if now - conn.started >= limit:
+                del self.headers[fd]
+                self.ep.unregister(fd)
+                self.drop(conn, b"timed out reading PROXY header")
+
+    def proxied(self, conn: Conn, blocking: bool) -> None:
+        """Read CONN's PROXY header (all there, unless BLOCKING: then waited for until -t from the accept),
+        then go on as any connection; a missing, bad or late header drops it."""
+        from prefork import proxyproto
+
+        s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
+        try:
+            deadline = conn.started / 1e9 + self.cfg.ident_timeout if blocking else time.monotonic() + 1.0
+            header = proxyproto.read_header(s, deadline)
+        except proxyproto.ProxyError as e:
+            self.drop(conn, str(e).encode())
             return
-        if conn.localhost is None and not self.cfg.needs_lookups:
-            conn.localhost = self.localhost_fixed
-        self.decide(conn)
+        finally:
+            s.detach()
+        self.admitted(conn, header)
 
     def lookups(self, conn: Conn) -> None:
         """DNS and ident for one connection (runs in a pool thread).

@@ -12,6 +12,7 @@ from conftest import fuzz_examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefork import proxyproto
 from prefork.proxyproto import V2_SIGNATURE, ProxyError, parse_v1, parse_v2, read_header
 
 SETTINGS = settings(max_examples=fuzz_examples(300), deadline=None, derandomize=True)
@@ -228,3 +229,31 @@ def test_reader_times_out():
         with pytest.raises(ProxyError, match="timed out"):
             read_header(b, started + 0.3)
         assert 0.25 < time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("sent, ready", [
+    (b"", False),
+    (b"PROX", False),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2", False),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhello", True),
+    (b"GET / HTTP/1.0\r\n", True),  # not a header: refused at once, no wait
+    (b"\r\n\r\n\x00\r\n", False),  # the start of a v2 signature
+    (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes(11), False),  # 12 address bytes announced, 11 there
+    (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes(12), True),
+    (b"PROXY " + b"x" * 200, True),  # longer than any v1 line: refused at once
+])
+def test_arrived_tells_whether_reading_the_header_would_wait(sent, ready):
+    a, b = socket.socketpair()
+    with a, b:
+        if sent:
+            b.sendall(sent)
+        assert proxyproto.arrived(a) is ready
+        if sent:
+            assert a.recv(1024, socket.MSG_DONTWAIT) == sent  # only peeked at
+
+
+def test_arrived_after_the_peer_closed_is_true():
+    a, b = socket.socketpair()
+    with a:
+        b.close()
+        assert proxyproto.arrived(a) is True

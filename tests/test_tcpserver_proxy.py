@@ -133,7 +133,7 @@ def test_bad_header_dropped_with_one_warning(prefork, send, why):
 
 
 def test_a_flood_of_headerless_connections_holds_no_worker(prefork):
-    """20 silent clients on ONE worker with -t 30: each waits in a pool thread, so real clients are served
+    """20 silent clients on ONE worker with -t 30: each waits in the event loop, so real clients are served
     at once (a worker held by a silent client would keep them waiting 30 s, past recv's 10 s bound)."""
     server = prefork([*QUIET, "--proxy-protocol", "-t", "30", "--workers", "1", "-c", "40"], ECHO)
     silent = [connect(server.port) for _ in range(20)]
