@@ -19,7 +19,8 @@ from loadtest.report import BENCH as TCPSERVER
 
 # A report names no path of this machine (conftest.LOCAL_PATH, or any temporary file) and no tracker words.
 LOCAL = re.compile(LOCAL_PATH.pattern + r"|/tmp/|\bissue\b|\bstop \d+", re.I)
-COMMITTED = [ROOT / "loadtest" / name for name in ("REPORT.md", "SUPERVISION.md", "MULTILOG.md", "SCRAPE.md")]
+COMMITTED = [ROOT / "loadtest" / name for name in ("REPORT.md", "SUPERVISION.md", "MULTILOG.md", "SCRAPE.md", "FEATURES.md",
+                                                   "RELOAD.md")]
 
 
 def committed_digests(bench: reporting.Bench) -> dict[Path, str]:
