@@ -213,6 +213,16 @@ def host_port(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def interface_index(name: str | None) -> int:
+    """-I NAME as a scope id; 0 for none or an unknown name, which ucspi-tcp-ipv6 ignores as well."""
+    if not name:
+        return 0
+    try:
+        return socket.if_nametoindex(name)
+    except (OSError, ValueError, UnicodeError):
+        return 0
+
+
 def scan_ip(text: str) -> str | None:
     """tcpclient's ``-i``: an IPv6 literal (``::1``, ``[::1]``, mapped ones as IPv4), else ``scan_ip4``."""
     if ":" in text:

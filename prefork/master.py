@@ -177,6 +177,8 @@ class Master:
                 if family == socket.AF_INET6:
                     if ip == "::":  # dual-stack whatever the sysctl says: IPv4 clients arrive as ::ffff:1.2.3.4
                         lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    from prefork.addr import interface_index
+
                     lsock.bind((ip, cfg.port, 0, interface_index(cfg.interface)))
                 else:
                     lsock.bind((ip, cfg.port))
@@ -801,16 +803,6 @@ class Master:
 
 
 
-
-
-def interface_index(name: str | None) -> int:
-    """-I NAME as a scope id; 0 for none or an unknown name, which ucspi-tcp-ipv6 ignores as well."""
-    if not name:
-        return 0
-    try:
-        return socket.if_nametoindex(name)
-    except (OSError, ValueError, UnicodeError):
-        return 0
 
 
 def run(cfg: ServerConfig, handoff: dict | None = None) -> NoReturn:

@@ -123,16 +123,6 @@ def _bound_socket(local_ip: str, local_port: int, family: int = socket.AF_INET, 
     return sock
 
 
-def _scope(interface: str | None) -> int:
-    """-I NAME as a scope id; 0 for none or an unknown name (ucspi-tcp-ipv6 ignores it too)."""
-    if not interface:
-        return 0
-    try:
-        return socket.if_nametoindex(interface)
-    except (OSError, ValueError, UnicodeError):
-        return 0
-
-
 def connect(addresses: Sequence[str], port: int, opts: Options, warn: Callable[[str], None]) -> socket.socket | None:
     """Try ADDRESSES in two passes (``-T X+Y``); the connected socket, or None when all failed.
 
@@ -145,7 +135,7 @@ def connect(addresses: Sequence[str], port: int, opts: Options, warn: Callable[[
     if len(addresses) == 1:
         first, second = first + second, 0
     pending = list(addresses)
-    scope = _scope(opts.interface)
+    scope = addr.interface_index(opts.interface)
     for pass_index, seconds in enumerate((first, second)):
         retry: list[str] = []
         for ip in pending:
@@ -210,7 +200,7 @@ def connection_environ(
     info = None
     if opts.remote_info:
         info = ident_query(local_ip, local_port, remote_ip, remote_port, opts.info_timeout, ident_port=opts.ident_port,
-                           scope=_scope(opts.interface))
+                           scope=addr.interface_index(opts.interface))
     changes["TCPREMOTEINFO"] = info
     return changes
 

@@ -342,25 +342,22 @@ class Worker:
         """A new connection.  With ``--proxy-protocol`` its header comes first: read now if it is all there,
         else waited for in this worker's event loop (``header_ready``), so a client that never sends it holds
         a -c token for up to -t, never the worker."""
-        header = None
         if self.cfg.proxy_protocol:
             from prefork import proxyproto
 
             s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
             try:
-                if not proxyproto.arrived(s):  # not there yet (an accept often beats the first segment)
-                    self.headers[conn.fd] = conn
-                    # Edge-triggered: a part of a header wakes us once, not at every poll; RDHUP: the end.
-                    self.ep.register(conn.fd, EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
-                    return
-                try:
-                    header = proxyproto.read_header(s, time.monotonic() + self.cfg.ident_timeout)
-                except proxyproto.ProxyError as e:
-                    self.drop(conn, str(e).encode())
-                    return
+                waiting = not proxyproto.arrived(s)  # not all there yet (an accept often beats the first segment)
             finally:
                 s.detach()
-        self.admitted(conn, header)
+            if waiting:
+                self.headers[conn.fd] = conn
+                # Edge-triggered: a part of a header wakes us once, not at every poll; RDHUP: the end.
+                self.ep.register(conn.fd, EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+            else:
+                self.proxied(conn, blocking=False)
+            return
+        self.admitted(conn, None)
 
     def admitted(self, conn: Conn, header: Header | None) -> None:
         """The banner and local address, then the lookups in the pool or the rules at once."""
