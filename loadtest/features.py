@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -140,15 +139,11 @@ def draw(data: dict, path: Path) -> None:
 BENCH = Bench("features", "FEATURES.md", "features.png", render, draw)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return BENCH.render_only(args)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    reporting.stop_on_sigterm()
     try:
         data = benchmark(args)
     except (ServerStartError, OSError, subprocess.SubprocessError, RuntimeError) as e:

@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest import reporting
 from loadtest.machine import _package_version, machine_facts
 from loadtest.reporting import Bench, finish_chart, log, machine_section, pyplot, reproduce_section
 from loadtest.reporting import reproduce_command as spelled_out
@@ -754,15 +755,11 @@ def run_cli(args: argparse.Namespace) -> dict:
             "input": stats.to_dict(), "impls": binaries, "scenarios": results, "load_average_end": os.getloadavg()}
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`: the work directory is removed
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return BENCH.render_only(args)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    reporting.stop_on_sigterm()
     try:
         data = run_cli(args)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:

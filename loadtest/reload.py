@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from loadtest import soak_procs
+from loadtest import reporting, soak_procs
 from loadtest.loadgen import LoadResult, run_load
 from loadtest.machine import machine_facts
 from loadtest.reporting import Bench, finish_chart, log, machine_section, pyplot, reproduce_section, table
@@ -272,15 +272,11 @@ def draw(data: dict, path: Path) -> Path:
 BENCH = Bench("reload", "RELOAD.md", "reload.png", render_markdown, draw)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`, so the server is stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return BENCH.render_only(args)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    reporting.stop_on_sigterm()
     try:
         data = run(args)
     except (ServerStartError, OSError, RuntimeError, ScoreboardError) as e:

@@ -33,6 +33,18 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_on_sigterm() -> None:
+    """A benchmark's SIGTERM becomes SystemExit, which unwinds through its ``finally`` blocks: the servers
+    it started are stopped and its temporary files removed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 @dataclass(frozen=True)
 class Bench:
     """One benchmark's outputs: NAME names its results folder and JSON; REPORT and CHART are file names, written

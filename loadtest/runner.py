@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from loadtest import model
+from loadtest import model, reporting
 from loadtest.loadgen import LoadResult, format_result, merge, run_load
 from loadtest.machine import machine_facts
 from loadtest.report import BENCH
@@ -292,15 +291,11 @@ def benchmark(args: argparse.Namespace) -> dict:
     }
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`, so the servers are stopped
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         return BENCH.render_only(args)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    reporting.stop_on_sigterm()
     try:
         data = benchmark(args)
     except ServerStartError as e:

@@ -50,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtest import reporting
 from loadtest.machine import machine_facts
 from loadtest.reporting import ROOT, Bench, finish_chart, log, machine_section, pyplot, reproduce_section
 from loadtest.reporting import reproduce_command as spelled_out
@@ -591,10 +592,6 @@ def print_summary(data: dict) -> None:
     print(f"reproduce: {data['command']}")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`: servers stopped, files removed
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_multiprocess:
@@ -602,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         return BENCH.render_only(args)
     if argv is None:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        reporting.stop_on_sigterm()
     try:
         data = run(args)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
