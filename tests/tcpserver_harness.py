@@ -382,6 +382,15 @@ def parse_view(reply: bytes) -> dict[str, object]:
     return out
 
 
+def private_hosts_possible() -> bool:
+    """Whether this process may give a child its own mount namespace (root with CAP_SYS_ADMIN): the DNS tests
+    then give a server a private /etc/hosts."""
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def sigbit(sig: int) -> int:
     return 1 << (sig - 1)
 

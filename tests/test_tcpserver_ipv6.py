@@ -29,6 +29,7 @@ from tcpserver_harness import (
     base_env,
     normalise,
     parse_view,
+    private_hosts_possible,
     run,
     talk,
 )
@@ -405,14 +406,8 @@ def test_scoreboard_and_status_show_the_ipv6_listener(prefork, tmp_path):
 # ---- DNS over IPv6 (prefork's system resolver, docs/reference/tcpserver.md) --------------------------
 
 
-def _private_hosts_possible() -> bool:
-    try:
-        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
-
-@pytest.mark.skipif(not _private_hosts_possible(), reason="needs unshare --mount (root)")
+@pytest.mark.skipif(not private_hosts_possible(), reason="needs unshare --mount (root)")
 @pytest.mark.parametrize("paranoid", [False, True])
 def test_names_of_an_ipv6_client(prefork, tmp_path, paranoid):
     """-h (and -p) for an IPv6 client: the PTR name of ::1 (ip6.arpa, here from a private /etc/hosts) in
@@ -539,7 +534,7 @@ class Dns6Stub:
         self.lock.close()
 
 
-@pytest.mark.skipif(not _private_hosts_possible(), reason="needs unshare --mount (root)")
+@pytest.mark.skipif(not private_hosts_possible(), reason="needs unshare --mount (root)")
 @pytest.mark.parametrize(("aaaa", "paranoid"), [("::1", []), ("::1", ["-p"]), ("::2", ["-p"]), ("::2", [])],
                          ids=["name", "confirmed", "not-confirmed", "unchecked"])
 def test_dns_names_of_an_ipv6_client_as_the_judge(tmp_path, aaaa, paranoid):

@@ -8,10 +8,8 @@ that no query leaves the machine.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from tcpserver_harness import VIEW, parse_view, random_loopback, talk, wait_until
+from tcpserver_harness import VIEW, parse_view, private_hosts_possible, random_loopback, talk, wait_until
 
 
 def _local_hosts_answer() -> bool:
@@ -46,15 +44,8 @@ def test_verbose_ok_line_shows_the_names(prefork):
     assert ok[0].split()[4].startswith("localhost:127.0.0.1::")
 
 
-def _private_hosts_possible() -> bool:
-    """Whether this process may give a child its own mount namespace (root with CAP_SYS_ADMIN)."""
-    try:
-        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
-
-@pytest.mark.skipif(not _private_hosts_possible(), reason="needs unshare --mount (root)")
+@pytest.mark.skipif(not private_hosts_possible(), reason="needs unshare --mount (root)")
 @pytest.mark.parametrize("paranoid", [False, True])
 def test_hostile_ptr_name(prefork, tmp_path, paranoid):
     """A PTR name with bytes no host name has (%, :, a backslash, a byte that is not UTF-8): the
