@@ -1,4 +1,5 @@
-"""control/statusfile.py's codecs: the exact bytes of daemontools' 18-byte and runit's 20-byte status files."""
+"""control/statusfile.py's codecs: the exact bytes of daemontools' 18-byte, runit's 20-byte and s6's 35-byte
+status files, and s6's event letters."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from hypothesis import strategies as st_
 
 from prefork import tai64n
 from prefork.control import statusfile
-from prefork.control.statusfile import DAEMONTOOLS, RUNIT, Status
+from prefork.control.statusfile import DAEMONTOOLS, RUNIT, S6, Status
 
 LABEL = tai64n.pack(1_700_000_000, 123_456_789)
 
 
 def test_codecs_are_listed_by_name():
-    assert statusfile.CODECS == {"daemontools": DAEMONTOOLS, "runit": RUNIT}
+    assert statusfile.CODECS == {"daemontools": DAEMONTOOLS, "runit": RUNIT, "s6": S6}
+    assert statusfile.MODES == ("daemontools", "runit", "s6")
     assert (DAEMONTOOLS.size, RUNIT.size) == (18, 20) == (statusfile.SIZE, statusfile.SIZE + 2)
 
 
@@ -52,7 +54,7 @@ def test_runit_status_decodes_with_its_term_byte():
 @given(label=st_.binary(min_size=12, max_size=12), pid=st_.integers(0, 2**32 - 1), paused=st_.booleans(),
        want=st_.binary(min_size=1, max_size=1), term=st_.booleans())
 def test_round_trip(label, pid, paused, want, term):
-    for codec in statusfile.CODECS.values():
+    for codec in (DAEMONTOOLS, RUNIT):  # the two little-endian formats that share the 18-byte prefix
         status = Status(label, pid, paused, want, term and codec is RUNIT)
         data = codec.encode(status)
         assert len(data) == codec.size and data[:12] == label and data[12:16] == pid.to_bytes(4, "little")

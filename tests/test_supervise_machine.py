@@ -96,6 +96,9 @@ class FakeSeam(Seam):
     def finished(self, service: Service) -> None:
         self.events.append(("finished",))
 
+    def set_down(self, service: Service, present: bool) -> None:
+        self.events.append(("set_down", present))
+
     # the test's side
     def next_label(self) -> bytes:
         return label_number(self.labels + 1)
@@ -159,7 +162,7 @@ def runit(request) -> bool:
 
 def boot(runit: bool, *, down_file: bool = False, name: str = "svc") -> Rig:
     seam = FakeSeam()
-    service = Service(seam, name, runit=runit)
+    service = Service(seam, name, mode="runit" if runit else "daemontools")
     service.prepare(down_file)
     service.boot()
     return Rig(seam, service)
@@ -217,7 +220,7 @@ def _finished(runit: bool) -> Rig:
 
 def _adopted(runit: bool) -> Rig:
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.adopt(ADOPTED_PID, ADOPTED_LABEL, WANT_UP, False, True)
     seam.now = 5.0
     return Rig(seam, service)
@@ -358,12 +361,12 @@ def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
             events.append(("finished",))
             f.done = True
     else:
-        sig = SIGNAL_BYTES.get(key) or (RUNIT_SIGNAL_BYTES.get(key) if service.runit else None)
+        sig = SIGNAL_BYTES.get(key) or (RUNIT_SIGNAL_BYTES.get(key) if service.mode == "runit" else None)
         if sig is not None and running:
             events.append(("kill", f.pid, sig))
             if sig == TERM:
                 f.term_sent = True
-                if service.runit:
+                if service.mode == "runit":
                     publish()  # byte 18: "got TERM"
     return events, f
 
@@ -452,7 +455,7 @@ def test_label_is_never_touched_by_a_command_in_any_state(runit):
 # -- the restart throttle -------------------------------------------------------------------------
 def test_a_restart_within_the_second_is_deferred_to_exactly_last_start_plus_one(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     seam.now = 100.25
     service.prepare(False)
     service.boot()
@@ -651,7 +654,7 @@ def missing_run() -> FakeSeam:
 
 def test_failed_start_reports_like_supervise_and_retries_a_second_later(missing_run):
     seam = missing_run
-    service = Service(seam, "svc", runit=False)
+    service = Service(seam, "svc")
     service.prepare(False)
     service.boot()
     assert seam.take() == [
@@ -685,7 +688,7 @@ def test_failed_start_is_no_busy_loop(missing_run):
 def test_failed_start_uses_djb_error_words_and_the_service_name(missing_run):
     seam = missing_run
     seam.fail = OSError(errno.EACCES, "Permission denied")
-    service = Service(seam, "log", runit=False)
+    service = Service(seam, "log")
     service.prepare(False)
     service.boot()
     assert ("report", "supervise: fatal: unable to start log/run: access denied") in seam.events
@@ -729,7 +732,7 @@ def test_a_start_succeeds_once_run_appears(missing_run):
 # -- boot and adoption -----------------------------------------------------------------------------
 def test_boot_without_down_file_publishes_twice_then_starts(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(False)
     assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1)))]
     service.boot()
@@ -740,7 +743,7 @@ def test_boot_without_down_file_publishes_twice_then_starts(runit):
 
 def test_boot_with_down_file_publishes_twice_and_starts_nothing(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(True)
     assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(1)))]
     service.boot()
@@ -788,7 +791,7 @@ OPS = st.one_of(
 @given(runit=st.booleans(), down_file=st.booleans(), ops=st.lists(OPS, max_size=60))
 def test_random_walk_keeps_the_invariants(runit, down_file, ops):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(down_file)
     service.boot()
     for op, arg in ops:
