@@ -46,8 +46,9 @@ EXTRA_SIGNAL_BYTES: dict[str, dict[int, signal.Signals]] = {"daemontools": {}, "
 # s6-svc's letters that are no signal: O (once at most: want down, no start), Q (O and ./down made),
 # D (d and ./down made), U (u and ./down removed).  Only --s6 knows them.
 WANT_LETTERS: dict[str, frozenset[int]] = {"daemontools": frozenset(), "runit": frozenset(), "s6": frozenset(b"OQDU")}
-# s6-supervise restarts a dead service a THROTTLE after its death, however long it ran (0.76 and runsv:
-# at once, unless it started less than THROTTLE before).
+# s6-supervise restarts a dead service a THROTTLE after its death, however long it ran, and starts at once
+# on u (0.76 and runsv: a restart at once unless the service started less than THROTTLE before; any start
+# at least THROTTLE after the previous one).
 PAUSE_AFTER_EXIT = {"daemontools": False, "runit": False, "s6": True}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
@@ -237,8 +238,7 @@ class Service:
         if self.exit_requested:
             self._finish()
         elif self.want == WANT_UP and self.pause_after_exit:
-            self.start_pending = self.restart_pending = True  # s6: a second after the death; timer() starts it
-            self.seam.schedule(self, now + THROTTLE)
+            self._start_after_pause(now)
         elif self.want == WANT_UP:
             self._start(automatic=True)  # deferred to the end of the throttle second
 
@@ -261,6 +261,8 @@ class Service:
         return "stopping" if self.term_sent else "up"
 
     def _throttled(self, now: float) -> bool:
+        if self.pause_after_exit:  # s6: the second is counted from the death (exited()), a u starts at once
+            return False
         return self.last_start is not None and now < self.last_start + THROTTLE
 
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
@@ -301,6 +303,8 @@ class Service:
             self.seam.publish(self)
             if self.exit_requested:
                 self._finish()
+            elif self.want == WANT_UP and self.pause_after_exit:
+                self._start_after_pause(now)
             elif self.want == WANT_UP:
                 self._start(automatic=True)
             return
@@ -309,6 +313,11 @@ class Service:
         self.term_sent = False
         self.label = self.seam.label()
         self.seam.publish(self)
+
+    def _start_after_pause(self, now: float) -> None:
+        """s6: the restart of a dead (or unstartable) service, THROTTLE after NOW; :meth:`timer` makes it."""
+        self.start_pending = self.restart_pending = True
+        self.seam.schedule(self, now + THROTTLE)
 
     def _finish(self) -> None:
         self.seam.publish(self)  # written once more just before supervise exits

@@ -831,3 +831,79 @@ def test_random_walk_keeps_the_invariants(runit, down_file, ops):
         # the pid is the last successful spawn's, or 0
         assert service.pid in (0, *seam.pids[-1:])
         assert not (service.pid and service.done)
+
+
+# -- s6 mode (supervise --s6): s6-svc's letters and s6-supervise's restart pause ------------------------------------
+def up_service(mode: str) -> tuple[FakeSeam, Service]:
+    seam = FakeSeam()
+    service = Service(seam, "svc", mode=mode)
+    service.prepare(False)
+    service.boot()
+    seam.take()
+    return seam, service
+
+
+@pytest.mark.parametrize("mode", ["daemontools", "runit"])
+def test_s6_letters_mean_nothing_in_the_other_modes(mode):
+    seam, service = up_service(mode)
+    for byte in b"bOQDUyr":
+        service.control(byte)
+    assert seam.take() == []
+    assert (service.pid, service.want, service.normally_up) == (100, WANT_UP, True)
+
+
+@pytest.mark.parametrize(("byte", "sig"), [(b"b", signal.SIGABRT), (b"y", signal.SIGWINCH), (b"r", signal.SIGTERM),
+                                           (b"q", signal.SIGQUIT), (b"1", signal.SIGUSR1), (b"2", signal.SIGUSR2)])
+def test_s6_signal_letters(byte, sig):
+    seam, service = up_service("s6")
+    service.control(byte[0])
+    assert seam.take() == [("kill", 100, sig)]  # r: the want stays up, so the service is restarted
+    assert service.want == WANT_UP
+
+
+def test_s6_once_at_most_and_the_down_file_letters():
+    seam, service = up_service("s6")
+    service.control(ord("O"))  # running: it runs on, once
+    assert seam.take() == [("publish", Snap(100, WANT_ONCE, False, False, False, label_number(2)))]
+    service.control(ord("Q"))
+    assert seam.take() == [("set_down", True), ("publish", Snap(100, WANT_ONCE, False, False, False, label_number(2)))]
+    assert service.normally_up is False
+    service.control(ord("U"))  # u, ./down removed
+    assert seam.take() == [("set_down", False), ("publish", Snap(100, WANT_UP, False, False, False, label_number(2)))]
+    service.control(ord("D"))  # d, ./down made
+    assert seam.take() == [("set_down", True), ("kill", 100, signal.SIGTERM), ("kill", 100, signal.SIGCONT),
+                           ("publish", Snap(100, WANT_DOWN, False, True, False, label_number(2)))]
+    service.exited(signal.SIGTERM)
+    seam.take()
+    service.control(ord("O"))  # down: stays down
+    assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(3)))]
+    service.control(ord("U"))
+    assert seam.take()[:2] == [("set_down", False), ("publish", Snap(0, WANT_UP, False, False, False, label_number(3)))]
+    assert service.pid == 101
+
+
+def test_s6_restarts_a_second_after_the_death_and_starts_at_once_on_u():
+    seam, service = up_service("s6")
+    seam.advance(30.0)  # a long run: 0.76 would restart at once
+    service.exited(0)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(3))), ("schedule", 31.0)]
+    seam.advance(30.9)
+    assert seam.take() == []
+    seam.advance(31.0)
+    assert [e[0] for e in seam.take()] == ["spawn", "publish"]
+    assert (service.pid, service.starts, service.restarts) == (101, 2, 1)
+    service.control(ord("d"))
+    service.exited(signal.SIGTERM)
+    seam.take()
+    service.control(ord("u"))  # a u is no restart: at once, however recent the previous start
+    assert [e[0] for e in seam.take()] == ["publish", "spawn", "publish"]
+
+
+def test_s6_failed_start_is_no_busy_loop(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(False)
+    service.boot()
+    for step in range(1, 1001):  # 10 simulated seconds, 10 ms at a time
+        seam.advance(step / 100)
+    assert seam.spawn_times == [float(n) for n in range(11)]
