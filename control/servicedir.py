@@ -166,8 +166,8 @@ class ServiceDir:
         return None
 
     def notify(self, letters: bytes) -> None:
-        """Write LETTERS to every listener's FIFO in ``event/``, as s6-supervise does (docs/CONTRACTS.md, s6
-        status and events).
+        """Write LETTERS to every listener's FIFO in ``event/``, as s6-supervise does
+        (docs/CONTRACTS.md, s6 status and events).
 
         A listener (s6-svwait, s6-svlisten1) makes ``ftrig1:@<TAI64N hex>:<6 chars>`` there and reads it.
         Only FIFOs of that name shape are written, never blocking: a FIFO with no reader (ENXIO) is a
