@@ -190,15 +190,14 @@ class S6Codec(Codec):
     def events(self, previous: Status | None, current: Status) -> bytes:
         """s6-supervise's letters: ``u`` started, ``U`` ready, ``d`` died, ``D`` really down (``x``, the
         supervisor leaving, is the engine's)."""
-        was_up = previous is not None and bool(previous.pid)
-        was_ready = previous is not None and previous.ready
+        if previous is None:  # the first status of this supervisor: nothing happened (a takeover says no "u")
+            return b""
+        was_up, was_ready = bool(previous.pid), previous.ready
         if current.pid:
-            letters = b"" if was_up and previous is not None and previous.pid == current.pid else b"u"
+            letters = b"" if was_up and previous.pid == current.pid else b"u"
             if current.ready and not (was_up and was_ready and letters == b""):
                 letters += b"U"
             return letters
-        if previous is None:
-            return b""
         letters = b"d" if was_up else b""
         if current.ready and (was_up or not was_ready):
             letters += b"D"

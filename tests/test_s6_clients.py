@@ -92,7 +92,8 @@ class Rig:
         assert wait_for(lambda: self.svok() == 0 and (self.dir / "supervise" / "status").exists()
                         and (self.dir / "event").is_dir(), 10), (self.impl, self.stderr())
         assert wait_for(self.pid, 5), (self.impl, self.stderr())  # started: its "u" is before our listener
-        self.listen()
+        if self.listener < 0:
+            self.listen()
 
     def listen(self) -> None:
         """A listener of our own in event/, made as s6-svlisten1 makes its FIFO; read with :meth:`events`."""
@@ -423,3 +424,19 @@ def test_other_modes_ignore_s6_letters(tmp_path, mode):
             os.unlink(table)
         except OSError:
             pass
+
+
+def test_a_killed_supervisor_s_service_is_taken_over_from_the_s6_status(ours_rig):
+    r = ours_rig
+    r.service()
+    r.start()
+    pid = r.pid()
+    assert r.proc is not None
+    r.proc.kill()
+    r.proc.wait(5)
+    r.start()  # reads the 35-byte status of its predecessor: the same process, no second copy
+    assert r.pid() == pid and r.svstat() == UP
+    assert r.svc("-wD", "-T", "5000", "-d") == 0
+    assert r.pid() == 0
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5)
+    assert r.events() == b"dD"

@@ -907,3 +907,49 @@ def test_s6_failed_start_is_no_busy_loop(missing_run):
     for step in range(1, 1001):  # 10 simulated seconds, 10 ms at a time
         seam.advance(step / 100)
     assert seam.spawn_times == [float(n) for n in range(11)]
+
+
+S6_OPS = st.one_of(
+    st.tuples(st.just("byte"), st.sampled_from(list(b"duopchaitkxq12zbyrOQDU"))),
+    st.tuples(st.just("exit"), st.sampled_from([0, 256, 9, 15])),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.125, 0.5, 0.875, 1.0, 2.5])),
+    st.tuples(st.just("timers"), st.none()),
+    st.tuples(st.just("fail"), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(down_file=st.booleans(), ops=st.lists(S6_OPS, max_size=60))
+def test_s6_random_walk_keeps_the_invariants(down_file, ops):
+    """s6 mode: no start but one asked for (u, o, U) or a second after a death or failed start."""
+    seam = FakeSeam()
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(down_file)
+    service.boot()
+    for op, arg in ops:
+        spawns, was_done = len(seam.spawn_times), service.done
+        seam.take()
+        if op == "byte":
+            service.control(arg)
+        elif op == "exit":
+            if not service.pid:
+                continue
+            service.exited(arg)
+        elif op == "tick":
+            seam.now += arg
+        elif op == "timers":
+            seam.run_timers()
+        else:
+            seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+        events = seam.take()
+        new_spawns = len(seam.spawn_times) - spawns
+        assert new_spawns <= 1
+        if new_spawns and not (op == "byte" and bytes([arg]) in b"uoU"):
+            assert op == "timers" and [t for t in seam.timers if t[0] <= seam.now] == []
+        # a restart is planned a second after the death (or the failed start) that calls for it
+        assert all(e[1] == seam.now + THROTTLE for e in events if e[0] == "schedule")
+        if was_done:
+            assert events == []
+        if op == "byte" and bytes([arg]) not in b"duopcxOQDU":
+            assert set(e[0] for e in events) <= {"kill"} and len(events) <= 1
+        assert service.starts == len(seam.spawn_times)
