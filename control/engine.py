@@ -70,7 +70,8 @@ class Supervised:
 class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
-    def __init__(self, *, mode: str = "daemontools", table: ServiceTable | None = None, prog: str = "supervise") -> None:
+    def __init__(self, *, mode: str = "daemontools", table: ServiceTable | None = None,
+                 prog: str = "supervise") -> None:
         hold_std_fds()
         self.mode = mode  # one of statusfile.MODES: the status format, and the control bytes known beyond 0.76's
         self.codec = statusfile.CODECS[mode]

@@ -15,6 +15,9 @@ slow service never holds up the others of a shared loop.  Two starts are still
 never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
+
+The mode (``--runit``, ``--s6``) changes only what the tables below say: the control bytes known
+beyond 0.76's, and (s6) a restart a second after the death instead of the throttle above.
 """
 
 from __future__ import annotations
@@ -42,10 +45,12 @@ RUNIT_SIGNAL_BYTES = {ord("q"): signal.SIGQUIT, ord("1"): signal.SIGUSR1, ord("2
 # s6-svc's: runit's, plus b and y; r ("restart": the down signal, want unchanged) is t here.
 S6_SIGNAL_BYTES = {**RUNIT_SIGNAL_BYTES, ord("b"): signal.SIGABRT, ord("y"): signal.SIGWINCH, ord("r"): signal.SIGTERM}
 # The modes (one per status format of control/statusfile.py) and the signal bytes each adds to 0.76's.
-EXTRA_SIGNAL_BYTES: dict[str, dict[int, signal.Signals]] = {"daemontools": {}, "runit": RUNIT_SIGNAL_BYTES, "s6": S6_SIGNAL_BYTES}
+EXTRA_SIGNAL_BYTES: dict[str, dict[int, signal.Signals]] = {
+    "daemontools": {}, "runit": RUNIT_SIGNAL_BYTES, "s6": S6_SIGNAL_BYTES}
 # s6-svc's letters that are no signal: O (once at most: want down, no start), Q (O and ./down made),
 # D (d and ./down made), U (u and ./down removed).  Only --s6 knows them.
-WANT_LETTERS: dict[str, frozenset[int]] = {"daemontools": frozenset(), "runit": frozenset(), "s6": frozenset(b"OQDU")}
+WANT_LETTERS: dict[str, frozenset[int]] = {
+    "daemontools": frozenset(), "runit": frozenset(), "s6": frozenset(b"OQDU")}
 # s6-supervise restarts a dead service a THROTTLE after its death, however long it ran, and starts at once
 # on u (0.76 and runsv: a restart at once unless the service started less than THROTTLE before; any start
 # at least THROTTLE after the previous one).
@@ -101,7 +106,8 @@ class Service:
     """
 
     __slots__ = (
-        "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
+        "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused",
+        "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
         "normally_up", "adopted", "done", "context", "ready_label", "finishing",
     )

@@ -1,8 +1,9 @@
 """svstat: one status line per service directory, read from supervise's files, as daemontools 0.76's svstat.
 
 svstat talks to nobody: it reads ``down``, checks that ``supervise/ok`` has a reader and decodes
-the first 18 bytes of ``supervise/status`` (all 35 of s6's, told apart by size).  So it works against
-any supervisor that keeps those files (daemontools, runit, prefork in each of its modes).  It exits 0 whatever it finds: the line says what is wrong.
+the first 18 bytes of ``supervise/status`` (all 35 of s6's, told apart by size).  So it works
+against any supervisor that keeps those files (daemontools, runit, prefork in each of its modes).
+It exits 0 whatever it finds: the line says what is wrong.
 
 prefork extensions, recognised only as the first argument so that 0.76 command lines keep their
 meaning: ``svstat --all [--json] DIR`` (every service of a scan directory; unlike the rest it exits

@@ -34,11 +34,14 @@ def unpack(label: bytes) -> tuple[int, int]:
 
 
 def shift(label: bytes, seconds: int) -> bytes:
-    """LABEL moved by SECONDS (b"" stays b""): between djb's labels and skalibs' (:data:`SKALIBS_LEAP`)."""
+    """LABEL moved by SECONDS (b"" stays b""): between djb's labels and skalibs' (:data:`SKALIBS_LEAP`).
+
+    Total on any 12 bytes (a label read from a file is data): the seconds wrap around 2^64.
+    """
     if not label:
         return label
     secs, nano = _LABEL.unpack_from(label)
-    return _LABEL.pack(secs + seconds, nano)
+    return _LABEL.pack((secs + seconds) % (1 << 64), nano)
 
 
 def now() -> bytes:

@@ -165,3 +165,17 @@ def test_decode_any_tells_the_formats_apart_by_size():
 def test_read_reads_an_s6_status(tmp_path):
     (tmp_path / "status").write_bytes(S6_UP)
     assert statusfile.read(str(tmp_path)).pid == 0x4A09
+
+
+@given(data=st_.binary(max_size=64))
+def test_decode_any_is_total(data):
+    """Any status file decodes (s6's size as s6's, garbage labels included) or is a 'bad format', never a crash."""
+    try:
+        status = statusfile.decode_any(data)
+    except ValueError as e:
+        assert len(data) < statusfile.SIZE and str(e) == "bad format"
+        return
+    assert len(status.label) == 12 and isinstance(status.seconds, int)  # svstat subtracts it from now
+    if len(data) == S6.size:
+        assert status.want in (b"u", b"d")
+        assert S6.encode(status) == data[:34] + bytes([data[34] & 0x0F])  # every bit s6 defines survives
