@@ -11,6 +11,7 @@ daemontools and runit modes ignore s6's extra letters.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -274,6 +275,8 @@ def test_svwait_and_svc_waits(rig):
     # s6-svc's own waits (through s6-svlisten1)
     assert rig.svc("-wD", "-T", "5000", "-d") == 0
     assert rig.pid() == 0
+    assert client("s6-svwait", "-D", "-t", "2000", str(rig.dir)).returncode == 0  # really down already
+    assert client("s6-svwait", "-U", "-t", "300", str(rig.dir)).returncode == 99
     assert rig.svc("-wu", "-T", "5000", "-u") == 0
     assert rig.pid() != 0
     assert rig.svc("-wd", "-T", "5000", "-k") == 0
@@ -440,3 +443,36 @@ def test_a_killed_supervisor_s_service_is_taken_over_from_the_s6_status(ours_rig
     assert r.pid() == 0
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5)
     assert r.events() == b"dD"
+
+
+def test_svscan_s6_with_a_log_and_svstat_all(tmp_path):
+    """The log service gets s6's files too; svstat --all and --json read the table as in every mode."""
+    for name in ("s6-svstat", "s6-svok"):
+        real(name)
+    for d, script in ((tmp_path / "svc", SLEEPER), (tmp_path / "svc" / "log", "#!/bin/sh\nexec cat > /dev/null\n")):
+        d.mkdir()
+        (d / "run").write_text(script)
+        (d / "run").chmod(0o755)
+    proc = subprocess.Popen([ours("svscan"), "--s6", str(tmp_path)], env=ENV, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen: list[psutil.Process] = []
+    try:
+        for d in (tmp_path / "svc", tmp_path / "svc" / "log"):
+            assert wait_for(lambda d=d: client("s6-svstat", str(d)).stdout.startswith(b"up (pid "), 10), d
+            assert client("s6-svok", str(d)).returncode == 0
+            assert stat.S_IMODE((d / "event").stat().st_mode) == 0o3730
+            seen.append(psutil.Process(int.from_bytes((d / "supervise" / "status").read_bytes()[24:32], "big")))
+        out = subprocess.run([ours("svstat"), "--all", str(tmp_path)], env=ENV, capture_output=True, timeout=10)
+        assert out.returncode == 0 and re.search(rb"\bsvc: up \(pid \d+\)", out.stdout), out
+        out = subprocess.run([ours("svstat"), "--all", "--json", str(tmp_path)], env=ENV, capture_output=True,
+                             timeout=10)
+        assert out.returncode == 0 and json.loads(out.stdout), out
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for p in seen:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(seen, timeout=5)
