@@ -15,6 +15,9 @@ slow service never holds up the others of a shared loop.  Two starts are still
 never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
+
+The mode (``--runit``, ``--s6``) changes only what the tables below say: the control bytes known
+beyond 0.76's, and (s6) a restart a second after the death instead of the throttle above.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ SIGNAL_BYTES = {
 }
 # runit's sv sends these too; 0.76 ignores them, so they act only in --runit mode.
 RUNIT_SIGNAL_BYTES = {ord("q"): signal.SIGQUIT, ord("1"): signal.SIGUSR1, ord("2"): signal.SIGUSR2}
+# s6-svc's: runit's, plus b and y; r ("restart": the down signal, want unchanged) is t here.
+S6_SIGNAL_BYTES = {**RUNIT_SIGNAL_BYTES, ord("b"): signal.SIGABRT, ord("y"): signal.SIGWINCH, ord("r"): signal.SIGTERM}
+# The modes (one per status format of control/statusfile.py) and the signal bytes each adds to 0.76's.
+EXTRA_SIGNAL_BYTES: dict[str, dict[int, signal.Signals]] = {
+    "daemontools": {}, "runit": RUNIT_SIGNAL_BYTES, "s6": S6_SIGNAL_BYTES}
+# s6-svc's letters that are no signal: O (once at most: want down, no start), Q (O and ./down made),
+# D (d and ./down made), U (u and ./down removed).  Only --s6 knows them.
+WANT_LETTERS: dict[str, frozenset[int]] = {
+    "daemontools": frozenset(), "runit": frozenset(), "s6": frozenset(b"OQDU")}
+# s6-supervise restarts a dead service a THROTTLE after its death, however long it ran, and starts at once
+# on u (0.76 and runsv: a restart at once unless the service started less than THROTTLE before; any start
+# at least THROTTLE after the previous one).
+PAUSE_AFTER_EXIT = {"daemontools": False, "runit": False, "s6": True}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
 
@@ -77,6 +93,10 @@ class Seam:
         """SERVICE is down after ``x``: its supervisor is done with it."""
         raise NotImplementedError
 
+    def set_down(self, service: Service, present: bool) -> None:
+        """Create (PRESENT) or remove the service's ``down`` file (s6-svc -D, -U, -Q)."""
+        raise NotImplementedError
+
 
 class Service:
     """One service: state plus the transitions of daemontools' supervise.
@@ -86,15 +106,19 @@ class Service:
     """
 
     __slots__ = (
-        "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
+        "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused",
+        "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context",
+        "normally_up", "adopted", "done", "context", "ready_label", "finishing",
     )
 
-    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
+    def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None) -> None:
         self.seam = seam
         self.name = name
-        self.runit = runit
+        self.mode = mode  # "daemontools", "runit" or "s6": which control bytes beyond 0.76's are known
+        self.extra_signals = EXTRA_SIGNAL_BYTES[mode]
+        self.want_letters = WANT_LETTERS[mode]
+        self.pause_after_exit = PAUSE_AFTER_EXIT[mode]
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -113,6 +137,11 @@ class Service:
         self.normally_up = True
         self.adopted = False
         self.done = False
+        # s6's readiness: the TAI64N label of the moment the running service became ready, b"" while not.
+        # Without a notification-fd s6 never calls a service ready (its status keeps the bit clear), so
+        # nothing here sets it; ``finishing`` is true while ./finish runs (no ./finish is run here yet).
+        self.ready_label = b""
+        self.finishing = False
 
     # -- events --------------------------------------------------------------------------
     def prepare(self, down_file: bool) -> None:
@@ -171,25 +200,41 @@ class Service:
             self.seam.publish(self)
             if not self.pid:
                 self._finish()
+        elif byte in self.want_letters:
+            self._s6_want(byte)
         else:
             sig = SIGNAL_BYTES.get(byte)
-            if sig is None and self.runit:
-                sig = RUNIT_SIGNAL_BYTES.get(byte)
+            if sig is None:
+                sig = self.extra_signals.get(byte)
             if sig is not None and self.pid:
                 self.seam.kill(self, sig)
                 if sig == signal.SIGTERM:
                     self.term_sent = True
-                    if self.runit:
+                    if self.mode == "runit":
                         self.seam.publish(self)  # runit's byte 18 says "got TERM"
+
+    def _s6_want(self, byte: int) -> None:
+        """s6-svc's O, Q, D, U: want down without a stop (O, Q) or d/u, with ./down made (Q, D) or removed (U)."""
+        if byte != 0x4F:  # O
+            self.normally_up = byte == 0x55  # U
+            self.seam.set_down(self, not self.normally_up)
+        if byte in (0x4F, 0x51):  # O, Q: a running service runs on, once; a down one stays down
+            self.want = WANT_ONCE if self.pid else WANT_DOWN
+            self.restart_pending = False
+            self.seam.publish(self)
+        else:
+            self.control(0x64 if byte == 0x44 else 0x75)  # D is d, U is u
 
     def exited(self, status: int) -> None:
         """The service's process ended with wait status STATUS (-1 when unknown: an adopted pid)."""
         self.pid = 0
         self.term_sent = False
         self.adopted = False
+        self.ready_label = b""  # ready only while up
         self.last_status = status
         self.label = self.seam.label()
-        if self.want == WANT_UP and not self.exit_requested and not self._throttled(self.seam.monotonic()):
+        now = self.seam.monotonic()
+        if self.want == WANT_UP and not self.exit_requested and not self.pause_after_exit and not self._throttled(now):
             # 0.76 writes the exit, forks, then writes the new pid.  Here the spawn comes first and both writes
             # follow in that order, so the restart does not wait for two file operations; a reader sees the
             # same sequence of status files (0.76 too shows "down" while its child is already starting).
@@ -198,6 +243,8 @@ class Service:
         self.seam.publish(self)
         if self.exit_requested:
             self._finish()
+        elif self.want == WANT_UP and self.pause_after_exit:
+            self._start_after_pause(now)
         elif self.want == WANT_UP:
             self._start(automatic=True)  # deferred to the end of the throttle second
 
@@ -220,6 +267,8 @@ class Service:
         return "stopping" if self.term_sent else "up"
 
     def _throttled(self, now: float) -> bool:
+        if self.pause_after_exit:  # s6: the second is counted from the death (exited()), a u starts at once
+            return False
         return self.last_start is not None and now < self.last_start + THROTTLE
 
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
@@ -260,6 +309,8 @@ class Service:
             self.seam.publish(self)
             if self.exit_requested:
                 self._finish()
+            elif self.want == WANT_UP and self.pause_after_exit:
+                self._start_after_pause(now)
             elif self.want == WANT_UP:
                 self._start(automatic=True)
             return
@@ -268,6 +319,11 @@ class Service:
         self.term_sent = False
         self.label = self.seam.label()
         self.seam.publish(self)
+
+    def _start_after_pause(self, now: float) -> None:
+        """s6: the restart of a dead (or unstartable) service, THROTTLE after NOW; :meth:`timer` makes it."""
+        self.start_pending = self.restart_pending = True
+        self.seam.schedule(self, now + THROTTLE)
 
     def _finish(self) -> None:
         self.seam.publish(self)  # written once more just before supervise exits
