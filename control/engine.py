@@ -70,9 +70,11 @@ class Supervised:
 class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
-    def __init__(self, *, runit: bool = False, table: ServiceTable | None = None, prog: str = "supervise") -> None:
+    def __init__(self, *, runit: bool = False, table: ServiceTable | None = None, prog: str = "supervise",
+                 new_session: bool = False) -> None:
         hold_std_fds()
         self.runit = runit
+        self.new_session = new_session  # svscan --runit -P: every service in a session of its own (setsid)
         self.table = table  # a servicetable.ServiceTable, or None
         self.prog = prog
         self.env = original_environ()
@@ -102,7 +104,7 @@ class Engine(Seam):
         """Take on the service in PATH (supervise's start-up); StartupError with supervise's text if it fails."""
         sd, down = ServiceDir.open(path, display, base_fd=base_fd, runit=self.runit)
         ctx = Supervised(sd, stdin, stdout, table_name or display, is_log, owner)
-        service = Service(self, display, runit=self.runit, context=ctx)
+        service = Service(self, display, runit=self.runit, context=ctx, log=is_log)
         if self.table is not None:
             try:
                 ctx.slot = self.table.allocate(ctx.table_name)
@@ -161,7 +163,7 @@ class Engine(Seam):
         os.fchdir(ctx.sd.dirfd)
         try:
             pid = os.posix_spawn("./run", ["./run"], self.env, file_actions=actions, setsigmask=(),
-                                 setsigdef=self.sigdef)
+                                 setsigdef=self.sigdef, setsid=self.new_session)
         finally:
             os.fchdir(self.home_fd)
         self.by_pid[pid] = service
@@ -188,7 +190,8 @@ class Engine(Seam):
             self.let_run = False
             os.sched_yield()
         ctx = service.context
-        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent)
+        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
+                                      service.exit_requested)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
         if self.table is not None and ctx.slot >= 0:

@@ -88,13 +88,15 @@ class Service:
     __slots__ = (
         "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context",
+        "normally_up", "adopted", "done", "context", "log",
     )
 
-    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
+    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None,
+                 log: bool = False) -> None:
         self.seam = seam
         self.name = name
         self.runit = runit
+        self.log = log  # a NAME/log service of svscan: runit's runsv ignores x for it
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -167,10 +169,15 @@ class Service:
             if self.pid:
                 self.seam.kill(self, signal.SIGCONT)
         elif byte == 0x78:  # x
-            self.exit_requested = True
-            self.seam.publish(self)
-            if not self.pid:
-                self._finish()
+            if not self.runit:
+                self.retire()
+            elif not self.log:
+                # runsv's x stops the service, then exits; it ignores x for a log, which ends with its
+                # service (docs/CONTRACTS.md, runit semantics).
+                self.exit_requested = True
+                self.control(0x64)
+                if not self.pid:
+                    self._finish()
         else:
             sig = SIGNAL_BYTES.get(byte)
             if sig is None and self.runit:
@@ -181,6 +188,22 @@ class Service:
                     self.term_sent = True
                     if self.runit:
                         self.seam.publish(self)  # runit's byte 18 says "got TERM"
+
+    def retire(self, want_down: bool = False) -> None:
+        """0.76's x: the supervisor is done with the service as soon as it is down, without stopping it.
+
+        WANT_DOWN marks it wanted down as well, still without a signal: runsv's end of a log, which
+        reads its pipe to the end (its status says ``want down``, its stat ``want exit``).
+        """
+        if self.done:
+            return
+        self.exit_requested = True
+        if want_down:
+            self.want = WANT_DOWN
+            self.restart_pending = False
+        self.seam.publish(self)
+        if not self.pid:
+            self._finish()
 
     def exited(self, status: int) -> None:
         """The service's process ended with wait status STATUS (-1 when unknown: an adopted pid)."""

@@ -140,13 +140,14 @@ class ServiceDir:
                 setattr(self, name, -1)
 
     # -- status ----------------------------------------------------------------------------
-    def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool) -> str | None:
+    def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool,
+                     exiting: bool = False) -> str | None:
         """Write supervise/status (and runit's stat and pid) via NAME.new + rename; a warning text on failure.
 
         WANT is b"u", b"d" or b"o"; the bytes are control/statusfile.py's, in this directory's format.
         """
         codec = statusfile.RUNIT if self.runit else statusfile.DAEMONTOOLS
-        for name, data in codec.files(codec.record(label, pid, paused, want, term_sent)):
+        for name, data in codec.files(codec.record(label, pid, paused, want, term_sent, exiting)):
             warning = self._replace(name, data)
             if warning is not None:
                 return warning

@@ -39,14 +39,16 @@ WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"\0"
 class Status(Record):
     """One decoded status file (a plain class: dataclasses would cost svstat 7 ms of imports per run)."""
 
-    __slots__ = ("label", "pid", "paused", "want", "term")
+    __slots__ = ("label", "pid", "paused", "want", "term", "exiting")
 
-    def __init__(self, label: bytes, pid: int, paused: bool, want: bytes, term: bool = False) -> None:
+    def __init__(self, label: bytes, pid: int, paused: bool, want: bytes, term: bool = False,
+                 exiting: bool = False) -> None:
         self.label = label  # 12-byte TAI64N
         self.pid = pid
         self.paused = paused
         self.want = want  # one byte: b"u", b"d", b"\0" (or whatever another writer put there)
         self.term = term  # runit: TERM sent to the running service (daemontools has no such byte)
+        self.exiting = exiting  # runit: the supervisor exits once the service is down (stat's "want exit")
 
     @property
     def seconds(self) -> int:
@@ -78,9 +80,12 @@ class Codec:
         pid, paused, want, *rest = self._tail.unpack_from(data, tai64n.SIZE)
         return Status(bytes(data[:tai64n.SIZE]), pid, bool(paused), want, bool(rest and rest[0]))
 
-    def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool) -> Status:
-        """What a supervisor's state (WANT b"u", b"d" or b"o") is in this format: paused and TERM only while running."""
-        return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent))
+    def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool,
+               exiting: bool = False) -> Status:
+        """What a supervisor's state (WANT b"u", b"d" or b"o"; EXITING after x) is in this format: paused and TERM
+        only while running."""
+        return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent),
+                      exiting)
 
     def files(self, status: Status) -> list[tuple[str, bytes]]:
         """(name in ``supervise/``, contents) of every file a supervisor writes for STATUS, ``status`` first."""
@@ -104,7 +109,9 @@ class RunitCodec(Codec):
             words.append("paused")
         if status.pid and status.term:
             words.append("got TERM")
-        if status.pid and status.want == b"d":
+        if status.pid and status.exiting:
+            words.append("want exit")  # runsv's words after x; its status byte 17 says d
+        elif status.pid and status.want == b"d":
             words.append("want down")
         return [("status", self.encode(status)), ("stat", (", ".join(words) + "\n").encode()),
                 ("pid", f"{status.pid}\n".encode() if status.pid else b"")]

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         grace: float
         subreaper: bool
         runit: bool
+        new_session: bool
         table: str | None
         table_group: int | None
         metrics: str | None
@@ -88,9 +89,9 @@ if TYPE_CHECKING:
 PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
-USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]"
+USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P]] [--table PATH]"
          " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]")
-HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
+HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P]] [--table PATH]
               [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
@@ -98,7 +99,9 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
   --stop-services   on SIGTERM/SIGINT bring every service down before exiting (default: exit, leave them running)
   --grace SECONDS   how long --stop-services waits before SIGKILL (default 10)
   --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
-  --runit           also write runit's status, stat and pid files (for sv)
+  --runit           runit's runsvdir: write runsv's status, stat and pid files (for sv), stop a service whose
+                    directory leaves DIR, sv exit stops the service
+  -P                (after --runit, before DIR) run each service in a session of its own, as runsvdir -P
   --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO), mode 0600
   --table-group GROUP
                     let GROUP (a name or number) read the table too (mode 0640)
@@ -115,12 +118,13 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
 class Entry:
     """One service directory of the scan: the pair NAME and NAME/log and the pipe between them."""
 
-    __slots__ = ("name", "key", "active", "has_log", "pipe_r", "pipe_w", "main", "log")
+    __slots__ = ("name", "key", "active", "closing", "has_log", "pipe_r", "pipe_w", "main", "log")
 
     def __init__(self, name: str, key: tuple[int, int]) -> None:
         self.name = name
         self.key = key
         self.active = True
+        self.closing = False  # --runit: the pair is ending as a runsv does; taken on afresh once both are done
         self.has_log = False
         self.pipe_r = -1
         self.pipe_w = -1
@@ -131,9 +135,10 @@ class Entry:
 class Scanner:
     """The scan of daemontools 0.76's svscan over an engine."""
 
-    def __init__(self, engine: ScanEngine, max_services: int) -> None:
+    def __init__(self, engine: ScanEngine, max_services: int, runit: bool = False) -> None:
         self.engine = engine
         self.max_services = max_services
+        self.runit = runit
         self.entries: dict[tuple[int, int], Entry] = {}
         self.scans = 0
         self.scan_errors = 0
@@ -168,9 +173,34 @@ class Scanner:
             if not stat.S_ISDIR(st.st_mode):
                 continue
             self.consider(name, (st.st_dev, st.st_ino))
-        for key in [k for k, e in self.entries.items() if not e.active and e.main is None and e.log is None]:
-            self.drop(self.entries[key])
+        for entry in [e for e in self.entries.values() if not e.active]:
+            if entry.main is None and entry.log is None:
+                self.drop(entry)
+            elif self.runit:
+                self.leave(entry)
         self.publish_counters()
+
+    def leave(self, entry: Entry) -> None:
+        """--runit: the directory left the tree; stop the pair as runsvdir's TERM makes its runsv stop it.
+
+        runsv sends the service TERM and CONT and does not restart it; once it is down, the log's pipe
+        is closed and the log, wanted down but never signalled, reads it to the end (docs/CONTRACTS.md,
+        runit semantics).  0.76 (without --runit) leaves both running.
+        """
+        if entry.main is not None:
+            if not entry.main.exit_requested:
+                entry.main.control(ord("x"))
+        else:
+            self.close_log(entry)
+
+    def close_log(self, entry: Entry) -> None:
+        """--runit: the service is done: the log reads to EOF and ends; the pair is taken on afresh after that."""
+        entry.closing = True
+        if entry.pipe_w >= 0:
+            os.close(entry.pipe_w)
+            entry.pipe_w = -1
+        if entry.log is not None and not entry.log.exit_requested:
+            entry.log.retire(want_down=True)
 
     def consider(self, name: str, key: tuple[int, int]) -> None:
         entry = self.entries.get(key)
@@ -197,6 +227,8 @@ class Scanner:
             self.entries[key] = entry
         entry.active = True
         entry.name = name
+        if entry.closing:
+            return  # its log is still reading to the end: the next scan after that takes the pair on again
         if entry.main is None:
             entry.main = self.start(entry, name, name, False)
         if entry.has_log and entry.log is None:
@@ -225,9 +257,11 @@ class Scanner:
             return
         if entry.main is service:
             entry.main = None
+            if self.runit and not self.stopping:
+                self.close_log(entry)  # runsv exits after its log: the pair ends together
         elif entry.log is service:
             entry.log = None
-        if not entry.active and entry.main is None and entry.log is None:
+        if (not entry.active or entry.closing) and entry.main is None and entry.log is None:
             self.drop(entry)
         if self.stopping:
             self.stop_step()
@@ -255,8 +289,8 @@ class Scanner:
         engine = self.engine
         for entry in self.entries.values():
             if entry.main is not None:
-                for byte in b"dx":
-                    entry.main.control(byte)
+                entry.main.control(ord("d"))
+                entry.main.retire()
         engine.call_at(engine.monotonic() + grace, None, self.kill_all)
         self.stop_step()
 
@@ -269,9 +303,9 @@ class Scanner:
                 os.close(entry.pipe_w)  # the log reads to EOF once its writer is gone
                 entry.pipe_w = -1
             if entry.log is not None and not entry.log.exit_requested:
-                # Only x, as runsv does: a TERM now would lose what is still in the pipe; the log exits
+                # No signal, as runsv does: a TERM now would lose what is still in the pipe; the log exits
                 # at EOF (and is not restarted), the grace KILL is there for one that does not.
-                entry.log.control(ord("x"))
+                entry.log.retire(want_down=self.runit)
         if engine.live == 0:
             engine.stop = True
 
@@ -282,7 +316,7 @@ class Scanner:
         engine = self.engine
         for service in engine.services():
             if not service.exit_requested:
-                service.control(ord("x"))  # a log that has not had its x yet must not come back
+                service.retire()  # a log that has not been told yet must not come back
         for service in engine.services():
             if service.pid:
                 engine.kill(service, sig.SIGKILL)
@@ -342,6 +376,16 @@ def parse(args: list[str]) -> tuple[Settings, list[str]]:
     ]
     defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False}
     values, operands = command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
+    # runsvdir's command line after --runit: [-P] dir.  Without --runit, "-P" is a directory, as for 0.76.
+    values["new_session"] = bool(values["runit"] and operands[:1] == ["-P"])
+    if values["new_session"]:
+        operands.pop(0)
+    if values["runit"] and len(operands) > 1:
+        from prefork.options import usage_error
+
+        # runsvdir's second argument, the "log: ....." that its runsv's stderr is written into, is not
+        # kept (docs/CONTRACTS.md, runit semantics): refused, so that nobody counts on it.
+        usage_error(USAGE, f"runsvdir's log argument is not supported: {operands[1]!r}")
     return values, operands  # type: ignore[return-value]  # a dict whose value types the Options above fix
 
 
@@ -508,8 +552,8 @@ def main(argv: list[str] | None = None) -> None:
                                                  0o600 if group is None else 0o640, group)
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
-    engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
-    scanner = Scanner(engine, max_services)
+    engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG, new_session=opts["new_session"])
+    scanner = Scanner(engine, max_services, runit=bool(opts["runit"]))
 
     def rescan() -> None:
         scanner.scan()
