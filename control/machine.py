@@ -144,15 +144,10 @@ class Service:
         """One byte from supervise/control."""
         if self.done:
             return
+        if byte in (0x64, 0x75, 0x6F) and self.runit:
+            self.exit_requested = False  # runsv's x is a want like the others: a later d, u or o replaces it
         if byte == 0x64:  # d
-            self.want = WANT_DOWN
-            self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
-            if self.pid:
-                self.seam.kill(self, signal.SIGTERM)
-                self.seam.kill(self, signal.SIGCONT)
-                self.paused = False
-                self.term_sent = True
-            self.seam.publish(self)
+            self._stop()
         elif byte in (0x75, 0x6F):  # u, o
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
             self.seam.publish(self)
@@ -175,7 +170,7 @@ class Service:
                 # runsv's x stops the service, then exits; it ignores x for a log, which ends with its
                 # service (docs/CONTRACTS.md, runit semantics).
                 self.exit_requested = True
-                self.control(0x64)
+                self._stop()
                 if not self.pid:
                     self._finish()
         else:
@@ -235,6 +230,17 @@ class Service:
         self._start(automatic)
 
     # -- helpers -------------------------------------------------------------------------
+    def _stop(self) -> None:
+        """d: want down, and TERM then CONT to a running service."""
+        self.want = WANT_DOWN
+        self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
+        if self.pid:
+            self.seam.kill(self, signal.SIGTERM)
+            self.seam.kill(self, signal.SIGCONT)
+            self.paused = False
+            self.term_sent = True
+        self.seam.publish(self)
+
     @property
     def state(self) -> str:
         """"up", "stopping" (TERM sent, still running) or "down"."""

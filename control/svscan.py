@@ -187,9 +187,11 @@ class Scanner:
         is closed and the log, wanted down but never signalled, reads it to the end (docs/CONTRACTS.md,
         runit semantics).  0.76 (without --runit) leaves both running.
         """
+        if entry.closing:
+            return  # told once, as runsvdir sends its TERM once
         if entry.main is not None:
-            if not entry.main.exit_requested:
-                entry.main.control(ord("x"))
+            entry.closing = True
+            entry.main.control(ord("x"))
         else:
             self.close_log(entry)
 

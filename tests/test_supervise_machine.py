@@ -326,6 +326,8 @@ def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
     def publish() -> None:
         events.append(("publish", f.snap()))
 
+    if key in (b"d", b"u", b"o") and service.runit:
+        f.exit_requested = False  # runit semantics: x is one of runsv's wants, replaced by the next one
     if key == b"d":
         f.want = WANT_DOWN
         if running:
