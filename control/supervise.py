@@ -16,7 +16,7 @@ USAGE = "supervise dir"
 HELP = """usage: supervise [--runit] [--table PATH] dir
 
 Start ./run in DIR and keep it running; control it with svc, read it with svstat.
-  --runit       also write runit's status, stat and pid files (for sv)
+  --runit       be runit's runsv: write its status, stat and pid files (for sv); x stops the service, then exits
   --table PATH  publish the service's state at PATH (default /dev/shm/prefork-supervise.DEV.INO)
 """
 

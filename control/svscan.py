@@ -18,7 +18,10 @@ SIGTERM/SIGINT before exiting; ``--subreaper`` reaps orphans as PID 1 does;
 ``--runit``; ``--table PATH``; ``--metrics HOST:PORT`` and ``--metrics-textfile
 PATH`` run a ``prefork-exporter`` child on the service table (see
 ``prefork/exporter_child.py``), restarted at most once a second if it exits,
-stopped after the services with ``--stop-services``.  If svscan is killed, the
+stopped after the services with ``--stop-services``.  ``--runit [-P]`` is runit's
+``runsvdir [-P]`` (docs/CONTRACTS.md, runit semantics): a pair ended by ``x`` is taken on afresh
+at the next scan, a directory that leaves the tree is stopped (service first, then its log at
+EOF), and ``-P`` starts every service in a session of its own.  If svscan is killed, the
 services keep running, and the next svscan takes each over from its status file
 instead of starting a second copy (see :func:`prefork.control.engine.running_from_status`).
 

@@ -362,6 +362,31 @@ def test_sv_exit_of_a_down_service_exits_at_once(tmp_path):
                                               (0, 0, 100, 0, 0, "down\n", ""), []]
 
 
+def test_a_flood_of_x_then_u_in_one_write(tmp_path):
+    """A thousand x then u in one write to the control FIFO of a service that ignores TERM: every x is
+    read, the u takes the exit back, so the supervisor stays and restarts the service when it dies."""
+    def scenario(t: Tree) -> object:
+        d = t.service("svc")
+        (d / "keep").touch()
+        sup = t.supervise("svc")
+        pid = t.up(d)
+        fd = os.open(d / "supervise" / "control", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, b"x" * 1000 + b"u")
+        finally:
+            os.close(fd)
+        seen: list[object] = [settled_files(d, lambda files: files[2] == ord("u"), 15)]
+        os.kill(pid, signal.SIGKILL)
+        t.up(d, other_than=pid)
+        seen += [sup.poll(), t.sv("status", "./svc"), sorted(set(events(t.base)))]
+        return seen
+
+    assert same(both(tmp_path, scenario)) == [
+        ("pid", 0, 117, 1, 1, "run, got TERM\n", "N\n"), None, (0, "run: ./svc: (pid N) Ns\n"),
+        ["svc CONT", "svc TERM", "svc start"],
+    ]
+
+
 # == a tree: runsvdir and svscan --runit ============================================================
 def test_exit_in_a_tree_ends_the_pair_and_the_scan_starts_it_again(tmp_path):
     """``sv exit`` of a service with a log: TERM+CONT to it, then its log reads to EOF (no signal), then the
