@@ -15,6 +15,11 @@ slow service never holds up the others of a shared loop.  Two starts are still
 never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
+
+In runit mode (``supervise --runit``, ``svscan --runit``) ``x`` is runsv's: it stops the service
+as ``d`` does before the supervisor exits, a later ``d``, ``u`` or ``o`` takes it back, and a log
+ignores it (docs/CONTRACTS.md, runit semantics).  :meth:`Service.retire` is 0.76's ``x``, which
+svscan also uses to end a log without a signal.
 """
 
 from __future__ import annotations
