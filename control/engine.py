@@ -75,6 +75,8 @@ class Engine(Seam):
         hold_std_fds()
         self.runit = runit
         self.new_session = new_session  # svscan --runit -P: every service in a session of its own (setsid)
+        self.stderr: int | None = None  # the services' fd 2 when not this process's (svscan's runsvdir log)
+        self.readers: dict[int, Callable[[], object]] = {}  # other fds the loop watches (see watch())
         self.table = table  # a servicetable.ServiceTable, or None
         self.prog = prog
         self.env = original_environ()
@@ -160,6 +162,8 @@ class Engine(Seam):
             actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
         if ctx.stdout is not None:
             actions.append((os.POSIX_SPAWN_DUP2, ctx.stdout, 1))
+        if self.stderr is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))
         os.fchdir(ctx.sd.dirfd)
         try:
             pid = os.posix_spawn("./run", ["./run"], self.env, file_actions=actions, setsigmask=(),
@@ -220,6 +224,11 @@ class Engine(Seam):
         self.signal_handlers[sig] = func
         signal.signal(sig, noop_handler)
 
+    def watch(self, fd: int, func: Callable[[], object]) -> None:
+        """Run FUNC() from the loop whenever FD is readable (FUNC reads it)."""
+        self.readers[fd] = func
+        self.epoll.register(fd, select.EPOLLIN)
+
     def run(self, *, until_idle: bool) -> None:
         """Loop until ``stop`` is set, or (UNTIL_IDLE) until every service has finished after ``x``."""
         import gc
@@ -252,6 +261,9 @@ class Engine(Seam):
             for fd, _mask in events:
                 service = self.by_fd.get(fd)
                 if service is None:
+                    reader = self.readers.get(fd)
+                    if reader is not None:
+                        reader()
                     continue
                 ctx = service.context
                 if fd == ctx.pidfd:

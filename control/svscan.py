@@ -21,7 +21,8 @@ PATH`` run a ``prefork-exporter`` child on the service table (see
 stopped after the services with ``--stop-services``.  ``--runit [-P]`` is runit's
 ``runsvdir [-P]`` (docs/CONTRACTS.md, runit semantics): a pair ended by ``x`` is taken on afresh
 at the next scan, a directory that leaves the tree is stopped (service first, then its log at
-EOF), and ``-P`` starts every service in a session of its own.  If svscan is killed, the
+EOF), ``-P`` starts every service in a session of its own, and a second operand is runsvdir's
+log (control/proctitle.py).  If svscan is killed, the
 services keep running, and the next svscan takes each over from its status file
 instead of starting a second copy (see :func:`prefork.control.engine.running_from_status`).
 
@@ -93,9 +94,9 @@ PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
 USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P]] [--table PATH]"
-         " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]")
+         " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir [log]]")
 HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P]] [--table PATH]
-              [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
+              [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir [log]]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
   --max-services N  at most N services (default 1000)
@@ -105,6 +106,7 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
   --runit           runit's runsvdir: write runsv's status, stat and pid files (for sv), stop a service whose
                     directory leaves DIR, sv exit stops the service
   -P                (after --runit, before DIR) run each service in a session of its own, as runsvdir -P
+  log               (with --runit, after DIR) runsvdir's log: standard error scrolls through it in ps
   --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO), mode 0600
   --table-group GROUP
                     let GROUP (a name or number) read the table too (mode 0640)
@@ -385,12 +387,6 @@ def parse(args: list[str]) -> tuple[Settings, list[str]]:
     values["new_session"] = bool(values["runit"] and operands[:1] == ["-P"])
     if values["new_session"]:
         operands.pop(0)
-    if values["runit"] and len(operands) > 1:
-        from prefork.options import usage_error
-
-        # runsvdir's second argument, the "log: ....." that its runsv's stderr is written into, is not
-        # kept (docs/CONTRACTS.md, runit semantics): refused, so that nobody counts on it.
-        usage_error(USAGE, f"runsvdir's log argument is not supported: {operands[1]!r}")
     return values, operands  # type: ignore[return-value]  # a dict whose value types the Options above fix
 
 
@@ -439,6 +435,40 @@ def _metrics_user(word: str) -> str:
     except ValueError:
         raise ValueError(repr(word)) from None
     return word
+
+
+def _show_log(engine: Engine, log: str) -> None:
+    """--runit DIR LOG: runsvdir's log argument; standard error of svscan and the services scrolls through it."""
+    from prefork.control import proctitle
+    from prefork.djb import warn
+
+    try:
+        title = proctitle.Title(os.fsencode(log))
+    except ValueError as err:
+        warn(PROG, f"{err}; log disabled")  # runsvdir too goes on without it
+        return
+    except OSError as err:
+        warn(PROG, "unable to find the log in the command line; log disabled", err)
+        return
+    read_end, engine.stderr = proctitle.redirect_stderr()
+
+    def drain() -> None:
+        try:
+            while data := os.read(read_end, 4096):
+                title.feed(data)
+        except BlockingIOError:
+            pass
+
+    def dot() -> None:
+        """runsvdir's dot every 15 minutes, so that old messages scroll away."""
+        try:
+            os.write(2, b".")
+        except OSError:
+            pass  # the pipe is full: the messages are moving anyway
+        engine.call_at(engine.monotonic() + proctitle.DOT_EVERY, None, dot)
+
+    engine.watch(read_end, drain)
+    engine.call_at(engine.monotonic() + proctitle.DOT_EVERY, None, dot)
 
 
 def _leave_on(engine: Engine, table: ServiceTable, signum: int) -> None:
@@ -559,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
         warn(PROG, "unable to create the service table", err)
     engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG, new_session=opts["new_session"])
     scanner = Scanner(engine, max_services, runit=bool(opts["runit"]))
+    if opts["runit"] and len(operands) > 1:
+        _show_log(engine, operands[1])
 
     def rescan() -> None:
         scanner.scan()

@@ -523,18 +523,84 @@ def test_sessions_and_process_groups(tmp_path, new_session):
 
 
 # == the command line =========================================================================
-def test_command_line(tmp_path):
-    """-P is runsvdir's only after --runit (0.76 reads it as a directory); runsvdir's log argument is refused."""
-    real("svscan")
-    (tmp_path / "sv").mkdir()
-
+def test_minus_p_is_a_directory_without_runit(tmp_path):
+    """-P is runsvdir's only after --runit: 0.76's svscan (and prefork's without --runit) reads it as DIR."""
     def run(argv: list[str]) -> tuple[int, bytes]:
         done = subprocess.run(argv, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=10)
         return done.returncode, done.stderr
 
     assert run([real("svscan"), "-P"]) == run([ours("svscan"), "-P"]) == (
         111, b"svscan: fatal: unable to chdir to -P: file does not exist\n")
-    code, err = run([ours("svscan"), "--runit", "-P", "sv", "log: ......."])
-    assert code == 100
-    assert err.splitlines()[0] == b"svscan: runsvdir's log argument is not supported: 'log: .......'"
-    assert not list((tmp_path / "sv").iterdir())
+
+
+LOG = "XYZW:123456789012345"
+ERROR_OUTPUT = r"abcdefghijklmnopqrstuvwxyz\tTAB\001\000\n"  # printf's escapes: a tab, a ^A, a NUL
+
+
+def title_tail(pid: int) -> bytes:
+    """The last argument of PID's command line as ps shows it now."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().rstrip(b"\0").rpartition(b"\0")[2]
+
+
+def test_log_argument_shows_recent_error_output_in_the_command_line(tmp_path):
+    """runsvdir DIR LOG: the services' standard error scrolls through LOG after its first five characters, in
+    the scanner's command line (ps); a NUL is dropped, every other byte kept.  svscan --runit DIR LOG too."""
+    def scenario(t: Tree) -> object:
+        d = t.root / "a"
+        d.mkdir()
+        (d / "run").write_text(f"#!/bin/sh\nprintf '{ERROR_OUTPUT}' >&2\nexec {t.recorder} a {t.base / 'events'}\n")
+        (d / "run").chmod(0o755)
+        if t.impl == "debian":
+            scanner = t.start([real("runsvdir"), str(t.root), LOG])
+        else:
+            scanner = t.start([ours("svscan"), "--table", str(t.base / "scan.table"), "--runit", str(t.root), LOG])
+        t.up(d)
+        assert wait_until(lambda: title_tail(scanner.pid) != LOG.encode(), 10)
+        time.sleep(0.2)
+        return [title_tail(scanner.pid), (t.base / "err0").read_bytes()]
+
+    assert same(both(tmp_path, scenario, "runsvdir")) == [b"XYZW:rstuvwxyz\tTAB\001\n", b""]
+
+
+def test_log_argument_takes_the_scanners_own_messages_and_a_flood(tmp_path):
+    """svscan's own lines (a service that cannot start) go to the log too, as runsv's do under runsvdir, and
+    a service that floods its standard error never stops svscan: it goes on answering sv."""
+    real("sv")
+    t = Tree("prefork", tmp_path)
+    try:
+        (t.root / "broken").mkdir()  # no ./run
+        scanner = t.start([ours("svscan"), "--table", str(t.base / "scan.table"), "--runit", str(t.root),
+                           "log: " + "." * 60])
+        assert wait_until(lambda: title_tail(scanner.pid).endswith(b"broken/run: file does not exist\n"), 10), (
+            title_tail(scanner.pid))
+        flood = t.root / "flood"
+        flood.mkdir()
+        (flood / "run").write_text("#!/bin/sh\nexec perl -e 'print STDERR \"x\" x 1000 while 1'\n")
+        (flood / "run").chmod(0o755)
+        os.kill(scanner.pid, signal.SIGHUP)  # rescan now
+        assert wait_until(lambda: title_tail(scanner.pid)[5:] == b"x" * 60, 10), title_tail(scanner.pid)
+        t.service("svc")
+        pid = t.up(t.root / "svc")
+        assert t.sv("-w", "5", "restart", "./svc")[0] == 0
+        t.up(t.root / "svc", other_than=pid)
+        assert title_tail(scanner.pid)[:5] == b"log: " and len(title_tail(scanner.pid)) == 65
+        assert (t.base / "err0").read_bytes() == b""
+        assert scanner.poll() is None
+    finally:
+        t.close()
+
+
+def test_a_short_log_argument_is_disabled_with_a_warning(tmp_path):
+    """Fewer than seven characters: runsvdir warns and goes on without the log; so does svscan --runit."""
+    def scenario(t: Tree) -> object:
+        t.service("a")
+        if t.impl == "debian":
+            scanner = t.start([real("runsvdir"), str(t.root), "log: "])
+        else:
+            scanner = t.start([ours("svscan"), "--table", str(t.base / "scan.table"), "--runit", str(t.root), "log: "])
+        t.up(t.root / "a")
+        err = (t.base / "err0").read_text()
+        return [scanner.poll(), "log must have at least seven characters" in err, title_tail(scanner.pid)]
+
+    assert same(both(tmp_path, scenario, "runsvdir")) == [None, True, b"log: "]
