@@ -71,10 +71,13 @@ class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
     def __init__(self, *, mode: str = "daemontools", table: ServiceTable | None = None,
-                 prog: str = "supervise") -> None:
+                 prog: str = "supervise", new_session: bool = False) -> None:
         hold_std_fds()
         self.mode = mode  # one of statusfile.MODES: the status format, and the control bytes known beyond 0.76's
         self.codec = statusfile.CODECS[mode]
+        self.new_session = new_session  # svscan --runit -P: every service in a session of its own (setsid)
+        self.stderr: int | None = None  # the services' fd 2 when not this process's (svscan's runsvdir log)
+        self.readers: dict[int, Callable[[], object]] = {}  # other fds the loop watches (see watch())
         self.table = table  # a servicetable.ServiceTable, or None
         self.prog = prog
         self.env = original_environ()
@@ -104,7 +107,7 @@ class Engine(Seam):
         """Take on the service in PATH (supervise's start-up); StartupError with supervise's text if it fails."""
         sd, down = ServiceDir.open(path, display, base_fd=base_fd, codec=self.codec)
         ctx = Supervised(sd, stdin, stdout, table_name or display, is_log, owner)
-        service = Service(self, display, mode=self.mode, context=ctx)
+        service = Service(self, display, mode=self.mode, context=ctx, log=is_log)
         if self.table is not None:
             try:
                 ctx.slot = self.table.allocate(ctx.table_name)
@@ -160,10 +163,12 @@ class Engine(Seam):
             actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
         if ctx.stdout is not None:
             actions.append((os.POSIX_SPAWN_DUP2, ctx.stdout, 1))
+        if self.stderr is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))
         os.fchdir(ctx.sd.dirfd)
         try:
             pid = os.posix_spawn("./run", ["./run"], self.env, file_actions=actions, setsigmask=(),
-                                 setsigdef=self.sigdef)
+                                 setsigdef=self.sigdef, setsid=self.new_session)
         finally:
             os.fchdir(self.home_fd)
         self.by_pid[pid] = service
@@ -192,7 +197,7 @@ class Engine(Seam):
         ctx = service.context
         warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
                                       wstat=service.last_status, finishing=service.finishing,
-                                      ready_label=service.ready_label)
+                                      ready_label=service.ready_label, exiting=service.exit_requested)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
         if self.table is not None and ctx.slot >= 0:
@@ -227,6 +232,11 @@ class Engine(Seam):
         self.signal_handlers[sig] = func
         signal.signal(sig, noop_handler)
 
+    def watch(self, fd: int, func: Callable[[], object]) -> None:
+        """Run FUNC() from the loop whenever FD is readable (FUNC reads it)."""
+        self.readers[fd] = func
+        self.epoll.register(fd, select.EPOLLIN)
+
     def run(self, *, until_idle: bool) -> None:
         """Loop until ``stop`` is set, or (UNTIL_IDLE) until every service has finished after ``x``."""
         import gc
@@ -259,6 +269,9 @@ class Engine(Seam):
             for fd, _mask in events:
                 service = self.by_fd.get(fd)
                 if service is None:
+                    reader = self.readers.get(fd)
+                    if reader is not None:
+                        reader()
                     continue
                 ctx = service.context
                 if fd == ctx.pidfd:

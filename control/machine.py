@@ -18,6 +18,11 @@ but not as a restart (``restarts`` counts only starts caused by an exit).
 
 The mode (``--runit``, ``--s6``) changes only what the tables below say: the control bytes known
 beyond 0.76's, and (s6) a restart a second after the death instead of the throttle above.
+
+In runit mode (``supervise --runit``, ``svscan --runit``) ``x`` is runsv's: it stops the service
+as ``d`` does before the supervisor exits, a later ``d``, ``u`` or ``o`` takes it back, and a log
+ignores it (docs/CONTRACTS.md, runit semantics).  :meth:`Service.retire` is 0.76's ``x``, which
+svscan also uses to end a log without a signal.
 """
 
 from __future__ import annotations
@@ -109,16 +114,18 @@ class Service:
         "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused",
         "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context", "ready_label", "finishing",
+        "normally_up", "adopted", "done", "context", "ready_label", "finishing", "log",
     )
 
-    def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None) -> None:
+    def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None,
+                 log: bool = False) -> None:
         self.seam = seam
         self.name = name
         self.mode = mode  # "daemontools", "runit" or "s6": which control bytes beyond 0.76's are known
         self.extra_signals = EXTRA_SIGNAL_BYTES[mode]
         self.want_letters = WANT_LETTERS[mode]
         self.pause_after_exit = PAUSE_AFTER_EXIT[mode]
+        self.log = log  # a NAME/log service of svscan: runit's runsv ignores x for it
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -171,15 +178,10 @@ class Service:
         """One byte from supervise/control."""
         if self.done:
             return
+        if byte in (0x64, 0x75, 0x6F) and self.mode == "runit":
+            self.exit_requested = False  # runsv's x is a want like the others: a later d, u or o replaces it
         if byte == 0x64:  # d
-            self.want = WANT_DOWN
-            self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
-            if self.pid:
-                self.seam.kill(self, signal.SIGTERM)
-                self.seam.kill(self, signal.SIGCONT)
-                self.paused = False
-                self.term_sent = True
-            self.seam.publish(self)
+            self._stop()
         elif byte in (0x75, 0x6F):  # u, o
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
             self.seam.publish(self)
@@ -196,10 +198,15 @@ class Service:
             if self.pid:
                 self.seam.kill(self, signal.SIGCONT)
         elif byte == 0x78:  # x
-            self.exit_requested = True
-            self.seam.publish(self)
-            if not self.pid:
-                self._finish()
+            if self.mode != "runit":
+                self.retire()
+            elif not self.log:
+                # runsv's x stops the service, then exits; it ignores x for a log, which ends with its
+                # service (docs/CONTRACTS.md, runit semantics).
+                self.exit_requested = True
+                self._stop()
+                if not self.pid:
+                    self._finish()
         elif byte in self.want_letters:
             self._s6_want(byte)
         else:
@@ -224,6 +231,22 @@ class Service:
             self.seam.publish(self)
         else:
             self.control(0x64 if byte == 0x44 else 0x75)  # D is d, U is u
+
+    def retire(self, want_down: bool = False) -> None:
+        """0.76's x: the supervisor is done with the service as soon as it is down, without stopping it.
+
+        WANT_DOWN marks it wanted down as well, still without a signal: runsv's end of a log, which
+        reads its pipe to the end (its status says ``want down``, its stat ``want exit``).
+        """
+        if self.done:
+            return
+        self.exit_requested = True
+        if want_down:
+            self.want = WANT_DOWN
+            self.restart_pending = False
+        self.seam.publish(self)
+        if not self.pid:
+            self._finish()
 
     def exited(self, status: int) -> None:
         """The service's process ended with wait status STATUS (-1 when unknown: an adopted pid)."""
@@ -259,6 +282,17 @@ class Service:
         self._start(automatic)
 
     # -- helpers -------------------------------------------------------------------------
+    def _stop(self) -> None:
+        """d: want down, and TERM then CONT to a running service."""
+        self.want = WANT_DOWN
+        self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
+        if self.pid:
+            self.seam.kill(self, signal.SIGTERM)
+            self.seam.kill(self, signal.SIGCONT)
+            self.paused = False
+            self.term_sent = True
+        self.seam.publish(self)
+
     @property
     def state(self) -> str:
         """"up", "stopping" (TERM sent, still running) or "down"."""

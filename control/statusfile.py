@@ -53,10 +53,11 @@ WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"\0"
 class Status(Record):
     """One decoded status file (a plain class: dataclasses would cost svstat 7 ms of imports per run)."""
 
-    __slots__ = ("label", "pid", "paused", "want", "term", "ready_label", "wstat", "finishing", "ready")
+    __slots__ = ("label", "pid", "paused", "want", "term", "ready_label", "wstat", "finishing", "ready", "exiting")
 
     def __init__(self, label: bytes, pid: int, paused: bool, want: bytes, term: bool = False, *,
-                 ready_label: bytes = b"", wstat: int = 0, finishing: bool = False, ready: bool = False) -> None:
+                 ready_label: bytes = b"", wstat: int = 0, finishing: bool = False, ready: bool = False,
+                 exiting: bool = False) -> None:
         self.label = label  # 12-byte TAI64N
         self.pid = pid
         self.paused = paused
@@ -67,6 +68,7 @@ class Status(Record):
         self.wstat = wstat  # wait status of the last exit
         self.finishing = finishing  # down, ./finish still running
         self.ready = ready  # up: ready; down: really down
+        self.exiting = exiting  # runit: the supervisor exits once the service is down (stat's "want exit")
 
     @property
     def seconds(self) -> int:
@@ -100,13 +102,16 @@ class Codec:
         return Status(bytes(data[:tai64n.SIZE]), pid, bool(paused), want, bool(rest and rest[0]))
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
-               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None) -> Status:
+               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
+               exiting: bool = False) -> Status:
         """What a supervisor's state (WANT b"u", b"d" or b"o") is in this format: paused and TERM only while running.
 
-        The keywords are what only s6's format records (WSTAT the last wait status, FINISHING, READY_LABEL
-        the moment the running service became ready or b"", PREVIOUS the status last written).
+        The keywords are what only some formats record: s6's (WSTAT the last wait status, FINISHING, READY_LABEL
+        the moment the running service became ready or b"", PREVIOUS the status last written) and runit's
+        (EXITING after x: stat's "want exit").
         """
-        return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent))
+        return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent),
+                      exiting=exiting)
 
     def events(self, previous: Status | None, current: Status) -> bytes:
         """The letters to write to the listeners of ``event/`` for the change PREVIOUS -> CURRENT (none here)."""
@@ -134,7 +139,9 @@ class RunitCodec(Codec):
             words.append("paused")
         if status.pid and status.term:
             words.append("got TERM")
-        if status.pid and status.want == b"d":
+        if status.pid and status.exiting:
+            words.append("want exit")  # runsv's words after x; its status byte 17 says d
+        elif status.pid and status.want == b"d":
             words.append("want down")
         return [("status", self.encode(status)), ("stat", (", ".join(words) + "\n").encode()),
                 ("pid", f"{status.pid}\n".encode() if status.pid else b"")]
@@ -170,7 +177,8 @@ class S6Codec(Codec):
                       finishing=bool(flags & self.FINISHING), ready=bool(flags & self.READY))
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
-               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None) -> Status:
+               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
+               exiting: bool = False) -> Status:
         """s6's "ready" bit means ready while up and really down (no ./finish left) while down; its label
         stays that of the last such moment (s6-supervise keeps it through an up-not-ready spell)."""
         if pid:

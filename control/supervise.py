@@ -17,7 +17,7 @@ USAGE = "supervise dir"
 HELP = """usage: supervise [--runit | --s6] [--table PATH] dir
 
 Start ./run in DIR and keep it running; control it with svc, read it with svstat.
-  --runit       also write runit's status, stat and pid files (for sv)
+  --runit       be runit's runsv: write its status, stat and pid files (for sv); x stops the service, then exits
   --s6          write s6's status and events, and know s6-svc's letters (for s6-svc, s6-svstat, s6-svwait)
   --table PATH  publish the service's state at PATH (default /dev/shm/prefork-supervise.DEV.INO)
 """

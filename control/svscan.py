@@ -19,7 +19,11 @@ SIGTERM/SIGINT before exiting; ``--subreaper`` reaps orphans as PID 1 does;
 clients, control/statusfile.py); ``--table PATH``; ``--metrics HOST:PORT`` and ``--metrics-textfile
 PATH`` run a ``prefork-exporter`` child on the service table (see
 ``prefork/exporter_child.py``), restarted at most once a second if it exits,
-stopped after the services with ``--stop-services``.  If svscan is killed, the
+stopped after the services with ``--stop-services``.  ``--runit [-P]`` is runit's
+``runsvdir [-P]`` (docs/CONTRACTS.md, runit semantics): a pair ended by ``x`` is taken on afresh
+at the next scan, a directory that leaves the tree is stopped (service first, then its log at
+EOF), ``-P`` starts every service in a session of its own, and a second operand is runsvdir's
+log (control/proctitle.py).  If svscan is killed, the
 services keep running, and the next svscan takes each over from its status file
 instead of starting a second copy (see :func:`prefork.control.engine.running_from_status`).
 
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
         grace: float
         subreaper: bool
         mode: str
+        new_session: bool
         table: str | None
         table_group: int | None
         metrics: str | None
@@ -89,17 +94,22 @@ if TYPE_CHECKING:
 PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
-USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit | --s6] [--table PATH]"
-         " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]")
-HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit | --s6] [--table PATH]
-              [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
+USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P] | --s6]"
+         " [--table PATH] [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER]"
+         " [dir [log]]")
+HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit [-P] | --s6]
+              [--table PATH] [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH]
+              [--metrics-user USER] [dir [log]]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
   --max-services N  at most N services (default 1000)
   --stop-services   on SIGTERM/SIGINT bring every service down before exiting (default: exit, leave them running)
   --grace SECONDS   how long --stop-services waits before SIGKILL (default 10)
   --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
-  --runit           also write runit's status, stat and pid files (for sv)
+  --runit           runit's runsvdir: write runsv's status, stat and pid files (for sv), stop a service whose
+                    directory leaves DIR, sv exit stops the service
+  -P                (after --runit, before DIR) run each service in a session of its own, as runsvdir -P
+  log               (with --runit, after DIR) runsvdir's log: standard error scrolls through it in ps
   --s6              write s6's status and events, and know s6-svc's letters (for s6-svc, s6-svstat, s6-svwait)
   --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO), mode 0600
   --table-group GROUP
@@ -117,12 +127,13 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
 class Entry:
     """One service directory of the scan: the pair NAME and NAME/log and the pipe between them."""
 
-    __slots__ = ("name", "key", "active", "has_log", "pipe_r", "pipe_w", "main", "log")
+    __slots__ = ("name", "key", "active", "closing", "has_log", "pipe_r", "pipe_w", "main", "log")
 
     def __init__(self, name: str, key: tuple[int, int]) -> None:
         self.name = name
         self.key = key
         self.active = True
+        self.closing = False  # --runit: the pair is ending as a runsv does; taken on afresh once both are done
         self.has_log = False
         self.pipe_r = -1
         self.pipe_w = -1
@@ -133,9 +144,10 @@ class Entry:
 class Scanner:
     """The scan of daemontools 0.76's svscan over an engine."""
 
-    def __init__(self, engine: ScanEngine, max_services: int) -> None:
+    def __init__(self, engine: ScanEngine, max_services: int, runit: bool = False) -> None:
         self.engine = engine
         self.max_services = max_services
+        self.runit = runit
         self.entries: dict[tuple[int, int], Entry] = {}
         self.scans = 0
         self.scan_errors = 0
@@ -170,9 +182,36 @@ class Scanner:
             if not stat.S_ISDIR(st.st_mode):
                 continue
             self.consider(name, (st.st_dev, st.st_ino))
-        for key in [k for k, e in self.entries.items() if not e.active and e.main is None and e.log is None]:
-            self.drop(self.entries[key])
+        for entry in [e for e in self.entries.values() if not e.active]:
+            if entry.main is None and entry.log is None:
+                self.drop(entry)
+            elif self.runit:
+                self.leave(entry)
         self.publish_counters()
+
+    def leave(self, entry: Entry) -> None:
+        """--runit: the directory left the tree; stop the pair as runsvdir's TERM makes its runsv stop it.
+
+        runsv sends the service TERM and CONT and does not restart it; once it is down, the log's pipe
+        is closed and the log, wanted down but never signalled, reads it to the end (docs/CONTRACTS.md,
+        runit semantics).  0.76 (without --runit) leaves both running.
+        """
+        if entry.closing:
+            return  # told once, as runsvdir sends its TERM once
+        if entry.main is not None:
+            entry.closing = True
+            entry.main.control(ord("x"))
+        else:
+            self.close_log(entry)
+
+    def close_log(self, entry: Entry) -> None:
+        """--runit: the service is done: the log reads to EOF and ends; the pair is taken on afresh after that."""
+        entry.closing = True
+        if entry.pipe_w >= 0:
+            os.close(entry.pipe_w)
+            entry.pipe_w = -1
+        if entry.log is not None and not entry.log.exit_requested:
+            entry.log.retire(want_down=True)
 
     def consider(self, name: str, key: tuple[int, int]) -> None:
         entry = self.entries.get(key)
@@ -199,6 +238,8 @@ class Scanner:
             self.entries[key] = entry
         entry.active = True
         entry.name = name
+        if entry.closing:
+            return  # its log is still reading to the end: the next scan after that takes the pair on again
         if entry.main is None:
             entry.main = self.start(entry, name, name, False)
         if entry.has_log and entry.log is None:
@@ -227,9 +268,11 @@ class Scanner:
             return
         if entry.main is service:
             entry.main = None
+            if self.runit and not self.stopping:
+                self.close_log(entry)  # runsv exits after its log: the pair ends together
         elif entry.log is service:
             entry.log = None
-        if not entry.active and entry.main is None and entry.log is None:
+        if (not entry.active or entry.closing) and entry.main is None and entry.log is None:
             self.drop(entry)
         if self.stopping:
             self.stop_step()
@@ -257,8 +300,8 @@ class Scanner:
         engine = self.engine
         for entry in self.entries.values():
             if entry.main is not None:
-                for byte in b"dx":
-                    entry.main.control(byte)
+                entry.main.control(ord("d"))
+                entry.main.retire()
         engine.call_at(engine.monotonic() + grace, None, self.kill_all)
         self.stop_step()
 
@@ -271,9 +314,9 @@ class Scanner:
                 os.close(entry.pipe_w)  # the log reads to EOF once its writer is gone
                 entry.pipe_w = -1
             if entry.log is not None and not entry.log.exit_requested:
-                # Only x, as runsv does: a TERM now would lose what is still in the pipe; the log exits
+                # No signal, as runsv does: a TERM now would lose what is still in the pipe; the log exits
                 # at EOF (and is not restarted), the grace KILL is there for one that does not.
-                entry.log.control(ord("x"))
+                entry.log.retire(want_down=self.runit)
         if engine.live == 0:
             engine.stop = True
 
@@ -284,7 +327,7 @@ class Scanner:
         engine = self.engine
         for service in engine.services():
             if not service.exit_requested:
-                service.control(ord("x"))  # a log that has not had its x yet must not come back
+                service.retire()  # a log that has not been told yet must not come back
         for service in engine.services():
             if service.pid:
                 engine.kill(service, sig.SIGKILL)
@@ -346,6 +389,10 @@ def parse(args: list[str]) -> tuple[Settings, list[str]]:
     defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False,
                                    "mode": "daemontools"}
     values, operands = command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
+    # runsvdir's command line after --runit: [-P] dir.  Without --runit, "-P" is a directory, as for 0.76.
+    values["new_session"] = bool(values["mode"] == "runit" and operands[:1] == ["-P"])
+    if values["new_session"]:
+        operands.pop(0)
     return values, operands  # type: ignore[return-value]  # a dict whose value types the Options above fix
 
 
@@ -394,6 +441,40 @@ def _metrics_user(word: str) -> str:
     except ValueError:
         raise ValueError(repr(word)) from None
     return word
+
+
+def _show_log(engine: Engine, log: str) -> None:
+    """--runit DIR LOG: runsvdir's log argument; standard error of svscan and the services scrolls through it."""
+    from prefork.control import proctitle
+    from prefork.djb import warn
+
+    try:
+        title = proctitle.Title(os.fsencode(log))
+    except ValueError as err:
+        warn(PROG, f"{err}; log disabled")  # runsvdir too goes on without it
+        return
+    except OSError as err:
+        warn(PROG, "unable to find the log in the command line; log disabled", err)
+        return
+    read_end, engine.stderr = proctitle.redirect_stderr()
+
+    def drain() -> None:
+        try:
+            while data := os.read(read_end, 4096):
+                title.feed(data)
+        except BlockingIOError:
+            pass
+
+    def dot() -> None:
+        """runsvdir's dot every 15 minutes, so that old messages scroll away."""
+        try:
+            os.write(2, b".")
+        except OSError:
+            pass  # the pipe is full: the messages are moving anyway
+        engine.call_at(engine.monotonic() + proctitle.DOT_EVERY, None, dot)
+
+    engine.watch(read_end, drain)
+    engine.call_at(engine.monotonic() + proctitle.DOT_EVERY, None, dot)
 
 
 def _leave_on(engine: Engine, table: ServiceTable, signum: int) -> None:
@@ -512,8 +593,11 @@ def main(argv: list[str] | None = None) -> None:
                                                  0o600 if group is None else 0o640, group)
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
-    engine = Engine(mode=opts["mode"], table=table, prog=PROG)
-    scanner = Scanner(engine, max_services)
+    runit = opts["mode"] == "runit"
+    engine = Engine(mode=opts["mode"], table=table, prog=PROG, new_session=opts["new_session"])
+    scanner = Scanner(engine, max_services, runit=runit)
+    if runit and len(operands) > 1:
+        _show_log(engine, operands[1])
 
     def rescan() -> None:
         scanner.scan()

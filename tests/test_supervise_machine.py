@@ -329,6 +329,8 @@ def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
     def publish() -> None:
         events.append(("publish", f.snap()))
 
+    if key in (b"d", b"u", b"o") and service.mode == "runit":
+        f.exit_requested = False  # runit semantics: x is one of runsv's wants, replaced by the next one
     if key == b"d":
         f.want = WANT_DOWN
         if running:
@@ -355,6 +357,11 @@ def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
             events.append(("kill", f.pid, CONT))
     elif key == b"x":
         f.exit_requested = True
+        if service.mode == "runit":  # runit semantics: runsv's x stops the service as d does, then exits
+            f.want = WANT_DOWN
+            if running:
+                events += [("kill", f.pid, TERM), ("kill", f.pid, CONT)]
+                f.paused, f.term_sent = False, True
         publish()
         if not running:
             publish()  # written once more just before supervise exits
@@ -417,7 +424,7 @@ KILLS = {  # while running; nothing is ever sent while down
     b"d": (TERM, CONT), b"p": (STOP,), b"c": (CONT,), b"h": (signal.SIGHUP,), b"a": (signal.SIGALRM,),
     b"i": (signal.SIGINT,), b"t": (TERM,), b"k": (signal.SIGKILL,),
 }
-RUNIT_KILLS = {b"q": (signal.SIGQUIT,), b"1": (signal.SIGUSR1,), b"2": (signal.SIGUSR2,)}
+RUNIT_KILLS = {b"q": (signal.SIGQUIT,), b"1": (signal.SIGUSR1,), b"2": (signal.SIGUSR2,), b"x": (TERM, CONT)}
 
 
 @pytest.mark.parametrize("state", STATES)
@@ -434,7 +441,7 @@ def test_publish_counts_and_signals_as_the_spec_lists_them(state, runit):
         kills = tuple(e[2] for e in events if e[0] == "kill")
         want_kills: tuple = ()
         if state in RUNNING_STATES:
-            want_kills = KILLS.get(key, ()) or (RUNIT_KILLS.get(key, ()) if runit else ())
+            want_kills = (RUNIT_KILLS.get(key, ()) if runit else ()) or KILLS.get(key, ())
         assert kills == want_kills, f"signals after {key!r}"
         assert all(e[1] == pid for e in events if e[0] == "kill"), f"the pid signalled after {key!r}"
 
@@ -580,7 +587,7 @@ def test_a_timer_after_the_start_was_made_does_nothing(down_want_up_due):
 def test_x_while_the_restart_is_deferred_finishes_at_once_and_publishes_first(down_want_up_throttled):
     seam, service = down_want_up_throttled
     service.control(ord("x"))
-    down = Snap(0, WANT_UP, False, False, True, label_number(3))
+    down = Snap(0, WANT_DOWN if service.mode == "runit" else WANT_UP, False, False, True, label_number(3))
     assert seam.take() == [("publish", down), ("publish", down), ("finished",)]
     seam.advance(10.0)
     for byte in b"uox":
@@ -588,6 +595,33 @@ def test_x_while_the_restart_is_deferred_finishes_at_once_and_publishes_first(do
     service.timer()
     assert seam.take() == []
     assert seam.spawn_times == [0.0]
+
+
+def test_runit_x_is_ignored_for_a_log():
+    """runsv ignores x on a log's control: the log ends with its service, when its pipe is closed."""
+    seam = FakeSeam()
+    service = Service(seam, "log", mode="runit", log=True)
+    service.prepare(False)
+    service.boot()
+    seam.take()
+    before = Facts.of(service)
+    service.control(ord("x"))
+    assert (seam.take(), Facts.of(service)) == ([], before)
+
+
+@pytest.mark.parametrize("want_down", [False, True])
+def test_retire_exits_when_down_without_a_signal(up, want_down):
+    """svscan's own end of a service (its stop of a log, --runit's end of a pair): no signal, no restart."""
+    seam, service = up
+    pid = service.pid
+    service.retire(want_down=want_down)
+    want = WANT_DOWN if want_down else WANT_UP
+    assert seam.take() == [("publish", Snap(pid, want, False, False, True, label_number(2)))]
+    service.exited(0)
+    down = Snap(0, want, False, False, True, label_number(3))
+    assert seam.take() == [("publish", down), ("publish", down), ("finished",)]
+    service.retire()
+    assert seam.take() == []
 
 
 # -- exits -----------------------------------------------------------------------------------------
@@ -623,7 +657,7 @@ def test_exit_after_term_clears_term_sent(stopping_after_t):
 def test_x_then_exit_finishes_without_restarting(exit_requested_while_up):
     seam, service = exit_requested_while_up
     service.exited(0)
-    down = Snap(0, WANT_UP, False, False, True, label_number(3))
+    down = Snap(0, WANT_DOWN if service.mode == "runit" else WANT_UP, False, False, True, label_number(3))
     assert seam.take() == [("publish", down), ("publish", down), ("finished",)]
     assert service.done
     service.control(ord("u"))
