@@ -67,7 +67,7 @@ class Capacity:
             total = get32(sb.H_ORPHANS)
             for off in self._helds:
                 total += get32(off)
-            if total >= self.limit:
+            if total >= get32(sb.H_LIMIT):  # the limit in force, which a reload may have changed
                 return False
             self.held += 1
             self.board.put32(self._my_held, self.held)
@@ -139,6 +139,26 @@ class Capacity:
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
         self.wake_waiters()
+
+    def set_limit(self, limit: int) -> None:
+        """A reload changed -c: from now on every reservation (any worker, old code or new) checks LIMIT.
+
+        Lowered: the tokens held above it stay held (running programs are never stopped) and none is
+        taken until the total is below it.  Raised: every waiting worker is woken to try again.
+        """
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            self.board.put32(sb.H_LIMIT, limit)
+            self.limit = limit
+        finally:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_UN)
+        get32 = self.board.get32
+        for off in self._waitings:
+            if get32(off):
+                try:
+                    os.write(self.wake_w, b"x")
+                except BlockingIOError:
+                    pass
 
     def orphan_ended(self) -> None:
         """An orphaned program was reaped by the master: its token is free again."""

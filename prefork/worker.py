@@ -127,7 +127,6 @@ class Worker:
         self.waiting_registered = False
         self.verbose = cfg.verbosity >= 2
         self.warn = cfg.verbosity >= 1
-        self.limit_b = b"%d" % cfg.limit
         self.pid = os.getpid()
         self.master_pid = os.getppid()  # forked by the master (master.py checks that before building us)
         self.master_check_at = 0  # monotonic ns of the next look at the master's state (svc -p)
@@ -309,7 +308,7 @@ class Worker:
         if self.verbose:
             self.cap.lock()
             self.cap.started()
-            os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
+            os.write(2, b"tcpserver: status: %d/%d\n" % (self.cap.in_use(), self.board.get32(sb.H_LIMIT)))
             self.cap.unlock()
         else:
             self.cap.started()
@@ -653,8 +652,8 @@ class Worker:
                 lines.append(warning)
             self.cap.lock()
             lines.append(
-                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                % (ident, status, self.cap.in_use() - 1, self.limit_b)
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
+                % (ident, status, self.cap.in_use() - 1, self.board.get32(sb.H_LIMIT))
             )
             os.write(2, b"".join(lines))
             self._close(conn)
@@ -734,8 +733,8 @@ class Worker:
             self.cap.lock()
             os.write(
                 2,
-                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                % (pid, status, self.cap.in_use() - 1, self.limit_b),
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
+                % (pid, status, self.cap.in_use() - 1, self.board.get32(sb.H_LIMIT)),
             )
             log.reaped(self.index, pid, self.live_pos)
             self.region.give_back(conn.entry)
