@@ -35,7 +35,8 @@ HUP and USR2 reload the code without closing the listening socket (reload.py; do
 tcpserver: master, workers, scoreboard): after a probe has imported the new code, HUP
 replaces the workers one slot at a time by fresh interpreters, USR2 lets the
 workers leave and re-executes the master in place (same pid), which resumes
-with the same socket, scoreboard, programs and exporter.
+with the same socket, scoreboard, programs and exporter.  With ``--options-file`` the probe
+also reads the command line again; its settings take over (``apply``), ``-c`` at once for every worker.
 """
 
 from __future__ import annotations

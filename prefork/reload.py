@@ -12,7 +12,9 @@ script, so no variable of ours ever reaches a program's environment.
 
 Before either, a *probe* (a fresh interpreter that imports the modules the
 server runs and builds the settings with the new code) must exit 0, so code
-that no longer imports costs one warning line and nothing else.  See
+that no longer imports costs one warning line and nothing else.  With
+``--options-file`` the probe also reads the command line again and hands the
+new settings back on its stdout (docs/ARCHITECTURE.md, Options on reload).  See
 docs/ARCHITECTURE.md, tcpserver: master, workers, scoreboard, and docs/reference/tcpserver.md, Signals.
 """
 
