@@ -133,7 +133,7 @@ def test_hup_lowers_c_and_never_more_run_than_allowed(prefork, tmp_path):
         sampler.join()
     assert max(n for _, n in samples) <= 3
     for i, mark in enumerate(marks):
-        after = [n for t, n in samples if t > mark + 0.05]
+        after = [n for t, n in samples if t > mark + 0.2]  # the ended one reaped (a zombie counts)
         assert after and max(after) <= max(1, 2 - i), (i, after)
     finish(waiting, b"w")
     assert server.stderr() == ""
