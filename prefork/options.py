@@ -45,6 +45,7 @@ class UsageError(Exception):
         self.found: list[Any] = []
         self.index = -1  # expand_options_files: the word where the scan stopped, and the files' spans
         self.spans: list[tuple[int, int, str]] = []
+        self.option = -1  # parse: the bad value's option, as an index into getopt's options
 
 
 def getopt(args: Sequence[Any], optstring: str | None, longopts: dict[str, int] | None = None) -> tuple[list[Any], list[Any]]:
@@ -174,7 +175,7 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
     for o in declared:
         values.setdefault(o.dest, [] if o.many else None)
     values.update(defaults or {})
-    for name, word in found:
+    for at, (name, word) in enumerate(found):
         option = by_name.get(name)
         if option is None:
             values["help"] = True
@@ -184,7 +185,9 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
             try:
                 value = word if option.convert is None else option.convert(word)
             except ValueError as e:
-                raise UsageError(f"bad value for {name}: {e}") from None
+                error = UsageError(f"bad value for {name}: {e}")
+                error.option = at
+                raise error from None
             if option.many:
                 values[option.dest].append(value)
             else:
@@ -436,14 +439,16 @@ def _errstr(e: OSError) -> str:
 
 
 def expand_options_files(args: Sequence[str], optstring: str, longopts: dict[str, int], name: str,
-                         read: Callable[[str], list[str]] = read_options_file) -> tuple[list[str], list[tuple[int, int, str]]]:
+                         read: Callable[[str], list[str]] = read_options_file,
+                         origins: list[int] | None = None) -> tuple[list[str], list[tuple[int, int, str]]]:
     """ARGS with each option NAME (``--options-file FILE`` or ``--options-file=FILE``) among the options
     replaced, where it stands, by READ(FILE)'s words; and the spans ``(start, end, FILE)`` those words took.
 
     Only the options are scanned, as ``getopt`` scans them, so the word after the operands
     starts stays the program's.  A file naming NAME again is refused (no nesting), as is a bad
     word (UsageError, ``index`` set to the word where the scan stopped).  OptionsFileError
-    passes through.
+    passes through.  ORIGINS, if given, gets the word index of each option ``getopt`` will find in
+    the result, in its order (so a bad value ``parse`` finds can be traced to its file).
     """
     out = list(args)
     spans: list[tuple[int, int, str]] = []
@@ -456,6 +461,7 @@ def expand_options_files(args: Sequence[str], optstring: str, longopts: dict[str
                 break
             at = index
             key, sep, value = word.partition("=")
+            before = len(found)
             if word[:2] != "--":
                 index = _letters(out, index, word, optstring, found)
             elif key != name:
@@ -472,6 +478,8 @@ def expand_options_files(args: Sequence[str], optstring: str, longopts: dict[str
                 words = read(value)
                 out[index:end] = words
                 spans.append((index, index + len(words), value))
+            if origins is not None:
+                origins += [at] * (len(found) - before)
     except UsageError as e:
         e.index, e.found, e.spans = at, found, spans
         raise

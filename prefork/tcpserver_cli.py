@@ -198,10 +198,14 @@ def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
     ``--options-file FILE`` is replaced by FILE's words first: a file that cannot be read ends it with 111.
     """
     # getopt problems are printed even under -q, as 0.88 prints them
+    origins: list[int] = []
+    spans: list[tuple[int, int, str]] = []  # an error of expand() itself names its file already
     try:
-        words, spans = expand(args)
+        words, spans = expand(args, origins)
+        if spans:
+            parse(words, OPTIONS, defaults=DEFAULTS)  # only to name the file of a bad value (-c x)
     except UsageError as e:
-        usage_error(usage_after(e.found), e)
+        usage_error(usage_after(e.found), in_file(e, spans, origins))
     except OptionsFileError as e:
         if e.unreadable:
             write_line(f"tcpserver: fatal: unable to read options file {e}")
@@ -213,17 +217,24 @@ def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
     return cast("Options", values), operands
 
 
-def expand(args: Sequence[str]) -> tuple[list[str], list[tuple[int, int, str]]]:
+def expand(args: Sequence[str], origins: list[int] | None = None) -> tuple[list[str], list[tuple[int, int, str]]]:
     """ARGS with every ``--options-file FILE`` replaced by FILE's words (options.expand_options_files);
     a bad word among a file's words is named with its file."""
     optstring, longopts = scan_spec(OPTIONS)
     try:
-        return expand_options_files(args, optstring, longopts, OPTIONS_FILE)
+        return expand_options_files(args, optstring, longopts, OPTIONS_FILE, origins=origins)
     except UsageError as e:
-        for start, end, path in e.spans:
-            if start <= e.index < end:
-                e.text = f"options file {path}: {e.text}"
-        raise
+        raise in_file(e, e.spans, [e.index]) from None
+
+
+def in_file(error: UsageError, spans: list[tuple[int, int, str]], origins: list[int]) -> UsageError:
+    """ERROR, named with its options file when its word came from one: ``index`` (a word getopt stopped at)
+    if set, else ``option`` (the option whose value parse refused) through ORIGINS."""
+    at = error.index if error.index >= 0 else origins[error.option] if 0 <= error.option < len(origins) else -1
+    for start, end, path in spans:
+        if start <= at < end and not error.text.startswith("options file "):
+            error.text = f"options file {path}: {error.text}"
+    return error
 
 
 class ConfigError(Exception):
@@ -358,15 +369,16 @@ def reread(settings: dict[str, object]) -> None:
 
 def reread_config(args: Sequence[str], running: ServerConfig) -> ServerConfig:
     """The settings ARGS give now, for the server RUNNING; ConfigError (a one-line message) if refused."""
+    origins: list[int] = []
     try:
-        words, spans = expand(args)
+        words, spans = expand(args, origins)
     except (UsageError, OptionsFileError) as e:
         raise ConfigError(str(e) if isinstance(e, OptionsFileError) else e.text, True) from None
     files = ", ".join(path for _s, _e, path in spans)
     try:
         values, operands = parse(words, OPTIONS, defaults=DEFAULTS)
     except UsageError as e:
-        raise ConfigError(f"options file {files}: {e.text}", True) from None
+        raise ConfigError(in_file(e, spans, origins).text, True) from None
     values["options_file"] = True
     if values.pop("help"):
         raise ConfigError(f"options file {files}: --help is no option for a running server", True)

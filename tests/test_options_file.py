@@ -213,3 +213,31 @@ def test_nesting_and_bad_words_are_refused_with_their_place():
     assert info.value.index == 3 and info.value.from_getopt and info.value.found == [("-v", None), ("-c", "1")]
     with pytest.raises(UsageError, match="option requires an argument -- --options-file"):
         expand(["-v", "--options-file"], {})
+
+
+def test_origins_trace_each_option_to_its_word():
+    """ORIGINS: the word index of every option getopt finds in the result, the file's options included."""
+    origins: list[int] = []
+    out, spans = expand_options_files(["-v", "--options-file", "f", "-c", "4", "h"], OPTSTRING, LONGOPTS,
+                                      "--options-file", lambda path: ["-vc", "3", "--workers=2"], origins)
+    assert out == ["-v", "-vc", "3", "--workers=2", "-c", "4", "h"]
+    assert spans == [(1, 4, "f")]
+    assert origins == [0, 1, 1, 3, 4]  # -v; -v and -c from "-vc"; --workers; the last -c
+
+
+def test_a_bad_value_is_named_with_its_file(tmp_path):
+    """The front end traces parse's bad value back to the file it came from, and not one from the command line."""
+    from prefork import tcpserver_cli
+    from prefork.tcpserver_cli import expand, in_file
+
+    (tmp_path / "opts").write_text("-v -c x")
+    args = ["-c", "y", "--options-file", str(tmp_path / "opts"), "-c", "5"]
+    for bad, named in ((1, False), (4, True)):
+        words = list(args)
+        words[1], words[5] = ("y", "5") if bad == 1 else ("3", "5")
+        origins: list[int] = []
+        expanded, spans = expand(words, origins)
+        with pytest.raises(UsageError) as info:
+            tcpserver_cli.parse(expanded, tcpserver_cli.OPTIONS, defaults=tcpserver_cli.DEFAULTS)
+        text = in_file(info.value, spans, origins).text
+        assert text.startswith(f"options file {tmp_path / 'opts'}: ") == named, text

@@ -258,6 +258,7 @@ USAGE_LINE = "tcpserver: usage: tcpserver [ -1UXpPhHrRoOdDqQv ]"
     ("huge", 111, "tcpserver: fatal: unable to read options file opts: larger than 65536 bytes"),
     ("-c 2 'x", 100, "tcpserver: options file opts: unterminated ' quote"),
     ("-c 2 -z", 100, "tcpserver: options file opts: illegal option -- z"),
+    ("-v -c x 0 0 echo", 100, "tcpserver: options file opts: bad value for -c: not a number: 'x'"),
     ("--options-file opts", 100, "tcpserver: options file opts: --options-file inside an options file"),
 ])
 def test_start_with_a_bad_file(tmp_path, make, code, first):
