@@ -287,3 +287,91 @@ def test_the_words_stand_where_the_option_stands(prefork, tmp_path):
     server = prefork(["--options-file", "opts", "-c", "3"], ["/bin/echo", "--options-file", "opts"])
     assert talk(server.port)[0] == b"--options-file opts\n"
     assert board(server).limit == 3
+
+
+def test_hup_adds_rules_and_per_client_limits_count_the_old_programs(prefork, tmp_path):
+    """-x added by a HUP (with -c raised): its MAXCONNIP counts the programs the old workers started, which
+    the master holds in the client table now, so the limit is exact across the reload."""
+    from test_tcpserver_limits import rules, subnet
+
+    net = subnet()
+    cdb = rules(tmp_path, f'{net}.:allow,MAXCONNIP="3",DIEMSG="421 too many"\n')
+    program = "/bin/sh -c 'echo hi; read x'"
+    server = start(prefork, tmp_path, f"--workers 2 -c 2 {Q} 127.0.0.1 0 {program}")
+    assert wait_until(lambda: len(live(board(server))) == 2, 10)
+    before = live(board(server))
+    held = [connect(server.port, source=f"{net}.7") for _ in range(2)]
+    assert [recv_line(s) for s in held] == [b"hi\n"] * 2
+    rewrite(server, tmp_path, f"--workers 2 -c 6 -x {cdb} {Q} 127.0.0.1 0 {program}")
+    assert hup_done(server, before), server.stderr()
+    assert board(server).orphans == 2
+    third = connect(server.port, source=f"{net}.7")
+    assert recv_line(third) == b"hi\n"
+    with connect(server.port, source=f"{net}.7") as s:
+        assert recv_all(s) == b"421 too many\r\n"
+    with connect(server.port, source=f"{net}.8") as s:  # another address: its own count, and -c 6 has room
+        assert recv_line(s) == b"hi\n"
+    for s in [*held, third]:
+        s.close()
+    assert server.stderr() == ""
+
+
+def test_c_changed_under_load_is_never_exceeded(prefork, tmp_path):
+    """Clients keep connecting while HUPs move -c 4 -> 2 -> 6 -> 3: no client fails, and the process tree,
+    sampled throughout, never shows more programs than the limit in force (once the programs started under
+    a higher one have ended)."""
+    program = "/bin/sh -c 'sleep 0.05; echo hello'"
+
+    def text(limit: int) -> str:
+        return f"--workers 2 -c {limit} {Q} 127.0.0.1 0 {program}"
+
+    server = start(prefork, tmp_path, text(4))
+    stop = threading.Event()
+    failures: list[str] = []
+    served = [0]
+    samples: list[tuple[float, int]] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                reply = talk(server.port, timeout=15)[0]
+            except OSError as e:
+                failures.append(repr(e))
+                continue
+            if reply != b"hello\n":
+                failures.append(repr(reply))
+            served[0] += 1
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic(), count_programs(server.pid)))
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=client) for _ in range(8)] + [threading.Thread(target=sample)]
+    for t in threads:
+        t.start()
+    phases: list[tuple[float, float, int]] = []  # (limit applied, next signal, limit)
+    try:
+        applied, current = time.monotonic(), 4
+        time.sleep(1.0)
+        for limit in (2, 6, 3):
+            before = live(board(server))
+            rewrite(server, tmp_path, text(limit))
+            phases.append((applied, time.monotonic(), current))
+            assert wait_until(lambda limit=limit: board(server).limit == limit, 15), server.stderr()
+            applied, current = time.monotonic(), limit
+            assert hup_done(server, before), server.stderr()
+            time.sleep(1.5)
+        phases.append((applied, time.monotonic(), current))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures[:5]
+    assert served[0] > 50
+    assert max(n for _, n in samples) <= 6
+    for start_at, end_at, limit in phases:
+        seen = [n for t, n in samples if start_at + 0.3 < t < end_at]
+        assert seen and max(seen) <= limit, (limit, seen)
+    assert max(n for t, n in samples if phases[2][0] + 0.3 < t < phases[2][1]) > 3  # -c 6 was used
+    assert server.stderr() == ""
