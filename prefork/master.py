@@ -495,7 +495,7 @@ class Master:
             os.close(outfd)
             return
         self.reloading = sig
-        self.probe = reload.Probe(pid, errfd, outfd, sig)
+        self.probe = reload.Probe(pid, errfd, outfd, sig, self.cfg.reread)
 
     def fork_fresh(self, errfd: int, outfd: int) -> int:
         """Fork the probe (its stderr ERRFD, its stdout OUTFD); 0 if fork fails (said in one line)."""
@@ -527,7 +527,14 @@ class Master:
             return
         self.previous = self.cfg
         if probe.settings is not None:
-            self.apply(ServerConfig(**probe.settings))
+            try:
+                cfg = ServerConfig(**probe.settings)
+            except TypeError as e:  # new code with settings this master's code does not know
+                self.note(b"reload failed: new settings unknown to the running master (%s); the running code "
+                          b"and options go on serving" % str(e).encode("utf-8", "replace"))
+                self.end_reload()
+                return
+            self.apply(cfg)
         if self.reloading == signal.SIGHUP:
             self.fresh = True
             self.old = {pid for pid in self.workers if pid not in self.retiring}

@@ -87,10 +87,11 @@ def probe_body(cfg: ServerConfig) -> str:
 class Probe:
     """A running probe: its pid, its stderr and stdout (memfds) and its deadline."""
 
-    def __init__(self, pid: int, errfd: int, outfd: int, sig: int) -> None:
+    def __init__(self, pid: int, errfd: int, outfd: int, sig: int, reread: bool) -> None:
         self.pid = pid
         self.errfd = errfd
-        self.outfd = outfd  # --options-file: the settings it read, marshalled
+        self.outfd = outfd  # its stdout: with --options-file (REREAD), the settings it read, marshalled
+        self.reread = reread
         self.sig = sig  # the reload it is for: SIGHUP or SIGUSR2
         self.deadline = time.monotonic() + PROBE_TIMEOUT
         self.settings: dict | None = None
@@ -104,15 +105,17 @@ class Probe:
         went wrong, for one log line."""
         try:
             text = os.pread(self.errfd, 65536, 0)
-            out = os.pread(self.outfd, os.fstat(self.outfd).st_size, 0) if status == 0 else b""
+            out = os.pread(self.outfd, os.fstat(self.outfd).st_size, 0) if status == 0 and self.reread else b""
         except OSError:
             text = out = b""
         self.close()
         if status == 0:
-            if out:
+            if self.reread:
                 try:
                     self.settings = marshal.loads(out)
                 except (ValueError, EOFError, TypeError):
+                    return b"the probe's settings do not read back"
+                if not isinstance(self.settings, dict):
                     return b"the probe's settings do not read back"
             return None
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == REFUSED:

@@ -340,27 +340,28 @@ def make_config(operands: Sequence[str], opts: Options, running: ServerConfig | 
 
 # -- HUP and USR2 with --options-file: the probe reads the command line again (reload.py) -------------------
 # Settings bound to the listening socket, to the privileges dropped at start, to the scoreboard's size or
-# to the exporter: a reload that would change one is refused (docs/reference/tcpserver.md, Signals).
+# to the exporter: a reload that would change one is refused (docs/reference/tcpserver.md, Options file).
 FIXED = (
     ("host", "host"), ("asked_port", "port"), ("family", "-4/-6"), ("interface", "-I"), ("uid", "uid (-u, -U)"),
     ("gid", "gid (-g, -U)"), ("workers", "--workers"), ("max_workers", "--max-workers"),
     ("scoreboard_path", "--scoreboard"), ("name", "--name"), ("metrics", "--metrics"),
     ("metrics_textfile", "--metrics-textfile"), ("metrics_user", "--metrics-user"),
 )
-RELOAD_REFUSED = 100  # the probe's exit status when the command line read again is refused (one line on stderr)
 
 
 def reread(settings: dict[str, object]) -> None:
     """In the probe: the command line (sys.argv[1:], as the server was started) read again, its options files
-    with it; the new settings, marshalled, on stdout.  Refused: one line on stderr, exit RELOAD_REFUSED."""
+    with it; the new settings, marshalled, on stdout.  Refused: one line on stderr, exit reload.REFUSED."""
     import marshal
+
+    from prefork.reload import REFUSED
 
     running = ServerConfig(**settings)
     try:
         cfg = reread_config(sys.argv[1:], running)
     except ConfigError as e:
         write_line(e.message)
-        raise SystemExit(RELOAD_REFUSED) from None
+        raise SystemExit(REFUSED) from None
     data = marshal.dumps(cfg.as_dict())
     view = memoryview(data)
     while view:
