@@ -143,7 +143,8 @@ def _programs_pass(master: int) -> dict[int, tuple[int, str, str, int | None]]:
     inherit it); a program's is its own.  A worker or a reload's probe exec'd
     fresh (HUP, USR2) is ``python3...`` until it names itself, but has the
     master's command line from its exec on (``tcpserver -I -S SCRIPT ARGS``,
-    only SCRIPT differs).  Every child of a worker is a program (the fast
+    only SCRIPT differs); in the middle of that exec it has the new comm and
+    no command line yet, and is skipped.  Every child of a worker is a program (the fast
     path starts no other process); so is every child of the master that is
     not one of those (a program whose worker died or left).
     """
@@ -153,7 +154,10 @@ def _programs_pass(master: int) -> dict[int, tuple[int, str, str, int | None]]:
         st = stat(pid)
         if st is None:
             continue
-        line = cmdline(pid).split(b"\0")
+        raw = cmdline(pid)
+        if not raw and st[1] != "Z":
+            continue  # in the middle of an exec (the new image has no arguments yet): a worker or probe
+        line = raw.split(b"\0")
         if st[0] == "tcpserver" or (line[1:3] == [b"-I", b"-S"] and line[:1] + line[4:] == own[:1] + own[4:]):
             for kid in children(pid):
                 kst = stat(kid)

@@ -42,6 +42,7 @@ class Capacity:
         self._actives = [(board.slot_offset(i) + sb.OFF_ACTIVE) >> 2 for i in range(board.workers)]
         self._waitings = [(board.slot_offset(i) + sb.OFF_WAITING) >> 2 for i in range(board.workers)]
         self._orphans = sb.H_ORPHANS >> 2
+        self._limit = sb.H_LIMIT >> 2  # the -c in force (a reload may change it: set_limit)
         base = board.slot_offset(index) if index is not None else 0
         self._my_held = (base + sb.OFF_HELD) >> 2
         self._my_active = (base + sb.OFF_ACTIVE) >> 2
@@ -70,7 +71,7 @@ class Capacity:
             total = u32[self._orphans]
             for i in self._helds:
                 total += u32[i]
-            if total >= self.limit:
+            if total >= u32[self._limit]:  # the limit in force, which a reload may have changed
                 return False
             self.held += 1
             u32[self._my_held] = self.held
@@ -92,16 +93,27 @@ class Capacity:
         u32[self._my_held] = self.held
         self.wake_waiters()
 
-    def recycled(self) -> None:
-        """A connection ended and its token becomes this worker's reservation for the next accept.
+    def recycled(self) -> bool:
+        """A connection ended; its token becomes this worker's reservation for the next accept, unless the
+        tokens held exceed the limit in force (a reload lowered it): then it goes back as with ``ended``.
 
-        The count of tokens held does not change, so the limit still holds
-        without taking the lock: this is how a busy worker reserves without
-        the two ``fcntl`` calls of ``try_reserve``.  Nobody is woken: the
-        token is not free.
+        Keeping it does not change the count of tokens held, so the limit still
+        holds without taking the lock: this is how a busy worker reserves without
+        the two ``fcntl`` calls of ``try_reserve``.  Nobody is woken: the token is
+        not free.  The count read here without the lock can only be late by
+        another worker's reservation, which that worker took under the lock and
+        within the limit.  True if kept.
         """
+        u32 = self.u32
+        total = u32[self._orphans]
+        for i in self._helds:
+            total += u32[i]
+        if total > u32[self._limit]:
+            self.ended()
+            return False
         self.active -= 1
-        self.u32[self._my_active] = self.active
+        u32[self._my_active] = self.active
+        return True
 
     def release(self) -> None:
         """Give back the token reserved for an accept that will not happen (a worker leaving)."""
@@ -154,6 +166,26 @@ class Capacity:
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
         self.wake_waiters()
+
+    def set_limit(self, limit: int) -> None:
+        """A reload changed -c: from now on every reservation (any worker, old code or new) checks LIMIT.
+
+        Lowered: the tokens held above it stay held (running programs are never stopped) and none is
+        taken until the total is below it.  Raised: every waiting worker is woken to try again.
+        """
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            self.board.put32(sb.H_LIMIT, limit)
+            self.limit = limit
+        finally:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_UN)
+        get32 = self.board.get32
+        for off in self._waitings:
+            if get32(off):
+                try:
+                    os.write(self.wake_w, b"x")
+                except BlockingIOError:
+                    pass
 
     def orphan_ended(self) -> None:
         """An orphaned program was reaped by the master: its token is free again."""

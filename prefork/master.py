@@ -35,7 +35,8 @@ HUP and USR2 reload the code without closing the listening socket (reload.py; do
 tcpserver: master, workers, scoreboard): after a probe has imported the new code, HUP
 replaces the workers one slot at a time by fresh interpreters, USR2 lets the
 workers leave and re-executes the master in place (same pid), which resumes
-with the same socket, scoreboard, programs and exporter.
+with the same socket, scoreboard, programs and exporter.  With ``--options-file`` the probe
+also reads the command line again; its settings take over (``apply``), ``-c`` at once for every worker.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class Master:
         self.replacing: int | None = None
         self.turnover: tuple[int, int, float] | None = None
         self.upgrading = False
+        self.previous = cfg  # --options-file: the settings before the HUP, again if its new worker fails
         # What our programs (and the exporter) start from; socket activation's variables consumed (activation.py).
         self.environ = original_environ()
         self.activated = activation.listen_fds(self.environ, self.pid)  # sockets passed to us; 0: bind
@@ -300,9 +302,9 @@ class Master:
         signal.signal(signal.SIGCHLD, noop_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)  # after USR2: what came during the exec
         if self.verbose:
-            self.spawnlog = SpawnLog(self.nslots, cfg.limit)
+            self.spawnlog = SpawnLog(self.nslots, cfg.table_limit)
         # Per-client limits: shared with every worker; after USR2 the same memfd, the orphans' entries in it.
-        self.clients = ClientTable(self.nslots, cfg.limit, self.handoff["clients"] if self.handoff else None)
+        self.clients = ClientTable(self.nslots, cfg.table_limit, self.handoff["clients"] if self.handoff else None)
         os.set_inheritable(self.clients.fd, False)
         self.base_env = base_environment(self.environ)
         self.spawner = Spawner(cfg.argv, signals_to_reset())
@@ -481,15 +483,22 @@ class Master:
         except OSError as e:
             self.note(b"reload failed: unable to check the new code: " + errstr(e).encode())
             return
-        pid = self.fork_fresh(errfd)
+        try:
+            outfd = os.memfd_create("tcpserver-probe-settings", os.MFD_CLOEXEC)
+        except OSError as e:
+            os.close(errfd)
+            self.note(b"reload failed: unable to check the new code: " + errstr(e).encode())
+            return
+        pid = self.fork_fresh(errfd, outfd)
         if not pid:
             os.close(errfd)
+            os.close(outfd)
             return
         self.reloading = sig
-        self.probe = reload.Probe(pid, errfd, sig)
+        self.probe = reload.Probe(pid, errfd, outfd, sig, self.cfg.reread)
 
-    def fork_fresh(self, errfd: int) -> int:
-        """Fork the probe (its stderr ERRFD); 0 if fork fails (said in one line)."""
+    def fork_fresh(self, errfd: int, outfd: int) -> int:
+        """Fork the probe (its stderr ERRFD, its stdout OUTFD); 0 if fork fails (said in one line)."""
         try:
             pid = os.fork()
         except OSError as e:
@@ -500,6 +509,7 @@ class Master:
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() == self.pid:
                     os.dup2(errfd, 2)
+                    os.dup2(outfd, 1)
                     reload.exec_fresh("tcpserver-probe", reload.probe_body(self.cfg), (), self.environ)
             finally:
                 os._exit(111)
@@ -511,9 +521,21 @@ class Master:
         assert probe is not None
         failure = probe.failure(status)
         if failure is not None:
-            self.note(b"reload failed: " + failure + b"; the running code goes on serving")
+            what = b"code and options go" if self.cfg.reread else b"code goes"
+            self.note(b"reload failed: " + failure + b"; the running " + what + b" on serving")
             self.end_reload()
-        elif self.reloading == signal.SIGHUP:
+            return
+        self.previous = self.cfg
+        if probe.settings is not None:
+            try:
+                cfg = ServerConfig(**probe.settings)
+            except TypeError as e:  # new code with settings this master's code does not know
+                self.note(b"reload failed: new settings unknown to the running master (%s); the running code "
+                          b"and options go on serving" % str(e).encode("utf-8", "replace"))
+                self.end_reload()
+                return
+            self.apply(cfg)
+        if self.reloading == signal.SIGHUP:
             self.fresh = True
             self.old = {pid for pid in self.workers if pid not in self.retiring}
         else:
@@ -548,9 +570,34 @@ class Master:
                     if pid in self.workers:
                         os.kill(pid, signal.SIGKILL)  # a hung one: reaped and replaced by a forked one
                     self.fresh = False  # restarts fork the code the master runs, as before the HUP
+                    if self.previous is not self.cfg:
+                        self.apply(self.previous)  # and with the options it ran with
                     self.end_reload()
         if self.reloading == signal.SIGHUP and self.probe is None and self.drain_until is None:
             self.replace_next()
+
+    def apply(self, cfg: ServerConfig) -> None:
+        """--options-file: the settings a reload read take over (tcpserver_cli.reread has refused those
+        that cannot change).  -c at once for every worker (capacity.py); the rest for the workers started
+        from now on, which HUP's replace the old ones with; -b on the listening socket itself."""
+        old, self.cfg = self.cfg, cfg
+        self.verbose = cfg.verbosity >= 2
+        self.warn = cfg.verbosity >= 1
+        if self.verbose and self.spawnlog is None:
+            self.spawnlog = SpawnLog(self.nslots, cfg.table_limit)
+        self.spawner = Spawner(cfg.argv, self.spawner.sigdef)
+        self.rules = None
+        if cfg.rules_path is not None:
+            from prefork.rules import RulesFile
+
+            self.rules = RulesFile(cfg.rules_path, cfg.rules_missing_ok)
+        if cfg.limit != old.limit:
+            self.cap.set_limit(cfg.limit)
+        if cfg.backlog != old.backlog and not self.activated:
+            try:
+                self.lsock.listen(cfg.backlog)  # the same socket: its queue keeps the connections waiting in it
+            except OSError as e:
+                self.warning("unable to listen", e)
 
     def replace_next(self) -> None:
         """HUP: when no slot is changing hands, tell the lowest worker of the old code to leave (reap() then
@@ -571,7 +618,7 @@ class Master:
         """No reload in progress any more; one asked for meanwhile is dispatched next."""
         if self.probe is not None:
             os.kill(self.probe.pid, signal.SIGKILL)  # our child, not reaped yet: the pid is still its
-            os.close(self.probe.errfd)
+            self.probe.close()
             self.stray.add(self.probe.pid)
             self.probe = None
         if self.turnover is not None:

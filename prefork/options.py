@@ -43,6 +43,9 @@ class UsageError(Exception):
         self.text = text
         self.from_getopt = from_getopt
         self.found: list[Any] = []
+        self.index = -1  # expand_options_files: the word where the scan stopped, and the files' spans
+        self.spans: list[tuple[int, int, str]] = []
+        self.option = -1  # parse: the bad value's option, as an index into getopt's options
 
 
 def getopt(args: Sequence[Any], optstring: str | None, longopts: dict[str, int] | None = None) -> tuple[list[Any], list[Any]]:
@@ -166,15 +169,13 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
     """
     declared = list(options)
     by_name = {o.name: o for o in declared}
-    optstring = "".join(o.name[1] + (":" if o.kind else "") for o in declared if o.name[1] != "-")
-    longopts = {o.name: o.kind for o in declared if o.name[1] == "-"}
-    longopts.setdefault("--help", FLAG)
+    optstring, longopts = scan_spec(declared)
     found, rest = getopt(args, optstring if letters else None, longopts)
     values: dict[str, Any] = {"help": False}
     for o in declared:
         values.setdefault(o.dest, [] if o.many else None)
     values.update(defaults or {})
-    for name, word in found:
+    for at, (name, word) in enumerate(found):
         option = by_name.get(name)
         if option is None:
             values["help"] = True
@@ -184,12 +185,23 @@ def parse(args: Sequence[str], options: Iterable[Option], *, letters: bool = Tru
             try:
                 value = word if option.convert is None else option.convert(word)
             except ValueError as e:
-                raise UsageError(f"bad value for {name}: {e}") from None
+                error = UsageError(f"bad value for {name}: {e}")
+                error.option = at
+                raise error from None
             if option.many:
                 values[option.dest].append(value)
             else:
                 values[option.dest] = value
     return values, rest
+
+
+def scan_spec(options: Iterable[Option]) -> tuple[str, dict[str, int]]:
+    """getopt's OPTSTRING and LONGOPTS for these declared options (``--help`` included)."""
+    declared = list(options)
+    optstring = "".join(o.name[1] + (":" if o.kind else "") for o in declared if o.name[1] != "-")
+    longopts = {o.name: o.kind for o in declared if o.name[1] == "-"}
+    longopts.setdefault("--help", FLAG)
+    return optstring, longopts
 
 
 def command_line(args: Sequence[str], usage: str, help: str | Callable[[], str], options: Iterable[Option] = (), *,
@@ -307,3 +319,168 @@ def format_help(usage: str, description: str, options: Iterable[Option], width: 
             out.append(lines.pop(0).rstrip())
         out += [" " * column + line for line in lines]
     return "\n".join(out) + "\n"
+
+
+# -- options files: words read from a file, standing where the option that names them stands --------------
+FILE_MAX = 65536  # bytes an options file may hold: it is read whole, so a huge one is refused, not slurped
+BLANKS = " \t\r\n"  # \r too, so a file with CRLF lines splits as its author meant
+
+
+class OptionsFileError(Exception):
+    """An options file that cannot be read (``unreadable``: exit 111) or split (exit 100); ``str()`` names it."""
+
+    def __init__(self, path: str, text: str, unreadable: bool) -> None:
+        super().__init__(f"{path}: {text}")
+        self.unreadable = unreadable
+
+
+def split_words(text: str) -> list[str]:
+    """TEXT's words as a POSIX shell splits a command line, with no expansion at all.
+
+    Blanks (space, tab, CR, newline) separate words; ``'...'`` is literal; ``"..."``
+    is literal but for a backslash before ``$ ` " \\`` or a newline; a backslash
+    outside quotes makes the next character literal (before a newline: both
+    vanish); ``#`` at the start of a word comments out the rest of the line.
+    ``$``, backquotes, globs, ``~`` and ``; | & < > ( )`` are ordinary characters.
+    Raises ValueError naming an unterminated quote or a backslash at the end.
+    Why not shlex: it imports re (the lean server must not, see lean.py) and ends a
+    word at a ``#`` inside it, where a shell does not.
+    """
+    words: list[str] = []
+    word: list[str] | None = None  # None: between words
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        i += 1
+        if ch in BLANKS:
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            continue
+        if word is None:
+            if ch == "#":
+                end = text.find("\n", i)
+                i = n if end < 0 else end + 1
+                continue
+            word = []
+        if ch == "\\":
+            if i >= n:
+                raise ValueError("backslash at the end")
+            if text[i] != "\n":
+                word.append(text[i])
+            elif not word:
+                word = None  # a line continuation between words starts none
+            i += 1
+        elif ch == "'":
+            end = text.find("'", i)
+            if end < 0:
+                raise ValueError("unterminated ' quote")
+            word.append(text[i:end])
+            i = end + 1
+        elif ch == '"':
+            while True:
+                if i >= n:
+                    raise ValueError('unterminated " quote')
+                ch = text[i]
+                i += 1
+                if ch == '"':
+                    break
+                if ch == "\\" and i < n and text[i] in '$`"\\\n':
+                    if text[i] != "\n":
+                        word.append(text[i])
+                    i += 1
+                else:
+                    word.append(ch)
+        else:
+            word.append(ch)
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
+def read_options_file(path: str, limit: int = FILE_MAX) -> list[str]:
+    """The words of the options file PATH; raises OptionsFileError.
+
+    Only a regular file (a symlink to one is fine) of at most LIMIT bytes: opened without blocking, so a
+    FIFO or a device costs no wait, and read whole in one bounded read.  Bytes that are not UTF-8 are kept
+    as the command line keeps them (os.fsdecode).
+    """
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OptionsFileError(path, _errstr(e), True) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OptionsFileError(path, "not a regular file", True)
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        raise OptionsFileError(path, _errstr(e), True) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OptionsFileError(path, f"larger than {limit} bytes", True)
+    try:
+        return split_words(os.fsdecode(data))
+    except ValueError as e:
+        raise OptionsFileError(path, str(e), False) from None
+
+
+def _errstr(e: OSError) -> str:
+    from prefork.djb import errstr
+
+    return errstr(e)
+
+
+def expand_options_files(args: Sequence[str], optstring: str, longopts: dict[str, int], name: str,
+                         read: Callable[[str], list[str]] = read_options_file,
+                         origins: list[int] | None = None) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """ARGS with each option NAME (``--options-file FILE`` or ``--options-file=FILE``) among the options
+    replaced, where it stands, by READ(FILE)'s words; and the spans ``(start, end, FILE)`` those words took.
+
+    Only the options are scanned, as ``getopt`` scans them, so the word after the operands
+    starts stays the program's.  A file naming NAME again is refused (no nesting), as is a bad
+    word (UsageError, ``index`` set to the word where the scan stopped).  OptionsFileError
+    passes through.  ORIGINS, if given, gets the word index of each option ``getopt`` will find in
+    the result, in its order (so a bad value ``parse`` finds can be traced to its file).
+    """
+    out = list(args)
+    spans: list[tuple[int, int, str]] = []
+    found: list[Any] = []
+    index = 0
+    try:
+        while index < len(out):
+            word = out[index]
+            if word[:1] != "-" or word == "-" or word == "--":
+                break
+            at = index
+            key, sep, value = word.partition("=")
+            before = len(found)
+            if word[:2] != "--":
+                index = _letters(out, index, word, optstring, found)
+            elif key != name:
+                index = _long(out, index + 1, word, longopts, found)
+            elif any(start <= index < end for start, end, _ in spans):
+                raise UsageError(f"{name} inside an options file")
+            else:
+                end = index + 1
+                if not sep:
+                    if end >= len(out):
+                        raise UsageError(f"option requires an argument -- {name}")
+                    value = out[end]
+                    end += 1
+                words = read(value)
+                out[index:end] = words
+                spans.append((index, index + len(words), value))
+            if origins is not None:
+                origins += [at] * (len(found) - before)
+    except UsageError as e:
+        e.index, e.found, e.spans = at, found, spans
+        raise
+    return out, spans

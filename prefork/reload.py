@@ -12,12 +12,15 @@ script, so no variable of ours ever reaches a program's environment.
 
 Before either, a *probe* (a fresh interpreter that imports the modules the
 server runs and builds the settings with the new code) must exit 0, so code
-that no longer imports costs one warning line and nothing else.  See
+that no longer imports costs one warning line and nothing else.  With
+``--options-file`` the probe also reads the command line again and hands the
+new settings back on its stdout (docs/ARCHITECTURE.md, Options on reload).  See
 docs/ARCHITECTURE.md, tcpserver: master, workers, scoreboard, and docs/reference/tcpserver.md, Signals.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import sys
 import time
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from prefork.serverconfig import ServerConfig
 
 PROBE_TIMEOUT = 30.0  # seconds a probe, or a worker exec'd on HUP until it serves, may take
+REFUSED = 100  # the probe's exit status when the command line read again (--options-file) is refused
 
 
 def interpreter() -> str:
@@ -74,28 +78,48 @@ def probe_body(cfg: ServerConfig) -> str:
         modules.append("prefork.proxyproto")
     if cfg.wants_exporter:
         modules.append("prefork.exporter_child")
+    if cfg.reread:  # --options-file: the command line read again, the new settings on stdout (tcpserver_cli.reread)
+        return f"import {', '.join(modules)}\nfrom prefork.tcpserver_cli import reread\nreread({cfg.as_dict()!r})\n"
     return (f"import {', '.join(modules)}\nfrom prefork.serverconfig import ServerConfig\n"
             f"ServerConfig(**{cfg.as_dict()!r})\n")
 
 
 class Probe:
-    """A running probe: its pid, its stderr (a memfd) and its deadline."""
+    """A running probe: its pid, its stderr and stdout (memfds) and its deadline."""
 
-    def __init__(self, pid: int, errfd: int, sig: int) -> None:
+    def __init__(self, pid: int, errfd: int, outfd: int, sig: int, reread: bool) -> None:
         self.pid = pid
         self.errfd = errfd
+        self.outfd = outfd  # its stdout: with --options-file (REREAD), the settings it read, marshalled
+        self.reread = reread
         self.sig = sig  # the reload it is for: SIGHUP or SIGUSR2
         self.deadline = time.monotonic() + PROBE_TIMEOUT
+        self.settings: dict | None = None
+
+    def close(self) -> None:
+        os.close(self.errfd)
+        os.close(self.outfd)
 
     def failure(self, status: int) -> bytes | None:
-        """None if the new code imports; else what went wrong, for one log line."""
+        """None if the new code imports (and ``settings`` holds what an options file gave, if any); else what
+        went wrong, for one log line."""
         try:
             text = os.pread(self.errfd, 65536, 0)
+            out = os.pread(self.outfd, os.fstat(self.outfd).st_size, 0) if status == 0 and self.reread else b""
         except OSError:
-            text = b""
-        os.close(self.errfd)
+            text = out = b""
+        self.close()
         if status == 0:
+            if self.reread:
+                try:
+                    self.settings = marshal.loads(out)
+                except (ValueError, EOFError, TypeError):
+                    return b"the probe's settings do not read back"
+                if not isinstance(self.settings, dict):
+                    return b"the probe's settings do not read back"
             return None
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == REFUSED:
+            return b" ".join(text.split(b"\n")).strip()  # one line already: tcpserver_cli.reread
         if os.WIFSIGNALED(status):
             return b"new code not checked: probe killed by signal %d (%d s limit)" % (
                 os.WTERMSIG(status), PROBE_TIMEOUT)
@@ -149,7 +173,7 @@ def run_worker(settings: dict[str, object], handoff: dict[str, object]) -> NoRet
             os.set_inheritable(h[name], False)  # ours only: no program inherits them
     lsock = socket.socket(fileno=h["listen"])
     board = sb.ScoreboardFile.attach(h["board_path"], h["board"], h["lock"])
-    spawnlog = SpawnLog(board.workers, cfg.limit, h["spawnlog"]) if h["spawnlog"] >= 0 else None
+    spawnlog = SpawnLog(board.workers, cfg.table_limit, h["spawnlog"]) if h["spawnlog"] >= 0 else None
     rules = None
     if cfg.rules_path is not None:
         from prefork.rules import RulesFile
@@ -157,7 +181,7 @@ def run_worker(settings: dict[str, object], handoff: dict[str, object]) -> NoRet
         rules = RulesFile(cfg.rules_path, cfg.rules_missing_ok)
     worker = Worker(cfg, lsock, board, h["index"], h["wake_r"], h["wake_w"], base_environment(original_environ()),
                     Spawner(cfg.argv, tuple(h["sigdef"])), rules, spawnlog,
-                    ClientTable(board.workers, cfg.limit, h["clients"]))
+                    ClientTable(board.workers, cfg.table_limit, h["clients"]))
     worker.ready_fd = h["ready"]
     worker.run()
 

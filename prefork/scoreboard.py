@@ -116,6 +116,7 @@ OFF_COUNTING_PID, OFF_COUNTING_WHICH, OFF_COUNTING_EXITS, OFF_COUNTING_SUM, OFF_
 OFF_LIMITED = 224  # three u64 counters, in LIMIT_KINDS order
 LIMIT_KINDS = ("MAXCONNIP", "MAXCONNC", "MAXLOAD")
 EXIT_OFFSETS = (OFF_EXIT_ZERO, OFF_EXIT_NONZERO, OFF_EXIT_SIGNAL)  # by exit class
+H_LIMIT = 20  # -c in force: HUP and USR2 may change it (capacity.py reads it at every reservation)
 H_ORPHANS, H_RESTARTS, H_ORPHAN_EXITS, H_ORPHAN_DURATION_SUM, H_ORPHAN_BUCKETS = 40, 48, 56, 80, 88
 # The metrics address (the header's 8 bytes at 184, zero in files written before it was recorded, so the layout
 # version is still 1): tcpserver-status shows it, since with port 0 and -q nothing else tells it.

@@ -28,14 +28,22 @@ TCP_VARS = (
 DEFAULT_BACKLOG = 1024
 
 
+# With --options-file the tables are sized for at least this -c, so a reload can raise it that far
+# (docs/ARCHITECTURE.md, "Options on reload"); their pages are touched only as they are used.
+RELOAD_TABLE_LIMIT = 1024
+
 # Field name -> default (0.88's unless noted).  A plain class rather than a dataclass: the
 # server process imports as little as it can (see lean.py), and this is all it needs.
 DEFAULTS: dict[str, object] = {
     "host": "",
     "ip": None,  # the resolved host, filled in by the command line front end
-    "port": 0,
+    "port": 0,  # the port bound (the master sets it after bind: port 0 asked is one the kernel chose)
+    "asked_port": 0,  # the port of the command line, kept: a reload compares its own with it
     "argv": [],
     "limit": 40,
+    # The -c the client table and the spawn log are sized for, fixed at start: a reload can raise -c up to it.
+    "table_limit": 0,  # (never below limit: __init__ raises it)
+    "reread": False,  # --options-file: HUP and USR2 read the command line again (tcpserver_cli.reread)
     "rules_path": None,
     "rules_missing_ok": False,  # -X
     "banner": b"",
@@ -76,8 +84,11 @@ class ServerConfig:
     host: str
     ip: str | None
     port: int
+    asked_port: int
     argv: list[bytes]
     limit: int
+    table_limit: int
+    reread: bool
     rules_path: str | None
     rules_missing_ok: bool
     banner: bytes
@@ -115,6 +126,7 @@ class ServerConfig:
         for name, default in DEFAULTS.items():
             value = values.get(name, default)
             setattr(self, name, list(value) if isinstance(value, list) else value)
+        self.table_limit = max(self.table_limit, self.limit)
 
     def as_dict(self) -> dict[str, object]:
         """Plain values only (str, bytes, int, float, bool, None, lists): safe to repr() and read back."""

@@ -7,10 +7,22 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
-from prefork.djb import EXIT_USAGE
-from prefork.options import Option, command_line, format_help, number, seconds
+from prefork.djb import EXIT_USAGE, write_line
+from prefork.options import (
+    Option,
+    OptionsFileError,
+    UsageError,
+    command_line,
+    expand_options_files,
+    format_help,
+    number,
+    parse,
+    scan_spec,
+    seconds,
+    usage_error,
+)
 from prefork.scoreboard_read import MAX_SLOTS
-from prefork.serverconfig import DEFAULT_BACKLOG, ServerConfig
+from prefork.serverconfig import DEFAULT_BACKLOG, RELOAD_TABLE_LIMIT, ServerConfig
 
 TYPE_CHECKING = False  # as in the lean modules
 if TYPE_CHECKING:
@@ -49,7 +61,9 @@ if TYPE_CHECKING:
         metrics_user: str | None
         family: int
         interface: str | None
+        options_file: bool
 
+OPTIONS_FILE = "--options-file"
 USAGE = (
     "tcpserver [ -1UXpPhHrRoOdDqQv ] [ -c limit ] [ -x rules.cdb ] [ -B banner ] [ -g gid ] [ -u uid ] "
     "[ -b backlog ] [ -l localname ] [ -t timeout ] host port program"
@@ -136,6 +150,8 @@ OPTIONS = [
     Option("-l", "localname", "TCPLOCALHOST, instead of a DNS lookup of the local IP", metavar="localname"),
     Option("-t", "timeout", "ident timeout in seconds (26)", metavar="timeout", convert=number()),
     Option("-I", "interface", "the interface of a link-local IPv6 host (its scope)", metavar="interface"),
+    Option(OPTIONS_FILE, "options_file", "FILE's words (shell quoting, # comments, no expansion) stand here; "
+           "HUP and USR2 read FILE again", metavar="FILE"),
     Option("--workers", "workers", f"worker processes that accept (default: CPUs; at most {MAX_SLOTS})", metavar="N",
            convert=number(MAX_SLOTS)),
     Option("--max-workers", "max_workers", "scoreboard slots: SIGTTIN adds workers up to N (default: --workers)",
@@ -177,43 +193,102 @@ def usage_after(found: list[tuple[str, str | None]]) -> str:
 
 
 def parse_command_line(args: Sequence[str]) -> tuple[Options, list[str]]:
-    """The options and operands of ARGS; ``--help`` and a bad option end the process (0, or 100 with the usage)."""
+    """The options and operands of ARGS; ``--help`` and a bad option end the process (0, or 100 with the usage).
+
+    ``--options-file FILE`` is replaced by FILE's words first: a file that cannot be read ends it with 111.
+    """
     # getopt problems are printed even under -q, as 0.88 prints them
-    values, operands = command_line(args, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
+    origins: list[int] = []
+    spans: list[tuple[int, int, str]] = []  # an error of expand() itself names its file already
+    try:
+        words, spans = expand(args, origins)
+        if spans:
+            parse(words, OPTIONS, defaults=DEFAULTS)  # only to name the file of a bad value (-c x)
+    except UsageError as e:
+        usage_error(usage_after(e.found), in_file(e, spans, origins))
+    except OptionsFileError as e:
+        if e.unreadable:
+            write_line(f"tcpserver: fatal: unable to read options file {e}")
+            raise SystemExit(111) from None
+        usage_error(USAGE, f"options file {e}")
+    values, operands = command_line(words, USAGE, lambda: format_help(USAGE, DESCRIPTION, OPTIONS), OPTIONS,
                                     defaults=DEFAULTS, usage_after=usage_after)
+    values["options_file"] = bool(spans)
     return cast("Options", values), operands
+
+
+def expand(args: Sequence[str], origins: list[int] | None = None) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """ARGS with every ``--options-file FILE`` replaced by FILE's words (options.expand_options_files);
+    a bad word among a file's words is named with its file."""
+    optstring, longopts = scan_spec(OPTIONS)
+    try:
+        return expand_options_files(args, optstring, longopts, OPTIONS_FILE, origins=origins)
+    except UsageError as e:
+        raise in_file(e, e.spans, [e.index]) from None
+
+
+def in_file(error: UsageError, spans: list[tuple[int, int, str]], origins: list[int]) -> UsageError:
+    """ERROR, named with its options file when its word came from one: ``index`` (a word getopt stopped at)
+    if set, else ``option`` (the option whose value parse refused) through ORIGINS."""
+    at = error.index if error.index >= 0 else origins[error.option] if 0 <= error.option < len(origins) else -1
+    for start, end, path in spans:
+        if start <= at < end and not error.text.startswith("options file "):
+            error.text = f"options file {path}: {error.text}"
+    return error
+
+
+class ConfigError(Exception):
+    """Operands that cannot serve: a usage problem (``usage`` True, exit 100) or a fatal one (exit 111)."""
+
+    def __init__(self, message: str, usage: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
 
 
 def serve(operands: Sequence[str], opts: Options) -> None:
     """Everything after option parsing."""
+    try:
+        cfg = make_config(operands, opts)
+    except ConfigError as e:
+        if int(opts["verbosity"]):  # -q silences even this (0.88 closes its stderr buffer after option parsing)
+            if e.usage:
+                line = USAGE6 if opts["family"] or opts["interface"] is not None else USAGE
+                os.write(2, f"tcpserver: usage: {line}\n".encode())
+            else:
+                os.write(2, f"tcpserver: fatal: {e.message}\n".encode("utf-8", "surrogateescape"))
+        raise SystemExit(EXIT_USAGE if e.usage else 111) from None
+    from prefork.lean import exec_server
+
+    exec_server(cfg.as_dict())
+    from prefork.master import run  # only when a lean exec is not possible here
+
+    run(cfg)
+
+
+def make_config(operands: Sequence[str], opts: Options, running: ServerConfig | None = None) -> ServerConfig:
+    """The server's settings from a parsed command line; raises ConfigError.
+
+    RUNNING: the settings of the server being reloaded, whose HOST (the same word) is not looked up again.
+    """
     from prefork.addr import HostError, PortError, parse_port, resolve_server_host
 
-    verbosity = int(opts["verbosity"])
     family = int(opts["family"])
-
-    def usage() -> None:
-        if verbosity:  # -q silences even this (0.88 closes its stderr buffer after option parsing)
-            line = USAGE6 if family or opts["interface"] is not None else USAGE
-            os.write(2, f"tcpserver: usage: {line}\n".encode())
-        raise SystemExit(EXIT_USAGE)
-
-    def fatal(message: str) -> None:
-        if verbosity:
-            os.write(2, f"tcpserver: fatal: {message}\n".encode("utf-8", "surrogateescape"))
-        raise SystemExit(111)
-
     if len(operands) < 2:  # host, then port
-        usage()
+        raise ConfigError("usage", True)
     try:
         port = parse_port(operands[1])  # 0.88 checks the port before it looks for the program
     except PortError as e:
-        fatal(e.message)
+        raise ConfigError(e.message, False) from None
     if len(operands) < 3:
-        usage()
-    try:
-        ip = resolve_server_host(operands[0], family == 6)
-    except HostError as e:
-        fatal(e.message)
+        raise ConfigError("usage", True)
+    if running is not None and running.host == operands[0]:
+        ip = running.ip
+    else:
+        try:
+            ip = resolve_server_host(operands[0], family == 6)
+        except HostError as e:
+            raise ConfigError(e.message, False) from None
     uid, gid = int(opts["uid"]), int(opts["gid"])
     if opts["env_ids"]:
         uid = _env_number("UID", uid)
@@ -221,12 +296,17 @@ def serve(operands: Sequence[str], opts: Options) -> None:
     localname = opts["localname"]
     workers = max(1, int(opts["workers"]) if opts["workers"] is not None else _default_workers())
     max_workers = opts["max_workers"]
-    cfg = ServerConfig(
+    limit = int(opts["limit"])
+    reread = bool(opts["options_file"])
+    return ServerConfig(
         host=operands[0],
         ip=ip,
         port=port,
+        asked_port=port,
         argv=[os.fsencode(a) for a in operands[2:]],
-        limit=int(opts["limit"]),
+        limit=limit,
+        table_limit=max(limit, RELOAD_TABLE_LIMIT) if reread else limit,
+        reread=reread,
         rules_path=opts["rules"],
         rules_missing_ok=bool(opts["rules_missing_ok"]),
         banner=os.fsencode(str(opts["banner"])),
@@ -236,7 +316,7 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         backlog=int(opts["backlog"]),
         keep_ip_options=bool(opts["keep_ip_options"]),
         nodelay=bool(opts["nodelay"]),
-        verbosity=verbosity,
+        verbosity=int(opts["verbosity"]),
         remote_host_lookup=bool(opts["remote_host_lookup"]),
         paranoid=bool(opts["paranoid"]),
         localname=None if localname is None else os.fsencode(str(localname)),
@@ -256,12 +336,68 @@ def serve(operands: Sequence[str], opts: Options) -> None:
         family=family,
         interface=opts["interface"],
     )
-    from prefork.lean import exec_server
 
-    exec_server(cfg.as_dict())
-    from prefork.master import run  # only when a lean exec is not possible here
 
-    run(cfg)
+# -- HUP and USR2 with --options-file: the probe reads the command line again (reload.py) -------------------
+# Settings bound to the listening socket, to the privileges dropped at start, to the scoreboard's size or
+# to the exporter: a reload that would change one is refused (docs/reference/tcpserver.md, Options file).
+FIXED = (
+    ("host", "host"), ("asked_port", "port"), ("family", "-4/-6"), ("interface", "-I"), ("uid", "uid (-u, -U)"),
+    ("gid", "gid (-g, -U)"), ("workers", "--workers"), ("max_workers", "--max-workers"),
+    ("scoreboard_path", "--scoreboard"), ("name", "--name"), ("metrics", "--metrics"),
+    ("metrics_textfile", "--metrics-textfile"), ("metrics_user", "--metrics-user"),
+)
+
+
+def reread(settings: dict[str, object]) -> None:
+    """In the probe: the command line (sys.argv[1:], as the server was started) read again, its options files
+    with it; the new settings, marshalled, on stdout.  Refused: one line on stderr, exit reload.REFUSED."""
+    import marshal
+
+    from prefork.reload import REFUSED
+
+    running = ServerConfig(**settings)
+    try:
+        cfg = reread_config(sys.argv[1:], running)
+    except ConfigError as e:
+        write_line(e.message)
+        raise SystemExit(REFUSED) from None
+    data = marshal.dumps(cfg.as_dict())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def reread_config(args: Sequence[str], running: ServerConfig) -> ServerConfig:
+    """The settings ARGS give now, for the server RUNNING; ConfigError (a one-line message) if refused."""
+    origins: list[int] = []
+    try:
+        words, spans = expand(args, origins)
+    except (UsageError, OptionsFileError) as e:
+        raise ConfigError(str(e) if isinstance(e, OptionsFileError) else e.text, True) from None
+    files = ", ".join(path for _s, _e, path in spans)
+    try:
+        values, operands = parse(words, OPTIONS, defaults=DEFAULTS)
+    except UsageError as e:
+        raise ConfigError(in_file(e, spans, origins).text, True) from None
+    values["options_file"] = True
+    if values.pop("help"):
+        raise ConfigError(f"options file {files}: --help is no option for a running server", True)
+    try:
+        cfg = make_config(operands, cast("Options", values), running)
+    except ConfigError as e:
+        text = "usage: host port program" if e.usage else e.message
+        raise ConfigError(f"options file {files}: {text}", True) from None
+    for name, what in FIXED:
+        if getattr(cfg, name) != getattr(running, name):
+            raise ConfigError(f"{what} cannot change without a restart (in force: {getattr(running, name)!r}, "
+                              f"asked: {getattr(cfg, name)!r})", False)
+    if cfg.limit > running.table_limit:
+        raise ConfigError(f"-c {cfg.limit} is above {running.table_limit}, the most this server can take "
+                          f"without a restart", False)
+    cfg.table_limit = running.table_limit
+    cfg.port, cfg.bound_ip, cfg.print_port = running.port, running.bound_ip, False
+    return cfg
 
 
 def _env_number(name: str, current: int) -> int:

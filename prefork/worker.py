@@ -137,7 +137,6 @@ class Worker:
         self.waiting_registered = False
         self.verbose = cfg.verbosity >= 2
         self.warn = cfg.verbosity >= 1
-        self.limit_b = b"%d" % cfg.limit
         self.pid = os.getpid()
         self.master_pid = os.getppid()  # forked by the master (master.py checks that before building us)
         self.master_check_at = 0  # monotonic ns of the next look at the master's state (svc -p)
@@ -151,6 +150,8 @@ class Worker:
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
         # the hot path stores into the scoreboard's words directly (scoreboard.py: u32/u64)
         self.u64 = board.u64
+        self.u32 = board.u32
+        self.i_limit = sb.H_LIMIT >> 2  # the -c in force: a reload may change it
         self.i_accepted = (self.slot + sb.OFF_ACCEPTED) >> 3
         self.i_last_accept = (self.slot + sb.OFF_LAST_ACCEPT) >> 3
         # no limit variable in the server's own environment: only a rules line can set one
@@ -330,7 +331,7 @@ class Worker:
         if self.verbose:
             cap.lock()
             cap.started()
-            os.write(2, b"tcpserver: status: %d/%s\n" % (cap.in_use(), self.limit_b))
+            os.write(2, b"tcpserver: status: %d/%d\n" % (cap.in_use(), self.u32[self.i_limit]))
             cap.unlock()
         else:
             cap.started()
@@ -675,8 +676,8 @@ class Worker:
                 lines.append(warning)
             self.cap.lock()
             lines.append(
-                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                % (ident, status, self.cap.in_use() - 1, self.limit_b)
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
+                % (ident, status, self.cap.in_use() - 1, self.board.get32(sb.H_LIMIT))
             )
             os.write(2, b"".join(lines))
             self._close(conn)
@@ -756,8 +757,8 @@ class Worker:
             self.cap.lock()
             os.write(
                 2,
-                b"tcpserver: end %d status %d\ntcpserver: status: %d/%s\n"
-                % (pid, status, self.cap.in_use() - 1, self.limit_b),
+                b"tcpserver: end %d status %d\ntcpserver: status: %d/%d\n"
+                % (pid, status, self.cap.in_use() - 1, self.board.get32(sb.H_LIMIT)),
             )
             log.reaped(self.index, pid, self.live_pos)
             self.region.give_back(conn.entry)
@@ -773,8 +774,7 @@ class Worker:
         if self.reserved or self.leaving or not self.listening:
             self.cap.ended()
         else:
-            self.cap.recycled()
-            self.reserved = True
+            self.reserved = self.cap.recycled()
 
     def record_exit(self, pid: int, status: int, duration_ns: int) -> None:
         """Count PID's exit in this slot; the caller reaps it next, then voids the record."""

@@ -216,14 +216,16 @@ class Launcher:
         wrap: Sequence[str] = (),
         add_one: bool = True,
         stdin: int = subprocess.DEVNULL,
+        operands: bool = True,
     ) -> Server:
         """Start `[WRAP...] tcpserver [-1] OPTS HOST PORT PROG...` and read the port -1 prints
-        (ADD_ONE=False when OPTS carry their own -1; STDIN: a descriptor for WRAP to move elsewhere)."""
+        (ADD_ONE=False when OPTS carry their own -1; STDIN: a descriptor for WRAP to move elsewhere;
+        OPERANDS=False: OPTS hold HOST PORT PROG, e.g. in an options file)."""
         tag = uuid.uuid4().hex
         full_env = dict(base_env() if env is None else env)
         full_env[TAG_VAR] = tag
         errfile = self.tmp_path / f"stderr.{len(self.servers)}"
-        argv = [*wrap, *command(self.impl), *(["-1"] if add_one else []), *opts, host, port, *prog]
+        argv = [*wrap, *command(self.impl), *(["-1"] if add_one else []), *opts, *([host, port, *prog] if operands else [])]
         with open(errfile, "wb") as err:
             proc = subprocess.Popen(
                 argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err, env=full_env, cwd=self.tmp_path

@@ -501,3 +501,25 @@ def test_hup_ignored_at_start_stays_ignored(prefork):
     assert wait_until(lambda: replaced(server, before), 15), server.stderr()
     assert parse_view(talk(server.port)[0])["SigIgn"] & sigbit(signal.SIGHUP)  # type: ignore[operator]
     assert server.stderr() == ""
+
+
+def test_hup_whose_new_code_adds_a_setting_keeps_the_old_options(prefork, pkgcopy, tmp_path):
+    """--options-file: the probe (new code) hands back settings the running master's code does not know:
+    one line, no crash, the old workers serve on."""
+    wrap, worker_py = pkgcopy
+    (tmp_path / "opts").write_text("--workers 1 -H -R -l0 127.0.0.1 0 /bin/echo old")
+    server = prefork(["--options-file", "opts"], [], wrap=wrap, operands=False)
+    assert wait_until(lambda: len(live(board(server))) == 1, 10)
+    config = worker_py.parent / "serverconfig.py"
+    text = config.read_text()
+    old = '    "host": "",\n'
+    assert old in text
+    config.write_text(text.replace(old, old + '    "novelty": 0,\n'))
+    (tmp_path / "opts").write_text("--workers 1 -H -R -l0 127.0.0.1 0 /bin/echo new")
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: server.stderr(), 15)
+    time.sleep(0.3)
+    assert one_warning(server), server.stderr()
+    assert "reload failed: new settings unknown to the running master" in server.stderr()
+    assert talk(server.port)[0] == b"old\n"
+    assert generations(server) == [1]
