@@ -108,6 +108,22 @@ def test_a_recycled_token_stays_held_and_wakes_nobody(tmp_path):
     assert b.take_wakeup() and b.try_reserve()
 
 
+def test_a_token_is_not_recycled_above_a_lowered_limit(tmp_path):
+    """After a reload lowers -c below the tokens held, a reaped program's token goes back to everyone."""
+    board = make_board(tmp_path, workers=1, limit=3)
+    r, w = os.pipe2(os.O_NONBLOCK)
+    a = Capacity(board, 3, r, w, 0)
+    for _ in range(3):
+        assert a.try_reserve()
+        a.started()
+    Capacity(board, 3, r, w, None).set_limit(2)  # the master, on a reload
+    assert not a.recycled()  # 3 held > 2: given back
+    assert (a.held, a.active) == (2, 2)
+    assert not a.try_reserve()  # 2 still run: nothing new until fewer than 2
+    assert a.recycled()  # 2 held, within the limit: kept as the next reservation
+    assert (a.held, a.active) == (2, 1)
+
+
 def test_dead_worker_tokens_become_exact_orphans(tmp_path):
     board = make_board(tmp_path, workers=2, limit=2)
     r, w = os.pipe2(os.O_NONBLOCK)
