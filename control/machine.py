@@ -15,6 +15,15 @@ slow service never holds up the others of a shared loop.  Two starts are still
 never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
+
+s6's opt-in files of a service directory (docs/CONTRACTS.md, s6 service
+directories) are honoured in every mode: ``finish`` runs after each exit of
+``./run`` and the next start waits for it (killed after ``timeout-finish``);
+``down-signal`` replaces TERM for ``d``; ``timeout-kill`` sends KILL to a
+service still alive that long after it; ``notification-fd`` makes readiness
+the service's own newline instead of the moment of its start.  The machine
+reads each file when it needs it (``Seam.setting``), as s6-supervise does, so
+a service costs no memory for files it does not have.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ SIGNAL_BYTES = {
 RUNIT_SIGNAL_BYTES = {ord("q"): signal.SIGQUIT, ord("1"): signal.SIGUSR1, ord("2"): signal.SIGUSR2}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
+FINISH_TIMEOUT_MS = 5000  # s6-supervise's default timeout-finish
+FINISH_NO_RESTART = 125  # s6: a finish that exits 125 leaves the service down
 
 
 class Seam:
@@ -77,6 +88,24 @@ class Seam:
         """SERVICE is down after ``x``: its supervisor is done with it."""
         raise NotImplementedError
 
+    # The s6 files.  These defaults are a directory without them, which is what the machine's unit tests
+    # of daemontools' behaviour fake.
+    def setting(self, service: Service, name: str) -> int | None:
+        """The number in the service directory's file NAME (``down-signal``, ``timeout-kill``,
+        ``timeout-finish``); None when the file is absent or (after a warning) unusable."""
+        return None
+
+    def spawn_finish(self, service: Service, args: list[str]) -> int:
+        """Start ./finish with ARGS and return its pid; 0 if there is none or it cannot start (after a warning)."""
+        return 0
+
+    def kill_pid(self, service: Service, pid: int, sig: int) -> None:
+        """Send SIG to PID (./finish's: the service's own pid is :meth:`kill`'s)."""
+
+    def notifying(self, service: Service) -> bool:
+        """The ./run just spawned got a notification-fd: it is not ready until it says so."""
+        return False
+
 
 class Service:
     """One service: state plus the transitions of daemontools' supervise.
@@ -88,7 +117,8 @@ class Service:
     __slots__ = (
         "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context",
+        "normally_up", "adopted", "done", "context", "ready_label", "finishing", "finish_pid", "kill_at",
+        "finish_kill_at",
     )
 
     def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
@@ -113,6 +143,13 @@ class Service:
         self.normally_up = True
         self.adopted = False
         self.done = False
+        # Readiness (s6's): the TAI64N label of the moment the service became ready, b"" while it is not.  Without
+        # notification-fd that is its start; with it, the engine calls ready() on the service's newline.
+        self.ready_label = b""
+        self.finishing = False  # ./finish is running (finish_pid); the next start waits for it
+        self.finish_pid = 0
+        self.kill_at = 0.0  # monotonic time of the KILL that timeout-kill promises after d, 0 = none
+        self.finish_kill_at = 0.0  # the same for ./finish and timeout-finish
 
     # -- events --------------------------------------------------------------------------
     def prepare(self, down_file: bool) -> None:
@@ -128,7 +165,7 @@ class Service:
         if self.want == WANT_UP:
             self._start()
 
-    def adopt(self, pid: int, label: bytes, want: bytes, paused: bool, normally_up: bool) -> None:
+    def adopt(self, pid: int, label: bytes, want: bytes, paused: bool, normally_up: bool, notify: bool = False) -> None:
         """Take over a service left running by a supervisor that was killed (no second copy is started)."""
         self.normally_up = normally_up
         self.pid = pid
@@ -136,6 +173,7 @@ class Service:
         self.want = want if want in (WANT_UP, WANT_DOWN) else WANT_ONCE
         self.paused = paused
         self.adopted = True
+        self.ready_label = b"" if notify else label  # a notification-fd service's readiness went with its supervisor
         self.seam.publish(self)
 
     def control(self, byte: int) -> None:
@@ -146,10 +184,14 @@ class Service:
             self.want = WANT_DOWN
             self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
             if self.pid:
-                self.seam.kill(self, signal.SIGTERM)
+                self.seam.kill(self, self.seam.setting(self, "down-signal") or signal.SIGTERM)
                 self.seam.kill(self, signal.SIGCONT)
                 self.paused = False
                 self.term_sent = True
+                timeout = self.seam.setting(self, "timeout-kill")
+                if timeout and not self.kill_at:  # a second d does not put the KILL off
+                    self.kill_at = self.seam.monotonic() + timeout / 1000
+                    self.seam.schedule(self, self.kill_at)
             self.seam.publish(self)
         elif byte in (0x75, 0x6F):  # u, o
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
@@ -169,7 +211,7 @@ class Service:
         elif byte == 0x78:  # x
             self.exit_requested = True
             self.seam.publish(self)
-            if not self.pid:
+            if not self.pid and not self.finish_pid:  # else after ./finish, as s6-supervise does
                 self._finish()
         else:
             sig = SIGNAL_BYTES.get(byte)
@@ -187,8 +229,40 @@ class Service:
         self.pid = 0
         self.term_sent = False
         self.adopted = False
+        self.kill_at = 0.0
+        self.ready_label = b""
         self.last_status = status
         self.label = self.seam.label()
+        self.finish_pid = self.seam.spawn_finish(self, self._finish_args(status))
+        if self.finish_pid:
+            self.finishing = True
+            self.seam.publish(self)
+            timeout = None if self.runit else self.seam.setting(self, "timeout-finish")  # runsv has no such limit
+            if timeout is None and not self.runit:
+                timeout = FINISH_TIMEOUT_MS
+            if timeout:
+                self.finish_kill_at = self.seam.monotonic() + timeout / 1000
+                self.seam.schedule(self, self.finish_kill_at)
+            return
+        self._settle()
+
+    def finish_exited(self, status: int) -> None:
+        """./finish ended with wait status STATUS: now the service may start again (s6: unless it exited 125)."""
+        self.finish_pid = 0
+        self.finish_kill_at = 0.0
+        self.finishing = False
+        if not self.runit and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
+            self.want = WANT_DOWN
+        self._settle()
+
+    def ready(self) -> None:
+        """The service wrote its readiness newline on its notification-fd."""
+        if self.pid and not self.ready_label:
+            self.ready_label = self.seam.label()
+            self.seam.publish(self)
+
+    def _settle(self) -> None:
+        """The service is down and no ./finish runs: restart, stay down, or end after ``x``."""
         if self.want == WANT_UP and not self.exit_requested and not self._throttled(self.seam.monotonic()):
             # 0.76 writes the exit, forks, then writes the new pid.  Here the spawn comes first and both writes
             # follow in that order, so the restart does not wait for two file operations; a reader sees the
@@ -202,7 +276,22 @@ class Service:
             self._start(automatic=True)  # deferred to the end of the throttle second
 
     def timer(self) -> None:
-        """The throttle second is over: make the deferred start if it is still wanted."""
+        """A deadline may have come: the KILLs of timeout-kill and timeout-finish, the end of the throttle second.
+
+        A timer whose deadline was cancelled (the process ended first) finds nothing to do; a deferred start
+        that is still early is deferred again by _start.
+        """
+        now = self.seam.monotonic()
+        if self.kill_at and now >= self.kill_at:
+            self.kill_at = 0.0
+            if self.pid:
+                self.seam.kill(self, signal.SIGKILL)
+        if self.finish_kill_at and now >= self.finish_kill_at:
+            self.finish_kill_at = 0.0
+            if self.finish_pid:
+                self.seam.report(self, f"supervise: warning: {self.name}/finish still running after timeout-finish:"
+                                       " sending it SIGKILL")
+                self.seam.kill_pid(self, self.finish_pid, signal.SIGKILL)
         if not self.start_pending:
             return
         self.start_pending = False
@@ -219,6 +308,20 @@ class Service:
             return "down"
         return "stopping" if self.term_sent else "up"
 
+    def _finish_args(self, status: int) -> list[str]:
+        """./finish's arguments for the wait status STATUS (-1: unknown, the exit of an adopted pid).
+
+        s6: the exit code, or 256 if killed by a signal; the signal number or 0; the directory name.
+        runit's runsv: the exit code, or -1 if not a normal exit; the signal number or 0.
+        """
+        if status < 0:
+            code, sig = -1, 0
+        elif status & 0x7F:
+            code, sig = -1 if self.runit else 256, status & 0x7F
+        else:
+            code, sig = status >> 8, 0
+        return [str(code), str(sig)] if self.runit else [str(code), str(sig), self.name]
+
     def _throttled(self, now: float) -> bool:
         return self.last_start is not None and now < self.last_start + THROTTLE
 
@@ -228,7 +331,7 @@ class Service:
         ANNOUNCE_DOWN (from :meth:`exited`, never throttled): the exit is
         written right after the spawn attempt, before anything else.
         """
-        if self.pid or self.done:
+        if self.pid or self.done or self.finish_pid:
             return
         now = self.seam.monotonic()
         if self._throttled(now):
@@ -267,6 +370,7 @@ class Service:
         self.paused = False
         self.term_sent = False
         self.label = self.seam.label()
+        self.ready_label = b"" if self.seam.notifying(self) else self.label
         self.seam.publish(self)
 
     def _finish(self) -> None:
