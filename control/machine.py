@@ -16,9 +16,9 @@ never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
 
-s6's opt-in files of a service directory (docs/CONTRACTS.md, s6 service
-directories) are honoured in every mode: ``finish`` runs after each exit of
-``./run`` and the next start waits for it (killed after ``timeout-finish``);
+s6's opt-in files of a service directory are honoured in every mode
+(docs/CONTRACTS.md, s6 service directories): ``finish`` runs after each exit
+of ``./run`` and the next start waits for it (killed after ``timeout-finish``);
 ``down-signal`` replaces TERM for ``d``; ``timeout-kill`` sends KILL to a
 service still alive that long after it; ``notification-fd`` makes readiness
 the service's own newline instead of the moment of its start.  The machine
