@@ -450,8 +450,8 @@ def _record(service: Service) -> ServiceRecord:
         flags |= st.FLAG_ADOPTED
     if service.finishing:
         flags |= st.FLAG_FINISHING
-    if service.pid and not service.ready_label:
-        flags |= st.FLAG_NOT_READY
+    if service.pid and service.notifying:
+        flags |= st.FLAG_NOTIFYING
     state = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}[service.state]
     want = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}[service.want]
     return st.ServiceRecord(

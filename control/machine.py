@@ -21,7 +21,7 @@ s6's opt-in files of a service directory are honoured in every mode
 of ``./run`` and the next start waits for it (killed after ``timeout-finish``);
 ``down-signal`` replaces TERM for ``d``; ``timeout-kill`` sends KILL to a
 service still alive that long after it; ``notification-fd`` makes readiness
-the service's own newline instead of the moment of its start.  The machine
+the service's own newline (without it, a service is never ready, as in s6).  The machine
 reads each file when it needs it (``Seam.setting``), as s6-supervise does, so
 a service costs no memory for files it does not have.
 """
@@ -117,8 +117,8 @@ class Service:
     __slots__ = (
         "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context", "ready_label", "finishing", "finish_pid", "kill_at",
-        "finish_kill_at",
+        "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
+        "kill_at", "finish_kill_at",
     )
 
     def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
@@ -143,9 +143,11 @@ class Service:
         self.normally_up = True
         self.adopted = False
         self.done = False
-        # Readiness (s6's): the TAI64N label of the moment the service became ready, b"" while it is not.  Without
-        # notification-fd that is its start; with it, the engine calls ready() on the service's newline.
+        # Readiness (s6's): the TAI64N label of the moment the service became ready, b"" while it is not.  Only a
+        # ./run with a notification-fd (notifying) ever is: the engine calls ready() on its newline.  Without one,
+        # s6-supervise 2.11 never calls a service ready either (s6-svwait -U waits for ever).
         self.ready_label = b""
+        self.notifying = False
         self.finishing = False  # ./finish is running (finish_pid); the next start waits for it
         self.finish_pid = 0
         self.kill_at = 0.0  # monotonic time of the KILL that timeout-kill promises after d, 0 = none
@@ -173,7 +175,8 @@ class Service:
         self.want = want if want in (WANT_UP, WANT_DOWN) else WANT_ONCE
         self.paused = paused
         self.adopted = True
-        self.ready_label = b"" if notify else label  # a notification-fd service's readiness went with its supervisor
+        self.ready_label = b""  # with a notification-fd, its readiness went with the old supervisor's pipe
+        self.notifying = notify
         self.seam.publish(self)
 
     def control(self, byte: int) -> None:
@@ -231,6 +234,7 @@ class Service:
         self.adopted = False
         self.kill_at = 0.0
         self.ready_label = b""
+        self.notifying = False
         self.last_status = status
         self.label = self.seam.label()
         self.finish_pid = self.seam.spawn_finish(self, self._finish_args(status))
@@ -257,7 +261,7 @@ class Service:
 
     def ready(self) -> None:
         """The service wrote its readiness newline on its notification-fd."""
-        if self.pid and not self.ready_label:
+        if self.pid and self.notifying and not self.ready_label:
             self.ready_label = self.seam.label()
             self.seam.publish(self)
 
@@ -370,7 +374,8 @@ class Service:
         self.paused = False
         self.term_sent = False
         self.label = self.seam.label()
-        self.ready_label = b"" if self.seam.notifying(self) else self.label
+        self.ready_label = b""
+        self.notifying = self.seam.notifying(self)
         self.seam.publish(self)
 
     def _finish(self) -> None:

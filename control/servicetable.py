@@ -51,7 +51,7 @@ Layout version 1, all integers little-endian::
       0  Q    sequence: odd while the slot is being written, 0 = never written
       8  I    pid of ./run, 0 = not running
      12  I    flags: 1 log, 2 normally up, 4 exit requested, 8 adopted, 16 inactive, 32 finishing (./finish runs),
-              64 not ready (./run runs and has not written its notification-fd newline yet)
+              64 notifying (./run runs with a notification-fd: its readiness is the next field)
      16  Q    since: last state change, ns since the epoch
      24  Q    starts: times ./run was started
      32  Q    restarts: starts made because the service exited while wanted up
@@ -62,9 +62,9 @@ Layout version 1, all integers little-endian::
      51  B    paused (1/0)
      52  H    name length in bytes (at most 259)
      54  2s   reserved
-     56  Q    ready: when the running service became ready (s6's readiness), ns since the epoch, 0 = not
-              ready or down.  Not ready is the flag 64, so a table written before these fields reads as
-              "ready" (as every service was, without notification-fd) with an unknown (0) time
+     56  Q    ready: when the running service became ready (s6's readiness: its notification-fd newline),
+              ns since the epoch; 0 = not ready (down, no newline yet, or no notification-fd: s6 then never
+              says ready).  A table written before this field has zeros here: not ready, as s6 says
      64  259s name: "NAME" or "NAME/log", UTF-8 (surrogateescape: raw bytes), NUL padded
     323  189s reserved
 
@@ -115,7 +115,7 @@ KIND_SVSCAN, KIND_SUPERVISE = 1, 2
 STATE_DOWN, STATE_UP, STATE_STOPPING = 0, 1, 2  # STOPPING: TERM sent, not yet exited
 WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
 FLAG_LOG, FLAG_NORMALLY_UP, FLAG_EXIT_REQUESTED, FLAG_ADOPTED, FLAG_INACTIVE = 1, 2, 4, 8, 16
-FLAG_FINISHING, FLAG_NOT_READY = 32, 64
+FLAG_FINISHING, FLAG_NOTIFYING = 32, 64
 NO_STATUS = -1
 
 _KIND_PREFIX = {KIND_SVSCAN: "prefork-svscan", KIND_SUPERVISE: "prefork-supervise"}

@@ -37,8 +37,8 @@ KIND_NAMES = {KIND_SVSCAN: "svscan", KIND_SUPERVISE: "supervise"}
 STATE_NAMES = {0: "down", 1: "up", 2: "stopping"}
 WANT_NAMES = {b"u": "up", b"d": "down", b"o": "once"}
 FLAG_NAMES = {1: "log", 2: "normally_up", 4: "exit_requested", 8: "adopted", 16: "inactive", 32: "finishing",
-              64: "not_ready"}
-FLAG_LOG, FLAG_NORMALLY_UP, FLAG_NOT_READY = 1, 2, 64
+              64: "notifying"}
+FLAG_LOG, FLAG_NORMALLY_UP, FLAG_NOTIFYING = 1, 2, 64
 NO_STATUS = -1
 
 _FIXED = struct.Struct("<4sIIIIIII Q")  # header 0-39
@@ -63,7 +63,7 @@ class Entry(Record):
     """One service (or log) slot as a reader sees it.
 
     slot, name, pid, want (b"u", b"d", b"o"), paused, state (0 down, 1 up, 2 stopping), since_ns,
-    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready; 0 = not ready or unknown: :attr:`ready` says which).
+    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready, 0 = not ready).
     """
 
     __slots__ = ("slot", "name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts",
@@ -83,8 +83,8 @@ class Entry(Record):
 
     @property
     def ready(self) -> bool:
-        """Running and ready (s6's readiness; a table from before the field says ready, as it then was)."""
-        return bool(self.pid) and not self.flags & FLAG_NOT_READY
+        """Running and ready (s6's readiness: the notification-fd newline came)."""
+        return bool(self.pid and self.ready_ns)
 
 
 class Snapshot(Record):

@@ -2,7 +2,7 @@
 
 The lines are svstat's own, so what people and scripts parse keeps working,
 followed by what only prefork knows (` not ready` or ` ready N seconds` for
-a service with s6's notification-fd, ` restarts N`, ` last exit E`).  Nothing
+a running service with s6's notification-fd, ` restarts N`, ` last exit E`).  Nothing
 is asked of the supervisor: the table is read from shared memory (layout in
 ``servicetable.py``).  Control characters in a service name are shown as
 ``?``, so one service is always one line.
@@ -25,6 +25,7 @@ import time
 from prefork.control.servicetable_read import (
     FLAG_NAMES,
     FLAG_NORMALLY_UP,
+    FLAG_NOTIFYING,
     KIND_NAMES,
     NO_STATUS,
     STATE_NAMES,
@@ -66,10 +67,10 @@ def format_line(entry: Entry, now: float) -> str:
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
     text = f"{printable(entry.name)}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"
-    if entry.pid and not entry.ready:
-        text += " not ready"  # notification-fd: up, and no newline yet
-    elif entry.pid and entry.ready_ns and entry.ready_ns != entry.since_ns:  # ready later than its start
+    if entry.ready:
         text += f" ready {max(0, int(now) - entry.ready_ns // 1_000_000_000)} seconds"
+    elif entry.pid and entry.flags & FLAG_NOTIFYING:  # a notification-fd, and no newline on it yet
+        text += " not ready"
     text += f" restarts {entry.restarts}"
     last = exit_text(entry.last_status)
     if last is not None:
@@ -97,7 +98,7 @@ def _json(snap: Snapshot, running: bool, now: float) -> str:
             "last_status": None if e.last_status == NO_STATUS else e.last_status,
             "last_exit": exit_text(e.last_status),
             "ready": e.ready,
-            "ready_since": e.ready_ns / 1e9 if e.ready and e.ready_ns else None,
+            "ready_since": e.ready_ns / 1e9 if e.ready else None,
             "flags": e.flags,
             "flag_names": [name for bit, name in FLAG_NAMES.items() if e.flags & bit],
         })

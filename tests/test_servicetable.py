@@ -494,11 +494,12 @@ NOW = NOW_NS // 10**9 + 7.9  # 7 whole seconds after since (svstat compares whol
         (dict(since_ns=NOW_NS + 3600 * 10**9), "web: down 0 seconds, normally up, want up restarts 0"),
         (dict(name="web/log", pid=3, restarts=12, last_status=15),
          "web/log: up (pid 3) 7 seconds restarts 12 last exit signal 15"),
-        # s6's readiness: shown only where it is not the start itself (notification-fd)
-        (dict(pid=12, flags=st.FLAG_NORMALLY_UP | st.FLAG_NOT_READY), "web: up (pid 12) 7 seconds not ready restarts 0"),
-        (dict(pid=12, ready_ns=NOW_NS + 5 * 10**9), "web: up (pid 12) 7 seconds ready 2 seconds restarts 0"),
-        (dict(pid=12, ready_ns=NOW_NS), "web: up (pid 12) 7 seconds restarts 0"),
-        (dict(flags=st.FLAG_NORMALLY_UP | st.FLAG_NOT_READY), "web: down 7 seconds, normally up, want up restarts 0"),
+        # s6's readiness: only for a running service with a notification-fd
+        (dict(pid=12, flags=st.FLAG_NORMALLY_UP | st.FLAG_NOTIFYING), "web: up (pid 12) 7 seconds not ready restarts 0"),
+        (dict(pid=12, flags=st.FLAG_NOTIFYING, ready_ns=NOW_NS + 5 * 10**9),
+         "web: up (pid 12) 7 seconds, normally down ready 2 seconds restarts 0"),
+        (dict(flags=st.FLAG_NORMALLY_UP | st.FLAG_NOTIFYING, ready_ns=NOW_NS),
+         "web: down 7 seconds, normally up, want up restarts 0"),
     ],
 )
 def test_format_line(fields, line):
@@ -557,7 +558,7 @@ def test_main_all_json(tmp_path, shm_tables, capsys):
     assert 0 <= db_log.pop("seconds") < 60 and abs(db_log.pop("since") - time.time()) < 60
     assert db_log == {"name": "db/log", "slot": 4, "pid": 201, "state": "stopping", "want": "up", "paused": True,
                       "starts": 0, "restarts": 0, "last_status": None, "last_exit": None,
-                      "ready": True, "ready_since": None, "flags": 3, "flag_names": ["log", "normally_up"]}
+                      "ready": False, "ready_since": None, "flags": 3, "flag_names": ["log", "normally_up"]}
     web = doc["services"][2]
     assert (web["want"], web["state"], web["last_status"], web["last_exit"], web["starts"]) == (
         "up", "up", 9, "signal 9", 4)
