@@ -205,9 +205,15 @@ class Engine(Seam):
     def _notification_fd(self, service: Service) -> int | None:
         """The fd number of ./run's notification pipe, None without a usable notification-fd file."""
         fd = self.setting(service, "notification-fd")
-        if fd is not None and fd <= 2:
-            self.report(service, f"supervise: warning: {service.context.sd.display}/notification-fd {fd} would"
-                                 " replace the service's stdin, stdout or stderr, ignored")
+        if fd is None:
+            return None
+        where = f"supervise: warning: {service.context.sd.display}/notification-fd {fd}"
+        if fd <= 2:
+            self.report(service, f"{where} would replace the service's stdin, stdout or stderr, ignored")
+            return None
+        limit = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE ./run inherits
+        if 0 < limit <= fd:
+            self.report(service, f"{where} is beyond the descriptor limit {limit}, ignored")
             return None
         return fd
 

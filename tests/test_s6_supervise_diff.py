@@ -73,6 +73,7 @@ class Rig:
         self.dir = self.tree / "svc"
         self.err = tmp / "stderr"
         self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
 
     def service(self, run: str, **files: str | tuple[str, int]) -> Path:
         """The service directory: ./run and FILES (name with - for _, text or (text, mode))."""
@@ -93,9 +94,10 @@ class Rig:
             argv = [ours("supervise"), "svc"]
         else:
             argv = [ours("svscan"), "."]
-        with open(self.err, "wb") as err:
+        with open(self.err, "ab") as err:
             self.proc = subprocess.Popen(argv, cwd=self.tree, env=ENV, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err)
+        self.procs.append(self.proc)
         assert wait_for(self.running, 10), f"{self.impl}: the supervisor did not start: {self.stderr()!r}"
 
     def running(self) -> bool:
@@ -130,22 +132,22 @@ class Rig:
             return b""
 
     def close(self) -> None:
-        if self.proc is None:
-            return
         victims: list[psutil.Process] = []
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGSTOP)  # it starts nothing more while its children are collected
-                victims = psutil.Process(self.proc.pid).children(recursive=True)
-            except (OSError, psutil.Error):
-                pass
-            self.proc.kill()
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGSTOP)  # it starts nothing more while its children are collected
+                    victims += psutil.Process(proc.pid).children(recursive=True)
+                except (OSError, psutil.Error):
+                    pass
+                proc.kill()
         for victim in victims:
             try:
                 victim.kill()
             except psutil.Error:
                 pass
-        self.proc.wait(10)
+        for proc in self.procs:
+            proc.wait(10)
         psutil.wait_procs(victims, timeout=5)
         for pid in [int(p) for p in lines(self.dir / "finish.pid") if p.isdigit()]:
             try:  # a finish made an orphan by the kill above: ours only if it still runs in our directory
@@ -340,3 +342,77 @@ def test_svc_x_during_finish_waits_for_it(rig):
     assert rig.proc is not None and rig.proc.poll() is None, rig.impl
     assert wait_for(lambda: rig.proc.poll() is not None, 5), rig.impl
     assert lines(rig.dir / "finish.out") == ["end"]
+
+
+# -- prefork only: what s6-supervise cannot be compared on ---------------------------------------------------------
+@pytest.fixture(params=["supervise", "svscan"])
+def mine(request, tmp_path):
+    r = Rig(request.param, tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_a_supervisor_killed_during_finish_is_followed_by_a_sane_one(mine):
+    """The next supervisor starts ./run at once; the orphaned ./finish ends on its own (docs/CONTRACTS.md)."""
+    finish = "#!/bin/sh\necho $$ >> finish.pid\nsleep 1.5\necho end >> finish.out\n"
+    mine.service(COUNTING_RUN + "sleep 0.2\n", finish=finish)
+    mine.start()
+    assert wait_for(lambda: lines(mine.dir / "finish.pid"), 5)
+    first = mine.proc
+    assert first is not None
+    first.kill()
+    first.wait(5)
+    mine.start()
+    assert wait_for(lambda: len(lines(mine.dir / "starts")) == 2, 3)
+    assert lines(mine.dir / "finish.out") == []  # the old finish was still running: nobody waited for it
+    assert wait_for(lambda: lines(mine.dir / "finish.out"), 5)  # and it ended on its own
+    status = reader.read(reader.find(str(mine.dir if mine.impl == "supervise" else mine.tree)))
+    assert status.owner_pid == mine.proc.pid
+
+
+def supervisor_fds(rig: Rig) -> int:
+    assert rig.proc is not None
+    return len(os.listdir(f"/proc/{rig.proc.pid}/fd"))
+
+
+def test_the_notification_pipe_is_closed_at_readiness_and_at_exit(mine):
+    run = COUNTING_RUN + '[ $(($(wc -l < starts) % 2)) -eq 0 ] && echo >&3\nsleep 0.3\n'
+    mine.service(run, notification_fd="3")
+    mine.start()
+    assert wait_for(lambda: len(lines(mine.dir / "starts")) == 2, 5)
+    time.sleep(0.5)  # both down now, waiting out the throttle
+    before = supervisor_fds(mine)
+    assert wait_for(lambda: len(lines(mine.dir / "starts")) == 4, 5)
+    time.sleep(0.5)
+    assert supervisor_fds(mine) == before
+
+
+@pytest.mark.parametrize("fd", ["0", "1", "2"])
+def test_notification_fd_on_stdio_is_refused(mine, fd):
+    run = "#!/bin/sh\nstat -L -c %F /proc/$$/fd/1 > fd1.out\nexec sleep 300\n"
+    mine.service(run, notification_fd=fd)
+    mine.start()
+    assert wait_for(lambda: lines(mine.dir / "fd1.out"), 5)
+    assert lines(mine.dir / "fd1.out") != ["fifo"] or mine.impl == "svscan"  # svscan's stdout may be anything
+    assert f"svc/notification-fd {fd} would replace".encode() in mine.stderr()
+
+
+@pytest.mark.parametrize("fd", ["4294967295", "2147483648", "1048576"])
+def test_a_notification_fd_beyond_the_limit_is_refused(mine, fd):
+    mine.service(COUNTING_RUN + "exec sleep 300\n", notification_fd=fd)
+    mine.start()
+    assert wait_for(lambda: lines(mine.dir / "starts"), 5), mine.stderr()
+    assert f"svc/notification-fd {fd} is beyond the descriptor limit".encode() in mine.stderr()
+    assert mine.proc is not None and mine.proc.poll() is None
+
+
+def test_a_setting_that_is_a_fifo_without_writer_does_not_stall(mine):
+    """Read non-blocking: a FIFO (or a device) planted as a setting file is garbage, not a hang."""
+    mine.service("#!/bin/sh\necho $$ >> starts\nexec sleep 300\n")
+    os.mkfifo(mine.dir / "timeout-kill")
+    mine.start()
+    assert wait_for(lambda: lines(mine.dir / "starts"), 5)
+    mine.svc("-d")
+    assert wait_for(lambda: b"invalid svc/timeout-kill" in mine.stderr(), 5)
