@@ -220,6 +220,9 @@ class Engine(Seam):
     def notifying(self, service: Service) -> bool:
         return service.context.notify_fd >= 0
 
+    def directory_name(self, service: Service) -> str:
+        return service.context.table_name  # DIR under supervise; NAME or NAME/log under svscan
+
     def setting(self, service: Service, name: str) -> int | None:
         value, warning = service.context.sd.setting(name)
         if warning is not None:

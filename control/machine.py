@@ -106,6 +106,11 @@ class Seam:
         """The ./run just spawned got a notification-fd: it is not ready until it says so."""
         return False
 
+    def directory_name(self, service: Service) -> str:
+        """./finish's third argument: the directory as s6-svscan names it to s6-supervise (``NAME/log``, where
+        the messages say ``log``)."""
+        return service.name
+
 
 class Service:
     """One service: state plus the transitions of daemontools' supervise.
@@ -324,7 +329,7 @@ class Service:
             code, sig = -1 if self.runit else 256, status & 0x7F
         else:
             code, sig = status >> 8, 0
-        return [str(code), str(sig)] if self.runit else [str(code), str(sig), self.name]
+        return [str(code), str(sig)] if self.runit else [str(code), str(sig), self.seam.directory_name(self)]
 
     def _throttled(self, now: float) -> bool:
         return self.last_start is not None and now < self.last_start + THROTTLE

@@ -372,6 +372,23 @@ def test_a_supervisor_killed_during_finish_is_followed_by_a_sane_one(mine):
     assert status.owner_pid == mine.proc.pid
 
 
+def test_a_log_service_finish_is_named_like_under_s6_svscan(mine):
+    if mine.impl != "svscan":
+        pytest.skip("a log service is svscan's")
+    mine.service("#!/bin/sh\nexec sleep 300\n")
+    (mine.dir / "log").mkdir()
+    (mine.dir / "log" / "run").write_text("#!/bin/sh\necho $$ >> starts\nexec cat > /dev/null\n")
+    (mine.dir / "log" / "run").chmod(0o755)
+    (mine.dir / "log" / "finish").write_text(FINISH_NOTES)
+    (mine.dir / "log" / "finish").chmod(0o755)
+    mine.start()
+    assert wait_for(lambda: lines(mine.dir / "log" / "starts"), 5)
+    result = subprocess.run([ours("svc"), "-k", "svc/log"], cwd=mine.tree, env=ENV, capture_output=True)
+    assert result.returncode == 0
+    assert wait_for(lambda: lines(mine.dir / "log" / "finish.out"), 5)
+    assert lines(mine.dir / "log" / "finish.out")[0].split(" ", 1)[1] == "3 256 9 svc/log"
+
+
 def supervisor_fds(rig: Rig) -> int:
     assert rig.proc is not None
     return len(os.listdir(f"/proc/{rig.proc.pid}/fd"))
