@@ -287,6 +287,8 @@ class Scanner:
             if service.pid:
                 engine.kill(service, sig.SIGKILL)
                 engine.kill(service, sig.SIGCONT)
+            if service.finish_pid:  # a ./finish without timeout-finish (0, or --runit) must not hold svscan up
+                engine.kill_pid(service, service.finish_pid, sig.SIGKILL)
         engine.call_at(engine.monotonic() + GIVE_UP, None, self.give_up)
 
     def give_up(self) -> None:

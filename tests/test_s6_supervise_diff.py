@@ -433,3 +433,26 @@ def test_a_setting_that_is_a_fifo_without_writer_does_not_stall(mine):
     assert wait_for(lambda: lines(mine.dir / "starts"), 5)
     mine.svc("-d")
     assert wait_for(lambda: b"invalid svc/timeout-kill" in mine.stderr(), 5)
+
+
+def test_svscan_stop_services_waits_for_finish_and_kills_one_that_hangs(tmp_path):
+    """--stop-services: x waits for ./finish; after --grace a finish with no timeout-finish gets KILL too."""
+    rig = Rig("svscan", tmp_path)
+    try:
+        finish = "#!/bin/sh\necho $$ >> finish.pid\ntrap '' TERM\nexec sleep 30\n"
+        rig.service(COUNTING_RUN + "exec sleep 300\n", finish=finish, timeout_finish="0")
+        with open(rig.err, "ab") as err:
+            rig.proc = subprocess.Popen([ours("svscan"), "--stop-services", "--grace", "1", "."], cwd=rig.tree,
+                                        env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        rig.procs.append(rig.proc)
+        assert wait_for(rig.running, 10)
+        assert wait_for(lambda: lines(rig.dir / "starts"), 5)
+        began = time.monotonic()
+        rig.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: lines(rig.dir / "finish.pid"), 5)
+        pid = int(lines(rig.dir / "finish.pid")[0])
+        rig.proc.wait(10)
+        assert 0.9 <= time.monotonic() - began < 5, rig.stderr()
+        assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5)
+    finally:
+        rig.close()
