@@ -123,7 +123,7 @@ class Service:
         "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
         "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
-        "kill_at", "finish_kill_at",
+        "kill_at", "finish_kill_at", "once_after_finish",
     )
 
     def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
@@ -157,6 +157,7 @@ class Service:
         self.finish_pid = 0
         self.kill_at = 0.0  # monotonic time of the KILL that timeout-kill promises after d, 0 = none
         self.finish_kill_at = 0.0  # the same for ./finish and timeout-finish
+        self.once_after_finish = False  # an o came while ./finish ran: start once when it ends
 
     # -- events --------------------------------------------------------------------------
     def prepare(self, down_file: bool) -> None:
@@ -190,6 +191,7 @@ class Service:
             return
         if byte == 0x64:  # d
             self.want = WANT_DOWN
+            self.once_after_finish = False
             self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
             if self.pid:
                 self.seam.kill(self, self.seam.setting(self, "down-signal") or signal.SIGTERM)
@@ -205,6 +207,7 @@ class Service:
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
             self.seam.publish(self)
             if not self.pid:
+                self.once_after_finish = bool(self.finish_pid) and byte == 0x6F
                 self._start()
         elif byte == 0x70:  # p
             self.paused = True
@@ -262,7 +265,10 @@ class Service:
         self.finishing = False
         if not self.runit and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
             self.want = WANT_DOWN
+        once, self.once_after_finish = self.once_after_finish, False
         self._settle()
+        if once and self.want == WANT_ONCE and not self.done:
+            self._start()
 
     def ready(self) -> None:
         """The service wrote its readiness newline on its notification-fd."""

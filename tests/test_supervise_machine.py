@@ -1064,3 +1064,30 @@ def test_parse_setting(name, line, value):
 def test_parse_setting_never_raises(name, line):
     value = parse_setting(name, line)
     assert value is None or (isinstance(value, int) and 0 <= value < 1 << 32)
+
+
+def test_o_during_finish_starts_once_after_it(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    service.control(ord("d"))
+    service.control(ord("o"))
+    assert seam.spawn_times == [0.0]
+    seam.now = 2.5
+    service.finish_exited(0)
+    assert (seam.spawn_times, service.want, service.pid) == ([0.0, 2.5], WANT_ONCE, 101)
+    service.exited(0)
+    service.finish_exited(0)
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0, 2.5]  # once
+
+
+def test_d_after_o_during_finish_cancels_the_start(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    service.control(ord("o"))
+    service.control(ord("d"))
+    service.finish_exited(0)
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0]
