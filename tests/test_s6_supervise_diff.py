@@ -168,6 +168,17 @@ def rig(request, tmp_path):
         r.close()
 
 
+@pytest.fixture(params=IMPLS[:2])
+def lone(request, tmp_path):
+    """s6-supervise DIR or prefork's supervise DIR: a supervisor of one service, which x ends."""
+    real("s6-supervise")
+    r = Rig(request.param, tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
 def test_finish_gets_the_exit_code_the_signal_and_the_name(rig):
     run = COUNTING_RUN + '[ "$(wc -l < starts)" -eq 1 ] && exit 3\nexec sleep 300\n'
     rig.service(run, finish=FINISH_NOTES)
@@ -330,9 +341,8 @@ def test_svc_d_during_finish_leaves_it_alone_and_keeps_the_service_down(rig):
     assert len(lines(rig.dir / "starts")) == 1, rig.impl
 
 
-def test_svc_x_during_finish_waits_for_it(rig):
-    if rig.impl == "svscan":
-        pytest.skip("x under svscan ends the service's supervision, not svscan")
+def test_svc_x_during_finish_waits_for_it(lone):
+    rig = lone
     finish = "#!/bin/sh\nsleep 1\necho end >> finish.out\n"
     rig.service(COUNTING_RUN + "exec sleep 300\n", finish=finish)
     rig.start()
@@ -372,9 +382,15 @@ def test_a_supervisor_killed_during_finish_is_followed_by_a_sane_one(mine):
     assert status.owner_pid == mine.proc.pid
 
 
-def test_a_log_service_finish_is_named_like_under_s6_svscan(mine):
-    if mine.impl != "svscan":
-        pytest.skip("a log service is svscan's")
+def test_a_log_service_finish_is_named_like_under_s6_svscan(tmp_path):
+    mine = Rig("svscan", tmp_path)
+    try:
+        _log_service_finish(mine)
+    finally:
+        mine.close()
+
+
+def _log_service_finish(mine: Rig) -> None:
     mine.service("#!/bin/sh\nexec sleep 300\n")
     (mine.dir / "log").mkdir()
     (mine.dir / "log" / "run").write_text("#!/bin/sh\necho $$ >> starts\nexec cat > /dev/null\n")
