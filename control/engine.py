@@ -71,9 +71,11 @@ class Supervised:
 class Engine(Seam):
     """The loop, the timers, the pid table and the real OS calls."""
 
-    def __init__(self, *, runit: bool = False, table: ServiceTable | None = None, prog: str = "supervise") -> None:
+    def __init__(self, *, mode: str = "daemontools", table: ServiceTable | None = None,
+                 prog: str = "supervise") -> None:
         hold_std_fds()
-        self.runit = runit
+        self.mode = mode  # one of statusfile.MODES: the status format, and the control bytes known beyond 0.76's
+        self.codec = statusfile.CODECS[mode]
         self.table = table  # a servicetable.ServiceTable, or None
         self.prog = prog
         self.env = original_environ()
@@ -101,9 +103,9 @@ class Engine(Seam):
             stdout: int | None = None, owner: Entry | None = None, table_name: str | None = None,
             is_log: bool = False) -> Service:
         """Take on the service in PATH (supervise's start-up); StartupError with supervise's text if it fails."""
-        sd, down = ServiceDir.open(path, display, base_fd=base_fd, runit=self.runit)
+        sd, down = ServiceDir.open(path, display, base_fd=base_fd, codec=self.codec)
         ctx = Supervised(sd, stdin, stdout, table_name or display, is_log, owner)
-        service = Service(self, display, runit=self.runit, context=ctx)
+        service = Service(self, display, mode=self.mode, context=ctx)
         if self.table is not None:
             try:
                 ctx.slot = self.table.allocate(ctx.table_name)
@@ -270,7 +272,9 @@ class Engine(Seam):
             self.let_run = False
             os.sched_yield()
         ctx = service.context
-        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent)
+        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
+                                      wstat=service.last_status, finishing=service.finishing,
+                                      ready_label=service.ready_label)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
         if self.table is not None and ctx.slot >= 0:
@@ -287,7 +291,13 @@ class Engine(Seam):
     def report(self, service: Service | None, text: str) -> None:
         write_line(text)
 
+    def set_down(self, service: Service, present: bool) -> None:
+        warning = service.context.sd.set_down(present)
+        if warning is not None:
+            write_line(f"{self.prog}: warning: {warning}")
+
     def finished(self, service: Service) -> None:
+        service.context.sd.notify(b"x")  # s6's listeners: the supervisor is leaving (nothing in other modes)
         self._forget(service)
         self.live -= 1
         if self.on_finished is not None:
@@ -501,7 +511,7 @@ def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool
     """
     data = _own_status(supfd)
     try:
-        status = statusfile.decode(data or b"")  # runit's 20-byte status starts with these 18 bytes
+        status = statusfile.decode_any(data or b"")  # runit's 20-byte status starts with the 18 bytes; s6's is 35
     except ValueError:
         return None
     pid, label = status.pid, status.label
@@ -585,7 +595,7 @@ def _own_status(supfd: int) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             return None
-        return os.read(fd, statusfile.SIZE)
+        return os.read(fd, statusfile.MAX_SIZE)
     except OSError:
         return None
     finally:

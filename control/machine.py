@@ -24,6 +24,9 @@ service still alive that long after it; ``notification-fd`` makes readiness
 the service's own newline (without it, a service is never ready, as in s6).  The machine
 reads each file when it needs it (``Seam.setting``), as s6-supervise does, so
 a service costs no memory for files it does not have.
+
+The mode (``--runit``, ``--s6``) changes only what the tables below say: the control bytes known
+beyond 0.76's, and (s6) a restart a second after the death instead of the throttle above.
 """
 
 from __future__ import annotations
@@ -48,6 +51,19 @@ SIGNAL_BYTES = {
 }
 # runit's sv sends these too; 0.76 ignores them, so they act only in --runit mode.
 RUNIT_SIGNAL_BYTES = {ord("q"): signal.SIGQUIT, ord("1"): signal.SIGUSR1, ord("2"): signal.SIGUSR2}
+# s6-svc's: runit's, plus b and y; r ("restart": the down signal, want unchanged) is t here.
+S6_SIGNAL_BYTES = {**RUNIT_SIGNAL_BYTES, ord("b"): signal.SIGABRT, ord("y"): signal.SIGWINCH, ord("r"): signal.SIGTERM}
+# The modes (one per status format of control/statusfile.py) and the signal bytes each adds to 0.76's.
+EXTRA_SIGNAL_BYTES: dict[str, dict[int, signal.Signals]] = {
+    "daemontools": {}, "runit": RUNIT_SIGNAL_BYTES, "s6": S6_SIGNAL_BYTES}
+# s6-svc's letters that are no signal: O (once at most: want down, no start), Q (O and ./down made),
+# D (d and ./down made), U (u and ./down removed).  Only --s6 knows them.
+WANT_LETTERS: dict[str, frozenset[int]] = {
+    "daemontools": frozenset(), "runit": frozenset(), "s6": frozenset(b"OQDU")}
+# s6-supervise restarts a dead service a THROTTLE after its death, however long it ran, and starts at once
+# on u (0.76 and runsv: a restart at once unless the service started less than THROTTLE before; any start
+# at least THROTTLE after the previous one).
+PAUSE_AFTER_EXIT = {"daemontools": False, "runit": False, "s6": True}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
 FINISH_TIMEOUT_MS = 5000  # s6-supervise's default timeout-finish
@@ -111,6 +127,10 @@ class Seam:
         the messages say ``log``)."""
         return service.name
 
+    def set_down(self, service: Service, present: bool) -> None:
+        """Create (PRESENT) or remove the service's ``down`` file (s6-svc -D, -U, -Q)."""
+        raise NotImplementedError
+
 
 class Service:
     """One service: state plus the transitions of daemontools' supervise.
@@ -120,16 +140,20 @@ class Service:
     """
 
     __slots__ = (
-        "seam", "name", "runit", "pid", "want", "paused", "exit_requested", "term_sent", "label",
+        "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused",
+        "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
         "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
         "kill_at", "finish_kill_at", "once_after_finish",
     )
 
-    def __init__(self, seam: Seam, name: str, *, runit: bool = False, context: Supervised | None = None) -> None:
+    def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None) -> None:
         self.seam = seam
         self.name = name
-        self.runit = runit
+        self.mode = mode  # "daemontools", "runit" or "s6": which control bytes beyond 0.76's are known
+        self.extra_signals = EXTRA_SIGNAL_BYTES[mode]
+        self.want_letters = WANT_LETTERS[mode]
+        self.pause_after_exit = PAUSE_AFTER_EXIT[mode]
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -224,16 +248,30 @@ class Service:
             self.seam.publish(self)
             if not self.pid and not self.finish_pid:  # else after ./finish, as s6-supervise does
                 self._finish()
+        elif byte in self.want_letters:
+            self._s6_want(byte)
         else:
             sig = SIGNAL_BYTES.get(byte)
-            if sig is None and self.runit:
-                sig = RUNIT_SIGNAL_BYTES.get(byte)
+            if sig is None:
+                sig = self.extra_signals.get(byte)
             if sig is not None and self.pid:
                 self.seam.kill(self, sig)
                 if sig == signal.SIGTERM:
                     self.term_sent = True
-                    if self.runit:
+                    if self.mode == "runit":
                         self.seam.publish(self)  # runit's byte 18 says "got TERM"
+
+    def _s6_want(self, byte: int) -> None:
+        """s6-svc's O, Q, D, U: want down without a stop (O, Q) or d/u, with ./down made (Q, D) or removed (U)."""
+        if byte != 0x4F:  # O
+            self.normally_up = byte == 0x55  # U
+            self.seam.set_down(self, not self.normally_up)
+        if byte in (0x4F, 0x51):  # O, Q: a running service runs on, once; a down one stays down
+            self.want = WANT_ONCE if self.pid else WANT_DOWN
+            self.restart_pending = False
+            self.seam.publish(self)
+        else:
+            self.control(0x64 if byte == 0x44 else 0x75)  # D is d, U is u
 
     def exited(self, status: int) -> None:
         """The service's process ended with wait status STATUS (-1 when unknown: an adopted pid)."""
@@ -249,8 +287,9 @@ class Service:
         if self.finish_pid:
             self.finishing = True
             self.seam.publish(self)
-            timeout = None if self.runit else self.seam.setting(self, "timeout-finish")  # runsv has no such limit
-            if timeout is None and not self.runit:
+            runit = self.mode == "runit"
+            timeout = None if runit else self.seam.setting(self, "timeout-finish")  # runsv has no such limit
+            if timeout is None and not runit:
                 timeout = FINISH_TIMEOUT_MS
             if timeout:
                 self.finish_kill_at = self.seam.monotonic() + timeout / 1000
@@ -263,7 +302,7 @@ class Service:
         self.finish_pid = 0
         self.finish_kill_at = 0.0
         self.finishing = False
-        if not self.runit and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
+        if self.mode != "runit" and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
             self.want = WANT_DOWN
         once, self.once_after_finish = self.once_after_finish, False
         self._settle()
@@ -278,7 +317,8 @@ class Service:
 
     def _settle(self) -> None:
         """The service is down and no ./finish runs: restart, stay down, or end after ``x``."""
-        if self.want == WANT_UP and not self.exit_requested and not self._throttled(self.seam.monotonic()):
+        now = self.seam.monotonic()
+        if self.want == WANT_UP and not self.exit_requested and not self.pause_after_exit and not self._throttled(now):
             # 0.76 writes the exit, forks, then writes the new pid.  Here the spawn comes first and both writes
             # follow in that order, so the restart does not wait for two file operations; a reader sees the
             # same sequence of status files (0.76 too shows "down" while its child is already starting).
@@ -287,6 +327,8 @@ class Service:
         self.seam.publish(self)
         if self.exit_requested:
             self._finish()
+        elif self.want == WANT_UP and self.pause_after_exit:
+            self._start_after_pause(now)  # s6: a second after the death, or after ./finish
         elif self.want == WANT_UP:
             self._start(automatic=True)  # deferred to the end of the throttle second
 
@@ -332,12 +374,14 @@ class Service:
         if status < 0:
             code, sig = -1, 0
         elif status & 0x7F:
-            code, sig = -1 if self.runit else 256, status & 0x7F
+            code, sig = -1 if self.mode == "runit" else 256, status & 0x7F
         else:
             code, sig = status >> 8, 0
-        return [str(code), str(sig)] if self.runit else [str(code), str(sig), self.seam.directory_name(self)]
+        return [str(code), str(sig)] if self.mode == "runit" else [str(code), str(sig), self.seam.directory_name(self)]
 
     def _throttled(self, now: float) -> bool:
+        if self.pause_after_exit:  # s6: the second is counted from the death (exited()), a u starts at once
+            return False
         return self.last_start is not None and now < self.last_start + THROTTLE
 
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
@@ -378,6 +422,8 @@ class Service:
             self.seam.publish(self)
             if self.exit_requested:
                 self._finish()
+            elif self.want == WANT_UP and self.pause_after_exit:
+                self._start_after_pause(now)
             elif self.want == WANT_UP:
                 self._start(automatic=True)
             return
@@ -388,6 +434,11 @@ class Service:
         self.ready_label = b""
         self.notifying = self.seam.notifying(self)
         self.seam.publish(self)
+
+    def _start_after_pause(self, now: float) -> None:
+        """s6: the restart of a dead (or unstartable) service, THROTTLE after NOW; :meth:`timer` makes it."""
+        self.start_pending = self.restart_pending = True
+        self.seam.schedule(self, now + THROTTLE)
 
     def _finish(self) -> None:
         self.seam.publish(self)  # written once more just before supervise exits

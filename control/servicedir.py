@@ -50,29 +50,33 @@ class StartupError(Exception):
 class ServiceDir:
     """Open descriptors of a service directory (all close-on-exec)."""
 
-    __slots__ = ("display", "dirfd", "supfd", "lock_fd", "control_fd", "ok_fd", "runit")
+    __slots__ = ("display", "dirfd", "supfd", "lock_fd", "control_fd", "ok_fd", "event_fd", "codec", "last")
 
-    def __init__(self, display: str, dirfd: int, runit: bool) -> None:
+    def __init__(self, display: str, dirfd: int, codec: statusfile.Codec) -> None:
         self.display = display
         self.dirfd = dirfd
         self.supfd = -1  # supervise/, opened once: a later swap of the name reaches nothing of ours
         self.lock_fd = -1
         self.control_fd = -1
         self.ok_fd = -1
-        self.runit = runit
+        self.event_fd = -1  # s6's event/ fifodir, -1 in the other formats (or when it cannot be had)
+        self.codec = codec  # the status format (control/statusfile.py) of this supervisor's mode
+        self.last: statusfile.Status | None = None  # the status last written (s6 derives its events from it)
 
     # -- start-up ------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str, display: str, *, base_fd: int | None = None, runit: bool = False) -> tuple[ServiceDir, bool]:
+    def open(cls, path: str, display: str, *, base_fd: int | None = None,
+             codec: statusfile.Codec = statusfile.DAEMONTOOLS) -> tuple[ServiceDir, bool]:
         """Steps 1-5 of supervise's start-up; returns the open dir and whether ``down`` exists.
 
-        The caller writes the first status and then calls :meth:`open_ok`.
+        The caller writes the first status and then calls :meth:`open_ok`.  Besides 0.76's flock, the
+        lock file gets a POSIX (fcntl) lock: that is what s6-svok asks about (F_GETLK), in every mode.
         """
         try:
             dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY, dir_fd=base_fd)
         except OSError as err:
             raise StartupError(f"unable to chdir to {display}: {errstr(err)}") from None
-        sd = cls(display, dirfd, runit)
+        sd = cls(display, dirfd, codec)
         try:
             try:
                 os.stat("down", dir_fd=dirfd)
@@ -86,10 +90,13 @@ class ServiceDir:
                 sd.lock_fd = os.open("lock", os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT | _NOFOLLOW,
                                      0o600, dir_fd=sd.supfd)
                 fcntl.flock(sd.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(sd.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 raise StartupError(f"unable to acquire {display}/supervise/lock: {errstr(err)}") from None
             _mkfifo("control", sd.supfd)
             sd.control_fd = _open_control(display, sd.supfd)
+            if codec.event_dir:
+                sd.event_fd = _open_event_dir(dirfd)
         except BaseException:
             sd.close()
             raise
@@ -139,7 +146,7 @@ class ServiceDir:
             raise StartupError(f"unable to read {self.display}/supervise/ok: {errstr(err)}") from None
 
     def close(self) -> None:
-        for name in ("ok_fd", "control_fd", "lock_fd", "supfd", "dirfd"):
+        for name in ("ok_fd", "control_fd", "event_fd", "lock_fd", "supfd", "dirfd"):
             fd = getattr(self, name)
             if fd >= 0:
                 try:
@@ -175,16 +182,73 @@ class ServiceDir:
         return value, None
 
     # -- status ----------------------------------------------------------------------------
-    def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool) -> str | None:
-        """Write supervise/status (and runit's stat and pid) via NAME.new + rename; a warning text on failure.
+    def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
+                     finishing: bool = False, ready_label: bytes = b"") -> str | None:
+        """Write supervise/status (and runit's stat and pid) via NAME.new + rename, then tell s6's event
+        listeners what changed; a warning text on failure.
 
         WANT is b"u", b"d" or b"o"; the bytes are control/statusfile.py's, in this directory's format.
         """
-        codec = statusfile.RUNIT if self.runit else statusfile.DAEMONTOOLS
-        for name, data in codec.files(codec.record(label, pid, paused, want, term_sent)):
+        codec = self.codec
+        status = codec.record(label, pid, paused, want, term_sent, wstat=wstat, finishing=finishing,
+                              ready_label=ready_label, previous=self.last)
+        previous, self.last = self.last, status
+        for name, data in codec.files(status):
             warning = self._replace(name, data)
             if warning is not None:
                 return warning
+        self.notify(codec.events(previous, status))
+        return None
+
+    def notify(self, letters: bytes) -> None:
+        """Write LETTERS to every listener's FIFO in ``event/``, as s6-supervise does
+        (docs/CONTRACTS.md, s6 status and events).
+
+        A listener (s6-svwait, s6-svlisten1) makes ``ftrig1:@<TAI64N hex>:<6 chars>`` there and reads it.
+        Only FIFOs of that name shape are written, never blocking: a FIFO with no reader (ENXIO) is a
+        dead listener's and is removed, as s6 does; a full one loses the letters; anything else there
+        (a regular file, a link, a device) is left alone -- s6-supervise would write into a regular file.
+        """
+        if not letters or self.event_fd < 0:
+            return
+        try:
+            names = os.listdir(self.event_fd)
+        except OSError:
+            return
+        for name in names:
+            if len(name) != _LISTENER_LEN or not name.startswith(_LISTENER_PREFIX):
+                continue
+            try:
+                if not stat.S_ISFIFO(os.stat(name, dir_fd=self.event_fd, follow_symlinks=False).st_mode):
+                    continue
+                fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.event_fd)
+            except OSError as err:
+                if err.errno == errno.ENXIO:
+                    try:
+                        os.unlink(name, dir_fd=self.event_fd)
+                    except OSError:
+                        pass
+                continue
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):  # still the FIFO checked above
+                    os.write(fd, letters)
+            except OSError:
+                pass  # full (EAGAIN) or gone: s6 loses the letters too
+            finally:
+                os.close(fd)
+
+    def set_down(self, present: bool) -> str | None:
+        """Create (PRESENT) or remove the service's ``down`` file, as s6-svc -D/-U/-Q ask; a warning text on failure."""
+        try:
+            if present:
+                os.close(os.open("down", os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o644,
+                                 dir_fd=self.dirfd))
+            else:
+                os.unlink("down", dir_fd=self.dirfd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            return f"unable to {'create' if present else 'remove'} {self.display}/down: {errstr(err)}"
         return None
 
     def _replace(self, name: str, data: bytes) -> str | None:
@@ -232,6 +296,32 @@ def _open_control(display: str, supfd: int) -> int:
     if not stat.S_ISFIFO(os.fstat(fd).st_mode):
         os.close(fd)
         raise StartupError(f"{display}/supervise/control exists but is not a fifo")
+    return fd
+
+
+_LISTENER_PREFIX = "ftrig1:@"  # s6's listener FIFOs: ftrig1:@ + 24 hex digits of TAI64N + ":" + 6 characters
+_LISTENER_LEN = len(_LISTENER_PREFIX) + 24 + 1 + 6
+
+
+def _open_event_dir(dirfd: int) -> int:
+    """s6's ``event/`` in the service directory: made as s6-supervise makes it (mode 3730: the supervisor's
+    group may add listener FIFOs, nobody may remove another's), opened without following a link; -1
+    when that cannot be had (then there are no events, the service is supervised all the same)."""
+    try:
+        os.mkdir("event", 0o700, dir_fd=dirfd)
+        made = True
+    except OSError:
+        made = False
+    try:
+        fd = os.open("event", os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=dirfd)
+    except OSError:
+        return -1
+    if made:
+        try:
+            os.fchown(fd, -1, os.getegid())
+            os.fchmod(fd, 0o3730)
+        except OSError:
+            pass
     return fd
 
 

@@ -2,7 +2,8 @@
 
 prefork's extensions are long options before DIR: ``--runit`` (also write
 runit's 20-byte status, ``supervise/stat`` and ``supervise/pid`` so ``sv``
-works) and ``--table PATH`` (where to publish the shared-memory service table;
+works), ``--s6`` (s6's 35-byte status, its ``event/`` fifodir and s6-svc's
+control letters, so s6's clients work) and ``--table PATH`` (where to publish the shared-memory service table;
 default ``/dev/shm/prefork-supervise.<dev>.<ino>`` of DIR).
 """
 
@@ -13,10 +14,11 @@ import sys
 
 PROG = "supervise"
 USAGE = "supervise dir"
-HELP = """usage: supervise [--runit] [--table PATH] dir
+HELP = """usage: supervise [--runit | --s6] [--table PATH] dir
 
 Start ./run in DIR and keep it running; control it with svc, read it with svstat.
   --runit       also write runit's status, stat and pid files (for sv)
+  --s6          write s6's status and events, and know s6-svc's letters (for s6-svc, s6-svstat, s6-svwait)
   --table PATH  publish the service's state at PATH (default /dev/shm/prefork-supervise.DEV.INO)
 """
 
@@ -25,8 +27,9 @@ def parse(args: list[str]) -> tuple[dict[str, object], list[str]]:
     """prefork's long options, then the operands (0.76's command line is just the operands, ``-x`` one of them)."""
     from prefork.options import Option, command_line
 
-    options = [Option("--runit", "runit", value=True), Option("--table", "table", metavar="PATH")]
-    return command_line(args, USAGE, HELP, options, letters=False, defaults={"runit": False})
+    options = [Option("--runit", "mode", value="runit"), Option("--s6", "mode", value="s6"),
+               Option("--table", "table", metavar="PATH")]
+    return command_line(args, USAGE, HELP, options, letters=False, defaults={"mode": "daemontools"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     from prefork.control import servicetable
     from prefork.control.engine import Engine, StartupError
 
-    engine = Engine(runit=bool(opts["runit"]), prog=PROG)
+    engine = Engine(mode=str(opts["mode"]), prog=PROG)
     try:
         service = engine.add(directory, directory)
     except StartupError as err:

@@ -15,7 +15,8 @@ Beyond 0.76 (long options before DIR, all opt-in except the rescan signals):
 rescan at once on SIGHUP/SIGALRM (0.76 dies of them); ``--stop-services``
 brings every service down (TERM+CONT, then KILL after ``--grace``) on
 SIGTERM/SIGINT before exiting; ``--subreaper`` reaps orphans as PID 1 does;
-``--runit``; ``--table PATH``; ``--metrics HOST:PORT`` and ``--metrics-textfile
+``--runit`` or ``--s6`` (the status format and control letters of runit's or s6's
+clients, control/statusfile.py); ``--table PATH``; ``--metrics HOST:PORT`` and ``--metrics-textfile
 PATH`` run a ``prefork-exporter`` child on the service table (see
 ``prefork/exporter_child.py``), restarted at most once a second if it exits,
 stopped after the services with ``--stop-services``.  If svscan is killed, the
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
         stop: bool
         grace: float
         subreaper: bool
-        runit: bool
+        mode: str
         table: str | None
         table_group: int | None
         metrics: str | None
@@ -90,9 +91,9 @@ if TYPE_CHECKING:
 PROG = "svscan"
 RESCAN = 5.0
 GIVE_UP = 3.0  # seconds after the grace KILL before --stop-services exits regardless
-USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]"
+USAGE = ("svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit | --s6] [--table PATH]"
          " [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]")
-HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit] [--table PATH]
+HELP = """usage: svscan [--max-services N] [--stop-services] [--grace SECONDS] [--subreaper] [--runit | --s6] [--table PATH]
               [--table-group GROUP] [--metrics HOST:PORT] [--metrics-textfile PATH] [--metrics-user USER] [dir]
 
 Supervise every service directory in DIR (default .), rescanning every 5 seconds and on SIGHUP/SIGALRM.
@@ -101,6 +102,7 @@ Supervise every service directory in DIR (default .), rescanning every 5 seconds
   --grace SECONDS   how long --stop-services waits before SIGKILL (default 10)
   --subreaper       become a child subreaper and reap orphaned descendants (automatic as PID 1)
   --runit           also write runit's status, stat and pid files (for sv)
+  --s6              write s6's status and events, and know s6-svc's letters (for s6-svc, s6-svstat, s6-svwait)
   --table PATH      publish the services' state at PATH (default /dev/shm/prefork-svscan.DEV.INO), mode 0600
   --table-group GROUP
                     let GROUP (a name or number) read the table too (mode 0640)
@@ -337,14 +339,16 @@ def parse(args: list[str]) -> tuple[Settings, list[str]]:
         Option("--stop-services", "stop"),
         Option("--grace", "grace", metavar="SECONDS", convert=seconds()),
         Option("--subreaper", "subreaper"),
-        Option("--runit", "runit"),
+        Option("--runit", "mode", value="runit"),
+        Option("--s6", "mode", value="s6"),
         Option("--table", "table", metavar="PATH"),
         Option("--table-group", "table_group", metavar="GROUP", convert=_group),
         Option("--metrics", "metrics", metavar="HOST:PORT", convert=_metrics_address),
         Option("--metrics-textfile", "textfile", metavar="PATH", convert=_textfile),
         Option("--metrics-user", "metrics_user", metavar="USER", convert=_metrics_user),
     ]
-    defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False, "runit": False}
+    defaults: dict[str, object] = {"max": 1000, "stop": False, "grace": 10.0, "subreaper": False,
+                                   "mode": "daemontools"}
     values, operands = command_line(args, USAGE, HELP, options, letters=False, defaults=defaults)
     return values, operands  # type: ignore[return-value]  # a dict whose value types the Options above fix
 
@@ -512,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
                                                  0o600 if group is None else 0o640, group)
     except OSError as err:
         warn(PROG, "unable to create the service table", err)
-    engine = Engine(runit=bool(opts["runit"]), table=table, prog=PROG)
+    engine = Engine(mode=opts["mode"], table=table, prog=PROG)
     scanner = Scanner(engine, max_services)
 
     def rescan() -> None:

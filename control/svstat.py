@@ -1,8 +1,9 @@
 """svstat: one status line per service directory, read from supervise's files, as daemontools 0.76's svstat.
 
 svstat talks to nobody: it reads ``down``, checks that ``supervise/ok`` has a reader and decodes
-the first 18 bytes of ``supervise/status``.  So it works against any supervisor that keeps those
-files (daemontools, runit, prefork).  It exits 0 whatever it finds: the line says what is wrong.
+the first 18 bytes of ``supervise/status`` (all 35 of s6's, told apart by size).  So it works
+against any supervisor that keeps those files (daemontools, runit, prefork in each of its modes).
+It exits 0 whatever it finds: the line says what is wrong.
 
 prefork extensions, recognised only as the first argument so that 0.76 command lines keep their
 meaning: ``svstat --all [--json] DIR`` (every service of a scan directory; unlike the rest it exits
@@ -72,13 +73,13 @@ def _describe(dirfd: int, now: float | None) -> str:
     from prefork.control import statusfile  # only once there is a status to read
 
     try:
-        data = os.read(fd, statusfile.SIZE)  # one read, as svstat: a longer file (runit's 20 bytes) is fine
+        data = os.read(fd, statusfile.MAX_SIZE)  # one read, as svstat; the size tells s6's 35 bytes from the rest
     except OSError as e:
         return f"unable to read {STATUS}: {errstr(e)}"
     finally:
         os.close(fd)
     try:
-        status = statusfile.decode(data)
+        status = statusfile.decode_any(data)  # runit's 20 bytes: their 18-byte prefix, as svstat reads them
     except ValueError:
         return f"unable to read {STATUS}: bad format"
     now_seconds = int(time.time() if now is None else now // 1)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 
 def cpu_figures(root_cpu_s: float, others_cpu_s: float, parallel: int, connections: int,
-                elapsed_s: float) -> dict:
-    """CPU per connection split into the serial root and the `parallel` other processes."""
+                elapsed_s: float, programs_cpu_s: float = 0.0) -> dict:
+    """CPU per connection split into the serial root and the `parallel` other processes; PROGRAMS_CPU_S is
+    what the programs the server started used, from fork to exit (their pre-exec part is server work)."""
     n = max(connections, 1)
     total = root_cpu_s + others_cpu_s
     return {
+        "programs_cpu_s": programs_cpu_s,
+        "programs_cpu_per_conn_ms": programs_cpu_s / n * 1e3,
+        "all_cpu_per_conn_ms": (total + programs_cpu_s) / n * 1e3,
         "connections": connections,
         "cpu_s": total,
         "root_cpu_s": root_cpu_s,

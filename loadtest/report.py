@@ -77,6 +77,23 @@ def render_markdown(data: dict) -> str:
         c = s["cpu"]
         out.append(f"| {name} | {c['cpu_per_conn_ms']:.3f} | {c['root_cpu_per_conn_ms']:.3f} | "
                    f"{c['others_cpu_per_conn_ms']:.3f} | {c['parallel']} | {c['busy_cores']:.2f} |")
+    pre = data.get("preexec")
+    if pre:
+        debian = pre["servers"].get("debian")
+        out += ["", "## Server CPU per connection, pre-exec work counted", "",
+                "The figures above count the server's own processes only, and so leave out part of 0.88's work: "
+                "Debian's tcpserver forks, and its child sets the socket options, builds the environment and "
+                "reads the rules before it executes the program, CPU the kernel charges to the program. prefork "
+                "does all of it in its worker and starts the program with posix_spawn. Here every server runs "
+                "`loadtest/cpuprobe.c`, which answers with the CPU its process had used when it started; the "
+                "same probe started by a bare posix_spawn loop gives the exec alone (the floor, "
+                f"{pre['floor_us']:.0f} µs). The pre-exec work is the difference (loadtest/preexec.py).", "",
+                "| server | own µs/conn | probe at start µs | pre-exec µs | all counted µs/conn | vs debian |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for name, v in pre["servers"].items():
+            vs = "—" if name == "debian" or not debian else f"{v['all_us'] / debian['all_us']:.2f}x"
+            out.append(f"| {name} | {v['own_us']:.0f} | {v['probe_us']:.0f} | {v['preexec_us']:.0f} | "
+                       f"{v['all_us']:.0f} | {vs} |")
     out += ["", "Modelled ceiling, conn/s (lower of accept-side and all-cores):", "",
             "| cores | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for i, cores in enumerate(cfg["model_cores"]):

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest import model, reporting
+from loadtest import model, preexec, reporting
 from loadtest.loadgen import LoadResult, format_result, merge, run_load
 from loadtest.machine import machine_facts
 from loadtest.report import BENCH
@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--spawn-seconds", type=float, default=3.0, help="length of the spawn-ceiling measurement")
     ap.add_argument("--spawn-procs", type=int, default=NPROC, help="parallel spawn loops (default: CPU count)")
     ap.add_argument("--timeout", type=float, default=5.0, help="client connect/read timeout")
+    ap.add_argument("--preexec", type=int, default=4000,
+                    help="connections per server that run loadtest/cpuprobe.c, to count each server's pre-exec "
+                         "CPU (loadtest.preexec; 0: skip)")
     ap.add_argument("--debian", default=DEBIAN, help="Debian's tcpserver binary")
     ap.add_argument("--prefork", default=PREFORK, help="prefork's tcpserver console script")
     ap.add_argument("--server", action="append", default=[], metavar="NAME=CMD",
@@ -67,7 +70,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts = ["--rounds", str(args.rounds), "--seconds", f"{args.seconds:g}",
              "--clients", str(args.clients), "--workers", str(args.workers), "--backlog", str(args.backlog),
              "--limit", str(args.limit), "--program", args.program, "--warmup", f"{args.warmup:g}",
-             "--spawn-seconds", f"{args.spawn_seconds:g}", "--spawn-procs", str(args.spawn_procs)]
+             "--spawn-seconds", f"{args.spawn_seconds:g}", "--spawn-procs", str(args.spawn_procs),
+             "--preexec", str(args.preexec)]
     if args.debian != DEBIAN:
         parts += ["--debian", args.debian]
     if args.prefork != PREFORK:
@@ -110,12 +114,64 @@ def run_slot(server: RunningServer, args: argparse.Namespace, expect: bytes, sen
     before = server.cpu_sample(procs)
     result = run_load(server.port, expect, args.clients, args.seconds, host=server.spec.host, timeout=args.timeout,
                       send=send)
-    used, vanished = server.cpu_since(before)
+    used, vanished, programs = server.cpu_since(before)
     root = used.get(server.pid, 0.0)
     others = sum(v for pid, v in used.items() if pid != server.pid)
-    cpu = {"root_cpu_s": root, "others_cpu_s": others, "processes": len(procs), "vanished": vanished,
-           "cpu_per_conn_ms": (root + others) / max(result.connections, 1) * 1e3}
+    cpu = {"root_cpu_s": root, "others_cpu_s": others, "programs_cpu_s": programs, "processes": len(procs),
+           "vanished": vanished, "cpu_per_conn_ms": (root + others) / max(result.connections, 1) * 1e3}
     return result, cpu
+
+
+def measure_preexec(specs: list[ServerSpec], flags: list[str], args: argparse.Namespace) -> dict | None:
+    """Each server's CPU per connection with its pre-exec work counted (loadtest.preexec): the probe as the
+    program, two passes in alternating order, the floor measured before and after; None without a compiler."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="loadtest-probe-") as tmp:
+        probe = preexec.build_probe(Path(tmp))
+        if probe is None:
+            log("pre-exec CPU: no C compiler (cc), skipped")
+            return None
+        floor = [preexec.floor_us(probe, max(200, args.preexec // 4))]
+        sums = {s.name: {"own_s": 0.0, "programs_s": 0.0, "probe_us": 0.0, "connections": 0, "errors": 0}
+                for s in specs}
+        for i in range(2):
+            for spec in specs if i % 2 == 0 else specs[::-1]:
+                server = start_server(spec, flags, [str(probe)])
+                try:
+                    preexec.probe_load(spec.host, server.port, 100, args.clients, args.timeout)  # warm-up
+                    time.sleep(0.3)
+                    procs = server.server_processes()
+                    before = server.cpu_sample(procs)
+                    values, errors = preexec.probe_load(spec.host, server.port, args.preexec // 2, args.clients,
+                                                        args.timeout)
+                    time.sleep(0.3)  # the last programs reaped
+                    used, _, programs = server.cpu_since(before)
+                finally:
+                    server.stop()
+                acc = sums[spec.name]
+                acc["own_s"] += sum(used.values())
+                acc["programs_s"] += programs
+                acc["probe_us"] += sum(values)
+                acc["connections"] += len(values)
+                acc["errors"] += errors
+                log(f"pre-exec pass {i + 1}/2 {spec.name}: {len(values)} connections, probe at start "
+                    f"{sum(values) / max(len(values), 1):.0f} µs, own CPU {sum(used.values()) / max(len(values), 1) * 1e6:.0f} "
+                    f"µs/conn, {errors} failed")
+        floor.append(preexec.floor_us(probe, max(200, args.preexec // 4)))
+    base = sum(floor) / len(floor)
+    out: dict = {"floor_us": base, "floors_us": floor, "servers": {}}
+    for name, acc in sums.items():
+        n = max(acc["connections"], 1)
+        own = acc["own_s"] / n * 1e6
+        at_start = acc["probe_us"] / n
+        out["servers"][name] = {"connections": acc["connections"], "errors": acc["errors"], "own_us": own,
+                                "probe_us": at_start, "preexec_us": at_start - base,
+                                "all_us": own + at_start - base}
+    log("pre-exec CPU: floor " + f"{base:.0f} µs; " + "; ".join(
+        f"{n} own {v['own_us']:.0f} + pre-exec {v['preexec_us']:.0f} = {v['all_us']:.0f} µs/conn"
+        for n, v in out["servers"].items()))
+    return out
 
 
 def measure_spawn(program: list[str], args: argparse.Namespace, when: str) -> SpawnResult:
@@ -130,8 +186,9 @@ def summarize_server(name: str, argv: list[str], rounds: list[dict],
     total = merge(results)
     root = sum(r["cpu"]["root_cpu_s"] for r in rounds)
     others = sum(r["cpu"]["others_cpu_s"] for r in rounds)
+    programs = sum(r["cpu"].get("programs_cpu_s", 0.0) for r in rounds)
     parallel = max((r["cpu"]["processes"] for r in rounds), default=1) - 1
-    fig = model.cpu_figures(root, others, parallel, total.connections, total.elapsed)
+    fig = model.cpu_figures(root, others, parallel, total.connections, total.elapsed, programs)
     return {
         "name": name,
         "argv": argv,
@@ -179,6 +236,18 @@ def print_summary(data: dict) -> None:
         print(f"  {name}: {c['cpu_per_conn_ms']:.3f} ms/conn = root {c['root_cpu_per_conn_ms']:.3f} (serial) + "
               f"{c['parallel']} other process(es) {c['others_cpu_per_conn_ms']:.3f}; "
               f"{c['busy_cores']:.2f} cores busy under load")
+    print("CPU per connection, all counted (server + the programs it started, from fork to exit; 0.88 does part "
+          "of each connection's work in its child before exec, which the figure above leaves out):")
+    for name, s in servers.items():
+        c = s["cpu"]
+        print(f"  {name}: {c['all_cpu_per_conn_ms']:.3f} ms/conn = server {c['cpu_per_conn_ms']:.3f} + "
+              f"programs {c['programs_cpu_per_conn_ms']:.3f}")
+    pre = data.get("preexec")
+    if pre:
+        print(f"server CPU per connection, pre-exec work counted (loadtest.preexec; floor {pre['floor_us']:.0f} µs):")
+        for name, v in pre["servers"].items():
+            print(f"  {name}: {v['all_us'] / 1e3:.3f} ms/conn = own {v['own_us'] / 1e3:.3f} + pre-exec "
+                  f"{v['preexec_us'] / 1e3:.3f} ({v['connections']} connections, {v['errors']} failed)")
     print("client CPU per connection (load generator, for scale): " + ", ".join(
         f"{n} {s['total']['client_cpu_s'] / max(s['total']['connections'], 1) * 1e3:.3f} ms"
         for n, s in servers.items()))
@@ -268,6 +337,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         for server in running.values():
             server.stop()
     sp_after = measure_spawn(program, args, "after")
+    pre = measure_preexec(specs, flags, args) if args.preexec > 0 else None
     sp = max(sp_before, sp_after, key=lambda r: r.spawns_per_s)  # the quieter moment is closer to the machine
     spawn = {**sp.to_dict(), "before": sp_before.spawns_per_s, "after": sp_after.spawns_per_s,
              "load_average": os.getloadavg()}
@@ -288,6 +358,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         "servers": servers,
         "ratios": compute_ratios(servers),
         "ipv6_ratio": ipv6_ratio(servers),
+        "preexec": pre,
     }
 
 

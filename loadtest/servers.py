@@ -60,10 +60,12 @@ def free_port() -> int:
 
 @dataclass
 class CpuSample:
-    """User+sys CPU seconds of a fixed set of processes (children excluded), keyed by pid."""
+    """User+sys CPU seconds of a fixed set of processes, keyed by pid: their own (``times``) and their reaped
+    children's (``children``: the programs a server started, from fork to exit, pre-exec work included)."""
 
     times: dict[int, float]
     procs: dict[int, psutil.Process] = field(repr=False)
+    children: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class RunningServer:
         """CPU of the given (or current) server processes; vanished ones are left out."""
         procs = procs if procs is not None else self.server_processes()
         times: dict[int, float] = {}
+        children: dict[int, float] = {}
         kept: dict[int, psutil.Process] = {}
         for p in procs:
             try:
@@ -107,14 +110,17 @@ class RunningServer:
             except psutil.Error:
                 continue
             times[p.pid] = t.user + t.system
+            children[p.pid] = t.children_user + t.children_system
             kept[p.pid] = p
-        return CpuSample(times, kept)
+        return CpuSample(times, kept, children)
 
-    def cpu_since(self, before: CpuSample) -> tuple[dict[int, float], int]:
-        """CPU seconds each process of `before` used since then, and how many of them vanished meanwhile."""
+    def cpu_since(self, before: CpuSample) -> tuple[dict[int, float], int, float]:
+        """CPU seconds each process of `before` used since then, how many of them vanished meanwhile, and the
+        CPU seconds of the children they reaped meanwhile (the programs, all counted)."""
         after = self.cpu_sample(list(before.procs.values()))
         used = {pid: after.times[pid] - t for pid, t in before.times.items() if pid in after.times}
-        return used, len(before.times) - len(after.times)
+        programs = sum(after.children[pid] - t for pid, t in before.children.items() if pid in after.children)
+        return used, len(before.times) - len(after.times), programs
 
     def memory(self) -> dict:
         """RSS, PSS and USS (bytes) of the server's processes, summed and per process; Linux smaps figures."""

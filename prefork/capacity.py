@@ -37,13 +37,16 @@ class Capacity:
         self.wake_w = wake_w
         self.index = index
         self.lock_fd = board.lock_fd
-        self._helds = [board.slot_offset(i) + sb.OFF_HELD for i in range(board.workers)]
-        self._actives = [board.slot_offset(i) + sb.OFF_ACTIVE for i in range(board.workers)]
-        self._waitings = [board.slot_offset(i) + sb.OFF_WAITING for i in range(board.workers)]
+        # word indices into board.u32 (the hot path stores directly, no method call)
+        self._helds = [(board.slot_offset(i) + sb.OFF_HELD) >> 2 for i in range(board.workers)]
+        self._actives = [(board.slot_offset(i) + sb.OFF_ACTIVE) >> 2 for i in range(board.workers)]
+        self._waitings = [(board.slot_offset(i) + sb.OFF_WAITING) >> 2 for i in range(board.workers)]
+        self._orphans = sb.H_ORPHANS >> 2
         base = board.slot_offset(index) if index is not None else 0
-        self._my_held = base + sb.OFF_HELD
-        self._my_active = base + sb.OFF_ACTIVE
-        self._my_waiting = base + sb.OFF_WAITING
+        self._my_held = (base + sb.OFF_HELD) >> 2
+        self._my_active = (base + sb.OFF_ACTIVE) >> 2
+        self._my_waiting = (base + sb.OFF_WAITING) >> 2
+        self.u32 = board.u32
         self.held = 0
         self.active = 0
         self.waiting = False
@@ -60,17 +63,17 @@ class Capacity:
     # -- worker side -------------------------------------------------------------
     def try_reserve(self) -> bool:
         """Take a token for the next accept if the limit allows; False means wait for a wake-up."""
-        get32 = self.board.get32
+        u32 = self.u32
         fd = self.lock_fd
         fcntl.lockf(fd, fcntl.LOCK_EX)
         try:
-            total = get32(sb.H_ORPHANS)
-            for off in self._helds:
-                total += get32(off)
+            total = u32[self._orphans]
+            for i in self._helds:
+                total += u32[i]
             if total >= self.limit:
                 return False
             self.held += 1
-            self.board.put32(self._my_held, self.held)
+            u32[self._my_held] = self.held
             return True
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN)
@@ -78,26 +81,38 @@ class Capacity:
     def started(self) -> None:
         """A reserved token now belongs to an accepted connection."""
         self.active += 1
-        self.board.put32(self._my_active, self.active)
+        self.u32[self._my_active] = self.active
 
     def ended(self) -> None:
         """A connection ended: give its token back and wake a waiting worker."""
         self.active -= 1
         self.held -= 1
-        self.board.put32(self._my_active, self.active)
-        self.board.put32(self._my_held, self.held)
+        u32 = self.u32
+        u32[self._my_active] = self.active
+        u32[self._my_held] = self.held
         self.wake_waiters()
+
+    def recycled(self) -> None:
+        """A connection ended and its token becomes this worker's reservation for the next accept.
+
+        The count of tokens held does not change, so the limit still holds
+        without taking the lock: this is how a busy worker reserves without
+        the two ``fcntl`` calls of ``try_reserve``.  Nobody is woken: the
+        token is not free.
+        """
+        self.active -= 1
+        self.u32[self._my_active] = self.active
 
     def release(self) -> None:
         """Give back the token reserved for an accept that will not happen (a worker leaving)."""
         self.held -= 1
-        self.board.put32(self._my_held, self.held)
+        self.u32[self._my_held] = self.held
         self.wake_waiters()
 
     def set_waiting(self, waiting: bool) -> None:
         if waiting != self.waiting:
             self.waiting = waiting
-            self.board.put32(self._my_waiting, int(waiting))
+            self.u32[self._my_waiting] = int(waiting)
 
     def take_wakeup(self) -> bool:
         """Consume one wake-up byte (one byte per freed token, so two waiters are not woken by one)."""
@@ -109,16 +124,16 @@ class Capacity:
     # -- both sides ----------------------------------------------------------------
     def in_use(self) -> int:
         """Connections in progress across the server, as the ``status:`` lines count them."""
-        get32 = self.board.get32
-        total = get32(sb.H_ORPHANS)
-        for off in self._actives:
-            total += get32(off)
+        u32 = self.u32
+        total = u32[self._orphans]
+        for i in self._actives:
+            total += u32[i]
         return total
 
     def wake_waiters(self) -> None:
-        get32 = self.board.get32
-        for off in self._waitings:
-            if get32(off):
+        u32 = self.u32
+        for i in self._waitings:
+            if u32[i]:
                 try:
                     os.write(self.wake_w, b"x")
                 except BlockingIOError:

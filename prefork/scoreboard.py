@@ -177,8 +177,8 @@ class ScoreboardFile:
         fd, self.mm, self._identity = shmfile.create(path, size, fill)
         # One aligned store per field: struct.pack_into zeroes a field before writing it byte by byte,
         # so a reader between the two saw a counter go to 0 (a "reset" to Prometheus).
-        self._u32 = memoryview(self.mm).cast("I")
-        self._u64 = memoryview(self.mm).cast("Q")
+        self.u32 = memoryview(self.mm).cast("I")
+        self.u64 = memoryview(self.mm).cast("Q")
         self.fd = fd
         # The private file of the -c lock, made here, before the master forks: every worker must lock
         # the same file, so it is never made lazily in a worker.
@@ -196,8 +196,8 @@ class ScoreboardFile:
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         st = os.fstat(fd)
         self._identity = (st.st_dev, st.st_ino)
-        self._u32 = memoryview(self.mm).cast("I")
-        self._u64 = memoryview(self.mm).cast("Q")
+        self.u32 = memoryview(self.mm).cast("I")
+        self.u64 = memoryview(self.mm).cast("Q")
         self.fd = fd
         self.lock_fd = private_lock_file() if lock_fd is None else lock_fd
         return self
@@ -228,17 +228,19 @@ class ScoreboardFile:
     def slot_offset(self, index: int) -> int:
         return HEADER_SIZE + index * SLOT_SIZE
 
+    # ``u32``/``u64`` are the file as 32- and 64-bit words: a hot path indexes them directly (offset >> 2,
+    # offset >> 3), a store each, without a method call.
     def put32(self, offset: int, value: int) -> None:
-        self._u32[offset >> 2] = value  # offsets of 32-bit fields are multiples of 4
+        self.u32[offset >> 2] = value  # offsets of 32-bit fields are multiples of 4
 
     def put64(self, offset: int, value: int) -> None:
-        self._u64[offset >> 3] = value  # ... and of 64-bit fields multiples of 8
+        self.u64[offset >> 3] = value  # ... and of 64-bit fields multiples of 8
 
     def get32(self, offset: int) -> int:
-        return self._u32[offset >> 2]
+        return self.u32[offset >> 2]
 
     def get64(self, offset: int) -> int:
-        return self._u64[offset >> 3]
+        return self.u64[offset >> 3]
 
     # -- counting a program's exit (the worker's side, then the master's for a dead worker) --------
     def count_exit(self, slot: int, pid: int, cls: int, bucket: int, exits: int, duration_sum: int,
@@ -247,15 +249,15 @@ class ScoreboardFile:
 
         Called before the zombie is reaped; ``counted`` after.  See the module docstring.
         """
-        put64 = self.put64
-        put64(slot + OFF_COUNTING_EXITS, exits)
-        put64(slot + OFF_COUNTING_SUM, duration_sum)
-        put64(slot + OFF_COUNTING_BUCKET, bucket_count)
-        self.put32(slot + OFF_COUNTING_WHICH, cls << 8 | bucket)
-        self.put32(slot + OFF_COUNTING_PID, pid)  # the record is complete from here on
-        put64(slot + EXIT_OFFSETS[cls], exits)
-        put64(slot + OFF_DURATION_SUM, duration_sum)
-        put64(slot + OFF_BUCKETS + 8 * bucket, bucket_count)
+        u64, u32 = self.u64, self.u32  # indexed directly: this runs once per connection
+        u64[(slot + OFF_COUNTING_EXITS) >> 3] = exits
+        u64[(slot + OFF_COUNTING_SUM) >> 3] = duration_sum
+        u64[(slot + OFF_COUNTING_BUCKET) >> 3] = bucket_count
+        u32[(slot + OFF_COUNTING_WHICH) >> 2] = cls << 8 | bucket
+        u32[(slot + OFF_COUNTING_PID) >> 2] = pid  # the record is complete from here on
+        u64[(slot + EXIT_OFFSETS[cls]) >> 3] = exits
+        u64[(slot + OFF_DURATION_SUM) >> 3] = duration_sum
+        u64[(slot + OFF_BUCKETS + 8 * bucket) >> 3] = bucket_count
 
     def counted(self, slot: int) -> None:
         """The zombie of the record is reaped: the record is void."""

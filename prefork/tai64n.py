@@ -15,6 +15,9 @@ import time
 OFFSET = (1 << 62) + 10
 _LABEL = struct.Struct(">QI")
 SIZE = _LABEL.size  # 12
+# skalibs (s6's library) labels true TAI: to djb's labels it adds the leap seconds since 1972 (27, the last
+# in 2016), so s6's supervise/status says a second 27 seconds later than daemontools' would.
+SKALIBS_LEAP = 27
 
 
 def pack(seconds: int, nanoseconds: int) -> bytes:
@@ -28,6 +31,17 @@ def unpack(label: bytes) -> tuple[int, int]:
         raise ValueError(f"a TAI64N label is {SIZE} bytes, not {len(label)}")
     secs, nano = _LABEL.unpack_from(label)
     return secs - OFFSET, nano
+
+
+def shift(label: bytes, seconds: int) -> bytes:
+    """LABEL moved by SECONDS (b"" stays b""): between djb's labels and skalibs' (:data:`SKALIBS_LEAP`).
+
+    Total on any 12 bytes (a label read from a file is data): the seconds wrap around 2^64.
+    """
+    if not label:
+        return label
+    secs, nano = _LABEL.unpack_from(label)
+    return _LABEL.pack((secs + seconds) % (1 << 64), nano)
 
 
 def now() -> bytes:

@@ -36,14 +36,24 @@ import select
 import signal
 import socket
 import time
+from _socket import socket as raw_socket  # the C type: no Python-level __init__/detach per connection
 
 from prefork import proc
 from prefork import scoreboard as sb
 from prefork.addr import present
 from prefork.capacity import Capacity
-from prefork.clients import ClientTable, LimitError, Region, address_key, load_over, network_bytes, parse_limits
+from prefork.clients import (
+    LIMIT_NAMES,
+    ClientTable,
+    LimitError,
+    Region,
+    address_key,
+    load_over,
+    network_bytes,
+    parse_limits,
+)
 from prefork.djb import errstr
-from prefork.environ import set_variable
+from prefork.environ import c_string, set_variable
 from prefork.logline import decision_line, decision_tail
 from prefork.proc import TICK_NS, start_ticks
 from prefork.serverconfig import TCP_VARS, ServerConfig
@@ -139,6 +149,12 @@ class Worker:
         self.force6 = cfg.family == 6
         self.rewrite = self.lfamily == socket.AF_INET6 or self.force6
         self.accepted = board.get64(self.slot + sb.OFF_ACCEPTED)
+        # the hot path stores into the scoreboard's words directly (scoreboard.py: u32/u64)
+        self.u64 = board.u64
+        self.i_accepted = (self.slot + sb.OFF_ACCEPTED) >> 3
+        self.i_last_accept = (self.slot + sb.OFF_LAST_ACCEPT) >> 3
+        # no limit variable in the server's own environment: only a rules line can set one
+        self.base_limits = any(name in base_env for name in LIMIT_NAMES)
         self.denied = board.get64(self.slot + sb.OFF_DENIED)
         self.dropped = board.get64(self.slot + sb.OFF_DROPPED)
         self.exits = [
@@ -212,14 +228,14 @@ class Worker:
                 first = max(0.0, min(c.started for c in headers.values()) / 1e9 + self.cfg.ident_timeout
                             - time.monotonic())
                 timeout = first if timeout < 0 else min(timeout, first)
+            exited = False
             for fd, ev in poll(timeout):
                 if fd in headers:
                     self.header_ready(fd, ev)
                 elif fd == lfd:
                     self.accept_ready()
                 elif fd == sig_r:
-                    drain(sig_r)
-                    self.reap()
+                    exited = True
                 elif fd == wake_r:
                     if self.cap.take_wakeup():
                         self.ensure_reservation()
@@ -227,12 +243,15 @@ class Worker:
                     drain(lookup_r)
                     while self.done:
                         self.decide(self.done.popleft())
+            if exited:  # after the accept: an exit's token can then become the next reservation (reap)
+                drain(sig_r)
+                self.reap()
             if headers:
                 self.headers_expired()
             if self.leaving:
                 self.leave()
                 return
-            if self.waiting_registered:
+            if not self.reserved or self.waiting_registered:
                 self.ensure_reservation()
 
     def leave(self) -> None:
@@ -258,7 +277,7 @@ class Worker:
 
     def ensure_reservation(self) -> None:
         """Hold one token for the next accept, or wait on the wake-up pipe when at the limit."""
-        if self.reserved:
+        if self.reserved:  # (a worker with a token is listening: see token_back)
             return
         cap = self.cap
         reserved = cap.try_reserve()
@@ -305,22 +324,24 @@ class Worker:
             self.master_check_at = now + MASTER_CHECK_NS
             if proc.state(self.master_pid) in STOPPED:
                 self.hold_while_master_stopped()
-        self.reserved = False
+                now = time.monotonic_ns()
+        self.reserved = False  # the loop reserves again once this iteration's exits are reaped
+        cap = self.cap
         if self.verbose:
-            self.cap.lock()
-            self.cap.started()
-            os.write(2, b"tcpserver: status: %d/%s\n" % (self.cap.in_use(), self.limit_b))
-            self.cap.unlock()
+            cap.lock()
+            cap.started()
+            os.write(2, b"tcpserver: status: %d/%s\n" % (cap.in_use(), self.limit_b))
+            cap.unlock()
         else:
-            self.cap.started()
+            cap.started()
         self.accepted += 1
-        self.board.put64(self.slot + sb.OFF_ACCEPTED, self.accepted)
-        self.board.put64(self.slot + sb.OFF_LAST_ACCEPT, time.time_ns())
-        conn = Conn(fd, addr[0], addr[1], time.monotonic_ns())
+        u64 = self.u64
+        u64[self.i_accepted] = self.accepted
+        u64[self.i_last_accept] = time.time_ns()
+        conn = Conn(fd, addr[0], addr[1], now)
         if len(addr) > 3:  # IPv6: (host, port, flowinfo, scope id)
             conn.scope = addr[3]
         self.handle(conn)
-        self.ensure_reservation()
 
     def hold_while_master_stopped(self) -> None:
         """The master is stopped (``svc -p``): keep the connection just accepted unserved until it continues.
@@ -374,7 +395,7 @@ class Worker:
         """Socket options, the banner, the local address, then a PROXY header's addresses; the reason to drop
         the connection, or None."""
         cfg = self.cfg
-        s = socket.socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
+        s = raw_socket(self.lfamily, socket.SOCK_STREAM, 0, conn.fd)
         try:
             if not cfg.keep_ip_options:
                 try:
@@ -509,7 +530,7 @@ class Worker:
                     return
                 env_rules = decision.env
         env = connection_env(self.base_env, conn, env_rules)
-        if not self.admit(conn, env):
+        if not self.admit(conn, env, bool(env_rules) or self.base_limits):
             return
         log = self.spawnlog
         if log is not None:
@@ -544,11 +565,12 @@ class Worker:
         # third (loadtest/REPORT.md); with nothing else runnable it costs one system call.
         os.sched_yield()
 
-    def admit(self, conn: Conn, env: dict[bytes, bytes]) -> bool:
+    def admit(self, conn: Conn, env: dict[bytes, bytes], may_limit: bool) -> bool:
         """Give CONN its entry in the client table, unless a per-client limit refuses it (False: it is
-        finished).  docs/reference/tcpserver.md, "Per-client limits"."""
+        finished).  MAY_LIMIT: ENV can hold a limit variable (the server's own or a rules line's).
+        docs/reference/tcpserver.md, "Per-client limits"."""
         try:
-            limits = parse_limits(env)
+            limits = parse_limits(env) if may_limit else None
         except LimitError as e:
             self.drop(conn, str(e).encode())
             return False
@@ -658,13 +680,13 @@ class Worker:
             )
             os.write(2, b"".join(lines))
             self._close(conn)
-            self.cap.ended()
+            self.token_back()
             self.cap.unlock()
             return
         if warning is not None and self.warn:
             os.write(2, warning)
         self._close(conn)
-        self.cap.ended()
+        self.token_back()
 
     @staticmethod
     def _close(conn: Conn) -> None:
@@ -703,7 +725,7 @@ class Worker:
             self.record_exit(pid, wait_status(info), time.monotonic_ns() - conn.started)
             os.waitpid(pid, 0)
             self.board.counted(self.slot)
-            self.cap.ended()
+            self.token_back()
 
     def reap_logged(self, log: SpawnLog) -> None:
         """``reap`` with ``-v``: each program's ``end`` line is written before it is reaped.
@@ -742,8 +764,17 @@ class Worker:
             self.record_exit(pid, status, time.monotonic_ns() - conn.started)
             os.waitpid(pid, 0)
             self.board.counted(self.slot)
-            self.cap.ended()
+            self.token_back()
             self.cap.unlock()
+
+    def token_back(self) -> None:
+        """A program was reaped: its token becomes the reservation for the next accept if this worker has
+        none (no lock needed, see Capacity.recycled), else it goes back to all workers."""
+        if self.reserved or self.leaving or not self.listening:
+            self.cap.ended()
+        else:
+            self.cap.recycled()
+            self.reserved = True
 
     def record_exit(self, pid: int, status: int, duration_ns: int) -> None:
         """Count PID's exit in this slot; the caller reaps it next, then voids the record."""
@@ -955,14 +986,15 @@ def connection_env(
     env[b"PROTO"] = b"TCP6" if six else b"TCP"
     env[b"TCPLOCALIP"] = conn.localip.encode()
     env[b"TCPLOCALPORT"] = b"%d" % conn.localport
+    # (names without "=" or NUL: set_variable reduces to the value's C string)
     if conn.localhost is not None:
-        set_variable(env, b"TCPLOCALHOST", conn.localhost)
+        env[b"TCPLOCALHOST"] = c_string(conn.localhost)
     env[b"TCPREMOTEIP"] = conn.remoteip.encode()
     env[b"TCPREMOTEPORT"] = b"%d" % conn.remoteport
     if conn.remotehost is not None:
-        set_variable(env, b"TCPREMOTEHOST", conn.remotehost)
+        env[b"TCPREMOTEHOST"] = c_string(conn.remotehost)
     if conn.remoteinfo is not None:
-        set_variable(env, b"TCPREMOTEINFO", conn.remoteinfo)
+        env[b"TCPREMOTEINFO"] = c_string(conn.remoteinfo)
     if six:  # ucspi-tcp-ipv6's twins of an IPv6 connection: the same values (docs/CONTRACTS.md, IPv6)
         for name, twin in TWINS:
             value = env.get(name)

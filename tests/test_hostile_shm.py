@@ -83,8 +83,8 @@ def _board_bytes() -> bytes:
         board.put64(s0 + sb.OFF_DURATION_SUM, 10**9)
         board.put64(sb.H_RESTARTS, 1)
         data = Path(f"{d}/b").read_bytes()
-        board._u32.release()
-        board._u64.release()
+        board.u32.release()
+        board.u64.release()
         board.mm.close()
         os.close(board.fd)
         return data

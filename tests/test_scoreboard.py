@@ -88,6 +88,26 @@ def test_capacity_is_one_limit_across_slots(tmp_path):
     assert not a.try_reserve()
 
 
+def test_a_recycled_token_stays_held_and_wakes_nobody(tmp_path):
+    """A worker that reaps while it has no reservation keeps the token for its next accept, without the lock."""
+    board = make_board(tmp_path, workers=2, limit=2)
+    r, w = os.pipe2(os.O_NONBLOCK)
+    a = Capacity(board, 2, r, w, 0)
+    b = Capacity(board, 2, r, w, 1)
+    assert a.try_reserve() and a.try_reserve()
+    a.started()
+    a.started()  # two programs, no reservation: the limit is reached
+    b.set_waiting(True)
+    assert not b.try_reserve()
+    a.recycled()  # one program ends: its token is a's reservation now
+    assert (a.held, a.active, a.in_use()) == (2, 1, 1)
+    assert board.get32(board.slot_offset(0) + sb.OFF_HELD) == 2
+    assert not b.take_wakeup() and not b.try_reserve()  # nothing was freed
+    a.started()
+    a.ended()  # a program ends while a holds no spare token: back to everyone, the waiter is told
+    assert b.take_wakeup() and b.try_reserve()
+
+
 def test_dead_worker_tokens_become_exact_orphans(tmp_path):
     board = make_board(tmp_path, workers=2, limit=2)
     r, w = os.pipe2(os.O_NONBLOCK)

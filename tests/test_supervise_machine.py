@@ -98,6 +98,9 @@ class FakeSeam(Seam):
     def finished(self, service: Service) -> None:
         self.events.append(("finished",))
 
+    def set_down(self, service: Service, present: bool) -> None:
+        self.events.append(("set_down", present))
+
     # the test's side
     def next_label(self) -> bytes:
         return label_number(self.labels + 1)
@@ -161,7 +164,7 @@ def runit(request) -> bool:
 
 def boot(runit: bool, *, down_file: bool = False, name: str = "svc") -> Rig:
     seam = FakeSeam()
-    service = Service(seam, name, runit=runit)
+    service = Service(seam, name, mode="runit" if runit else "daemontools")
     service.prepare(down_file)
     service.boot()
     return Rig(seam, service)
@@ -219,7 +222,7 @@ def _finished(runit: bool) -> Rig:
 
 def _adopted(runit: bool) -> Rig:
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.adopt(ADOPTED_PID, ADOPTED_LABEL, WANT_UP, False, True)
     seam.now = 5.0
     return Rig(seam, service)
@@ -360,12 +363,12 @@ def expected(rig: Rig, byte: int) -> tuple[list[tuple], Facts]:
             events.append(("finished",))
             f.done = True
     else:
-        sig = SIGNAL_BYTES.get(key) or (RUNIT_SIGNAL_BYTES.get(key) if service.runit else None)
+        sig = SIGNAL_BYTES.get(key) or (RUNIT_SIGNAL_BYTES.get(key) if service.mode == "runit" else None)
         if sig is not None and running:
             events.append(("kill", f.pid, sig))
             if sig == TERM:
                 f.term_sent = True
-                if service.runit:
+                if service.mode == "runit":
                     publish()  # byte 18: "got TERM"
     return events, f
 
@@ -454,7 +457,7 @@ def test_label_is_never_touched_by_a_command_in_any_state(runit):
 # -- the restart throttle -------------------------------------------------------------------------
 def test_a_restart_within_the_second_is_deferred_to_exactly_last_start_plus_one(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     seam.now = 100.25
     service.prepare(False)
     service.boot()
@@ -653,7 +656,7 @@ def missing_run() -> FakeSeam:
 
 def test_failed_start_reports_like_supervise_and_retries_a_second_later(missing_run):
     seam = missing_run
-    service = Service(seam, "svc", runit=False)
+    service = Service(seam, "svc")
     service.prepare(False)
     service.boot()
     assert seam.take() == [
@@ -687,7 +690,7 @@ def test_failed_start_is_no_busy_loop(missing_run):
 def test_failed_start_uses_djb_error_words_and_the_service_name(missing_run):
     seam = missing_run
     seam.fail = OSError(errno.EACCES, "Permission denied")
-    service = Service(seam, "log", runit=False)
+    service = Service(seam, "log")
     service.prepare(False)
     service.boot()
     assert ("report", "supervise: fatal: unable to start log/run: access denied") in seam.events
@@ -731,7 +734,7 @@ def test_a_start_succeeds_once_run_appears(missing_run):
 # -- boot and adoption -----------------------------------------------------------------------------
 def test_boot_without_down_file_publishes_twice_then_starts(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(False)
     assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(1)))]
     service.boot()
@@ -742,7 +745,7 @@ def test_boot_without_down_file_publishes_twice_then_starts(runit):
 
 def test_boot_with_down_file_publishes_twice_and_starts_nothing(runit):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(True)
     assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(1)))]
     service.boot()
@@ -790,7 +793,7 @@ OPS = st.one_of(
 @given(runit=st.booleans(), down_file=st.booleans(), ops=st.lists(OPS, max_size=60))
 def test_random_walk_keeps_the_invariants(runit, down_file, ops):
     seam = FakeSeam()
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(down_file)
     service.boot()
     for op, arg in ops:
@@ -862,7 +865,7 @@ class S6Seam(FakeSeam):
 
 def s6_boot(runit: bool = False, **seam_args) -> Rig:
     seam = S6Seam(**seam_args)
-    service = Service(seam, "svc", runit=runit)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
     service.prepare(False)
     service.boot()
     return Rig(seam, service)
@@ -1091,3 +1094,125 @@ def test_d_after_o_during_finish_cancels_the_start(runit):
     service.finish_exited(0)
     seam.advance(10.0)
     assert seam.spawn_times == [0.0]
+
+
+# -- s6 mode (supervise --s6): s6-svc's letters and s6-supervise's restart pause ------------------------------------
+def up_service(mode: str) -> tuple[FakeSeam, Service]:
+    seam = FakeSeam()
+    service = Service(seam, "svc", mode=mode)
+    service.prepare(False)
+    service.boot()
+    seam.take()
+    return seam, service
+
+
+@pytest.mark.parametrize("mode", ["daemontools", "runit"])
+def test_s6_letters_mean_nothing_in_the_other_modes(mode):
+    seam, service = up_service(mode)
+    for byte in b"bOQDUyr":
+        service.control(byte)
+    assert seam.take() == []
+    assert (service.pid, service.want, service.normally_up) == (100, WANT_UP, True)
+
+
+@pytest.mark.parametrize(("byte", "sig"), [(b"b", signal.SIGABRT), (b"y", signal.SIGWINCH), (b"r", signal.SIGTERM),
+                                           (b"q", signal.SIGQUIT), (b"1", signal.SIGUSR1), (b"2", signal.SIGUSR2)])
+def test_s6_signal_letters(byte, sig):
+    seam, service = up_service("s6")
+    service.control(byte[0])
+    assert seam.take() == [("kill", 100, sig)]  # r: the want stays up, so the service is restarted
+    assert service.want == WANT_UP
+
+
+def test_s6_once_at_most_and_the_down_file_letters():
+    seam, service = up_service("s6")
+    service.control(ord("O"))  # running: it runs on, once
+    assert seam.take() == [("publish", Snap(100, WANT_ONCE, False, False, False, label_number(2)))]
+    service.control(ord("Q"))
+    assert seam.take() == [("set_down", True), ("publish", Snap(100, WANT_ONCE, False, False, False, label_number(2)))]
+    assert service.normally_up is False
+    service.control(ord("U"))  # u, ./down removed
+    assert seam.take() == [("set_down", False), ("publish", Snap(100, WANT_UP, False, False, False, label_number(2)))]
+    service.control(ord("D"))  # d, ./down made
+    assert seam.take() == [("set_down", True), ("kill", 100, signal.SIGTERM), ("kill", 100, signal.SIGCONT),
+                           ("publish", Snap(100, WANT_DOWN, False, True, False, label_number(2)))]
+    service.exited(signal.SIGTERM)
+    seam.take()
+    service.control(ord("O"))  # down: stays down
+    assert seam.take() == [("publish", Snap(0, WANT_DOWN, False, False, False, label_number(3)))]
+    service.control(ord("U"))
+    assert seam.take()[:2] == [("set_down", False), ("publish", Snap(0, WANT_UP, False, False, False, label_number(3)))]
+    assert service.pid == 101
+
+
+def test_s6_restarts_a_second_after_the_death_and_starts_at_once_on_u():
+    seam, service = up_service("s6")
+    seam.advance(30.0)  # a long run: 0.76 would restart at once
+    service.exited(0)
+    assert seam.take() == [("publish", Snap(0, WANT_UP, False, False, False, label_number(3))), ("schedule", 31.0)]
+    seam.advance(30.9)
+    assert seam.take() == []
+    seam.advance(31.0)
+    assert [e[0] for e in seam.take()] == ["spawn", "publish"]
+    assert (service.pid, service.starts, service.restarts) == (101, 2, 1)
+    service.control(ord("d"))
+    service.exited(signal.SIGTERM)
+    seam.take()
+    service.control(ord("u"))  # a u is no restart: at once, however recent the previous start
+    assert [e[0] for e in seam.take()] == ["publish", "spawn", "publish"]
+
+
+def test_s6_failed_start_is_no_busy_loop(missing_run):
+    seam = missing_run
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(False)
+    service.boot()
+    for step in range(1, 1001):  # 10 simulated seconds, 10 ms at a time
+        seam.advance(step / 100)
+    assert seam.spawn_times == [float(n) for n in range(11)]
+
+
+S6_OPS = st.one_of(
+    st.tuples(st.just("byte"), st.sampled_from(list(b"duopchaitkxq12zbyrOQDU"))),
+    st.tuples(st.just("exit"), st.sampled_from([0, 256, 9, 15])),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.125, 0.5, 0.875, 1.0, 2.5])),
+    st.tuples(st.just("timers"), st.none()),
+    st.tuples(st.just("fail"), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(down_file=st.booleans(), ops=st.lists(S6_OPS, max_size=60))
+def test_s6_random_walk_keeps_the_invariants(down_file, ops):
+    """s6 mode: no start but one asked for (u, o, U) or a second after a death or failed start."""
+    seam = FakeSeam()
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(down_file)
+    service.boot()
+    for op, arg in ops:
+        spawns, was_done = len(seam.spawn_times), service.done
+        seam.take()
+        if op == "byte":
+            service.control(arg)
+        elif op == "exit":
+            if not service.pid:
+                continue
+            service.exited(arg)
+        elif op == "tick":
+            seam.now += arg
+        elif op == "timers":
+            seam.run_timers()
+        else:
+            seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+        events = seam.take()
+        new_spawns = len(seam.spawn_times) - spawns
+        assert new_spawns <= 1
+        if new_spawns and not (op == "byte" and bytes([arg]) in b"uoU"):
+            assert op == "timers" and [t for t in seam.timers if t[0] <= seam.now] == []
+        # a restart is planned a second after the death (or the failed start) that calls for it
+        assert all(e[1] == seam.now + THROTTLE for e in events if e[0] == "schedule")
+        if was_done:
+            assert events == []
+        if op == "byte" and bytes([arg]) not in b"duopcxOQDU":
+            assert set(e[0] for e in events) <= {"kill"} and len(events) <= 1
+        assert service.starts == len(seam.spawn_times)
