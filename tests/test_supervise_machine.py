@@ -1216,3 +1216,20 @@ def test_s6_random_walk_keeps_the_invariants(down_file, ops):
         if op == "byte" and bytes([arg]) not in b"duopcxOQDU":
             assert set(e[0] for e in events) <= {"kill"} and len(events) <= 1
         assert service.starts == len(seam.spawn_times)
+
+
+def test_s6_mode_restarts_a_second_after_finish_ends():
+    """--s6: as s6-supervise 2.11, the pause after a death counts from the end of ./finish."""
+    seam = S6Seam()
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(False)
+    service.boot()
+    seam.now = 5.0
+    service.exited(0)
+    seam.advance(7.0)
+    assert seam.spawn_times == [0.0]
+    service.finish_exited(0)
+    seam.advance(7.999)
+    assert seam.spawn_times == [0.0]
+    seam.advance(8.0)
+    assert seam.spawn_times == [0.0, 8.0] and service.restarts == 1
