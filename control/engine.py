@@ -53,7 +53,7 @@ MAX_SLEEP = 3600.0
 class Supervised:
     """The engine's data for one service: its open files, its stdio, its table slot."""
 
-    __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner")
+    __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner", "notify_fd")
 
     def __init__(self, sd: ServiceDir, stdin: int | None, stdout: int | None, table_name: str, is_log: bool,
                  owner: Entry | None) -> None:
@@ -65,6 +65,7 @@ class Supervised:
         self.table_name = table_name
         self.is_log = is_log
         self.owner = owner  # svscan's entry for the service, None under supervise
+        self.notify_fd = -1  # read end of the notification-fd pipe, open only until readiness or the exit
 
 
 class Engine(Seam):
@@ -121,7 +122,8 @@ class Engine(Seam):
                 self.by_pid[pid] = service
                 self.epoll.register(pidfd, select.EPOLLIN)
                 self.by_fd[pidfd] = service
-                service.adopt(pid, label, want, paused, normally_up=not down)
+                service.adopt(pid, label, want, paused, normally_up=not down,
+                              notify=self._notification_fd(service) is not None)
             else:
                 service.prepare(down)
             sd.open_ok()
@@ -137,6 +139,7 @@ class Engine(Seam):
 
     def _forget(self, service: Service) -> None:
         ctx = service.context
+        self._drop_notify(service)
         for fd in (ctx.sd.control_fd, ctx.pidfd):
             if fd >= 0 and self.by_fd.pop(fd, None) is not None:
                 try:
@@ -154,26 +157,106 @@ class Engine(Seam):
     # -- the seam --------------------------------------------------------------------------
     def spawn(self, service: Service) -> int:
         ctx = service.context
+        actions = self._stdio(service)
+        notify = self._notification_fd(service)
+        r = w = -1
+        if notify is not None:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            if w == notify:  # dup2 onto itself would leave it close-on-exec
+                w2 = os.dup(w)
+                os.close(w)
+                w = w2
+            actions.append((os.POSIX_SPAWN_DUP2, w, notify))  # last: the stdio sources are copied by then
+        try:
+            pid = self._spawn(service, "./run", ["./run"], actions)
+        except BaseException:
+            if r >= 0:
+                os.close(r)
+            raise
+        finally:
+            if w >= 0:
+                os.close(w)
+        if r >= 0:
+            os.set_blocking(r, False)
+            ctx.notify_fd = r
+            self.epoll.register(r, select.EPOLLIN)
+            self.by_fd[r] = service
+        return pid
+
+    def _spawn(self, service: Service, path: str, argv: list[str], actions: list[tuple[int, int, int]]) -> int:
+        ctx = service.context
         if not self.sigdef:
             from prefork.spawn import signals_to_reset
 
             self.sigdef = signals_to_reset(always=())  # an ignored-at-start signal stays ignored in services
-        actions = []
-        if ctx.stdin is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
-        if ctx.stdout is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdout, 1))
-        if self.stderr is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))
         os.fchdir(ctx.sd.dirfd)
         try:
-            pid = os.posix_spawn("./run", ["./run"], self.env, file_actions=actions, setsigmask=(),
-                                 setsigdef=self.sigdef, setsid=self.new_session)
+            pid = os.posix_spawn(path, argv, self.env, file_actions=actions, setsigmask=(), setsigdef=self.sigdef,
+                                 setsid=self.new_session)
         finally:
             os.fchdir(self.home_fd)
         self.by_pid[pid] = service
         self.let_run = True
         return pid
+
+    def _stdio(self, service: Service) -> list[tuple[int, int, int]]:
+        ctx = service.context
+        actions = []
+        if ctx.stdin is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdin, 0))
+        if ctx.stdout is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, ctx.stdout, 1))
+        if self.stderr is not None:  # svscan --runit DIR LOG: runsvdir's log
+            actions.append((os.POSIX_SPAWN_DUP2, self.stderr, 2))
+        return actions
+
+    def _notification_fd(self, service: Service) -> int | None:
+        """The fd number of ./run's notification pipe, None without a usable notification-fd file."""
+        fd = self.setting(service, "notification-fd")
+        if fd is None:
+            return None
+        where = f"supervise: warning: {service.context.sd.display}/notification-fd {fd}"
+        if fd <= 2:
+            self.report(service, f"{where} would replace the service's stdin, stdout or stderr, ignored")
+            return None
+        limit = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE ./run inherits
+        if 0 < limit <= fd:
+            self.report(service, f"{where} is beyond the descriptor limit {limit}, ignored")
+            return None
+        return fd
+
+    def notifying(self, service: Service) -> bool:
+        return service.context.notify_fd >= 0
+
+    def directory_name(self, service: Service) -> str:
+        return service.context.table_name  # DIR under supervise; NAME or NAME/log under svscan
+
+    def setting(self, service: Service, name: str) -> int | None:
+        value, warning = service.context.sd.setting(name)
+        if warning is not None:
+            self.report(service, f"supervise: warning: {warning}")
+        return value
+
+    def spawn_finish(self, service: Service, args: list[str]) -> int:
+        try:
+            return self._spawn(service, "./finish", ["./finish", *args], self._stdio(service))
+        except OSError as err:
+            if isinstance(err, FileNotFoundError):
+                try:
+                    os.stat("finish", dir_fd=service.context.sd.dirfd, follow_symlinks=False)
+                except OSError:
+                    return 0  # no ./finish: the usual case
+            from prefork.djb import errstr
+
+            self.report(service, f"supervise: warning: unable to start {service.context.sd.display}/finish:"
+                                 f" {errstr(err)}")
+            return 0
+
+    def kill_pid(self, service: Service, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
     def kill(self, service: Service, sig: int) -> None:
         try:
@@ -277,6 +360,9 @@ class Engine(Seam):
                 if fd == ctx.pidfd:
                     self._adopted_exit(service)
                     continue
+                if fd == ctx.notify_fd:
+                    self._notified(service)
+                    continue
                 try:
                     data = os.read(fd, CONTROL_CHUNK)
                 except OSError:
@@ -311,16 +397,49 @@ class Engine(Seam):
             service = self.by_pid.pop(pid, None)
             if service is not None and service.pid == pid:
                 self._drop_pidfd(service)
+                self._drop_notify(service)
                 service.exited(status)
+            elif service is not None and service.finish_pid == pid:
+                service.finish_exited(status)
             elif self.on_other_child is not None:  # svscan's metrics exporter (orphans of a subreaper: ignored)
                 self.on_other_child(pid, status)
 
     def _adopted_exit(self, service: Service) -> None:
         pid = service.pid
         self._drop_pidfd(service)
+        self._drop_notify(service)
         if pid and self.by_pid.get(pid) is service:
             del self.by_pid[pid]
             service.exited(-1)  # not our child: its wait status went to its real parent
+
+    def _notified(self, service: Service) -> None:
+        """The notification pipe is readable: a newline anywhere in it makes the service ready (s6's rule).
+
+        The pipe is closed once the service is ready or has closed its end: a
+        second readiness line then gets EPIPE, as under s6-supervise.
+        """
+        try:
+            data = os.read(service.context.notify_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if b"\n" in data:
+            self._drop_notify(service)
+            service.ready()
+        elif not data:
+            self._drop_notify(service)  # closed without a newline: never ready
+
+    def _drop_notify(self, service: Service) -> None:
+        ctx = service.context
+        if ctx.notify_fd >= 0:
+            self.by_fd.pop(ctx.notify_fd, None)
+            try:
+                self.epoll.unregister(ctx.notify_fd)
+            except OSError:
+                pass
+            os.close(ctx.notify_fd)
+            ctx.notify_fd = -1
 
     def _drop_pidfd(self, service: Service) -> None:
         ctx = service.context
@@ -354,7 +473,6 @@ def _read_all(fd: int) -> bytes:
 def _record(service: Service) -> ServiceRecord:
     from prefork.control import servicetable as st
 
-    seconds, nanos = tai64n.unpack(service.label) if service.label else (0, 0)
     ctx = service.context
     flags = st.FLAG_LOG if ctx.is_log else 0
     if service.normally_up:
@@ -363,14 +481,26 @@ def _record(service: Service) -> ServiceRecord:
         flags |= st.FLAG_EXIT_REQUESTED
     if service.adopted:
         flags |= st.FLAG_ADOPTED
+    if service.finishing:
+        flags |= st.FLAG_FINISHING
+    if service.pid and service.notifying:
+        flags |= st.FLAG_NOTIFYING
     state = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}[service.state]
     want = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}[service.want]
     return st.ServiceRecord(
         name=ctx.table_name,
         pid=service.pid, want=want, paused=bool(service.pid and service.paused), state=state,
-        since_ns=seconds * 1_000_000_000 + nanos, starts=service.starts, restarts=service.restarts,
-        last_status=service.last_status, flags=flags,
+        since_ns=_ns(service.label), starts=service.starts, restarts=service.restarts,
+        last_status=service.last_status, flags=flags, ready_ns=_ns(service.ready_label),
     )
+
+
+def _ns(label: bytes) -> int:
+    """A TAI64N label as ns since the epoch, 0 for b"" (never, not ready)."""
+    if not label:
+        return 0
+    seconds, nanos = tai64n.unpack(label)
+    return seconds * 1_000_000_000 + nanos
 
 
 def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool, int] | None:

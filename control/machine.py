@@ -16,6 +16,15 @@ never less than a second apart.  A ``d`` during the deferral cancels the start;
 a ``u`` or ``o`` after it makes it again at the same moment, counted as a start
 but not as a restart (``restarts`` counts only starts caused by an exit).
 
+s6's opt-in files of a service directory are honoured in every mode
+(docs/CONTRACTS.md, s6 service directories): ``finish`` runs after each exit
+of ``./run`` and the next start waits for it (killed after ``timeout-finish``);
+``down-signal`` replaces TERM for ``d``; ``timeout-kill`` sends KILL to a
+service still alive that long after it; ``notification-fd`` makes readiness
+the service's own newline (without it, a service is never ready, as in s6).  The machine
+reads each file when it needs it (``Seam.setting``), as s6-supervise does, so
+a service costs no memory for files it does not have.
+
 The mode (``--runit``, ``--s6``) changes only what the tables below say: the control bytes known
 beyond 0.76's, and (s6) a restart a second after the death instead of the throttle above.
 
@@ -62,6 +71,8 @@ WANT_LETTERS: dict[str, frozenset[int]] = {
 PAUSE_AFTER_EXIT = {"daemontools": False, "runit": False, "s6": True}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
+FINISH_TIMEOUT_MS = 5000  # s6-supervise's default timeout-finish
+FINISH_NO_RESTART = 125  # s6: a finish that exits 125 leaves the service down
 
 
 class Seam:
@@ -98,6 +109,29 @@ class Seam:
         """SERVICE is down after ``x``: its supervisor is done with it."""
         raise NotImplementedError
 
+    # The s6 files.  These defaults are a directory without them, which is what the machine's unit tests
+    # of daemontools' behaviour fake.
+    def setting(self, service: Service, name: str) -> int | None:
+        """The number in the service directory's file NAME (``down-signal``, ``timeout-kill``,
+        ``timeout-finish``); None when the file is absent or (after a warning) unusable."""
+        return None
+
+    def spawn_finish(self, service: Service, args: list[str]) -> int:
+        """Start ./finish with ARGS and return its pid; 0 if there is none or it cannot start (after a warning)."""
+        return 0
+
+    def kill_pid(self, service: Service, pid: int, sig: int) -> None:
+        """Send SIG to PID (./finish's: the service's own pid is :meth:`kill`'s)."""
+
+    def notifying(self, service: Service) -> bool:
+        """The ./run just spawned got a notification-fd: it is not ready until it says so."""
+        return False
+
+    def directory_name(self, service: Service) -> str:
+        """./finish's third argument: the directory as s6-svscan names it to s6-supervise (``NAME/log``, where
+        the messages say ``log``)."""
+        return service.name
+
     def set_down(self, service: Service, present: bool) -> None:
         """Create (PRESENT) or remove the service's ``down`` file (s6-svc -D, -U, -Q)."""
         raise NotImplementedError
@@ -114,7 +148,8 @@ class Service:
         "seam", "name", "mode", "extra_signals", "want_letters", "pause_after_exit", "pid", "want", "paused",
         "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
-        "normally_up", "adopted", "done", "context", "ready_label", "finishing", "log",
+        "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
+        "kill_at", "finish_kill_at", "once_after_finish", "log",
     )
 
     def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None,
@@ -144,11 +179,16 @@ class Service:
         self.normally_up = True
         self.adopted = False
         self.done = False
-        # s6's readiness: the TAI64N label of the moment the running service became ready, b"" while not.
-        # Without a notification-fd s6 never calls a service ready (its status keeps the bit clear), so
-        # nothing here sets it; ``finishing`` is true while ./finish runs (no ./finish is run here yet).
+        # Readiness (s6's): the TAI64N label of the moment the service became ready, b"" while it is not.  Only a
+        # ./run with a notification-fd (notifying) ever is: the engine calls ready() on its newline.  Without one,
+        # s6-supervise 2.11 never calls a service ready either (s6-svwait -U waits for ever).
         self.ready_label = b""
-        self.finishing = False
+        self.notifying = False
+        self.finishing = False  # ./finish is running (finish_pid); the next start waits for it
+        self.finish_pid = 0
+        self.kill_at = 0.0  # monotonic time of the KILL that timeout-kill promises after d, 0 = none
+        self.finish_kill_at = 0.0  # the same for ./finish and timeout-finish
+        self.once_after_finish = False  # an o came while ./finish ran: start once when it ends
 
     # -- events --------------------------------------------------------------------------
     def prepare(self, down_file: bool) -> None:
@@ -164,7 +204,7 @@ class Service:
         if self.want == WANT_UP:
             self._start()
 
-    def adopt(self, pid: int, label: bytes, want: bytes, paused: bool, normally_up: bool) -> None:
+    def adopt(self, pid: int, label: bytes, want: bytes, paused: bool, normally_up: bool, notify: bool = False) -> None:
         """Take over a service left running by a supervisor that was killed (no second copy is started)."""
         self.normally_up = normally_up
         self.pid = pid
@@ -172,6 +212,8 @@ class Service:
         self.want = want if want in (WANT_UP, WANT_DOWN) else WANT_ONCE
         self.paused = paused
         self.adopted = True
+        self.ready_label = b""  # with a notification-fd, its readiness went with the old supervisor's pipe
+        self.notifying = notify
         self.seam.publish(self)
 
     def control(self, byte: int) -> None:
@@ -186,6 +228,7 @@ class Service:
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
             self.seam.publish(self)
             if not self.pid:
+                self.once_after_finish = bool(self.finish_pid) and byte == 0x6F
                 self._start()
         elif byte == 0x70:  # p
             self.paused = True
@@ -205,7 +248,7 @@ class Service:
                 # service (docs/CONTRACTS.md, runit semantics).
                 self.exit_requested = True
                 self._stop()
-                if not self.pid:
+                if not self.pid and not self.finish_pid:
                     self._finish()
         elif byte in self.want_letters:
             self._s6_want(byte)
@@ -245,7 +288,7 @@ class Service:
             self.want = WANT_DOWN
             self.restart_pending = False
         self.seam.publish(self)
-        if not self.pid:
+        if not self.pid and not self.finish_pid:  # else after ./finish, as s6-supervise does
             self._finish()
 
     def exited(self, status: int) -> None:
@@ -253,9 +296,45 @@ class Service:
         self.pid = 0
         self.term_sent = False
         self.adopted = False
-        self.ready_label = b""  # ready only while up
+        self.kill_at = 0.0
+        self.ready_label = b""
+        self.notifying = False
         self.last_status = status
         self.label = self.seam.label()
+        self.finish_pid = self.seam.spawn_finish(self, self._finish_args(status))
+        if self.finish_pid:
+            self.finishing = True
+            self.seam.publish(self)
+            runit = self.mode == "runit"
+            timeout = None if runit else self.seam.setting(self, "timeout-finish")  # runsv has no such limit
+            if timeout is None and not runit:
+                timeout = FINISH_TIMEOUT_MS
+            if timeout:
+                self.finish_kill_at = self.seam.monotonic() + timeout / 1000
+                self.seam.schedule(self, self.finish_kill_at)
+            return
+        self._settle()
+
+    def finish_exited(self, status: int) -> None:
+        """./finish ended with wait status STATUS: now the service may start again (s6: unless it exited 125)."""
+        self.finish_pid = 0
+        self.finish_kill_at = 0.0
+        self.finishing = False
+        if self.mode != "runit" and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
+            self.want = WANT_DOWN
+        once, self.once_after_finish = self.once_after_finish, False
+        self._settle()
+        if once and self.want == WANT_ONCE and not self.done:
+            self._start()
+
+    def ready(self) -> None:
+        """The service wrote its readiness newline on its notification-fd."""
+        if self.pid and self.notifying and not self.ready_label:
+            self.ready_label = self.seam.label()
+            self.seam.publish(self)
+
+    def _settle(self) -> None:
+        """The service is down and no ./finish runs: restart, stay down, or end after ``x``."""
         now = self.seam.monotonic()
         if self.want == WANT_UP and not self.exit_requested and not self.pause_after_exit and not self._throttled(now):
             # 0.76 writes the exit, forks, then writes the new pid.  Here the spawn comes first and both writes
@@ -267,12 +346,27 @@ class Service:
         if self.exit_requested:
             self._finish()
         elif self.want == WANT_UP and self.pause_after_exit:
-            self._start_after_pause(now)
+            self._start_after_pause(now)  # s6: a second after the death, or after ./finish
         elif self.want == WANT_UP:
             self._start(automatic=True)  # deferred to the end of the throttle second
 
     def timer(self) -> None:
-        """The throttle second is over: make the deferred start if it is still wanted."""
+        """A deadline may have come: the KILLs of timeout-kill and timeout-finish, the end of the throttle second.
+
+        A timer whose deadline was cancelled (the process ended first) finds nothing to do; a deferred start
+        that is still early is deferred again by _start.
+        """
+        now = self.seam.monotonic()
+        if self.kill_at and now >= self.kill_at:
+            self.kill_at = 0.0
+            if self.pid:
+                self.seam.kill(self, signal.SIGKILL)
+        if self.finish_kill_at and now >= self.finish_kill_at:
+            self.finish_kill_at = 0.0
+            if self.finish_pid:
+                self.seam.report(self, f"supervise: warning: {self.name}/finish still running after timeout-finish:"
+                                       " sending it SIGKILL")
+                self.seam.kill_pid(self, self.finish_pid, signal.SIGKILL)
         if not self.start_pending:
             return
         self.start_pending = False
@@ -283,14 +377,20 @@ class Service:
 
     # -- helpers -------------------------------------------------------------------------
     def _stop(self) -> None:
-        """d: want down, and TERM then CONT to a running service."""
+        """d: want down, and the down signal (TERM unless ``down-signal`` says otherwise) then CONT to a
+        running service, with SIGKILL ``timeout-kill`` ms later if it is still alive."""
         self.want = WANT_DOWN
+        self.once_after_finish = False
         self.restart_pending = False  # a deferred restart is cancelled: a u/o before its moment is no restart
         if self.pid:
-            self.seam.kill(self, signal.SIGTERM)
+            self.seam.kill(self, self.seam.setting(self, "down-signal") or signal.SIGTERM)
             self.seam.kill(self, signal.SIGCONT)
             self.paused = False
             self.term_sent = True
+            timeout = self.seam.setting(self, "timeout-kill")
+            if timeout and not self.kill_at:  # a second d does not put the KILL off
+                self.kill_at = self.seam.monotonic() + timeout / 1000
+                self.seam.schedule(self, self.kill_at)
         self.seam.publish(self)
 
     @property
@@ -299,6 +399,20 @@ class Service:
         if not self.pid:
             return "down"
         return "stopping" if self.term_sent else "up"
+
+    def _finish_args(self, status: int) -> list[str]:
+        """./finish's arguments for the wait status STATUS (-1: unknown, the exit of an adopted pid).
+
+        s6: the exit code, or 256 if killed by a signal; the signal number or 0; the directory name.
+        runit's runsv: the exit code, or -1 if not a normal exit; the signal number or 0.
+        """
+        if status < 0:
+            code, sig = -1, 0
+        elif status & 0x7F:
+            code, sig = -1 if self.mode == "runit" else 256, status & 0x7F
+        else:
+            code, sig = status >> 8, 0
+        return [str(code), str(sig)] if self.mode == "runit" else [str(code), str(sig), self.seam.directory_name(self)]
 
     def _throttled(self, now: float) -> bool:
         if self.pause_after_exit:  # s6: the second is counted from the death (exited()), a u starts at once
@@ -311,7 +425,7 @@ class Service:
         ANNOUNCE_DOWN (from :meth:`exited`, never throttled): the exit is
         written right after the spawn attempt, before anything else.
         """
-        if self.pid or self.done:
+        if self.pid or self.done or self.finish_pid:
             return
         now = self.seam.monotonic()
         if self._throttled(now):
@@ -352,6 +466,8 @@ class Service:
         self.paused = False
         self.term_sent = False
         self.label = self.seam.label()
+        self.ready_label = b""
+        self.notifying = self.seam.notifying(self)
         self.seam.publish(self)
 
     def _start_after_pause(self, now: float) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import stat
 
 from prefork.atomicfile import failed_step, replace
@@ -32,6 +33,14 @@ from prefork.control import statusfile
 from prefork.djb import errstr
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC  # for every fixed name in supervise/
+SETTING_BYTES = 64  # read of an s6 setting file: its first line is all that counts, and it is short
+# s6's files holding one number each (docs/CONTRACTS.md, s6 service directories), and what garbage in each means.
+SETTINGS = {
+    "notification-fd": "ignored",
+    "timeout-kill": "ignored",
+    "timeout-finish": "using 5000",
+    "down-signal": "using SIGTERM",
+}
 
 
 class StartupError(Exception):
@@ -146,6 +155,32 @@ class ServiceDir:
                     pass
                 setattr(self, name, -1)
 
+    # -- s6's setting files ---------------------------------------------------------------
+    def setting(self, name: str) -> tuple[int | None, str | None]:
+        """(value, warning) of the s6 setting file NAME: (None, None) if it is absent.
+
+        As s6-supervise reads them: the first line only, which must be the whole
+        number (decimal; ``down-signal`` also a name, ``HUP`` or ``SIGHUP`` in
+        any case).  Anything else is (None, the one-line warning).  The file is
+        read every time it is needed, like s6's, so an edit takes effect at once.
+        """
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=self.dirfd)
+        except FileNotFoundError:
+            return None, None
+        except OSError as err:
+            return None, f"unable to read {self.display}/{name}: {errstr(err)}, {SETTINGS[name]}"
+        try:
+            data = os.read(fd, SETTING_BYTES)
+        except OSError as err:
+            return None, f"unable to read {self.display}/{name}: {errstr(err)}, {SETTINGS[name]}"
+        finally:
+            os.close(fd)
+        value = parse_setting(name, data.split(b"\n", 1)[0])
+        if value is None:
+            return None, f"invalid {self.display}/{name}, {SETTINGS[name]}"
+        return value, None
+
     # -- status ----------------------------------------------------------------------------
     def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
                      finishing: bool = False, ready_label: bytes = b"", exiting: bool = False) -> str | None:
@@ -225,6 +260,20 @@ class ServiceDir:
             what = {"create": "unable to open", "write": "unable to write"}.get(failed_step(err))
             return f"{what} {shown}: {errstr(err)}" if what else f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
+
+
+def parse_setting(name: str, line: bytes) -> int | None:
+    """The value of LINE, the first line of the setting file NAME; None if s6 would call it invalid."""
+    if line.isdigit() and line.isascii():
+        value = int(line)
+        if name == "down-signal":
+            return value if 0 < value < signal.NSIG else None
+        return value if value < 1 << 32 else None  # s6 reads an unsigned int
+    if name != "down-signal" or not line.isascii() or not line.isalnum():
+        return None
+    text = line.decode().upper()
+    sig = signal.Signals.__members__.get(text if text.startswith("SIG") else "SIG" + text)
+    return None if sig is None else int(sig)
 
 
 def _open_control(display: str, supfd: int) -> int:

@@ -50,7 +50,8 @@ Layout version 1, all integers little-endian::
     slot i at 1024 + i * 512
       0  Q    sequence: odd while the slot is being written, 0 = never written
       8  I    pid of ./run, 0 = not running
-     12  I    flags: 1 log, 2 normally up, 4 exit requested, 8 adopted, 16 inactive
+     12  I    flags: 1 log, 2 normally up, 4 exit requested, 8 adopted, 16 inactive, 32 finishing (./finish runs),
+              64 notifying (./run runs with a notification-fd: its readiness is the next field)
      16  Q    since: last state change, ns since the epoch
      24  Q    starts: times ./run was started
      32  Q    restarts: starts made because the service exited while wanted up
@@ -60,7 +61,10 @@ Layout version 1, all integers little-endian::
      50  c    want: b"u" up, b"d" down, b"o" once
      51  B    paused (1/0)
      52  H    name length in bytes (at most 259)
-     54  10s  reserved
+     54  2s   reserved
+     56  Q    ready: when the running service became ready (s6's readiness: its notification-fd newline),
+              ns since the epoch; 0 = not ready (down, no newline yet, or no notification-fd: s6 then never
+              says ready).  A table written before this field has zeros here: not ready, as s6 says
      64  259s name: "NAME" or "NAME/log", UTF-8 (surrogateescape: raw bytes), NUL padded
     323  189s reserved
 
@@ -111,6 +115,7 @@ KIND_SVSCAN, KIND_SUPERVISE = 1, 2
 STATE_DOWN, STATE_UP, STATE_STOPPING = 0, 1, 2  # STOPPING: TERM sent, not yet exited
 WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
 FLAG_LOG, FLAG_NORMALLY_UP, FLAG_EXIT_REQUESTED, FLAG_ADOPTED, FLAG_INACTIVE = 1, 2, 4, 8, 16
+FLAG_FINISHING, FLAG_NOTIFYING = 32, 64
 NO_STATUS = -1
 
 _KIND_PREFIX = {KIND_SVSCAN: "prefork-svscan", KIND_SUPERVISE: "prefork-supervise"}
@@ -122,7 +127,7 @@ _COUNTERS = struct.Struct("<QQQ")  # header 64
 _H_SEQ, _H_GEN, _H_COUNTERS = 40, 48, 64
 _H_OWNER_PID, _H_OWNER_TICKS = 24, 88
 # Slot body from offset 8 up to the end of the name; pack_into writes its pad bytes as zeros.
-_BODY = struct.Struct("<IIQQQq BBcBH10x 259s")
+_BODY = struct.Struct("<IIQQQq BBcBH2xQ 259s")
 _IN_USE = 48
 assert _HEADER.size == 40 and 8 + _BODY.size == NAME_OFFSET + NAME_SIZE
 
@@ -134,7 +139,8 @@ class ServiceRecord(Record):
     ast and re, about 2 MB in a supervisor that lives as long as the machine.
     """
 
-    __slots__ = ("name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts", "last_status", "flags")
+    __slots__ = ("name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts", "last_status", "flags",
+                 "ready_ns")
 
     def __init__(
         self,
@@ -148,6 +154,7 @@ class ServiceRecord(Record):
         restarts: int = 0,  # starts made automatically because the service exited while wanted up
         last_status: int = NO_STATUS,  # raw wait status of the last exit (os.waitpid's), NO_STATUS if none/unknown
         flags: int = 0,
+        ready_ns: int = 0,  # unix time in ns of the service's readiness, 0 = not ready
     ) -> None:
         self.name = name
         self.pid = pid
@@ -159,6 +166,7 @@ class ServiceRecord(Record):
         self.restarts = restarts
         self.last_status = last_status
         self.flags = flags
+        self.ready_ns = ready_ns
 
 
 class TableFull(Exception):
@@ -253,7 +261,7 @@ class ServiceTable:
         _SEQ.pack_into(mm, off, seq + 1)
         _BODY.pack_into(
             mm, off + 8, rec.pid, rec.flags, rec.since_ns, rec.starts, rec.restarts, rec.last_status,
-            1, rec.state, rec.want, rec.paused, len(name), name,
+            1, rec.state, rec.want, rec.paused, len(name), rec.ready_ns, name,
         )
         _SEQ.pack_into(mm, off, seq + 2)
         self._seqs[index] = seq + 2

@@ -36,14 +36,15 @@ KIND_SVSCAN, KIND_SUPERVISE = 1, 2
 KIND_NAMES = {KIND_SVSCAN: "svscan", KIND_SUPERVISE: "supervise"}
 STATE_NAMES = {0: "down", 1: "up", 2: "stopping"}
 WANT_NAMES = {b"u": "up", b"d": "down", b"o": "once"}
-FLAG_NAMES = {1: "log", 2: "normally_up", 4: "exit_requested", 8: "adopted", 16: "inactive"}
-FLAG_LOG, FLAG_NORMALLY_UP = 1, 2
+FLAG_NAMES = {1: "log", 2: "normally_up", 4: "exit_requested", 8: "adopted", 16: "inactive", 32: "finishing",
+              64: "notifying"}
+FLAG_LOG, FLAG_NORMALLY_UP, FLAG_NOTIFYING = 1, 2, 64
 NO_STATUS = -1
 
 _FIXED = struct.Struct("<4sIIIIIII Q")  # header 0-39
 _SEQ = struct.Struct("<Q")
 _MUTABLE = struct.Struct("<QQI4xQQQ")  # header 40-87: sequence, generation, used, services, scan errors, scans
-_SLOT = struct.Struct("<QIIQQQq BBcBH10x 259s")  # slot 0-322
+_SLOT = struct.Struct("<QIIQQQq BBcBH2xQ 259s")  # slot 0-322
 _DIR_OFFSET, _DIR_SIZE = 128, 896
 _OWNER_TICKS = 88
 
@@ -62,11 +63,11 @@ class Entry(Record):
     """One service (or log) slot as a reader sees it.
 
     slot, name, pid, want (b"u", b"d", b"o"), paused, state (0 down, 1 up, 2 stopping), since_ns,
-    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags.
+    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready, 0 = not ready).
     """
 
     __slots__ = ("slot", "name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts",
-                 "last_status", "flags")
+                 "last_status", "flags", "ready_ns")
     slot: int
     name: str
     pid: int
@@ -78,6 +79,12 @@ class Entry(Record):
     restarts: int
     last_status: int
     flags: int
+    ready_ns: int
+
+    @property
+    def ready(self) -> bool:
+        """Running and ready (s6's readiness: the notification-fd newline came)."""
+        return bool(self.pid and self.ready_ns)
 
 
 class Snapshot(Record):
@@ -163,12 +170,12 @@ def _parse(path: str, mm: shmfile.Mapped, size: int) -> Snapshot:
             v = _SLOT.unpack(_read_seqlocked(mm, off, _SLOT.size, f"slot {i}", deadline))
             if v[7] != 1:  # free (or never written)
                 continue
-            name = v[12][: v[11]].decode("utf-8", "surrogateescape")
+            name = v[13][: v[11]].decode("utf-8", "surrogateescape")
             status = v[6] if 0 <= v[6] <= MAX_WAIT_STATUS else NO_STATUS
             entries.append(
                 Entry(
                     slot=i, name=name, pid=v[1], want=v[9], paused=bool(v[10]), state=v[8], since_ns=v[3],
-                    starts=v[4], restarts=v[5], last_status=status, flags=v[2],
+                    starts=v[4], restarts=v[5], last_status=status, flags=v[2], ready_ns=v[12],
                 )
             )
         if _SEQ.unpack_from(mm, 48)[0] == generation:

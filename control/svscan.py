@@ -87,6 +87,8 @@ if TYPE_CHECKING:
 
         def kill(self, service: Service, sig: int) -> None: ...
 
+        def kill_pid(self, service: Service, pid: int, sig: int) -> None: ...
+
         def monotonic(self) -> float: ...
 
         def call_at(self, when: float, service: Service | None, func: Callable[[], object] | None) -> None: ...
@@ -332,6 +334,8 @@ class Scanner:
             if service.pid:
                 engine.kill(service, sig.SIGKILL)
                 engine.kill(service, sig.SIGCONT)
+            if service.finish_pid:  # a ./finish without timeout-finish (0, or --runit) must not hold svscan up
+                engine.kill_pid(service, service.finish_pid, sig.SIGKILL)
         engine.call_at(engine.monotonic() + GIVE_UP, None, self.give_up)
 
     def give_up(self) -> None:

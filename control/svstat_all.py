@@ -1,7 +1,8 @@
 """``svstat --all [--json] DIR``: every service of a prefork svscan (or supervise) from its service table.
 
 The lines are svstat's own, so what people and scripts parse keeps working,
-followed by what only prefork knows (` restarts N`, ` last exit E`).  Nothing
+followed by what only prefork knows (` not ready` or ` ready N seconds` for
+a running service with s6's notification-fd, ` restarts N`, ` last exit E`).  Nothing
 is asked of the supervisor: the table is read from shared memory (layout in
 ``servicetable.py``).  Control characters in a service name are shown as
 ``?``, so one service is always one line.
@@ -24,6 +25,7 @@ import time
 from prefork.control.servicetable_read import (
     FLAG_NAMES,
     FLAG_NORMALLY_UP,
+    FLAG_NOTIFYING,
     KIND_NAMES,
     NO_STATUS,
     STATE_NAMES,
@@ -65,6 +67,10 @@ def format_line(entry: Entry, now: float) -> str:
     seconds = max(0, int(now) - entry.since_ns // 1_000_000_000)
     normally_up = bool(entry.flags & FLAG_NORMALLY_UP)
     text = f"{printable(entry.name)}: {describe(entry.pid, seconds, normally_up, entry.paused, entry.want)}"
+    if entry.ready:
+        text += f" ready {max(0, int(now) - entry.ready_ns // 1_000_000_000)} seconds"
+    elif entry.pid and entry.flags & FLAG_NOTIFYING:  # a notification-fd, and no newline on it yet
+        text += " not ready"
     text += f" restarts {entry.restarts}"
     last = exit_text(entry.last_status)
     if last is not None:
@@ -91,6 +97,8 @@ def _json(snap: Snapshot, running: bool, now: float) -> str:
             "restarts": e.restarts,
             "last_status": None if e.last_status == NO_STATUS else e.last_status,
             "last_exit": exit_text(e.last_status),
+            "ready": e.ready,
+            "ready_since": e.ready_ns / 1e9 if e.ready else None,
             "flags": e.flags,
             "flag_names": [name for bit, name in FLAG_NAMES.items() if e.flags & bit],
         })

@@ -38,6 +38,8 @@ directory's absolute path as multilog saw it)::
     supervise_starts_total / supervise_restarts_total{directory,service}
     supervise_last_exit_status{directory,service}   exit code, or 128 + signal (the shell's $?); absent before
     supervise_last_exit_signal{directory,service}   the signal that killed it, 0 if it exited; absent before
+    supervise_ready{directory,service}              1 while running and ready (its notification-fd newline came)
+    supervise_time_to_ready_seconds{directory,service}  from the last start to readiness; absent while not ready
     svscan_services{directory} / svscan_scans_total / svscan_scan_errors_total / svscan_start_time_seconds
     multilog_lines_total{directory}                 lines written to current
     multilog_bytes_total{directory}                 bytes written to current
@@ -574,6 +576,9 @@ def build_families(
     last_exit = Family("supervise_last_exit_status", "gauge",
                        "The last exit: its code, or 128 + the signal that killed it.")
     last_signal = Family("supervise_last_exit_signal", "gauge", "The signal that ended the last run, 0 if it exited.")
+    ready = Family("supervise_ready", "gauge",
+                   "1 while the service runs and is ready: it wrote the newline on its notification-fd.")
+    to_ready = Family("supervise_time_to_ready_seconds", "gauge", "From the service's last start to its readiness.")
     services = Family("svscan_services", "gauge", "Service directories svscan supervises.")
     scans = Family("svscan_scans", "counter", "Scans of the directory.")
     scan_errors = Family("svscan_scan_errors", "counter",
@@ -594,12 +599,15 @@ def build_families(
             if status is not None:
                 last_exit.add(labels, status[0])
                 last_signal.add(labels, status[1])
+            ready.add(labels, 1 if e.ready else 0)
+            if e.ready:
+                to_ready.add(labels, max(0, e.ready_ns - e.since_ns) / NS)
         if table.kind == tables.KIND_SVSCAN:
             services.add((directory,), table.services)
             scans.add((directory,), table.scans)
             scan_errors.add((directory,), table.scan_errors)
             svscan_start.add((directory,), table.start_ns / NS)
-    families += [up, want_up, paused, normally_up, since, starts, srestarts, last_exit, last_signal,
+    families += [up, want_up, paused, normally_up, since, starts, srestarts, last_exit, last_signal, ready, to_ready,
                  services, scans, scan_errors, svscan_start]
 
     lines = Family("multilog_lines", "counter", "Lines multilog wrote to the log directory's current.")

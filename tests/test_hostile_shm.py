@@ -196,7 +196,7 @@ def test_table_reader_raises_only_its_error(tmp_path, quick_torn, data):
 
 SVSTAT_LINE = re.compile(
     r"[^\x00-\x1f\x7f]*: (?:up \(pid \d+\) \d+ seconds(?:, normally down)?(?:, paused)?(?:, want down)?"
-    r"|down \d+ seconds(?:, normally up)?(?:, want up)?) restarts \d+(?: last exit (?:\d+|signal \d+|status \d+))?")
+    r"|down \d+ seconds(?:, normally up)?(?:, want up)?)(?: not ready| ready \d+ seconds)? restarts \d+(?: last exit (?:\d+|signal \d+|status \d+))?")
 
 
 def check_svstat_all(directory: str, capfd) -> int:

@@ -254,6 +254,27 @@ def test_service_table_families_have_the_exact_values(tmp_path):
     assert value(data, "prefork_exporter_source_up", kind="services", path=str(tmp_path / "table")) == 1
 
 
+def test_readiness_families(tmp_path):
+    """s6's readiness: only a running service whose notification-fd newline came is ready."""
+    table = make_table(tmp_path / "table", "/srv/sv")
+    publish(table, st.ServiceRecord("ready", pid=os.getpid(), state=st.STATE_UP, since_ns=NOW_NS,
+                                    flags=st.FLAG_NOTIFYING, ready_ns=NOW_NS + 2_500_000_000))
+    publish(table, st.ServiceRecord("waiting", pid=os.getpid(), state=st.STATE_UP, since_ns=NOW_NS,
+                                    flags=st.FLAG_NOTIFYING))
+    publish(table, st.ServiceRecord("plain", pid=os.getpid(), state=st.STATE_UP, since_ns=NOW_NS))
+    publish(table, st.ServiceRecord("down", since_ns=NOW_NS, ready_ns=NOW_NS))  # down is never ready
+    data = scrape(mc.SharedMemoryCollector([], [str(tmp_path / "table")]))
+
+    def row(service: str) -> tuple:
+        labels = {"directory": "/srv/sv", "service": service}
+        return value(data, "supervise_ready", **labels), value(data, "supervise_time_to_ready_seconds", **labels)
+
+    assert row("ready") == (1, pytest.approx(2.5))
+    assert row("waiting") == (0, None)
+    assert row("plain") == (0, None)
+    assert row("down") == (0, None)
+
+
 def test_released_slots_are_not_exported(tmp_path):
     table = make_table(tmp_path / "table")
     publish(table, st.ServiceRecord("a"))

@@ -284,10 +284,17 @@ def test_svwait_and_svc_waits(rig):
     assert rig.svc("-wr", "-T", "5000", "-r") == 0  # restarted: down then up again
 
 
-@pytest.mark.skip(reason="readiness through notification-fd is the s6dir branch's work (machine.Service.ready_label "
-                         "is set there); -U against a service that notifies is tested once it lands")
 def test_svwait_ready_with_notification_fd(rig):
-    raise AssertionError("not reached")
+    """-U waits for the newline on notification-fd (docs/CONTRACTS.md, s6 service directories), and the ready
+    bit and event come with it."""
+    path = rig.service("#!/bin/sh\nsleep 0.8\necho >&3\nexec sleep 300\n")
+    (path / "notification-fd").write_text("3\n")
+    began = time.monotonic()
+    rig.start()
+    assert client("s6-svwait", "-U", "-t", "5000", str(rig.dir)).returncode == 0
+    assert time.monotonic() - began >= 0.6, rig.impl
+    out = client("s6-svstat", "-o", "up,ready", str(rig.dir)).stdout.split()
+    assert out == [b"true", b"true"], rig.impl
 
 
 # -- prefork only ------------------------------------------------------------------------------------------------

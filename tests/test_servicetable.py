@@ -28,7 +28,7 @@ def make(tmp_path, capacity: int = 8, kind: int = st.KIND_SVSCAN, directory: str
 
 def entry(**fields) -> reader.Entry:
     base = dict(slot=0, name="web", pid=0, want=b"u", paused=False, state=0, since_ns=NOW_NS, starts=0,
-                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP)
+                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP, ready_ns=0)
     base.update(fields)
     return reader.Entry(**base)
 
@@ -89,8 +89,9 @@ def test_round_trip_of_every_field(tmp_path):
                          since_ns=NOW_NS + 1, starts=1, restarts=0, last_status=st.NO_STATUS, flags=st.FLAG_LOG),
         st.ServiceRecord("db", pid=2**32 - 1, want=st.WANT_ONCE, paused=True, state=st.STATE_STOPPING,
                          since_ns=2**64 - 1, starts=2**64 - 1, restarts=2**63, last_status=15,
-                         flags=st.FLAG_EXIT_REQUESTED | st.FLAG_ADOPTED | st.FLAG_INACTIVE),
-        st.ServiceRecord("caf\u00e9-\udcff", pid=7),  # non-UTF-8 file names survive (surrogateescape)
+                         flags=st.FLAG_EXIT_REQUESTED | st.FLAG_ADOPTED | st.FLAG_INACTIVE | st.FLAG_FINISHING
+                         | st.FLAG_NOTIFYING, ready_ns=2**64 - 1),
+        st.ServiceRecord("caf\u00e9-\udcff", pid=7, ready_ns=NOW_NS),  # non-UTF-8 file names survive (surrogateescape)
     ]
     for rec in records:
         table.publish(table.allocate(rec.name), rec)
@@ -103,8 +104,9 @@ def test_round_trip_of_every_field(tmp_path):
     assert [e.slot for e in snap.entries] == [0, 1, 2, 3]
     for got, rec in zip(snap.entries, records, strict=True):
         assert (got.name, got.pid, got.want, got.paused, got.state, got.since_ns, got.starts, got.restarts,
-                got.last_status, got.flags) == (rec.name, rec.pid, rec.want, rec.paused, rec.state, rec.since_ns,
-                                                rec.starts, rec.restarts, rec.last_status, rec.flags)
+                got.last_status, got.flags, got.ready_ns) == (
+            rec.name, rec.pid, rec.want, rec.paused, rec.state, rec.since_ns, rec.starts, rec.restarts,
+            rec.last_status, rec.flags, rec.ready_ns)
     table.close()
 
 
@@ -494,6 +496,12 @@ NOW = NOW_NS // 10**9 + 7.9  # 7 whole seconds after since (svstat compares whol
         (dict(since_ns=NOW_NS + 3600 * 10**9), "web: down 0 seconds, normally up, want up restarts 0"),
         (dict(name="web/log", pid=3, restarts=12, last_status=15),
          "web/log: up (pid 3) 7 seconds restarts 12 last exit signal 15"),
+        # s6's readiness: only for a running service with a notification-fd
+        (dict(pid=12, flags=st.FLAG_NORMALLY_UP | st.FLAG_NOTIFYING), "web: up (pid 12) 7 seconds not ready restarts 0"),
+        (dict(pid=12, flags=st.FLAG_NOTIFYING, ready_ns=NOW_NS + 5 * 10**9),
+         "web: up (pid 12) 7 seconds, normally down ready 2 seconds restarts 0"),
+        (dict(flags=st.FLAG_NORMALLY_UP | st.FLAG_NOTIFYING, ready_ns=NOW_NS),
+         "web: down 7 seconds, normally up, want up restarts 0"),
     ],
 )
 def test_format_line(fields, line):
@@ -511,10 +519,11 @@ def svscan_table(tmp_path, shm_tables) -> st.ServiceTable:
     shm_tables.append(table)
     now = time.time_ns()
     for rec in [
-        st.ServiceRecord("web/log", pid=301, state=st.STATE_UP, since_ns=now, starts=1, flags=st.FLAG_LOG | 2),
+        st.ServiceRecord("web/log", pid=301, state=st.STATE_UP, since_ns=now, starts=1,
+                         flags=st.FLAG_LOG | 2 | st.FLAG_NOTIFYING),
         st.ServiceRecord("db", pid=0, want=b"d", since_ns=now, starts=2, restarts=1, last_status=0, flags=2),
         st.ServiceRecord("web", pid=300, state=st.STATE_UP, since_ns=now, starts=4, restarts=3, last_status=9,
-                         flags=2),
+                         flags=2 | st.FLAG_NOTIFYING, ready_ns=now),
         st.ServiceRecord("web-admin", pid=0, want=b"o", since_ns=now, last_status=256),
         st.ServiceRecord("db/log", pid=201, want=b"u", state=st.STATE_STOPPING, paused=True, since_ns=now,
                          flags=st.FLAG_LOG | 2),
@@ -532,8 +541,8 @@ def test_main_all_text(tmp_path, shm_tables, capsys):
     assert seconds(out) == (
         "db: down 0 seconds, normally up restarts 1 last exit 0\n"
         "db/log: up (pid 201) 0 seconds, paused restarts 0\n"
-        "web: up (pid 300) 0 seconds restarts 3 last exit signal 9\n"
-        "web/log: up (pid 301) 0 seconds restarts 0\n"
+        "web: up (pid 300) 0 seconds ready 0 seconds restarts 3 last exit signal 9\n"
+        "web/log: up (pid 301) 0 seconds not ready restarts 0\n"
         "web-admin: down 0 seconds restarts 0 last exit 1\n"
     )
 
@@ -548,11 +557,14 @@ def test_main_all_json(tmp_path, shm_tables, capsys):
     assert doc["supervisor_running"] is True and doc["kind"] == "svscan" and doc["table"] == table.path
     assert doc["counters"] == {"services": 3, "scan_errors": 1, "scans": 42}
     assert [s["name"] for s in doc["services"]] == ["db", "db/log", "web", "web/log", "web-admin"]
+    assert [(s["ready"], s["ready_since"] is not None, "notifying" in s["flag_names"]) for s in doc["services"]] == [
+        (False, False, False), (False, False, False), (True, True, True), (False, False, True), (False, False, False)]
+    assert abs(doc["services"][2]["ready_since"] - doc["services"][2]["since"]) < 1e-6
     db_log = doc["services"][1]
     assert 0 <= db_log.pop("seconds") < 60 and abs(db_log.pop("since") - time.time()) < 60
     assert db_log == {"name": "db/log", "slot": 4, "pid": 201, "state": "stopping", "want": "up", "paused": True,
                       "starts": 0, "restarts": 0, "last_status": None, "last_exit": None,
-                      "flags": 3, "flag_names": ["log", "normally_up"]}
+                      "ready": False, "ready_since": None, "flags": 3, "flag_names": ["log", "normally_up"]}
     web = doc["services"][2]
     assert (web["want"], web["state"], web["last_status"], web["last_exit"], web["starts"]) == (
         "up", "up", 9, "signal 9", 4)

@@ -4,7 +4,8 @@ The oracle is docs/CONTRACTS.md, supervise (and runit status for runit mode) and
 behaviour: every control byte in every state, checking the exact signals sent,
 each status publication (with what it showed), the resulting want/paused/pid
 and the start/restart counts.  Then the restart throttle (a start is deferred,
-never slept), exits, failed starts, ``x``, boot and adoption.
+never slept), exits, failed starts, ``x``, boot and adoption; last s6's files (``finish`` and its
+arguments, ``timeout-finish``, ``down-signal``, ``timeout-kill``, readiness) and their parser.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefork.control.machine import EXIT_FAILED_START, THROTTLE, WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
+from prefork.control.servicedir import parse_setting
 
 TERM, CONT, STOP = signal.SIGTERM, signal.SIGCONT, signal.SIGSTOP
 SIGNAL_BYTES = {b"h": signal.SIGHUP, b"a": signal.SIGALRM, b"i": signal.SIGINT, b"t": TERM, b"k": signal.SIGKILL}
@@ -867,6 +869,267 @@ def test_random_walk_keeps_the_invariants(runit, down_file, ops):
         assert not (service.pid and service.done)
 
 
+# -- s6's service-directory files (docs/CONTRACTS.md, s6 service directories) ------------------------------------
+class S6Seam(FakeSeam):
+    """FakeSeam with s6's files: SETTINGS by name, ./finish present (FINISH) or not, NOTIFY for notification-fd."""
+
+    def __init__(self, settings: dict[str, int] | None = None, finish: bool = True, notify: bool = False) -> None:
+        super().__init__()
+        self.settings = settings or {}
+        self.finish = finish
+        self.notify = notify
+        self.next_finish_pid = 900
+
+    def setting(self, service: Service, name: str) -> int | None:
+        return self.settings.get(name)
+
+    def spawn_finish(self, service: Service, args: list[str]) -> int:
+        self.events.append(("finish", args))
+        if not self.finish:
+            return 0
+        self.next_finish_pid += 1
+        return self.next_finish_pid
+
+    def kill_pid(self, service: Service, pid: int, sig: int) -> None:
+        self.events.append(("kill_pid", pid, sig))
+
+    def notifying(self, service: Service) -> bool:
+        return self.notify
+
+
+def s6_boot(runit: bool = False, **seam_args) -> Rig:
+    seam = S6Seam(**seam_args)
+    service = Service(seam, "svc", mode="runit" if runit else "daemontools")
+    service.prepare(False)
+    service.boot()
+    return Rig(seam, service)
+
+
+@pytest.mark.parametrize("status, s6_args, runit_args", [
+    (3 << 8, ["3", "0", "svc"], ["3", "0"]),
+    (0, ["0", "0", "svc"], ["0", "0"]),
+    (signal.SIGKILL, ["256", "9", "svc"], ["-1", "9"]),
+    (signal.SIGTERM | 0x80, ["256", "15", "svc"], ["-1", "15"]),  # core dumped
+    (-1, ["-1", "0", "svc"], ["-1", "0"]),  # an adopted pid: no wait status
+])
+def test_finish_arguments(runit, status, s6_args, runit_args):
+    seam, service = s6_boot(runit)
+    seam.take()
+    seam.now = 5.0
+    service.exited(status)
+    assert seam.take()[0] == ("finish", runit_args if runit else s6_args)
+
+
+def test_the_next_start_waits_for_finish_and_then_the_throttle(runit):
+    seam, service = s6_boot(runit, settings={"timeout-finish": 0})
+    seam.now = 0.25
+    service.exited(0)
+    assert (service.pid, service.finishing, service.finish_pid) == (0, True, 901)
+    seam.advance(3.0)  # no start while ./finish runs, however long
+    service.control(ord("u"))
+    assert seam.spawn_times == [0.0] and service.pid == 0
+    seam.now = 3.5
+    service.finish_exited(0)
+    assert seam.spawn_times == [0.0, 3.5] and not service.finishing and service.restarts == 1
+
+
+def test_a_short_finish_still_keeps_starts_a_second_apart(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 0.1
+    service.exited(0)
+    seam.now = 0.3
+    service.finish_exited(0)
+    assert seam.spawn_times == [0.0]
+    seam.advance(1.0)
+    assert seam.spawn_times == [0.0, 1.0]
+
+
+def test_finish_exit_125_keeps_the_service_down_in_s6_mode_only(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    service.finish_exited(125 << 8)
+    assert service.want == (WANT_UP if runit else WANT_DOWN)
+    assert seam.spawn_times == ([0.0, 2.0] if runit else [0.0])
+
+
+def test_timeout_finish_kills_finish(runit):
+    seam, service = s6_boot(runit, settings={"timeout-finish": 700})
+    seam.now = 2.0
+    service.exited(0)
+    seam.take()
+    seam.advance(2.699)
+    assert seam.take() == []
+    seam.advance(2.7)
+    events = seam.take()
+    if runit:  # runsv has no timeout-finish
+        assert events == []
+    else:
+        assert events == [("report", "supervise: warning: svc/finish still running after timeout-finish:"
+                                     " sending it SIGKILL"), ("kill_pid", 901, signal.SIGKILL)]
+
+
+def test_timeout_finish_defaults_to_5_seconds_and_0_is_none():
+    seam, service = s6_boot()
+    seam.now = 2.0
+    service.exited(0)
+    assert ("schedule", 7.0) in seam.take()
+    seam, service = s6_boot(settings={"timeout-finish": 0})
+    seam.now = 2.0
+    service.exited(0)
+    assert not [e for e in seam.take() if e[0] == "schedule"]
+
+
+def test_a_finish_that_ended_is_not_killed_by_its_timer():
+    seam, service = s6_boot()
+    seam.now = 2.0
+    service.exited(0)
+    seam.now = 2.5
+    service.finish_exited(0)
+    seam.take()
+    seam.advance(8.0)
+    assert not [e for e in seam.take() if e[0] in ("kill_pid", "report")]
+
+
+def test_d_and_x_during_finish(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    seam.take()
+    service.control(ord("d"))
+    service.control(ord("x"))
+    assert not [e for e in seam.take() if e[0] in ("kill", "kill_pid", "finished")]  # ./finish is left alone
+    assert not service.done
+    service.finish_exited(0)
+    assert service.done and seam.take()[-1] == ("finished",) and seam.spawn_times == [0.0]
+
+
+def test_no_finish_file_is_the_daemontools_behaviour(runit):
+    seam, service = s6_boot(runit, finish=False)
+    seam.now = 2.0
+    service.exited(0)
+    assert seam.spawn_times == [0.0, 2.0] and not service.finishing
+
+
+def test_down_signal_replaces_term(runit):
+    seam, service = s6_boot(runit, settings={"down-signal": signal.SIGHUP})
+    seam.take()
+    service.control(ord("d"))
+    assert [e for e in seam.take() if e[0] == "kill"] == [("kill", 100, signal.SIGHUP), ("kill", 100, CONT)]
+    service.control(ord("t"))  # only d: t is TERM
+    assert [e for e in seam.take() if e[0] == "kill"] == [("kill", 100, TERM)]
+
+
+def test_timeout_kill(runit):
+    seam, service = s6_boot(runit, settings={"timeout-kill": 700})
+    seam.now = 1.0
+    service.control(ord("d"))
+    seam.now = 1.5
+    service.control(ord("d"))  # does not put the KILL off
+    seam.take()
+    seam.advance(1.699)
+    assert [e for e in seam.take() if e[0] == "kill"] == []
+    seam.advance(1.7)
+    assert seam.take() == [("kill", 100, signal.SIGKILL)]
+
+
+def test_timeout_kill_is_forgotten_when_the_service_exits():
+    seam, service = s6_boot(settings={"timeout-kill": 700})
+    seam.now = 1.0
+    service.control(ord("d"))
+    seam.now = 1.2
+    service.exited(TERM)
+    service.finish_exited(0)
+    service.control(ord("u"))  # a new run of the service, started before the old deadline
+    seam.take()
+    seam.advance(1.7)
+    assert [e for e in seam.take() if e[0] == "kill"] == []
+
+
+def test_no_timeout_kill_without_the_file():
+    seam, service = s6_boot()
+    service.control(ord("d"))
+    assert [e for e in seam.take() if e[0] == "schedule"] == []
+
+
+def test_readiness_only_from_the_notification_newline(runit):
+    seam, service = s6_boot(runit, notify=True)
+    assert (service.notifying, service.ready_label) == (True, b"")
+    seam.now = 0.5
+    service.ready()
+    assert service.ready_label == label_number(seam.labels) and seam.publishes()[-1].pid == 100
+    first = service.ready_label
+    service.ready()  # said twice: the first moment stays
+    assert service.ready_label == first
+    service.exited(0)
+    assert (service.notifying, service.ready_label) == (False, b"")
+
+
+def test_without_notification_fd_a_service_is_never_ready():
+    seam, service = s6_boot()
+    service.ready()
+    assert (service.notifying, service.ready_label) == (False, b"")
+
+
+def test_adopted_service_readiness_is_unknown():
+    seam = S6Seam()
+    service = Service(seam, "svc")
+    service.adopt(ADOPTED_PID, ADOPTED_LABEL, WANT_UP, False, True, notify=True)
+    assert (service.notifying, service.ready_label) == (True, b"")
+    service.ready()  # (the engine has no pipe to call it from; the machine would accept it)
+    assert service.ready_label
+
+
+# -- the setting files' parser (every byte of them is the service owner's) ------------------------------------
+
+@pytest.mark.parametrize("name, line, value", [
+    ("notification-fd", b"3", 3), ("notification-fd", b"03", 3), ("timeout-kill", b"700", 700),
+    ("timeout-kill", b"0", 0), ("timeout-kill", b"4294967295", 4294967295), ("timeout-kill", b"4294967296", None),
+    ("timeout-kill", b"", None), ("timeout-kill", b" 4", None), ("timeout-kill", b"4 ", None),
+    ("timeout-kill", b"-1", None), ("timeout-kill", b"+1", None), ("timeout-kill", "\u0663".encode(), None),
+    ("down-signal", b"HUP", signal.SIGHUP), ("down-signal", b"sighup", signal.SIGHUP),
+    ("down-signal", b"SIGUSR1", signal.SIGUSR1), ("down-signal", b"9", 9), ("down-signal", b"0", None),
+    ("down-signal", b"65", None), ("down-signal", b"SIG_DFL", None), ("down-signal", b"SIG", None),
+    ("down-signal", b"DFL", None), ("down-signal", b"HUP\x00", None), ("down-signal", b"junk", None),
+])
+def test_parse_setting(name, line, value):
+    assert parse_setting(name, line) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["notification-fd", "timeout-kill", "timeout-finish", "down-signal"]), line=st.binary())
+def test_parse_setting_never_raises(name, line):
+    value = parse_setting(name, line)
+    assert value is None or (isinstance(value, int) and 0 <= value < 1 << 32)
+
+
+def test_o_during_finish_starts_once_after_it(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    service.control(ord("d"))
+    service.control(ord("o"))
+    assert seam.spawn_times == [0.0]
+    seam.now = 2.5
+    service.finish_exited(0)
+    assert (seam.spawn_times, service.want, service.pid) == ([0.0, 2.5], WANT_ONCE, 101)
+    service.exited(0)
+    service.finish_exited(0)
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0, 2.5]  # once
+
+
+def test_d_after_o_during_finish_cancels_the_start(runit):
+    seam, service = s6_boot(runit)
+    seam.now = 2.0
+    service.exited(0)
+    service.control(ord("o"))
+    service.control(ord("d"))
+    service.finish_exited(0)
+    seam.advance(10.0)
+    assert seam.spawn_times == [0.0]
+
+
 # -- s6 mode (supervise --s6): s6-svc's letters and s6-supervise's restart pause ------------------------------------
 def up_service(mode: str) -> tuple[FakeSeam, Service]:
     seam = FakeSeam()
@@ -987,3 +1250,20 @@ def test_s6_random_walk_keeps_the_invariants(down_file, ops):
         if op == "byte" and bytes([arg]) not in b"duopcxOQDU":
             assert set(e[0] for e in events) <= {"kill"} and len(events) <= 1
         assert service.starts == len(seam.spawn_times)
+
+
+def test_s6_mode_restarts_a_second_after_finish_ends():
+    """--s6: as s6-supervise 2.11, the pause after a death counts from the end of ./finish."""
+    seam = S6Seam()
+    service = Service(seam, "svc", mode="s6")
+    service.prepare(False)
+    service.boot()
+    seam.now = 5.0
+    service.exited(0)
+    seam.advance(7.0)
+    assert seam.spawn_times == [0.0]
+    service.finish_exited(0)
+    seam.advance(7.999)
+    assert seam.spawn_times == [0.0]
+    seam.advance(8.0)
+    assert seam.spawn_times == [0.0, 8.0] and service.restarts == 1
