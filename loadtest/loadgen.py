@@ -204,13 +204,18 @@ def run_load(port: int, expect: bytes, clients: int = 4, seconds: float = 5.0, c
             lat.frombytes(raw)
             latencies.extend(lat)
     finally:
-        for p, c in procs:
-            c.close()
-            p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
+        end_clients(procs)
     return summarize(clients, seconds, last_end - start_at, latencies, errors, cpu)
+
+
+def end_clients(procs: list[tuple[mp.process.BaseProcess, Connection]]) -> None:
+    """Close each client's pipe and join it; one still there after 2 s is killed by its pid."""
+    for p, c in procs:
+        c.close()
+        p.join(2.0)
+        if p.is_alive():
+            p.kill()
+            p.join(2.0)
 
 
 def format_result(name: str, r: LoadResult) -> str:

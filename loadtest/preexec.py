@@ -23,6 +23,8 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from loadtest.loadgen import end_clients
+
 SOURCE = Path(__file__).with_name("cpuprobe.c")
 
 
@@ -102,10 +104,5 @@ def probe_load(host: str, port: int, connections: int, clients: int = 4, timeout
             values += got
             errors += errs
     finally:
-        for p, c in procs:
-            c.close()
-            p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
+        end_clients(procs)
     return values, errors

@@ -132,3 +132,13 @@ def fuzz_examples(default: int) -> int:
         return max(default, int(os.environ.get("PREFORK_FUZZ_EXAMPLES", "0")))
     except ValueError:
         return default
+
+
+def supervised(d: Path) -> bool:
+    """What svok (and runit's sv) checks first: some supervisor holds D/supervise/ok open for reading."""
+    try:
+        fd = os.open(d / "supervise" / "ok", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours, real
+from conftest import ours, real, supervised
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 from prefork import proc as procinfo
@@ -132,13 +132,6 @@ def forged_status(pid: int) -> bytes:
     return tai64n.pack(seconds, int((started - seconds) * 1e9)) + struct.pack("<IB1s", pid, 0, b"u")
 
 
-def supervised(d: Path) -> bool:
-    try:
-        fd = os.open(d / "supervise" / "ok", os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def status_pid(d: Path) -> int:

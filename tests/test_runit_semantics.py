@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours, real
+from conftest import ours, real, supervised
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 IMPLS = ("debian", "prefork")
@@ -104,14 +104,6 @@ def status_pid(d: Path) -> int:
         return 0
 
 
-def has_reader(d: Path) -> bool:
-    """What sv checks first: supervise/ok opens for writing (a supervisor holds it)."""
-    try:
-        fd = os.open(d / "supervise" / "ok", os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def events(root: Path) -> list[str]:
@@ -312,7 +304,7 @@ def test_sv_exit_stops_the_service_and_the_supervisor_exits(tmp_path):
         code = sup.wait(10)
         assert wait_until(lambda: "svc exit" in events(t.base), 5)
         time.sleep(0.3)
-        return [said, code, events(t.base), runit_files(d), has_reader(d), t.sv("status", "./svc")]
+        return [said, code, events(t.base), runit_files(d), supervised(d), t.sv("status", "./svc")]
 
     assert same(both(tmp_path, scenario)) == [
         (0, ""), 0, ["svc start", "svc TERM", "svc CONT", "svc exit"],
@@ -355,7 +347,7 @@ def test_sv_exit_of_a_down_service_exits_at_once(tmp_path):
         d = t.service("svc")
         (d / "down").touch()
         sup = t.supervise("svc")
-        assert wait_until(lambda: has_reader(d), 10)
+        assert wait_until(lambda: supervised(d), 10)
         return [t.sv("-v", "exit", "./svc"), sup.wait(10), runit_files(d), events(t.base)]
 
     assert same(both(tmp_path, scenario)) == [(0, "ok: ./svc: runsv not running\n"), 0,
@@ -441,7 +433,7 @@ def test_a_directory_that_leaves_the_tree_is_stopped(tmp_path, how):
         seen: list[object] = [[e for e in events(t.base) if e.startswith("a")]]
         seen.append(t.sv("status", "./b"))
         if how == "renamed":
-            seen += [runit_files(gone), runit_files(gone / "log"), has_reader(gone), has_reader(gone / "log")]
+            seen += [runit_files(gone), runit_files(gone / "log"), supervised(gone), supervised(gone / "log")]
         return seen
 
     expected: list[object] = [
@@ -469,10 +461,10 @@ def test_a_log_that_ignores_eof_keeps_the_pair_until_it_exits(tmp_path):
         d.rename(gone)
         assert wait_until(lambda: "a TERM" in events(t.base), 15), events(t.base)
         time.sleep(0.5)
-        seen: list[object] = [runit_files(gone), runit_files(gone / "log"), has_reader(gone)]
+        seen: list[object] = [runit_files(gone), runit_files(gone / "log"), supervised(gone)]
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: "a/log EOF" in events(t.base), 10), events(t.base)
-        assert wait_until(lambda: not has_reader(gone / "log"), 10)
+        assert wait_until(lambda: not supervised(gone / "log"), 10)
         seen += [runit_files(gone), runit_files(gone / "log")]
         return seen
 
@@ -491,7 +483,7 @@ def test_daemontools_svscan_leaves_a_vanished_pair_running(tmp_path):
         gone = t.base / "gone"
         d.rename(gone)
         time.sleep(6.5)  # more than a scan
-        return [status_pid(gone) == main and status_pid(gone / "log") == log, has_reader(gone),
+        return [status_pid(gone) == main and status_pid(gone / "log") == log, supervised(gone),
                 sorted(e for e in events(t.base))]
 
     assert same(both(tmp_path, scenario, "svscan", "supervise")) == [

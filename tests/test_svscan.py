@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ours, real, remove_shm_files_of
+from conftest import ours, real, remove_shm_files_of, supervised
 from tcpserver_harness import TAG_VAR, kill_procs, tagged, wait_until
 
 from prefork import tai64n
@@ -76,14 +76,6 @@ def make_service(root: Path, name: str, run: str = SLEEP, log: str | None = None
 
 
 # -- observing services ---------------------------------------------------------------------------
-def supervised(d: Path) -> bool:
-    """What svok checks: some supervisor holds d/supervise/ok open for reading."""
-    try:
-        fd = os.open(d / "supervise" / "ok", os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 def pid_of(d: Path) -> int:

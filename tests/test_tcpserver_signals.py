@@ -27,11 +27,15 @@ CHAT = ["/bin/sh", "-c", 'echo ready; read line; echo "got $line"']
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on PORT any more.  A reset means a listener was closing as we connected (a worker
+    ending after its master): not refused yet, the caller asks again."""
     try:
         with connect(port, host, timeout=2):
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
 
 
 def live_tagged(server) -> list[int]:
