@@ -221,6 +221,36 @@ def find(directory: str) -> str:
     raise ServiceTableError("no prefork svscan or supervise has a table for it")
 
 
+def entry_for(directory: str) -> Entry | None:
+    """The entry of the service in DIRECTORY in the table of the prefork supervisor running it, or None.
+
+    Looked for in a standalone supervise's table of DIRECTORY, then in the svscan's
+    of the directory above (entry NAME) and, for a ``log`` directory, two above
+    (entry ``NAME/log``).  A table whose writer is gone, or that cannot be read,
+    counts as none: the caller then knows only what the status file says.
+    """
+    path = os.path.abspath(directory)
+    parent, name = os.path.split(path)
+    candidates: list[tuple[int, str, str | None]] = [(1, path, None), (0, parent, name)]
+    if name == "log":
+        grand, service = os.path.split(parent)
+        candidates.append((0, grand, f"{service}/log"))
+    for kind, where, entry_name in candidates:
+        try:
+            table = paths(where)[kind]
+            if not os.path.exists(table):
+                continue
+            snap = read(table)
+        except (OSError, ServiceTableError):
+            continue
+        if not owner_running(snap):
+            continue
+        for entry in snap.entries:
+            if entry_name is None or entry.name == entry_name:
+                return entry
+    return None
+
+
 def owner_running(snap: Snapshot) -> bool:
     """Whether the supervisor that wrote the table still runs: its pid exists, is no zombie, and is the same
     process (started at the recorded time), not a later one that got the pid of a killed svscan."""

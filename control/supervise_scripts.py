@@ -303,11 +303,31 @@ def poll(settings: Settings, test: Callable[[], bool], *, dot_first: bool) -> bo
 
 
 def waitup(settings: Settings, directory: str) -> bool:
-    """svc-waitup: True at once if up, else after the wait (False = timed out)."""
+    """svc-waitup: True at once if up, else after the wait (False = timed out).
+
+    A service that declares readiness (its prefork supervisor gave its ./run a
+    ``notification-fd``) is waited for until it is ready, not only up: the
+    supervisor's service table says both (docs/reference/supervise-scripts.md).
+    """
     seen: set[str] = set()
-    if isup(directory, seen) == 0:
+    if up_and_ready(directory, seen):
         return True
-    return poll(settings, lambda: isup(directory, seen) == 0, dot_first=False)
+    return poll(settings, lambda: up_and_ready(directory, seen), dot_first=False)
+
+
+def up_and_ready(directory: str, seen: set[str]) -> bool:
+    """Up, and ready too if the running service notifies readiness (known only from a prefork supervisor's table,
+    whose entry must be of the same run as the status file: the table is written just after it)."""
+    code = svok(directory, seen)
+    line = status_line(directory) if not code else ""
+    if " up " not in " " + line:
+        return False
+    from prefork.control.servicetable_read import FLAG_NOTIFYING, entry_for
+
+    entry = entry_for(directory)
+    if entry is None or not entry.flags & FLAG_NOTIFYING:
+        return True
+    return entry.ready and f"(pid {entry.pid})" in line
 
 
 def waitdown(settings: Settings, directory: str) -> bool:

@@ -23,6 +23,7 @@ import psutil
 import pytest
 from conftest import ours, real
 
+from prefork.control.servicetable_read import entry_for
 from prefork.control.supervise_scripts import Settings, poll, signal_letter
 from prefork.control.svok import running
 
@@ -353,6 +354,36 @@ def test_waitup_timeout(tree: Tree, svscan: Scanner) -> None:
     up = cmd("svc-waitup", "idle", env=env)
     assert (up.returncode, up.stdout, up.stderr) == (1, b"..", b"")
     assert 1.5 < time.monotonic() - began < 10
+
+
+NOTIFY_LATE = "#!/bin/sh\nsleep 1.5\necho >&3\nexec sleep 100\n"  # ready 1.5 s after its start, on fd 3
+
+
+@pytest.mark.parametrize("declares", [True, False], ids=["notification-fd", "none"])
+def test_waitup_waits_for_readiness_when_the_service_declares_it(tree: Tree, declares: bool, request) -> None:
+    """With a notification-fd, svc-waitup (and svc-start) return once the service is ready, not once it is up;
+    without one, once it is up, as before.  Only prefork's supervisor knows readiness (its service table)."""
+    directory = tree.service("late", run=NOTIFY_LATE, down=True)
+    if declares:
+        (directory / "notification-fd").write_text("3\n")
+    tree.link("late")
+    scanner = Scanner([ours("svscan")], tree)
+    request.addfinalizer(scanner.close)
+    scanner.start()
+    env = tree.env(timeout=5)
+    assert _wait_for(lambda: running(str(tree.scan / "late")))
+    began = time.monotonic()
+    started = cmd("svc-start", "late", env=env)
+    took = time.monotonic() - began
+    assert (started.returncode, started.stderr) == (0, b"")
+    assert started.stdout.startswith(b"Starting late: ") and started.stdout.endswith(b"done.\n")
+    if declares:
+        assert took >= 1.4, took  # the echo came 1.5 s after the start
+        entry = entry_for(str(tree.scan / "late"))
+        assert entry is not None and entry.ready
+    else:
+        assert took < 1.4, took
+    assert cmd("svc-waitup", "late", env=env).returncode == 0
 
 
 def test_waitdown_timeout(tree: Tree, svscan: Scanner) -> None:
