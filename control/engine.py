@@ -485,6 +485,8 @@ def _record(service: Service) -> ServiceRecord:
         flags |= st.FLAG_FINISHING
     if service.pid and service.notifying:
         flags |= st.FLAG_NOTIFYING
+    if service.failed:
+        flags |= st.FLAG_FAILED
     state = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}[service.state]
     want = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}[service.want]
     return st.ServiceRecord(
@@ -492,6 +494,7 @@ def _record(service: Service) -> ServiceRecord:
         pid=service.pid, want=want, paused=bool(service.pid and service.paused), state=state,
         since_ns=_ns(service.label), starts=service.starts, restarts=service.restarts,
         last_status=service.last_status, flags=flags, ready_ns=_ns(service.ready_label),
+        backoff_ms=int(service.delay * 1000),
     )
 
 

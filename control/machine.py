@@ -72,6 +72,10 @@ PAUSE_AFTER_EXIT = {"daemontools": False, "runit": False, "s6": True}
 
 EXIT_FAILED_START = 111 << 8  # the wait status of 0.76's child that could not exec ./run
 FINISH_TIMEOUT_MS = 5000  # s6-supervise's default timeout-finish
+# The restart policy's files (docs/CONTRACTS.md, Restart policy): back-off and permanent failure, opt-in.
+BACKOFF_RESET_MS = 10000  # a run this long is healthy: the back-off starts again from THROTTLE
+FAILURE_WINDOW_MS = 60000  # failure-deaths counts the deaths of this last window
+MAX_FAILURE_DEATHS = 1000  # a larger failure-deaths counts as this: the deaths kept stay few
 FINISH_NO_RESTART = 125  # s6: a finish that exits 125 leaves the service down
 
 
@@ -149,7 +153,8 @@ class Service:
         "exit_requested", "term_sent", "label",
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
         "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
-        "kill_at", "finish_kill_at", "once_after_finish", "log",
+        "kill_at", "finish_kill_at", "once_after_finish", "log", "delay", "not_before", "deaths", "failed",
+        "start_at",
     )
 
     def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None,
@@ -161,6 +166,13 @@ class Service:
         self.want_letters = WANT_LETTERS[mode]
         self.pause_after_exit = PAUSE_AFTER_EXIT[mode]
         self.log = log  # a NAME/log service of svscan: runit's runsv ignores x for it
+        # The restart policy (backoff-max, failure-deaths): the delay of the last back-off (0: none), the
+        # monotonic time before which no automatic restart is made, the recent deaths, permanently failed.
+        self.delay = 0.0
+        self.not_before = 0.0
+        self.deaths: list[float] = []
+        self.failed = False
+        self.start_at = 0.0  # when the deferred start (start_pending) is due: an earlier timer finds nothing to do
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -226,6 +238,7 @@ class Service:
             self._stop()
         elif byte in (0x75, 0x6F):  # u, o
             self.want = WANT_UP if byte == 0x75 else WANT_ONCE
+            self._rearm()
             self.seam.publish(self)
             if not self.pid:
                 self.once_after_finish = bool(self.finish_pid) and byte == 0x6F
@@ -301,6 +314,8 @@ class Service:
         self.notifying = False
         self.last_status = status
         self.label = self.seam.label()
+        if self.want == WANT_UP and not self.exit_requested:
+            self._died(self.seam.monotonic())
         self.finish_pid = self.seam.spawn_finish(self, self._finish_args(status))
         if self.finish_pid:
             self.finishing = True
@@ -367,7 +382,7 @@ class Service:
                 self.seam.report(self, f"supervise: warning: {self.name}/finish still running after timeout-finish:"
                                        " sending it SIGKILL")
                 self.seam.kill_pid(self, self.finish_pid, signal.SIGKILL)
-        if not self.start_pending:
+        if not self.start_pending or self.seam.monotonic() < self.start_at:
             return
         self.start_pending = False
         automatic, self.restart_pending = self.restart_pending, False
@@ -415,9 +430,48 @@ class Service:
         return [str(code), str(sig)] if self.mode == "runit" else [str(code), str(sig), self.seam.directory_name(self)]
 
     def _throttled(self, now: float) -> bool:
-        if self.pause_after_exit:  # s6: the second is counted from the death (exited()), a u starts at once
-            return False
-        return self.last_start is not None and now < self.last_start + THROTTLE
+        return now < self._earliest()
+
+    def _earliest(self) -> float:
+        """The first moment the next start may be made: a second after the last start (0.76's throttle; s6
+        counts its second from the death instead, in _start_after_pause), and not before a back-off ends."""
+        throttle = self.last_start + THROTTLE if self.last_start is not None and not self.pause_after_exit else 0.0
+        return max(throttle, self.not_before)
+
+    # -- the restart policy (docs/CONTRACTS.md, Restart policy) --------------------------------
+    def _died(self, now: float) -> None:
+        """A death while wanted up: the back-off's next delay, and the count towards permanent failure."""
+        cap = self.seam.setting(self, "backoff-max")
+        if cap:
+            reset = self.seam.setting(self, "backoff-reset")
+            reset = BACKOFF_RESET_MS if reset is None else reset
+            if self.last_start is None or (now - self.last_start) * 1000 >= reset:
+                self.delay = 0.0  # it ran long enough (or was adopted): healthy, start again from the bottom
+            self.delay = THROTTLE if not self.delay else min(self.delay * 2, max(cap / 1000, THROTTLE))
+            self.not_before = now + self.delay
+        else:
+            self.delay = self.not_before = 0.0
+        limit = self.seam.setting(self, "failure-deaths")
+        if not limit:
+            self.deaths.clear()
+            return
+        limit = min(limit, MAX_FAILURE_DEATHS)
+        window_ms = self.seam.setting(self, "failure-window")
+        window = (FAILURE_WINDOW_MS if window_ms is None else window_ms) / 1000
+        self.deaths = [t for t in self.deaths if now - t < window][-(limit - 1):] if limit > 1 else []
+        self.deaths.append(now)
+        if len(self.deaths) >= limit:
+            self.failed = True
+            self.want = WANT_DOWN
+            self.restart_pending = False
+            self.seam.report(self, f"supervise: warning: {self.name} died {limit} times in {window:g} seconds:"
+                                   " not restarted until svc -u")
+
+    def _rearm(self) -> None:
+        """u or o: a permanently failed service may start again, and a back-off is forgotten."""
+        self.failed = False
+        self.deaths.clear()
+        self.delay = self.not_before = 0.0
 
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
         """Start ./run now, or at the end of the throttle second.
@@ -432,8 +486,8 @@ class Service:
             self.restart_pending = self.restart_pending or automatic
             if not self.start_pending:
                 self.start_pending = True
-                assert self.last_start is not None  # for mypy: _throttled() is only true after a start
-                self.seam.schedule(self, self.last_start + THROTTLE)
+                self.start_at = self._earliest()
+                self.seam.schedule(self, self.start_at)
             return
         self.last_start = now
         self.starts += 1
@@ -473,7 +527,8 @@ class Service:
     def _start_after_pause(self, now: float) -> None:
         """s6: the restart of a dead (or unstartable) service, THROTTLE after NOW; :meth:`timer` makes it."""
         self.start_pending = self.restart_pending = True
-        self.seam.schedule(self, now + THROTTLE)
+        self.start_at = now + THROTTLE
+        self.seam.schedule(self, self.start_at)
 
     def _finish(self) -> None:
         self.seam.publish(self)  # written once more just before supervise exits

@@ -40,6 +40,11 @@ SETTINGS = {
     "timeout-kill": "ignored",
     "timeout-finish": "using 5000",
     "down-signal": "using SIGTERM",
+    # prefork's restart policy (docs/CONTRACTS.md, Restart policy)
+    "backoff-max": "ignored",
+    "backoff-reset": "using 10000",
+    "failure-deaths": "ignored",
+    "failure-window": "using 60000",
 }
 
 

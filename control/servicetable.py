@@ -108,6 +108,7 @@ HEADER_SIZE = 1024
 SLOT_SIZE = 512
 DIR_OFFSET, DIR_SIZE = 128, 896
 NAME_OFFSET, NAME_SIZE = 64, 259
+BACKOFF_OFFSET = 324  # u32: the restart policy's last back-off delay in ms (0: none), in what was reserved space
 MAX_CAPACITY = 1 << 16  # slots; svscan caps its --max-services table there
 DEFAULT_MODE = 0o600
 
@@ -115,7 +116,7 @@ KIND_SVSCAN, KIND_SUPERVISE = 1, 2
 STATE_DOWN, STATE_UP, STATE_STOPPING = 0, 1, 2  # STOPPING: TERM sent, not yet exited
 WANT_UP, WANT_DOWN, WANT_ONCE = b"u", b"d", b"o"
 FLAG_LOG, FLAG_NORMALLY_UP, FLAG_EXIT_REQUESTED, FLAG_ADOPTED, FLAG_INACTIVE = 1, 2, 4, 8, 16
-FLAG_FINISHING, FLAG_NOTIFYING = 32, 64
+FLAG_FINISHING, FLAG_NOTIFYING, FLAG_FAILED = 32, 64, 128
 NO_STATUS = -1
 
 _KIND_PREFIX = {KIND_SVSCAN: "prefork-svscan", KIND_SUPERVISE: "prefork-supervise"}
@@ -127,9 +128,10 @@ _COUNTERS = struct.Struct("<QQQ")  # header 64
 _H_SEQ, _H_GEN, _H_COUNTERS = 40, 48, 64
 _H_OWNER_PID, _H_OWNER_TICKS = 24, 88
 # Slot body from offset 8 up to the end of the name; pack_into writes its pad bytes as zeros.
-_BODY = struct.Struct("<IIQQQq BBcBH2xQ 259s")
+_BODY = struct.Struct("<IIQQQq BBcBH2xQ 259s xI")
 _IN_USE = 48
-assert _HEADER.size == 40 and 8 + _BODY.size == NAME_OFFSET + NAME_SIZE
+assert _HEADER.size == 40 and 8 + _BODY.size == BACKOFF_OFFSET + 4
+assert NAME_OFFSET + NAME_SIZE < BACKOFF_OFFSET
 
 
 class ServiceRecord(Record):
@@ -140,7 +142,7 @@ class ServiceRecord(Record):
     """
 
     __slots__ = ("name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts", "last_status", "flags",
-                 "ready_ns")
+                 "ready_ns", "backoff_ms")
 
     def __init__(
         self,
@@ -155,6 +157,7 @@ class ServiceRecord(Record):
         last_status: int = NO_STATUS,  # raw wait status of the last exit (os.waitpid's), NO_STATUS if none/unknown
         flags: int = 0,
         ready_ns: int = 0,  # unix time in ns of the service's readiness, 0 = not ready
+        backoff_ms: int = 0,  # the restart policy's last back-off delay (backoff-max), 0 = none
     ) -> None:
         self.name = name
         self.pid = pid
@@ -167,6 +170,7 @@ class ServiceRecord(Record):
         self.last_status = last_status
         self.flags = flags
         self.ready_ns = ready_ns
+        self.backoff_ms = backoff_ms
 
 
 class TableFull(Exception):
@@ -261,7 +265,7 @@ class ServiceTable:
         _SEQ.pack_into(mm, off, seq + 1)
         _BODY.pack_into(
             mm, off + 8, rec.pid, rec.flags, rec.since_ns, rec.starts, rec.restarts, rec.last_status,
-            1, rec.state, rec.want, rec.paused, len(name), rec.ready_ns, name,
+            1, rec.state, rec.want, rec.paused, len(name), rec.ready_ns, name, min(rec.backoff_ms, 0xFFFFFFFF),
         )
         _SEQ.pack_into(mm, off, seq + 2)
         self._seqs[index] = seq + 2

@@ -37,14 +37,14 @@ KIND_NAMES = {KIND_SVSCAN: "svscan", KIND_SUPERVISE: "supervise"}
 STATE_NAMES = {0: "down", 1: "up", 2: "stopping"}
 WANT_NAMES = {b"u": "up", b"d": "down", b"o": "once"}
 FLAG_NAMES = {1: "log", 2: "normally_up", 4: "exit_requested", 8: "adopted", 16: "inactive", 32: "finishing",
-              64: "notifying"}
-FLAG_LOG, FLAG_NORMALLY_UP, FLAG_NOTIFYING = 1, 2, 64
+              64: "notifying", 128: "failed"}
+FLAG_LOG, FLAG_NORMALLY_UP, FLAG_NOTIFYING, FLAG_FAILED = 1, 2, 64, 128
 NO_STATUS = -1
 
 _FIXED = struct.Struct("<4sIIIIIII Q")  # header 0-39
 _SEQ = struct.Struct("<Q")
 _MUTABLE = struct.Struct("<QQI4xQQQ")  # header 40-87: sequence, generation, used, services, scan errors, scans
-_SLOT = struct.Struct("<QIIQQQq BBcBH2xQ 259s")  # slot 0-322
+_SLOT = struct.Struct("<QIIQQQq BBcBH2xQ 259s xI")  # slot 0-327
 _DIR_OFFSET, _DIR_SIZE = 128, 896
 _OWNER_TICKS = 88
 
@@ -63,11 +63,12 @@ class Entry(Record):
     """One service (or log) slot as a reader sees it.
 
     slot, name, pid, want (b"u", b"d", b"o"), paused, state (0 down, 1 up, 2 stopping), since_ns,
-    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready, 0 = not ready).
+    starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready, 0 = not ready),
+    backoff_ms (the restart policy's last back-off delay, 0 = none).
     """
 
     __slots__ = ("slot", "name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts",
-                 "last_status", "flags", "ready_ns")
+                 "last_status", "flags", "ready_ns", "backoff_ms")
     slot: int
     name: str
     pid: int
@@ -80,6 +81,7 @@ class Entry(Record):
     last_status: int
     flags: int
     ready_ns: int
+    backoff_ms: int
 
     @property
     def ready(self) -> bool:
@@ -175,7 +177,7 @@ def _parse(path: str, mm: shmfile.Mapped, size: int) -> Snapshot:
             entries.append(
                 Entry(
                     slot=i, name=name, pid=v[1], want=v[9], paused=bool(v[10]), state=v[8], since_ns=v[3],
-                    starts=v[4], restarts=v[5], last_status=status, flags=v[2], ready_ns=v[12],
+                    starts=v[4], restarts=v[5], last_status=status, flags=v[2], ready_ns=v[12], backoff_ms=v[14],
                 )
             )
         if _SEQ.unpack_from(mm, 48)[0] == generation:

@@ -2,7 +2,8 @@
 
 The lines are svstat's own, so what people and scripts parse keeps working,
 followed by what only prefork knows (` not ready` or ` ready N seconds` for
-a running service with s6's notification-fd, ` restarts N`, ` last exit E`).  Nothing
+a running service with s6's notification-fd; ` failed` or ` backoff N seconds` from the
+restart policy; ` restarts N`, ` last exit E`).  Nothing
 is asked of the supervisor: the table is read from shared memory (layout in
 ``servicetable.py``).  Control characters in a service name are shown as
 ``?``, so one service is always one line.
@@ -23,6 +24,7 @@ import sys
 import time
 
 from prefork.control.servicetable_read import (
+    FLAG_FAILED,
     FLAG_NAMES,
     FLAG_NORMALLY_UP,
     FLAG_NOTIFYING,
@@ -71,6 +73,10 @@ def format_line(entry: Entry, now: float) -> str:
         text += f" ready {max(0, int(now) - entry.ready_ns // 1_000_000_000)} seconds"
     elif entry.pid and entry.flags & FLAG_NOTIFYING:  # a notification-fd, and no newline on it yet
         text += " not ready"
+    if entry.flags & FLAG_FAILED:  # the restart policy gave up: svc -u re-arms it
+        text += " failed"
+    elif entry.backoff_ms and not entry.pid:
+        text += f" backoff {entry.backoff_ms / 1000:g} seconds"
     text += f" restarts {entry.restarts}"
     last = exit_text(entry.last_status)
     if last is not None:
@@ -97,6 +103,8 @@ def _json(snap: Snapshot, running: bool, now: float) -> str:
             "restarts": e.restarts,
             "last_status": None if e.last_status == NO_STATUS else e.last_status,
             "last_exit": exit_text(e.last_status),
+            "failed": bool(e.flags & FLAG_FAILED),
+            "backoff_seconds": e.backoff_ms / 1000,
             "ready": e.ready,
             "ready_since": e.ready_ns / 1e9 if e.ready else None,
             "flags": e.flags,

@@ -40,6 +40,8 @@ directory's absolute path as multilog saw it)::
     supervise_last_exit_signal{directory,service}   the signal that killed it, 0 if it exited; absent before
     supervise_ready{directory,service}              1 while running and ready (its notification-fd newline came)
     supervise_time_to_ready_seconds{directory,service}  from the last start to readiness; absent while not ready
+    supervise_failed{directory,service}             1 when the restart policy gave up (failure-deaths)
+    supervise_backoff_seconds{directory,service}    the restart policy's last back-off delay (backoff-max)
     svscan_services{directory} / svscan_scans_total / svscan_scan_errors_total / svscan_start_time_seconds
     multilog_lines_total{directory}                 lines written to current
     multilog_bytes_total{directory}                 bytes written to current
@@ -579,6 +581,10 @@ def build_families(
     ready = Family("supervise_ready", "gauge",
                    "1 while the service runs and is ready: it wrote the newline on its notification-fd.")
     to_ready = Family("supervise_time_to_ready_seconds", "gauge", "From the service's last start to its readiness.")
+    failed = Family("supervise_failed", "gauge",
+                    "1 when the restart policy gave up on the service (failure-deaths): svc -u restarts it.")
+    backoff = Family("supervise_backoff_seconds", "gauge",
+                     "The restart policy's last back-off delay (backoff-max), 0 without one.")
     services = Family("svscan_services", "gauge", "Service directories svscan supervises.")
     scans = Family("svscan_scans", "counter", "Scans of the directory.")
     scan_errors = Family("svscan_scan_errors", "counter",
@@ -602,13 +608,15 @@ def build_families(
             ready.add(labels, 1 if e.ready else 0)
             if e.ready:
                 to_ready.add(labels, max(0, e.ready_ns - e.since_ns) / NS)
+            failed.add(labels, 1 if e.flags & tables.FLAG_FAILED else 0)
+            backoff.add(labels, e.backoff_ms / 1000)
         if table.kind == tables.KIND_SVSCAN:
             services.add((directory,), table.services)
             scans.add((directory,), table.scans)
             scan_errors.add((directory,), table.scan_errors)
             svscan_start.add((directory,), table.start_ns / NS)
     families += [up, want_up, paused, normally_up, since, starts, srestarts, last_exit, last_signal, ready, to_ready,
-                 services, scans, scan_errors, svscan_start]
+                 failed, backoff, services, scans, scan_errors, svscan_start]
 
     lines = Family("multilog_lines", "counter", "Lines multilog wrote to the log directory's current.")
     nbytes = Family("multilog_bytes", "counter", "Bytes multilog wrote to the log directory's current.")

@@ -35,8 +35,8 @@ DASHBOARD = ROOT / "contrib" / "grafana" / "prefork.json"
 SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
                  "scrape_series_added"}
 # The alerts contrib/prometheus/README.md lists first, and the extra ones shipped beside them.
-REQUIRED_ALERTS = {"PreforkServiceDown", "PreforkServiceFlapping", "PreforkConnectionLimitSaturated",
-                   "PreforkConnectionsDropped"}
+REQUIRED_ALERTS = {"PreforkServiceDown", "PreforkServiceFlapping", "PreforkServiceFailed",
+                   "PreforkConnectionLimitSaturated", "PreforkConnectionsDropped"}
 
 
 def promtool() -> str:

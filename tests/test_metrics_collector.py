@@ -275,6 +275,21 @@ def test_readiness_families(tmp_path):
     assert row("down") == (0, None)
 
 
+def test_restart_policy_families(tmp_path):
+    """The restart policy (docs/CONTRACTS.md, Restart policy): given up on, and the last back-off."""
+    table = make_table(tmp_path / "table", "/srv/sv")
+    publish(table, st.ServiceRecord("gone", want=b"d", flags=st.FLAG_FAILED, backoff_ms=8000))
+    publish(table, st.ServiceRecord("waiting", backoff_ms=2000))
+    publish(table, st.ServiceRecord("plain", pid=os.getpid(), state=st.STATE_UP))
+    data = scrape(mc.SharedMemoryCollector([], [str(tmp_path / "table")]))
+
+    def row(service: str) -> tuple:
+        labels = {"directory": "/srv/sv", "service": service}
+        return value(data, "supervise_failed", **labels), value(data, "supervise_backoff_seconds", **labels)
+
+    assert (row("gone"), row("waiting"), row("plain")) == ((1, 8.0), (0, 2.0), (0, 0.0))
+
+
 def test_released_slots_are_not_exported(tmp_path):
     table = make_table(tmp_path / "table")
     publish(table, st.ServiceRecord("a"))

@@ -28,7 +28,7 @@ def make(tmp_path, capacity: int = 8, kind: int = st.KIND_SVSCAN, directory: str
 
 def entry(**fields) -> reader.Entry:
     base = dict(slot=0, name="web", pid=0, want=b"u", paused=False, state=0, since_ns=NOW_NS, starts=0,
-                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP, ready_ns=0)
+                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP, ready_ns=0, backoff_ms=0)
     base.update(fields)
     return reader.Entry(**base)
 
@@ -90,7 +90,7 @@ def test_round_trip_of_every_field(tmp_path):
         st.ServiceRecord("db", pid=2**32 - 1, want=st.WANT_ONCE, paused=True, state=st.STATE_STOPPING,
                          since_ns=2**64 - 1, starts=2**64 - 1, restarts=2**63, last_status=15,
                          flags=st.FLAG_EXIT_REQUESTED | st.FLAG_ADOPTED | st.FLAG_INACTIVE | st.FLAG_FINISHING
-                         | st.FLAG_NOTIFYING, ready_ns=2**64 - 1),
+                         | st.FLAG_NOTIFYING | st.FLAG_FAILED, ready_ns=2**64 - 1, backoff_ms=2**32 - 1),
         st.ServiceRecord("caf\u00e9-\udcff", pid=7, ready_ns=NOW_NS),  # non-UTF-8 file names survive (surrogateescape)
     ]
     for rec in records:
@@ -104,9 +104,9 @@ def test_round_trip_of_every_field(tmp_path):
     assert [e.slot for e in snap.entries] == [0, 1, 2, 3]
     for got, rec in zip(snap.entries, records, strict=True):
         assert (got.name, got.pid, got.want, got.paused, got.state, got.since_ns, got.starts, got.restarts,
-                got.last_status, got.flags, got.ready_ns) == (
+                got.last_status, got.flags, got.ready_ns, got.backoff_ms) == (
             rec.name, rec.pid, rec.want, rec.paused, rec.state, rec.since_ns, rec.starts, rec.restarts,
-            rec.last_status, rec.flags, rec.ready_ns)
+            rec.last_status, rec.flags, rec.ready_ns, rec.backoff_ms)
     table.close()
 
 
@@ -502,6 +502,11 @@ NOW = NOW_NS // 10**9 + 7.9  # 7 whole seconds after since (svstat compares whol
          "web: up (pid 12) 7 seconds, normally down ready 2 seconds restarts 0"),
         (dict(flags=st.FLAG_NORMALLY_UP | st.FLAG_NOTIFYING, ready_ns=NOW_NS),
          "web: down 7 seconds, normally up, want up restarts 0"),
+        # the restart policy: waiting out a back-off, then given up on (docs/CONTRACTS.md, Restart policy)
+        (dict(backoff_ms=4000, restarts=3), "web: down 7 seconds, normally up, want up backoff 4 seconds restarts 3"),
+        (dict(pid=12, backoff_ms=4000), "web: up (pid 12) 7 seconds restarts 0"),
+        (dict(want=b"d", flags=st.FLAG_NORMALLY_UP | st.FLAG_FAILED, backoff_ms=8000, last_status=1 << 8),
+         "web: down 7 seconds, normally up failed restarts 0 last exit 1"),
     ],
 )
 def test_format_line(fields, line):
@@ -563,8 +568,9 @@ def test_main_all_json(tmp_path, shm_tables, capsys):
     db_log = doc["services"][1]
     assert 0 <= db_log.pop("seconds") < 60 and abs(db_log.pop("since") - time.time()) < 60
     assert db_log == {"name": "db/log", "slot": 4, "pid": 201, "state": "stopping", "want": "up", "paused": True,
-                      "starts": 0, "restarts": 0, "last_status": None, "last_exit": None,
-                      "ready": False, "ready_since": None, "flags": 3, "flag_names": ["log", "normally_up"]}
+                      "starts": 0, "restarts": 0, "last_status": None, "last_exit": None, "failed": False,
+                      "backoff_seconds": 0.0, "ready": False, "ready_since": None, "flags": 3,
+                      "flag_names": ["log", "normally_up"]}
     web = doc["services"][2]
     assert (web["want"], web["state"], web["last_status"], web["last_exit"], web["starts"]) == (
         "up", "up", 9, "signal 9", 4)

@@ -1267,3 +1267,86 @@ def test_s6_mode_restarts_a_second_after_finish_ends():
     assert seam.spawn_times == [0.0]
     seam.advance(8.0)
     assert seam.spawn_times == [0.0, 8.0] and service.restarts == 1
+
+
+# -- the restart policy (docs/CONTRACTS.md, Restart policy) ----------------------------------------------------
+def flap(seam: S6Seam, service: Service, deaths: int, ran: float = 0.1, horizon: float = 600.0) -> list[float]:
+    """Let the service die RAN seconds after each start, DEATHS times; the moments of the starts that followed."""
+    for _ in range(deaths):
+        if not service.pid:
+            break
+        seam.advance(seam.now + ran)
+        service.exited(1 << 8)
+        while not service.pid and service.want == WANT_UP and seam.timers and seam.now < horizon:
+            seam.advance(min(t for t, _ in seam.timers))
+    return seam.spawn_times[1:]
+
+
+def test_backoff_doubles_from_a_second_to_its_cap():
+    seam, service = s6_boot(settings={"backoff-max": 8000}, finish=False)
+    starts = flap(seam, service, 6)
+    gaps = [round(b - a, 2) for a, b in zip([0.0, *starts], starts, strict=False)]
+    # each start comes 0.1 s after the last one (the run) plus the delay: 1, 2, 4, 8, 8, 8
+    assert gaps == [1.1, 2.1, 4.1, 8.1, 8.1, 8.1]
+
+
+def test_backoff_starts_again_after_a_healthy_run():
+    seam, service = s6_boot(settings={"backoff-max": 60000, "backoff-reset": 5000}, finish=False)
+    flap(seam, service, 3)  # delays 1, 2, 4
+    assert service.delay == 4.0
+    seam.advance(seam.now + 5.0)  # this run lasts the reset time
+    service.exited(1 << 8)
+    assert service.delay == THROTTLE and service.not_before == seam.now + THROTTLE
+
+
+def test_without_the_files_daemontools_throttle_is_unchanged():
+    seam, service = s6_boot(finish=False)
+    starts = flap(seam, service, 4)
+    assert [round(t, 2) for t in starts] == [1.0, 2.0, 3.0, 4.0]  # a second after each start
+    assert not service.failed and service.delay == 0.0
+
+
+def test_permanent_failure_after_n_deaths_in_the_window_and_u_rearms():
+    seam, service = s6_boot(settings={"failure-deaths": 3, "failure-window": 10000}, finish=False)
+    flap(seam, service, 3)
+    assert service.failed and service.want == WANT_DOWN and not service.pid
+    assert ("report", "supervise: warning: svc died 3 times in 10 seconds: not restarted until svc -u") in seam.events
+    seam.advance(seam.now + 100)
+    assert not service.pid  # stays down
+    service.control(ord("u"))
+    assert service.pid and not service.failed and service.deaths == []
+
+
+def test_deaths_outside_the_window_do_not_count():
+    seam, service = s6_boot(settings={"failure-deaths": 3, "failure-window": 1500}, finish=False)
+    flap(seam, service, 10)  # a death every 1.1 s: never 3 within 1.5 s
+    assert not service.failed and service.pid
+
+
+def test_a_requested_stop_is_no_death():
+    seam, service = s6_boot(settings={"failure-deaths": 1, "backoff-max": 5000}, finish=False)
+    service.control(ord("d"))
+    service.exited(signal.SIGTERM)
+    assert not service.failed and service.deaths == [] and service.delay == 0.0
+
+
+@given(ops=st.lists(st.sampled_from(["die", "u", "d", "wait"]), max_size=40),
+       cap=st.integers(0, 100000), deaths=st.integers(0, 5))
+@settings(max_examples=200, deadline=None)
+def test_policy_random_walk_never_starts_early(ops, cap, deaths):
+    """Whatever happens, an automatic start never comes before its back-off, nor a second after another start."""
+    seam, service = s6_boot(settings={"backoff-max": cap, "failure-deaths": deaths}, finish=False)
+    for op in ops:
+        if op == "die" and service.pid:
+            service.exited(1 << 8)
+            floor = seam.now + (service.delay if cap else 0.0)
+            before = len(seam.spawn_times)
+            seam.advance(seam.now + 0.5)
+            if len(seam.spawn_times) > before:
+                assert seam.spawn_times[-1] >= floor
+        elif op in ("u", "d"):
+            service.control(ord(op))
+        else:
+            seam.advance(seam.now + 3.0)
+        assert all(b - a >= THROTTLE - 1e-9 for a, b in zip(seam.spawn_times, seam.spawn_times[1:], strict=False))
+        assert not (service.failed and service.want == WANT_UP)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -1133,3 +1134,30 @@ def test_svscan_with_a_table_elsewhere_leaves_a_live_default_table(tmp_path, sca
             assert servicetable_read.read(table).owner_pid == os.getpid()
         finally:
             live.close()
+
+
+def test_restart_policy_backs_off_then_gives_up_and_u_rearms(tmp_path, scans):
+    """A service that dies at once: back-off 1, 2 s between its starts, then (3rd death in 30 s) no restart, one
+    line, ``failed`` in svstat --all and its JSON, and svc -u starts it again (docs/CONTRACTS.md, Restart policy)."""
+    root = tmp_path / "scan"
+    d = make_service(root, "flap", run="echo start >> ../starts; exit 1")
+    (d / "backoff-max").write_text("4000\n")
+    (d / "failure-deaths").write_text("3\n")
+    (d / "failure-window").write_text("30000\n")
+    scan = scans("prefork", root, table=False)  # the default table, the one svstat --all finds
+    starts = tmp_path / "scan" / "starts"
+    began = time.monotonic()
+    assert wait_until(lambda: any("not restarted until svc -u" in line for line in scan.stderr()), 20), scan.stderr()
+    took = time.monotonic() - began
+    assert starts.read_text().count("start") == 3  # died 3 times: no 4th start
+    assert took >= 2.8, took  # 1 s then 2 s of back-off between the three starts
+    assert "supervise: warning: flap died 3 times in 30 seconds: not restarted until svc -u" in scan.stderr()
+    time.sleep(1.5)
+    assert starts.read_text().count("start") == 3
+    out = subprocess.run([ours("svstat"), "--all", str(root)], capture_output=True, timeout=10)
+    assert out.returncode == 0 and re.search(rb"^flap: down .* failed restarts 2 last exit 1$", out.stdout, re.M), out
+    js = subprocess.run([ours("svstat"), "--all", "--json", str(root)], capture_output=True, timeout=10)
+    flap = next(s for s in json.loads(js.stdout)["services"] if s["name"] == "flap")
+    assert flap["failed"] is True and flap["backoff_seconds"] == 4.0  # 1, 2, then 4 at the third death
+    svc(ours("svc"), root, "-u", "flap")
+    assert wait_until(lambda: starts.read_text().count("start") >= 4, 10)
