@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
+from loadtest.loadgen import end_clients
+
 
 @dataclass
 class SpawnResult:
@@ -80,12 +82,7 @@ def spawn_ceiling(argv: list[str], procs: int = 2, seconds: float = 3.0) -> Spaw
             failures += f
             elapsed = max(elapsed, el)
     finally:
-        for p, c in workers:
-            c.close()
-            p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
+        end_clients(workers)
     rate = total / elapsed if elapsed > 0 else 0.0
     return SpawnResult(procs, elapsed, total, failures, rate, rate / procs if procs else 0.0)
 
