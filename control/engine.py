@@ -494,7 +494,8 @@ def _record(service: Service) -> ServiceRecord:
         pid=service.pid, want=want, paused=bool(service.pid and service.paused), state=state,
         since_ns=_ns(service.label), starts=service.starts, restarts=service.restarts,
         last_status=service.last_status, flags=flags, ready_ns=_ns(service.ready_label),
-        backoff_ms=int(service.delay * 1000),
+        backoff_ms=int(service.delay * 1000), finish_failures=service.finish_failures,
+        kill_escalations=service.kill_escalations,
     )
 
 

@@ -154,7 +154,7 @@ class Service:
         "last_start", "start_pending", "restart_pending", "starts", "restarts", "last_status",
         "normally_up", "adopted", "done", "context", "ready_label", "notifying", "finishing", "finish_pid",
         "kill_at", "finish_kill_at", "once_after_finish", "log", "delay", "not_before", "deaths", "failed",
-        "start_at",
+        "start_at", "finish_failures", "kill_escalations",
     )
 
     def __init__(self, seam: Seam, name: str, *, mode: str = "daemontools", context: Supervised | None = None,
@@ -173,6 +173,8 @@ class Service:
         self.deaths: list[float] = []
         self.failed = False
         self.start_at = 0.0  # when the deferred start (start_pending) is due: an earlier timer finds nothing to do
+        self.finish_failures = 0  # ./finish ended by a signal (timeout-finish's KILL too) or an exit but 0 or 125
+        self.kill_escalations = 0  # SIGKILLs timeout-kill sent to a service still alive after its down signal
         # The engine's per-service data (fds, table slot): every Service the engine makes has one, and only the
         # engine and its users read it.  The machine never does, so the fake seams of the unit tests leave it None.
         self.context: Supervised = context  # type: ignore[assignment]  # None only where nothing reads it (tests)
@@ -335,6 +337,8 @@ class Service:
         self.finish_pid = 0
         self.finish_kill_at = 0.0
         self.finishing = False
+        if status & 0x7F or status >> 8 not in (0, FINISH_NO_RESTART):
+            self.finish_failures += 1
         if self.mode != "runit" and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
             self.want = WANT_DOWN
         once, self.once_after_finish = self.once_after_finish, False
@@ -375,6 +379,7 @@ class Service:
         if self.kill_at and now >= self.kill_at:
             self.kill_at = 0.0
             if self.pid:
+                self.kill_escalations += 1
                 self.seam.kill(self, signal.SIGKILL)
         if self.finish_kill_at and now >= self.finish_kill_at:
             self.finish_kill_at = 0.0

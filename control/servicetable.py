@@ -108,7 +108,8 @@ HEADER_SIZE = 1024
 SLOT_SIZE = 512
 DIR_OFFSET, DIR_SIZE = 128, 896
 NAME_OFFSET, NAME_SIZE = 64, 259
-BACKOFF_OFFSET = 324  # u32: the restart policy's last back-off delay in ms (0: none), in what was reserved space
+BACKOFF_OFFSET = 324  # u32: the restart policy's last back-off delay in ms (0: none), in what was reserved space;
+# then two u32 counters: ./finish failures, timeout-kill escalations (docs/ARCHITECTURE.md, Service table)
 MAX_CAPACITY = 1 << 16  # slots; svscan caps its --max-services table there
 DEFAULT_MODE = 0o600
 
@@ -128,9 +129,9 @@ _COUNTERS = struct.Struct("<QQQ")  # header 64
 _H_SEQ, _H_GEN, _H_COUNTERS = 40, 48, 64
 _H_OWNER_PID, _H_OWNER_TICKS = 24, 88
 # Slot body from offset 8 up to the end of the name; pack_into writes its pad bytes as zeros.
-_BODY = struct.Struct("<IIQQQq BBcBH2xQ 259s xI")
+_BODY = struct.Struct("<IIQQQq BBcBH2xQ 259s xIII")
 _IN_USE = 48
-assert _HEADER.size == 40 and 8 + _BODY.size == BACKOFF_OFFSET + 4
+assert _HEADER.size == 40 and 8 + _BODY.size == BACKOFF_OFFSET + 12
 assert NAME_OFFSET + NAME_SIZE < BACKOFF_OFFSET
 
 
@@ -142,7 +143,7 @@ class ServiceRecord(Record):
     """
 
     __slots__ = ("name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts", "last_status", "flags",
-                 "ready_ns", "backoff_ms")
+                 "ready_ns", "backoff_ms", "finish_failures", "kill_escalations")
 
     def __init__(
         self,
@@ -158,6 +159,8 @@ class ServiceRecord(Record):
         flags: int = 0,
         ready_ns: int = 0,  # unix time in ns of the service's readiness, 0 = not ready
         backoff_ms: int = 0,  # the restart policy's last back-off delay (backoff-max), 0 = none
+        finish_failures: int = 0,  # ./finish runs that failed (a signal, or an exit but 0 or 125)
+        kill_escalations: int = 0,  # SIGKILLs sent by timeout-kill
     ) -> None:
         self.name = name
         self.pid = pid
@@ -171,6 +174,8 @@ class ServiceRecord(Record):
         self.flags = flags
         self.ready_ns = ready_ns
         self.backoff_ms = backoff_ms
+        self.finish_failures = finish_failures
+        self.kill_escalations = kill_escalations
 
 
 class TableFull(Exception):
@@ -266,6 +271,7 @@ class ServiceTable:
         _BODY.pack_into(
             mm, off + 8, rec.pid, rec.flags, rec.since_ns, rec.starts, rec.restarts, rec.last_status,
             1, rec.state, rec.want, rec.paused, len(name), rec.ready_ns, name, min(rec.backoff_ms, 0xFFFFFFFF),
+            rec.finish_failures & 0xFFFFFFFF, rec.kill_escalations & 0xFFFFFFFF,
         )
         _SEQ.pack_into(mm, off, seq + 2)
         self._seqs[index] = seq + 2

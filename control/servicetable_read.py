@@ -44,7 +44,7 @@ NO_STATUS = -1
 _FIXED = struct.Struct("<4sIIIIIII Q")  # header 0-39
 _SEQ = struct.Struct("<Q")
 _MUTABLE = struct.Struct("<QQI4xQQQ")  # header 40-87: sequence, generation, used, services, scan errors, scans
-_SLOT = struct.Struct("<QIIQQQq BBcBH2xQ 259s xI")  # slot 0-327
+_SLOT = struct.Struct("<QIIQQQq BBcBH2xQ 259s xIII")  # slot 0-335
 _DIR_OFFSET, _DIR_SIZE = 128, 896
 _OWNER_TICKS = 88
 
@@ -64,11 +64,11 @@ class Entry(Record):
 
     slot, name, pid, want (b"u", b"d", b"o"), paused, state (0 down, 1 up, 2 stopping), since_ns,
     starts, restarts, last_status (raw wait status, NO_STATUS if none), flags, ready_ns (when it became ready, 0 = not ready),
-    backoff_ms (the restart policy's last back-off delay, 0 = none).
+    backoff_ms (the restart policy's last back-off delay, 0 = none), finish_failures and kill_escalations (counters).
     """
 
     __slots__ = ("slot", "name", "pid", "want", "paused", "state", "since_ns", "starts", "restarts",
-                 "last_status", "flags", "ready_ns", "backoff_ms")
+                 "last_status", "flags", "ready_ns", "backoff_ms", "finish_failures", "kill_escalations")
     slot: int
     name: str
     pid: int
@@ -82,6 +82,8 @@ class Entry(Record):
     flags: int
     ready_ns: int
     backoff_ms: int
+    finish_failures: int
+    kill_escalations: int
 
     @property
     def ready(self) -> bool:
@@ -178,6 +180,7 @@ def _parse(path: str, mm: shmfile.Mapped, size: int) -> Snapshot:
                 Entry(
                     slot=i, name=name, pid=v[1], want=v[9], paused=bool(v[10]), state=v[8], since_ns=v[3],
                     starts=v[4], restarts=v[5], last_status=status, flags=v[2], ready_ns=v[12], backoff_ms=v[14],
+                    finish_failures=v[15], kill_escalations=v[16],
                 )
             )
         if _SEQ.unpack_from(mm, 48)[0] == generation:

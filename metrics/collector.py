@@ -42,6 +42,8 @@ directory's absolute path as multilog saw it)::
     supervise_time_to_ready_seconds{directory,service}  from the last start to readiness; absent while not ready
     supervise_failed{directory,service}             1 when the restart policy gave up (failure-deaths)
     supervise_backoff_seconds{directory,service}    the restart policy's last back-off delay (backoff-max)
+    supervise_finish_failures_total{directory,service}   ./finish runs that failed
+    supervise_kill_escalations_total{directory,service}  SIGKILLs sent by timeout-kill
     svscan_services{directory} / svscan_scans_total / svscan_scan_errors_total / svscan_start_time_seconds
     multilog_lines_total{directory}                 lines written to current
     multilog_bytes_total{directory}                 bytes written to current
@@ -585,6 +587,10 @@ def build_families(
                     "1 when the restart policy gave up on the service (failure-deaths): svc -u restarts it.")
     backoff = Family("supervise_backoff_seconds", "gauge",
                      "The restart policy's last back-off delay (backoff-max), 0 without one.")
+    finish_failures = Family("supervise_finish_failures", "counter",
+                             "./finish runs that failed: killed (timeout-finish too), or an exit but 0 or 125.")
+    kill_escalations = Family("supervise_kill_escalations", "counter",
+                              "SIGKILLs timeout-kill sent to a service still running after its down signal.")
     services = Family("svscan_services", "gauge", "Service directories svscan supervises.")
     scans = Family("svscan_scans", "counter", "Scans of the directory.")
     scan_errors = Family("svscan_scan_errors", "counter",
@@ -610,13 +616,15 @@ def build_families(
                 to_ready.add(labels, max(0, e.ready_ns - e.since_ns) / NS)
             failed.add(labels, 1 if e.flags & tables.FLAG_FAILED else 0)
             backoff.add(labels, e.backoff_ms / 1000)
+            finish_failures.add(labels, e.finish_failures)
+            kill_escalations.add(labels, e.kill_escalations)
         if table.kind == tables.KIND_SVSCAN:
             services.add((directory,), table.services)
             scans.add((directory,), table.scans)
             scan_errors.add((directory,), table.scan_errors)
             svscan_start.add((directory,), table.start_ns / NS)
     families += [up, want_up, paused, normally_up, since, starts, srestarts, last_exit, last_signal, ready, to_ready,
-                 failed, backoff, services, scans, scan_errors, svscan_start]
+                 failed, backoff, finish_failures, kill_escalations, services, scans, scan_errors, svscan_start]
 
     lines = Family("multilog_lines", "counter", "Lines multilog wrote to the log directory's current.")
     nbytes = Family("multilog_bytes", "counter", "Bytes multilog wrote to the log directory's current.")

@@ -290,6 +290,15 @@ def test_restart_policy_families(tmp_path):
     assert (row("gone"), row("waiting"), row("plain")) == ((1, 8.0), (0, 2.0), (0, 0.0))
 
 
+def test_finish_failure_and_kill_escalation_counters(tmp_path):
+    table = make_table(tmp_path / "table", "/srv/sv")
+    publish(table, st.ServiceRecord("web", finish_failures=3, kill_escalations=2))
+    data = scrape(mc.SharedMemoryCollector([], [str(tmp_path / "table")]))
+    labels = {"directory": "/srv/sv", "service": "web"}
+    assert value(data, "supervise_finish_failures_total", **labels) == 3
+    assert value(data, "supervise_kill_escalations_total", **labels) == 2
+
+
 def test_released_slots_are_not_exported(tmp_path):
     table = make_table(tmp_path / "table")
     publish(table, st.ServiceRecord("a"))

@@ -28,7 +28,8 @@ def make(tmp_path, capacity: int = 8, kind: int = st.KIND_SVSCAN, directory: str
 
 def entry(**fields) -> reader.Entry:
     base = dict(slot=0, name="web", pid=0, want=b"u", paused=False, state=0, since_ns=NOW_NS, starts=0,
-                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP, ready_ns=0, backoff_ms=0)
+                restarts=0, last_status=-1, flags=st.FLAG_NORMALLY_UP, ready_ns=0, backoff_ms=0,
+                finish_failures=0, kill_escalations=0)
     base.update(fields)
     return reader.Entry(**base)
 
@@ -90,7 +91,8 @@ def test_round_trip_of_every_field(tmp_path):
         st.ServiceRecord("db", pid=2**32 - 1, want=st.WANT_ONCE, paused=True, state=st.STATE_STOPPING,
                          since_ns=2**64 - 1, starts=2**64 - 1, restarts=2**63, last_status=15,
                          flags=st.FLAG_EXIT_REQUESTED | st.FLAG_ADOPTED | st.FLAG_INACTIVE | st.FLAG_FINISHING
-                         | st.FLAG_NOTIFYING | st.FLAG_FAILED, ready_ns=2**64 - 1, backoff_ms=2**32 - 1),
+                         | st.FLAG_NOTIFYING | st.FLAG_FAILED, ready_ns=2**64 - 1, backoff_ms=2**32 - 1,
+                         finish_failures=2**32 - 1, kill_escalations=7),
         st.ServiceRecord("caf\u00e9-\udcff", pid=7, ready_ns=NOW_NS),  # non-UTF-8 file names survive (surrogateescape)
     ]
     for rec in records:
@@ -104,9 +106,9 @@ def test_round_trip_of_every_field(tmp_path):
     assert [e.slot for e in snap.entries] == [0, 1, 2, 3]
     for got, rec in zip(snap.entries, records, strict=True):
         assert (got.name, got.pid, got.want, got.paused, got.state, got.since_ns, got.starts, got.restarts,
-                got.last_status, got.flags, got.ready_ns, got.backoff_ms) == (
+                got.last_status, got.flags, got.ready_ns, got.backoff_ms, got.finish_failures, got.kill_escalations) == (
             rec.name, rec.pid, rec.want, rec.paused, rec.state, rec.since_ns, rec.starts, rec.restarts,
-            rec.last_status, rec.flags, rec.ready_ns, rec.backoff_ms)
+            rec.last_status, rec.flags, rec.ready_ns, rec.backoff_ms, rec.finish_failures, rec.kill_escalations)
     table.close()
 
 

@@ -1350,3 +1350,28 @@ def test_policy_random_walk_never_starts_early(ops, cap, deaths):
             seam.advance(seam.now + 3.0)
         assert all(b - a >= THROTTLE - 1e-9 for a, b in zip(seam.spawn_times, seam.spawn_times[1:], strict=False))
         assert not (service.failed and service.want == WANT_UP)
+
+
+@pytest.mark.parametrize("status, counted", [
+    (0, 0), (125 << 8, 0), (1 << 8, 1), (111 << 8, 1), (signal.SIGKILL, 1), (signal.SIGSEGV | 0x80, 1)])
+def test_finish_failures_are_counted(status, counted):
+    """A finish that is killed (timeout-finish's KILL too) or exits other than 0 or 125 is a failure (metrics)."""
+    seam, service = s6_boot(settings={"timeout-finish": 0})
+    service.exited(1 << 8)
+    service.finish_exited(status)
+    assert service.finish_failures == counted
+
+
+def test_kill_escalations_are_counted_only_when_the_kill_is_sent():
+    seam, service = s6_boot(settings={"timeout-kill": 500}, finish=False)
+    service.control(ord("d"))
+    seam.advance(0.6)  # still alive: SIGKILL
+    assert service.kill_escalations == 1 and ("kill", service.pid, signal.SIGKILL) in seam.events
+    service.exited(signal.SIGKILL)
+    service.control(ord("u"))
+    pid = service.pid
+    service.control(ord("d"))
+    service.exited(signal.SIGTERM)  # gone before the timeout: no escalation
+    seam.advance(seam.now + 1.0)
+    assert service.kill_escalations == 1 and ("kill", pid, signal.SIGKILL) not in seam.events
+
