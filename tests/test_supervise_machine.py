@@ -823,6 +823,23 @@ OPS = st.one_of(
 )
 
 
+def walk_step(seam: FakeSeam, service: Service, op: str, arg) -> bool:
+    """One operation of a random walk of the machine; False if it does not apply (an exit while down)."""
+    if op == "byte":
+        service.control(arg)
+    elif op == "exit":
+        if not service.pid:
+            return False
+        service.exited(arg)
+    elif op == "tick":
+        seam.now += arg
+    elif op == "timers":
+        seam.run_timers()
+    else:
+        seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+    return True
+
+
 @settings(max_examples=300, deadline=None)
 @given(runit=st.booleans(), down_file=st.booleans(), ops=st.lists(OPS, max_size=60))
 def test_random_walk_keeps_the_invariants(runit, down_file, ops):
@@ -833,18 +850,8 @@ def test_random_walk_keeps_the_invariants(runit, down_file, ops):
     for op, arg in ops:
         spawns, labels, was_done, pid = len(seam.spawn_times), seam.labels, service.done, service.pid
         seam.take()
-        if op == "byte":
-            service.control(arg)
-        elif op == "exit":
-            if not service.pid:
-                continue
-            service.exited(arg)
-        elif op == "tick":
-            seam.now += arg
-        elif op == "timers":
-            seam.run_timers()
-        else:
-            seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+        if not walk_step(seam, service, op, arg):
+            continue
         events = seam.take()
         new_spawns = len(seam.spawn_times) - spawns
         # two start attempts are never less than a second apart
@@ -1226,18 +1233,8 @@ def test_s6_random_walk_keeps_the_invariants(down_file, ops):
     for op, arg in ops:
         spawns, was_done = len(seam.spawn_times), service.done
         seam.take()
-        if op == "byte":
-            service.control(arg)
-        elif op == "exit":
-            if not service.pid:
-                continue
-            service.exited(arg)
-        elif op == "tick":
-            seam.now += arg
-        elif op == "timers":
-            seam.run_timers()
-        else:
-            seam.fail = OSError(errno.ENOENT, "gone") if arg else None
+        if not walk_step(seam, service, op, arg):
+            continue
         events = seam.take()
         new_spawns = len(seam.spawn_times) - spawns
         assert new_spawns <= 1
