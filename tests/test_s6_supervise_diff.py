@@ -15,12 +15,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import ours, real
+from tcpserver_harness import wait_until as wait_for  # bounded by count and by time
 
 from prefork.control import servicetable_read as reader
 
@@ -42,18 +42,6 @@ TERM_PROOF = "#!/usr/bin/perl\n$SIG{TERM} = 'IGNORE';\nopen(my $f, '>', 'up') or
 COUNTING_RUN = "#!/bin/sh\necho $$ >> starts\n"
 FINISH_NOTES = '#!/bin/sh\necho "$(date +%s.%N) $# $*" >> finish.out\n'
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
-    """PREDICATE's first true value, polled until TIMEOUT (bounded by count and by time)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    return predicate()
 
 
 def lines(path: Path) -> list[str]:
