@@ -88,12 +88,22 @@ def render_markdown(data: dict) -> str:
                 "`loadtest/cpuprobe.c`, which answers with the CPU its process had used when it started; the "
                 "same probe started by a bare posix_spawn loop gives the exec alone (the floor, "
                 f"{pre['floor_us']:.0f} µs). The pre-exec work is the difference (loadtest/preexec.py).", "",
-                "| server | own µs/conn | probe at start µs | pre-exec µs | all counted µs/conn | vs debian |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "| server | own µs/conn | own vs debian | probe at start µs | pre-exec µs | all counted µs/conn "
+                "| all counted vs debian |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
         for name, v in pre["servers"].items():
-            vs = "—" if name == "debian" or not debian else f"{v['all_us'] / debian['all_us']:.2f}x"
-            out.append(f"| {name} | {v['own_us']:.0f} | {v['probe_us']:.0f} | {v['preexec_us']:.0f} | "
+            own_vs = "—" if name == "debian" or not debian or debian["own_us"] <= 0 else \
+                f"{v['own_us'] / debian['own_us']:.2f}x"
+            vs = "—" if name == "debian" or not debian or debian["all_us"] <= 0 else \
+                f"{v['all_us'] / debian['all_us']:.2f}x"
+            out.append(f"| {name} | {v['own_us']:.0f} | {own_vs} | {v['probe_us']:.0f} | {v['preexec_us']:.0f} | "
                        f"{v['all_us']:.0f} | {vs} |")
+        if "python-floor" in pre["servers"]:
+            out += ["", "`python-floor` is `loadtest/pyfloor.py`, measured in the same passes: one Python process "
+                    "that accepts, copies one environment dict, sets the client's address and port, calls "
+                    "`os.posix_spawn` and reaps, with no -c limit, rules, log or shared memory. No server written "
+                    "in Python can spend less per connection on this machine; its own CPU against Debian's is "
+                    "the bound on any Python tcpserver's own-CPU ratio here."]
     out += ["", "Modelled ceiling, conn/s (lower of accept-side and all-cores):", "",
             "| cores | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for i, cores in enumerate(cfg["model_cores"]):

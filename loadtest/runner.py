@@ -28,6 +28,7 @@ from loadtest.spawnrate import SpawnResult, spawn_ceiling
 DEBIAN = "/usr/bin/tcpserver"
 PREFORK = str(Path(sys.executable).parent / "tcpserver")
 BASELINE = "debian"
+FLOOR_NAME = "python-floor"  # --python-floor: loadtest.pyfloor, measured in the pre-exec passes only
 IPV6_NAME = "prefork6"  # --ipv6: prefork listening on ::1, compared with "prefork" on 127.0.0.1
 NPROC = len(os.sched_getaffinity(0))
 MODEL_CORES = sorted({NPROC, 4, 8, 16, 32})
@@ -49,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preexec", type=int, default=4000,
                     help="connections per server that run loadtest/cpuprobe.c, to count each server's pre-exec "
                          "CPU (loadtest.preexec; 0: skip)")
+    ap.add_argument("--python-floor", action="store_true",
+                    help=f"also measure {FLOOR_NAME} (loadtest.pyfloor: accept, posix_spawn, close, reap, nothing "
+                         "else) in the pre-exec CPU passes: the least CPU per connection any Python server spends here")
     ap.add_argument("--debian", default=DEBIAN, help="Debian's tcpserver binary")
     ap.add_argument("--prefork", default=PREFORK, help="prefork's tcpserver console script")
     ap.add_argument("--server", action="append", default=[], metavar="NAME=CMD",
@@ -82,6 +86,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--skip", s]
     if args.ipv6:
         parts.append("--ipv6")
+    if args.python_floor:
+        parts.append("--python-floor")
     return spelled_out("loadtest.runner", parts, args.publish)
 
 
@@ -337,7 +343,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         for server in running.values():
             server.stop()
     sp_after = measure_spawn(program, args, "after")
-    pre = measure_preexec(specs, flags, args) if args.preexec > 0 else None
+    pre_specs = [*specs, ServerSpec(FLOOR_NAME, [sys.executable, "-m", "loadtest.pyfloor"])] if args.python_floor else specs
+    pre = measure_preexec(pre_specs, flags, args) if args.preexec > 0 else None
     sp = max(sp_before, sp_after, key=lambda r: r.spawns_per_s)  # the quieter moment is closer to the machine
     spawn = {**sp.to_dict(), "before": sp_before.spawns_per_s, "after": sp_after.spawns_per_s,
              "load_average": os.getloadavg()}

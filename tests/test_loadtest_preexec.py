@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,53 @@ def test_probe_load_reads_one_figure_per_connection(probe: Path, which: str) -> 
         proc.terminate()
         proc.wait(10)
     assert errors == 0 and len(values) == 40 and all(v > 0 for v in values)
+
+
+def _serve_once(argv: list[str]) -> bytes:
+    """Start a tcpserver-style ARGV (-1 given), read what one connection's program writes, stop it by pid."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return data
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _tcp_env(text: bytes, port_of: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    env = dict(line.partition(b"=")[::2] for line in text.splitlines())
+    return {k: port_of.get(k, v) for k, v in env.items() if k.startswith(b"TCP") or k == b"PROTO"}
+
+
+def test_python_floor_gives_the_program_what_088_gives_under_H_R_l0() -> None:
+    """The floor does 0.88's environment work, no less: the same variables as Debian's tcpserver -H -R -l0."""
+    flags = ["-1", "-q", "-H", "-R", "-l0", "-c", "40", "127.0.0.1", "0", "/usr/bin/env"]
+    ports = {b"TCPLOCALPORT": b"L", b"TCPREMOTEPORT": b"R"}
+    floor = _tcp_env(_serve_once([sys.executable, "-m", "loadtest.pyfloor", *flags]), ports)
+    debian = _tcp_env(_serve_once([real("tcpserver"), *flags]), ports)
+    assert floor == debian == {b"PROTO": b"TCP", b"TCPLOCALIP": b"127.0.0.1", b"TCPLOCALPORT": b"L",
+                               b"TCPLOCALHOST": b"0", b"TCPREMOTEIP": b"127.0.0.1", b"TCPREMOTEPORT": b"R"}
+
+
+def test_python_floor_serves_the_probe(probe: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.pyfloor", "-1", "-H", "-R", "-l0", "127.0.0.1", "0",
+                             str(probe)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        values, errors = preexec.probe_load("127.0.0.1", port, 40, clients=2, timeout=5.0)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert errors == 0 and len(values) == 40 and all(v > 0 for v in values)
+
+
+@pytest.mark.parametrize("argv", [["127.0.0.1", "0"], ["-1", "127.0.0.1", "7", "/bin/true"], ["-c"], ["-Z", "h", "0", "p"]])
+def test_python_floor_refuses_a_command_line_it_cannot_serve(argv: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "loadtest.pyfloor", *argv], capture_output=True, timeout=30)
+    assert done.returncode == 1 and done.stderr.startswith(b"usage: python -m loadtest.pyfloor")

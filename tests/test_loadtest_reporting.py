@@ -92,12 +92,13 @@ def test_tcpserver_tiny_run_writes_its_folder_only(tmp_path: Path) -> None:
     before = committed_digests(TCPSERVER)
     out = tmp_path / "res"
     rc = runner.main(["--rounds", "1", "--seconds", "0.3", "--clients", "1", "--workers", "1", "--warmup", "0",
-                      "--spawn-seconds", "0.2", "--spawn-procs", "1", "--preexec", "40", "--prefork", ours("tcpserver"),
+                      "--spawn-seconds", "0.2", "--spawn-procs", "1", "--preexec", "40", "--python-floor", "--prefork", ours("tcpserver"),
                       "--out", str(out)])
     assert rc == 0
     data = check_outputs(TCPSERVER, runner.main, out, before, tmp_path)
     assert set(data["servers"]) == {"debian", "prefork"}
     assert all(s["total"]["connections"] > 0 for s in data["servers"].values())
     if shutil.which("cc"):  # the pre-exec measure: every probe connection answered, in the report
-        assert {n: v["connections"] for n, v in data["preexec"]["servers"].items()} == {"debian": 40, "prefork": 40}
+        assert {n: v["connections"] for n, v in data["preexec"]["servers"].items()} == {"debian": 40, "prefork": 40,
+                                                                                    "python-floor": 40}
         assert "## Server CPU per connection, pre-exec work counted" in (out / "REPORT.md").read_text()
