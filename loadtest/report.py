@@ -102,8 +102,11 @@ def render_markdown(data: dict) -> str:
             out += ["", "`python-floor` is `loadtest/pyfloor.py`, measured in the same passes: one Python process "
                     "that accepts, copies one environment dict, sets the client's address and port, calls "
                     "`os.posix_spawn` and reaps, with no -c limit, rules, log or shared memory. No server written "
-                    "in Python can spend less per connection on this machine; its own CPU against Debian's is "
-                    "the bound on any Python tcpserver's own-CPU ratio here."]
+                    "in Python can spend less per connection on this machine. `python-floor-contract` adds the "
+                    "least of 0.88's contract a server that does not fork first must do in its own process "
+                    "(0.88's child does it before its exec): the IP options cleared, the local address asked, at "
+                    "most -c programs alive (a count in one process). Its own CPU against Debian's bounds the "
+                    "own-CPU ratio any Python tcpserver can reach here."]
     out += ["", "Modelled ceiling, conn/s (lower of accept-side and all-cores):", "",
             "| cores | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for i, cores in enumerate(cfg["model_cores"]):

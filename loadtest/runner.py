@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "CPU (loadtest.preexec; 0: skip)")
     ap.add_argument("--python-floor", action="store_true",
                     help=f"also measure {FLOOR_NAME} (loadtest.pyfloor: accept, posix_spawn, close, reap, nothing "
-                         "else) in the pre-exec CPU passes: the least CPU per connection any Python server spends here")
+                         f"else) and {FLOOR_NAME}-contract (plus 0.88's socket options, local address and -c) in "
+                         "the pre-exec CPU passes: the least CPU per connection a Python server spends here")
     ap.add_argument("--debian", default=DEBIAN, help="Debian's tcpserver binary")
     ap.add_argument("--prefork", default=PREFORK, help="prefork's tcpserver console script")
     ap.add_argument("--server", action="append", default=[], metavar="NAME=CMD",
@@ -343,7 +344,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         for server in running.values():
             server.stop()
     sp_after = measure_spawn(program, args, "after")
-    pre_specs = [*specs, ServerSpec(FLOOR_NAME, [sys.executable, "-m", "loadtest.pyfloor"])] if args.python_floor else specs
+    pre_specs = [*specs, ServerSpec(FLOOR_NAME, [sys.executable, "-m", "loadtest.pyfloor"]),
+                 ServerSpec(FLOOR_NAME + "-contract", [sys.executable, "-m", "loadtest.pyfloor", "--contract"]),
+                 ] if args.python_floor else specs
     pre = measure_preexec(pre_specs, flags, args) if args.preexec > 0 else None
     sp = max(sp_before, sp_after, key=lambda r: r.spawns_per_s)  # the quieter moment is closer to the machine
     spawn = {**sp.to_dict(), "before": sp_before.spawns_per_s, "after": sp_after.spawns_per_s,

@@ -66,11 +66,12 @@ def _tcp_env(text: bytes, port_of: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {k: port_of.get(k, v) for k, v in env.items() if k.startswith(b"TCP") or k == b"PROTO"}
 
 
-def test_python_floor_gives_the_program_what_088_gives_under_H_R_l0() -> None:
+@pytest.mark.parametrize("mode", [[], ["--contract"]])
+def test_python_floor_gives_the_program_what_088_gives_under_H_R_l0(mode: list[str]) -> None:
     """The floor does 0.88's environment work, no less: the same variables as Debian's tcpserver -H -R -l0."""
     flags = ["-1", "-q", "-H", "-R", "-l0", "-c", "40", "127.0.0.1", "0", "/usr/bin/env"]
     ports = {b"TCPLOCALPORT": b"L", b"TCPREMOTEPORT": b"R"}
-    floor = _tcp_env(_serve_once([sys.executable, "-m", "loadtest.pyfloor", *flags]), ports)
+    floor = _tcp_env(_serve_once([sys.executable, "-m", "loadtest.pyfloor", *mode, *flags]), ports)
     debian = _tcp_env(_serve_once([real("tcpserver"), *flags]), ports)
     assert floor == debian == {b"PROTO": b"TCP", b"TCPLOCALIP": b"127.0.0.1", b"TCPLOCALPORT": b"L",
                                b"TCPLOCALHOST": b"0", b"TCPREMOTEIP": b"127.0.0.1", b"TCPREMOTEPORT": b"R"}
@@ -93,3 +94,28 @@ def test_python_floor_serves_the_probe(probe: Path) -> None:
 def test_python_floor_refuses_a_command_line_it_cannot_serve(argv: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "loadtest.pyfloor", *argv], capture_output=True, timeout=30)
     assert done.returncode == 1 and done.stderr.startswith(b"usage: python -m loadtest.pyfloor")
+
+
+def test_python_floor_contract_keeps_at_most_c_programs(tmp_path: Path) -> None:
+    """--contract obeys -c: with -c 2 and programs that sleep, a third client waits until one ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "loadtest.pyfloor", "--contract", "-1", "-c", "2", "127.0.0.1",
+                             "0", "/bin/sh", "-c", "echo x; sleep 1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    clients = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(c)
+        for c in clients[:2]:
+            assert c.recv(10) == b"x\n"
+        clients[2].settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            clients[2].recv(10)  # its program has not started: two run
+        clients[2].settimeout(10)
+        assert clients[2].recv(10) == b"x\n"  # one ended (after 1 s): the third starts
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        proc.wait(10)

@@ -100,5 +100,6 @@ def test_tcpserver_tiny_run_writes_its_folder_only(tmp_path: Path) -> None:
     assert all(s["total"]["connections"] > 0 for s in data["servers"].values())
     if shutil.which("cc"):  # the pre-exec measure: every probe connection answered, in the report
         assert {n: v["connections"] for n, v in data["preexec"]["servers"].items()} == {"debian": 40, "prefork": 40,
-                                                                                    "python-floor": 40}
+                                                                                    "python-floor": 40,
+                                                                                    "python-floor-contract": 40}
         assert "## Server CPU per connection, pre-exec work counted" in (out / "REPORT.md").read_text()
