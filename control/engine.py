@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from prefork.control.servicetable import ServiceRecord, ServiceTable
     from prefork.control.svscan import Entry
 
+# Due timers run in one pass of the loop before it polls again (see run_timers).
+TIMERS_PER_PASS = 4
 CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
 MAX_SLEEP = 3600.0
 
@@ -238,14 +240,18 @@ class Engine(Seam):
         return value
 
     def spawn_finish(self, service: Service, args: list[str]) -> int:
+        # No ./finish is the usual case: one lstat, not a spawn that fails (a process, a signal and a reap
+        # at every death of a flapping service).  Anything there, even a dangling link, is tried and its
+        # failure reported.
+        try:
+            os.stat("finish", dir_fd=service.context.sd.dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            pass  # let the spawn say what is wrong
         try:
             return self._spawn(service, "./finish", ["./finish", *args], self._stdio(service))
         except OSError as err:
-            if isinstance(err, FileNotFoundError):
-                try:
-                    os.stat("finish", dir_fd=service.context.sd.dirfd, follow_symlinks=False)
-                except OSError:
-                    return 0  # no ./finish: the usual case
             from prefork.djb import errstr
 
             self.report(service, f"supervise: warning: unable to start {service.context.sd.display}/finish:"
@@ -374,8 +380,13 @@ class Engine(Seam):
             self.run_timers()
 
     def run_timers(self) -> None:
+        """The due timers, at most TIMERS_PER_PASS of them: when more are due (services flapping in step,
+        a tree starting), the next poll does not wait, and the control bytes that came meanwhile are read
+        between them instead of after the whole burst (docs/ARCHITECTURE.md, "svscan and supervise")."""
         now = time.monotonic()
-        while self.timers and self.timers[0][0] <= now:
+        budget = TIMERS_PER_PASS
+        while self.timers and self.timers[0][0] <= now and budget > 0:
+            budget -= 1
             _when, _seq, service, func = heapq.heappop(self.timers)
             if service is not None:
                 service.timer()

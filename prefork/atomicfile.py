@@ -5,9 +5,9 @@ rename() it over the real name.  supervise's ``status.new`` and multilog's
 ``newstate`` follow it; so does everything prefork writes for other
 programs to read.
 
-The temporary name is always a file made afresh (:func:`create`): whatever
-is there is unlinked (unlink never follows a symbolic link) and the new file
-is created with ``O_EXCL | O_NOFOLLOW``.  These programs often run as root in
+The temporary name is always a file made afresh (:func:`create`): the new
+file is created with ``O_EXCL | O_NOFOLLOW``, and whatever is there already
+is unlinked first (unlink never follows a symbolic link).  These programs often run as root in
 directories that someone else can write (a service directory is its owner's,
 a textfile directory node_exporter's); a link planted at the temporary name,
 followed by an ``O_TRUNC`` open, would make root overwrite any file the
@@ -30,15 +30,17 @@ def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
     directory there is an error (EISDIR), as is losing the name to another
     creator ATTEMPTS times in a row (EEXIST).  The mode is subject to the umask.
     """
-    for _ in range(ATTEMPTS):
+    # Created first, unlinked only when something is there: the usual case (no leftover) is one system call,
+    # which a supervisor writing two status files per restart of a flapping service feels.
+    for _ in range(ATTEMPTS + 1):
+        try:
+            return os.open(path, CREATE, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
         try:
             os.unlink(path, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
-        try:
-            return os.open(path, CREATE, mode, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
 
 

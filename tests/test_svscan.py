@@ -1161,3 +1161,41 @@ def test_restart_policy_backs_off_then_gives_up_and_u_rearms(tmp_path, scans):
     assert flap["failed"] is True and flap["backoff_seconds"] == 4.0  # 1, 2, then 4 at the third death
     svc(ours("svc"), root, "-u", "flap")
     assert wait_until(lambda: starts.read_text().count("start") >= 4, 10)
+
+
+ENGINE_BURST = r"""
+import os, sys, time
+from prefork.control.engine import Engine, TIMERS_PER_PASS
+engine = Engine(prog="svscan")
+r, w = os.pipe2(os.O_NONBLOCK)
+order = []
+def reader():
+    os.read(r, 16)
+    order.append("control")
+engine.watch(r, reader)
+def timer(i):
+    def run():
+        order.append(i)
+        if i == 0:
+            os.write(w, b"d")  # a control byte arrives while the burst is being worked through
+        if i == 9:
+            engine.stop = True
+    return run
+now = time.monotonic()
+for i in range(10):
+    engine.call_at(now - 1, None, timer(i))
+engine.run(until_idle=False)
+print(TIMERS_PER_PASS, " ".join(map(str, order)))
+"""
+
+
+def test_a_burst_of_due_timers_lets_a_control_byte_through_between_them(tmp_path):
+    """Ten restarts due at once (services flapping in step): a control byte that arrives during the first is
+    handled after at most TIMERS_PER_PASS of them, not after all ten (docs/ARCHITECTURE.md)."""
+    done = subprocess.run([os.fspath(Path(ours("svscan")).parent / "python"), "-c", ENGINE_BURST], cwd=tmp_path,
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    per_pass, order = done.stdout.decode().split(" ", 1)
+    n = int(per_pass)
+    assert 1 <= n < 10
+    assert order.split() == [str(i) for i in range(n)] + ["control"] + [str(i) for i in range(n, 10)]
