@@ -34,7 +34,7 @@ def _processes_under(path: Path) -> list[int]:
 
 
 def _tiny_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["--services", "12", "--flapping", "4", "--seconds", "6", "--ops", "6", "--settle", "1",
+    return ["--services", "12", "--flapping", "4", "--seconds", "6", "--bin-seconds", "2", "--ops", "6", "--settle", "1",
             "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "res"), *extra]
 
 
@@ -65,13 +65,15 @@ def test_tiny_run_has_its_figures_and_shows_the_back_off(tmp_path: Path, tables:
     assert list(trees) == list(fl.TREES)
     for kind, t in trees.items():
         assert len(t["samples"]) >= 6, kind  # one a second over 6 s
-        assert t["cpu"]["mean_pct"] > 0 and t["cpu"]["bins"], kind
+        cpu = t["cpu"]
+        assert [b["ops"] for b in cpu["bins"]] == [False, True, False], kind  # 2 s bins: quiet, operations, quiet
+        assert cpu["mean_pct"] > 0 and cpu["ops_pct"] > 0 and cpu["quiet_pct"] >= 0, kind
         assert t["memory"]["rss"]["start"] > 0 and t["memory"]["pss"]["end"] > 0, kind
         term = t["term"]
         assert term["n"] > 0 and 0 < term["p50_ms"] <= term["p99_ms"], kind
         assert t["starts"]["healthy_restarts"] <= term["n"] + term["timeouts"], kind  # only a `u` racing the exit
     ops = {t["term"]["n"] + t["term"]["timeouts"] for t in trees.values()}
-    assert len(ops) == 1 and 3 <= ops.pop() <= 6  # paired: every tree got the same operations
+    assert len(ops) == 1 and 2 <= ops.pop() <= 6  # paired: every tree got the same operations
 
     base, backoff, plain = trees["baseline"]["starts"], trees["flapping"]["starts"], trees["no_backoff"]["starts"]
     assert base["flappers"] == 0 and base["starts_total"] == 0
@@ -117,7 +119,7 @@ def test_missing_perl_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize("argv", [["--services", "2"], ["--flapping", "0"], ["--services", "10", "--flapping", "9"],
-                                  ["--backoff-max", "0"], ["--flap-max-ms", "-1"], ["--seconds", "1"], ["--ops", "0"],
+                                  ["--backoff-max", "0"], ["--flap-max-ms", "-1"], ["--seconds", "19"], ["--bin-seconds", "1"], ["--ops", "0"],
                                   ["--settle", "-1"]], ids=" ".join)
 def test_bad_settings_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -151,13 +153,22 @@ def _rows(seconds: int, cpu_per_s: float, rss_growth_per_s: int, starts_per_s: i
 
 def test_cpu_bins_and_memory_growth_from_samples() -> None:
     rows = _rows(120, 0.01, 1024)  # 1% of a core; 1 KiB more RSS each second
-    cpu = fl.cpu_figures(rows)
-    assert len(cpu["bins"]) == 12 and all(b["pct"] == pytest.approx(1.0) for b in cpu["bins"])
-    assert cpu["mean_pct"] == pytest.approx(1.0) and cpu["switches_per_s"] == pytest.approx(10.0)
+    for r in rows[10:20] + rows[30:40]:  # +0.1 s of CPU a second in two operations bins
+        r["run_s"] += 0.1 * (r["t"] - 10 if r["t"] < 20 else 10 + r["t"] - 30)
+    for r in rows[20:30]:
+        r["run_s"] += 1.0
+    for r in rows[40:]:
+        r["run_s"] += 2.0
+    cpu = fl.cpu_figures(rows, 10)
+    assert [b["ops"] for b in cpu["bins"]] == [False, True] * 6
+    assert [round(b["pct"], 6) for b in cpu["bins"][:5]] == [1.0, 11.0, 1.0, 11.0, 1.0]
+    assert cpu["quiet_pct"] == pytest.approx(1.0) and cpu["max_quiet_bin_pct"] == pytest.approx(1.0)
+    assert cpu["ops_pct"] == pytest.approx(1.0 + 20 / 6) and cpu["max_bin_pct"] == pytest.approx(11.0)
+    assert cpu["mean_pct"] == pytest.approx(1.0 + 2 / 1.2) and cpu["switches_per_s"] == pytest.approx(10.0)
     mem = fl.memory_figures(rows)
     assert mem["rss"]["growth"] == 111 * 1024  # medians of t 0..9 and 111..120: 4.5 s and 115.5 s
     assert mem["rss_slope_kib_per_min"] == pytest.approx(60.0)
-    assert fl.cpu_figures(rows[:1])["bins"] == []
+    assert fl.cpu_figures(rows[:1], 10)["bins"] == []
     starts = fl.flapper_figures(_rows(60, 0.01, 0, starts_per_s=2), 4)
     assert starts["starts_window"] == 120 and starts["per_flapper_per_min"] == pytest.approx(30.0)
 
@@ -168,18 +179,44 @@ def _fake_data(cpu: float = 0.01, growth: int = 0, slow: float = 1.0) -> dict:
         rows = _rows(30, cpu * (1.0, 1.5, 3.0)[k], growth, starts_per_s=k)
         samples = [0.0001 * (i + 1) * (slow if kind == "flapping" else 1.0) for i in range(200)]
         trees[kind] = {"label": fl.LABELS[kind], "flappers": 4 if k else 0, "backoff_max_ms": 8000 if k == 1 else None,
-                       "samples": rows, "cpu": fl.cpu_figures(rows), "memory": fl.memory_figures(rows),
+                       "samples": rows, "cpu": fl.cpu_figures(rows, 10), "memory": fl.memory_figures(rows),
                        "starts": fl.flapper_figures(rows, 4 if k else 0), "term": sv.latency_summary(samples, 0)}
     data = {"command": ".venv/bin/python -m loadtest.flapping --publish", "when": "2024-01-01T00:00:00+0000",
             "machine": {"cpu_model": "test", "nproc": 2, "kernel": "6", "python": "3.11", "load_average": [0.1] * 3,
                         "prefork_commit": "abc"},
             "config": {"services": 200, "flapping": 67, "backoff_max_ms": 8000, "flap_max_ms": 200, "seconds": 30,
-                       "ops": 200, "seed": 1, "settle": 6, "trees": list(fl.TREES), "sample_seconds": 1.0,
+                       "ops": 200, "seed": 1, "op_margin": 0.5, "settle": 6, "trees": list(fl.TREES), "sample_seconds": 1.0,
                        "bin_seconds": 10},
             "commands": {kind: "svscan DIR" for kind in fl.TREES}, "trees": trees, "load_average_end": [0.1] * 3}
     data["ratios"] = fl.ratios({kind: t["term"] for kind, t in trees.items()})
     data["targets"] = fl.evaluate_targets(data)
     return data
+
+
+def test_operations_run_only_in_their_bins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """drive() on a fake clock: each operation (0.3 s here) starts in an operations bin, before its last 0.5 s;
+    a bin's unfinished share moves to the next; the call returns at the end of the window."""
+    now = [100.0]
+    started: list[float] = []
+
+    def op(rigs: object, what: str, rng: object) -> None:
+        started.append(now[0] - 100.0)
+        now[0] += 0.3
+
+    def sleep(seconds: float) -> None:
+        now[0] += max(seconds, 0.0)
+
+    monkeypatch.setattr(fl.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(fl.time, "sleep", sleep)
+    monkeypatch.setattr(fl, "paired_op", op)
+    sampler = fl.Sampler({}, {}, {}, 50.0)
+    sampler.t0 = 100.0
+    progress = {"ops": 0}
+    fl.drive({}, 80, 50.0, 10, fl.random.Random(1), progress, sampler)  # bins 10-20 and 30-40: 40 each, 9.5 s
+    assert now[0] == pytest.approx(150.0)
+    assert all(10 <= t < 19.5 or 30 <= t < 39.5 for t in started), started
+    assert progress["ops"] == len(started) == 2 * 32  # 0.3 s each: 32 fit before 19.5 s; the rest can't be made up
+    assert fl.ops_bins(120, 10) == [1, 3, 5, 7, 9, 11] and fl.ops_bins(25, 10) == [1]
 
 
 def test_targets_are_judged_on_the_flapping_tree() -> None:
