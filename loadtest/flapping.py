@@ -240,12 +240,13 @@ def flapper_figures(rows: list[dict], flappers: int) -> dict:
     """Starts of the flappers in the window and in all (table counters), the largest back-off seen."""
     have = [r for r in rows if "starts" in r]
     if not have or not flappers:
-        return {"flappers": flappers, "starts_window": 0, "starts_total": 0, "restarts_total": 0,
+        return {"flappers": flappers, "starts_window": 0, "starts_total": 0, "restarts_total": 0, "peak_per_sample": 0,
                 "per_flapper_per_min": 0.0, "backoff_ms_max": 0, "healthy_restarts": have[-1]["healthy_restarts"]
                 if have else 0, "table": bool(have)}
     span = have[-1]["t"] - have[0]["t"]
     window = have[-1]["starts"] - have[0]["starts"]
-    return {"flappers": flappers, "starts_window": window, "starts_total": have[-1]["starts"],
+    peak = max((b["starts"] - a["starts"] for a, b in zip(have, have[1:], strict=False)), default=0)
+    return {"flappers": flappers, "starts_window": window, "starts_total": have[-1]["starts"], "peak_per_sample": peak,
             "restarts_total": have[-1]["restarts"],
             "per_flapper_per_min": window / flappers * 60 / span if span else 0.0,
             "backoff_ms_max": max(r["backoff_ms"] for r in have), "healthy_restarts": have[-1]["healthy_restarts"],
@@ -461,7 +462,9 @@ def render_markdown(data: dict) -> str:
             "touched only after it has been up 1.25 s.", ""]
     out += ["## svscan CPU", "",
             "% of one core: in the quiet bins, in the operations bins, over the whole window (also from utime+stime, "
-            "clock-tick resolution), and the highest quiet bin.", ""]
+            "clock-tick resolution), and the highest quiet bin. The window opens "
+            f"{cfg['settle']:g} s after the flappers' first start (plus the time the healthy services took to come "
+            "up), so its first bins may still see the back-off's short first delays (1 s, 2 s, 4 s).", ""]
     out += table(["tree", "quiet bins %", "operations bins %", "window %", "window % (ticks)", "highest quiet bin %",
                   "context switches/s"],
                  [(t["label"], f"{t['cpu']['quiet_pct']:.3f}", f"{t['cpu']['ops_pct']:.3f}",
@@ -497,11 +500,14 @@ def render_markdown(data: dict) -> str:
     out += ["## Flapping starts", "",
             "From the service table's counters (starts of `./run`; restarts are the starts svscan made because a "
             "service exited while wanted up). A healthy service is restarted only by an operation whose `u` arrives "
-            "while the TERMed service is still exiting (at most one per operation).", ""]
-    out += table(["tree", "flappers", "starts in window", "per flapper per minute", "starts in all",
-                  "largest back-off ms", "healthy restarts"],
+            "while the TERMed service is still exiting (at most one per operation). \"Most in one sample\" is the "
+            f"largest number of flapper starts between two samples ({cfg['sample_seconds']:g} s apart): flappers "
+            "that started together and die alike restart together.", ""]
+    out += table(["tree", "flappers", "starts in window", "per flapper per minute", "most in one sample",
+                  "starts in all", "largest back-off ms", "healthy restarts"],
                  [(t["label"], t["starts"]["flappers"], t["starts"]["starts_window"],
-                   f"{t['starts']['per_flapper_per_min']:.1f}", t["starts"]["starts_total"],
+                   f"{t['starts']['per_flapper_per_min']:.1f}", t["starts"].get("peak_per_sample", 0),
+                   t["starts"]["starts_total"],
                    t["starts"]["backoff_ms_max"], t["starts"]["healthy_restarts"]) for t in trees.values()]) + [""]
     out += ["## Control latency of the healthy services", "",
             "`d`→TERM: from the write(2) of `d` to the first statement of the service's TERM handler, "
@@ -570,8 +576,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--flap-max-ms", type=int, default=200, help="a flapper exits after a random 0..this many ms "
                     "(default 200)")
     ap.add_argument("--seconds", type=float, default=120.0, help="measurement window (default 120)")
-    ap.add_argument("--ops", type=int, default=360, help="d→TERM operations per tree, paced over the operations "
-                    "bins (default 360)")
+    ap.add_argument("--ops", type=int, default=480, help="d→TERM operations per tree, paced over the operations "
+                    "bins (default 480)")
     ap.add_argument("--bin-seconds", type=int, default=BIN_SECONDS, help="length of a bin; bins alternate quiet "
                     f"(no operations) and operations, quiet first (default {BIN_SECONDS})")
     ap.add_argument("--seed", type=int, default=1, help="seed of the order within each group of operations "

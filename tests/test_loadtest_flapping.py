@@ -82,6 +82,7 @@ def test_tiny_run_has_its_figures_and_shows_the_back_off(tmp_path: Path, tables:
     assert plain["starts_window"] >= 4 * 4  # about one start a second each: 1 s throttle only
     assert backoff["starts_total"] < plain["starts_total"]  # the back-off spaced them out
     assert backoff["backoff_ms_max"] >= 2000 and plain["backoff_ms_max"] == 0
+    assert plain["peak_per_sample"] >= 2 and backoff["peak_per_sample"] >= 1 and base["peak_per_sample"] == 0
 
     assert set(data["ratios"]) == {"flapping", "no_backoff"}
     lo, hi = data["ratios"]["flapping"]["p99_interval"]
