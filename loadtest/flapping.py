@@ -152,6 +152,12 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         self.t0 = time.monotonic()
+        try:
+            self._loop()
+        except Exception as e:  # the main thread reports it: a window with a dead sampler has no figures
+            self.error = f"the sampler failed: {e!r}"
+
+    def _loop(self) -> None:
         for k in range(int(self.seconds / SAMPLE_SECONDS) + 1):
             delay = self.t0 + k * SAMPLE_SECONDS - time.monotonic()
             if delay > 0 and self.stop_event.wait(delay):
