@@ -382,7 +382,8 @@ class Engine(Seam):
     def run_timers(self) -> None:
         """The due timers, at most TIMERS_PER_PASS of them: when more are due (services flapping in step,
         a tree starting), the next poll does not wait, and the control bytes that came meanwhile are read
-        between them instead of after the whole burst (docs/ARCHITECTURE.md, "svscan and supervise")."""
+        between them instead of after the whole burst.
+        docs/ARCHITECTURE.md, "svscan and supervise: one process for the tree"."""
         now = time.monotonic()
         budget = TIMERS_PER_PASS
         while self.timers and self.timers[0][0] <= now and budget > 0:
