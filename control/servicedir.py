@@ -256,6 +256,40 @@ class ServiceDir:
             return f"unable to {'create' if present else 'remove'} {self.display}/down: {errstr(err)}"
         return None
 
+    # -- the restart state (control/restartfile.py) -------------------------------------------
+    def read_private(self, name: str, limit: int) -> bytes | None:
+        """The first LIMIT bytes of ``supervise/NAME`` if it is a regular file of our own user (only the
+        supervisor writes there; a link or somebody else's file is not read), else None."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.supfd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                return None
+            return os.read(fd, limit)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write_private(self, name: str, data: bytes | None) -> str | None:
+        """Replace ``supervise/NAME`` with DATA (mode 0600), or remove it (None); a warning text on failure."""
+        if data is not None:
+            try:
+                replace(name, data, f"{name}.new", 0o600, dir_fd=self.supfd, chmod=0o600)
+            except OSError as err:
+                return f"unable to write {self.display}/supervise/{name}: {errstr(err)}"
+            return None
+        try:
+            os.unlink(name, dir_fd=self.supfd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            return f"unable to remove {self.display}/supervise/{name}: {errstr(err)}"
+        return None
+
     def _replace(self, name: str, data: bytes) -> str | None:
         new = f"{name}.new"
         shown = f"{self.display}/supervise/{new}"

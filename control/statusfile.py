@@ -11,7 +11,7 @@ runit's runsv (``supervise --runit``), 20 bytes: the same 18 (once is written
 ``d``, as runsv writes it), then::
 
     18     1 if TERM was sent to the running service, else 0
-    19     1 running, 0 down (runsv's 2, "finish", never happens here)
+    19     1 running, 0 down, 2 finish (``./finish`` runs: then bytes 12-15 are its pid, as runsv writes them)
 
 and the text files ``stat`` and ``pid`` that runit's ``sv`` reads.
 
@@ -111,7 +111,7 @@ class Codec:
         (EXITING after x: stat's "want exit").
         """
         return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent),
-                      exiting=exiting)
+                      exiting=exiting, finishing=finishing)
 
     def events(self, previous: Status | None, current: Status) -> bytes:
         """The letters to write to the listeners of ``event/`` for the change PREVIOUS -> CURRENT (none here)."""
@@ -131,10 +131,16 @@ class RunitCodec(Codec):
     _tail = struct.Struct("<IB1sBB")
 
     def _fields(self, status: Status) -> tuple[object, ...]:
-        return status.pid, 1 if status.paused else 0, status.want, 1 if status.term else 0, 1 if status.pid else 0
+        state = 2 if status.finishing else 1 if status.pid else 0
+        return status.pid, 1 if status.paused else 0, status.want, 1 if status.term else 0, state
+
+    def decode(self, data: bytes) -> Status:
+        status = super().decode(data)
+        status.finishing = data[19] == 2  # runsv's state "finish": the pid is ./finish's
+        return status
 
     def files(self, status: Status) -> list[tuple[str, bytes]]:
-        words = ["run" if status.pid else "down"]
+        words = ["finish" if status.finishing else "run" if status.pid else "down"]
         if status.pid and status.paused:
             words.append("paused")
         if status.pid and status.term:
