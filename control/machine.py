@@ -520,13 +520,15 @@ class Service:
         window = (FAILURE_WINDOW_MS if window_ms is None else window_ms) / 1000
         self.deaths = [t for t in self.deaths if now - t < window][-(limit - 1):] if limit > 1 else []
         self.deaths.append(now)
-        if len(self.deaths) >= limit:
+        failed = len(self.deaths) >= limit
+        if failed:
             self.failed = True
             self.want = WANT_DOWN
             self.restart_pending = False
+        self.seam.persist(self)  # before the line: whoever reads it and kills the supervisor finds the failure kept
+        if failed:
             self.seam.report(self, f"supervise: warning: {self.name} died {limit} times in {window:g} seconds:"
                                    " not restarted until svc -u")
-        self.seam.persist(self)
 
     def _rearm(self) -> None:
         """u or o: a permanently failed service may start again, and a back-off is forgotten."""
