@@ -20,11 +20,11 @@ import pytest
 from conftest import ours
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tcpserver_harness import wait_until
-from test_svscan import make_service, running, script, svc
+from tcpserver_harness import TAG_VAR, wait_until
+from test_svscan import make_service, running, script, svc, sweep
 from test_svscan import scans as svscan_scans
 
-from prefork.control import restartfile
+from prefork.control import restartfile, statusfile
 
 
 @pytest.fixture
@@ -239,3 +239,42 @@ def test_a_bad_restart_file_decodes_to_none(data):
 def test_decode_never_raises(data):
     restartfile.decode(data)
     restartfile.decode(GOOD[:20] + data)
+
+
+# -- a realtime step during back-off, end to end (libfaketime) ----------------------------------------
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+@pytest.mark.parametrize("step", ["+3600", "-3600"])
+def test_a_realtime_step_mid_backoff_moves_no_restart(tmp_path, step):
+    """svscan under libfaketime (CLOCK_REALTIME from a file the test rewrites, CLOCK_MONOTONIC untouched):
+    stepping its wall clock by an hour in a 4 s back-off wait neither starts the service early nor holds it
+    back; the status label written afterwards follows the stepped clock."""
+    if not os.path.exists(FAKETIME_LIB):
+        pytest.skip(f"libfaketime is not installed ({FAKETIME_LIB}: apt-get install faketime)")
+    root = tmp_path / "scan"
+    d = make_service(root, "flap", run=f"{NOTE_START}; exit 1")
+    (d / "backoff-max").write_text("4000\n")
+    clock = tmp_path / "faketime.rc"
+    clock.write_text("+0\n")
+    tag = f"svscan-{os.getpid()}-{time.monotonic_ns()}"
+    env = {"PATH": "/usr/bin:/bin", TAG_VAR: tag, "LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(clock),
+           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    with open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen([ours("svscan"), "--table", str(tmp_path / "table"), str(root)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+    try:
+        assert wait_until(lambda: len(starts(root)) == 3, 10), starts(root)
+        time.sleep(1.0)  # dead again, 1 s into its 4 s wait
+        clock.write_text(f"{step}\n")
+        assert wait_until(lambda: len(starts(root)) == 5, 15), starts(root)
+        t = starts(root)
+        gaps = [round(b - a, 2) for a, b in zip(t, t[1:], strict=False)]
+        assert 3.9 <= gaps[2] <= 4.8 and 3.9 <= gaps[3] <= 4.8, gaps
+        label = statusfile.read(str(d / "supervise")).seconds
+        assert abs(label - (time.time() + int(step))) < 30, (label, time.time())  # the step took effect
+        assert (tmp_path / "err").read_bytes() == b""
+    finally:
+        proc.kill()
+        proc.wait(10)
+        sweep([tag], tmp_path)
