@@ -142,9 +142,10 @@ class Engine(Seam):
         return service
 
     def _restore(self, service: Service) -> None:
-        """The restart state a supervisor killed with SIGKILL left in ``supervise/restart`` (docs/CONTRACTS.md,
-        Taking over after a SIGKILL): back-off, deaths, failure, and a ./finish still running, taken over with a
-        pidfd as a running ./run is.  A file of another boot is ignored in silence, garbage with one warning."""
+        """The restart state a supervisor killed with SIGKILL left in ``supervise/restart``
+        (docs/CONTRACTS.md, Taking over after a SIGKILL): back-off, deaths, failure, and a ./finish still
+        running, taken over with a pidfd as a running ./run is.  A file of another boot is ignored in silence,
+        garbage with one warning."""
         ctx = service.context
         data = ctx.sd.read_private(restartfile.NAME, restartfile.MAX_SIZE)
         if data is None:
@@ -334,11 +335,10 @@ class Engine(Seam):
             self.let_run = False
             os.sched_yield()
         ctx = service.context
-        # runsv writes ./finish's pid while it runs (docs/CONTRACTS.md, runit status); the other formats say 0.
-        pid = service.pid or (service.finish_pid if self.mode == "runit" else 0)
-        warning = ctx.sd.write_status(service.label, pid, service.paused, service.want, service.term_sent,
+        warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
                                       wstat=service.last_status, finishing=service.finishing,
-                                      ready_label=service.ready_label, exiting=service.exit_requested)
+                                      ready_label=service.ready_label, exiting=service.exit_requested,
+                                      finish_pid=service.finish_pid)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
         if self.table is not None and ctx.slot >= 0:

@@ -3,8 +3,8 @@
 The status file says only "down since": a new supervisor (svscan, ``supervise DIR``) that read
 nothing else would start a service in back-off at once, forget its recent deaths, restart a
 permanently failed one, and start ``./run`` while the old supervisor's orphaned ``./finish`` still
-runs.  So whenever that state changes the supervisor writes it here (docs/CONTRACTS.md, Taking
-over after a SIGKILL), one line of ``key=value`` words::
+runs.  So whenever that state changes the supervisor writes it here
+(docs/CONTRACTS.md, Taking over after a SIGKILL), one line of ``key=value`` words::
 
     v1 boot=BOOT_ID delay=MS due=MS failed=0|1 deaths=MS,MS,... finish=PID:TICKS:MS
 

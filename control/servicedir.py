@@ -188,7 +188,8 @@ class ServiceDir:
 
     # -- status ----------------------------------------------------------------------------
     def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
-                     finishing: bool = False, ready_label: bytes = b"", exiting: bool = False) -> str | None:
+                     finishing: bool = False, ready_label: bytes = b"", exiting: bool = False,
+                     finish_pid: int = 0) -> str | None:
         """Write supervise/status (and runit's stat and pid) via NAME.new + rename, then tell s6's event
         listeners what changed; a warning text on failure.
 
@@ -196,7 +197,7 @@ class ServiceDir:
         """
         codec = self.codec
         status = codec.record(label, pid, paused, want, term_sent, wstat=wstat, finishing=finishing,
-                              ready_label=ready_label, previous=self.last, exiting=exiting)
+                              ready_label=ready_label, previous=self.last, exiting=exiting, finish_pid=finish_pid)
         previous, self.last = self.last, status
         for name, data in codec.files(status):
             warning = self._replace(name, data)

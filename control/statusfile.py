@@ -103,12 +103,12 @@ class Codec:
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
                finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
-               exiting: bool = False) -> Status:
+               exiting: bool = False, finish_pid: int = 0) -> Status:
         """What a supervisor's state (WANT b"u", b"d" or b"o") is in this format: paused and TERM only while running.
 
         The keywords are what only some formats record: s6's (WSTAT the last wait status, FINISHING, READY_LABEL
         the moment the running service became ready or b"", PREVIOUS the status last written) and runit's
-        (EXITING after x: stat's "want exit").
+        (EXITING after x: stat's "want exit"; FINISH_PID, ./finish's pid while FINISHING, which runsv writes).
         """
         return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent),
                       exiting=exiting, finishing=finishing)
@@ -133,6 +133,13 @@ class RunitCodec(Codec):
     def _fields(self, status: Status) -> tuple[object, ...]:
         state = 2 if status.finishing else 1 if status.pid else 0
         return status.pid, 1 if status.paused else 0, status.want, 1 if status.term else 0, state
+
+    def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
+               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
+               exiting: bool = False, finish_pid: int = 0) -> Status:
+        """runsv's state 2, "finish": the pid written is ./finish's while it runs."""
+        return super().record(label, pid or (finish_pid if finishing else 0), paused, want, term_sent,
+                              exiting=exiting, finishing=finishing)
 
     def decode(self, data: bytes) -> Status:
         status = super().decode(data)
@@ -184,7 +191,7 @@ class S6Codec(Codec):
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
                finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
-               exiting: bool = False) -> Status:
+               exiting: bool = False, finish_pid: int = 0) -> Status:
         """s6's "ready" bit means ready while up and really down (no ./finish left) while down; its label
         stays that of the last such moment (s6-supervise keeps it through an up-not-ready spell)."""
         if pid:
