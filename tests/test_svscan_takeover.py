@@ -135,6 +135,26 @@ def test_the_next_run_waits_for_the_orphaned_finish(tmp_path, scans):
     assert wait_until(lambda: not (d / "supervise" / restartfile.NAME).exists(), 3)  # nothing left to keep
 
 
+def test_runit_mode_takes_the_finish_pid_of_state_2_for_no_run(tmp_path, scans):
+    """svscan --runit writes runsv's state 2 with ./finish's pid; killed then, the next one must not take that
+    pid for a running ./run (it started within two seconds of the label): it waits for the finish instead."""
+    root = tmp_path / "scan"
+    d = make_service(root, "svc", run=ONCE)
+    script(d / "finish", FINISH.format(sleep=2))
+    first = scans("prefork", root, "--runit", table=False)
+    assert wait_until(lambda: (root / "finish.pid").exists() and starts(root, "finish"), 10)
+    finish_pid = int((root / "finish.pid").read_text())
+    raw = (d / "supervise" / "status").read_bytes()
+    assert int.from_bytes(raw[12:16], "little") == finish_pid and raw[19] == 2
+    kill(first)
+    scans("prefork", root, "--runit", table=False)
+    assert wait_until(lambda: len(starts(root)) == 2, 10), (root / "starts").read_text()
+    assert starts(root)[1] >= starts(root, "end")[0]
+    raw = (d / "supervise" / "status").read_bytes()
+    assert raw[19] == 1 and int.from_bytes(raw[12:16], "little") not in (0, finish_pid)
+    assert len(starts(root, "finish")) == 1  # a finish taken for a ./run would have "exited" into a second one
+
+
 def test_timeout_finish_still_kills_the_orphaned_finish(tmp_path, scans):
     """timeout-finish 2500: the finish started under the first svscan is killed about 2.5 s after its start by
     the second one (the moment was kept), then ./run starts."""
@@ -153,6 +173,39 @@ def test_timeout_finish_still_kills_the_orphaned_finish(tmp_path, scans):
     assert wait_until(lambda: len(starts(root)) == 2, 5)
     assert starts(root, "end") == []  # it was killed, not ended
     assert "supervise: warning: svc/finish still running after timeout-finish: sending it SIGKILL" in second.stderr()
+
+
+def test_a_sigkilled_supervise_hands_its_backoff_to_the_next(tmp_path):
+    """``supervise DIR`` alone, killed in a 2 s back-off wait: the next one starts ./run when the wait ends."""
+    root = tmp_path / "svcs"
+    d = make_service(root, "flap", run=f"{NOTE_START}; exit 1")
+    (d / "backoff-max").write_text("2000\n")
+    tag = f"supervise-{os.getpid()}-{time.monotonic_ns()}"
+    env = {"PATH": "/usr/bin:/bin", TAG_VAR: tag}
+    procs = []
+
+    def supervise() -> subprocess.Popen:
+        proc = subprocess.Popen([ours("supervise"), "--table", str(tmp_path / f"table{len(procs)}"), "flap"],
+                                cwd=root, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        first = supervise()
+        assert wait_until(lambda: len(starts(root)) == 3, 10), starts(root)
+        time.sleep(0.5)  # dead, in its 2 s wait
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        supervise()
+        assert wait_until(lambda: len(starts(root)) == 4, 10), starts(root)
+        t = starts(root)
+        assert 1.9 <= t[3] - t[2] <= 2.8, t
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        sweep([tag], tmp_path)
 
 
 def planted(d: Path, text: bytes) -> None:
