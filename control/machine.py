@@ -241,9 +241,9 @@ class Service:
         still running (checked by the caller: it is the one that supervisor started).
 
         The state is data from a file: it counts only as far as the service's files allow now
-        (docs/CONTRACTS.md, Taking over after a SIGKILL).  A back-off needs ``backoff-max`` and ends at most one capped delay from
-        now; deaths and a permanent failure need ``failure-deaths`` and count only inside its window; the KILL
-        of the finish comes at most ``timeout-finish`` from now.
+        (docs/CONTRACTS.md, Taking over after a SIGKILL).  A back-off needs ``backoff-max`` and ends at most
+        one capped delay from now; deaths and a permanent failure need ``failure-deaths`` and count only inside
+        its window; the KILL of the finish comes at most ``timeout-finish`` from now.
         """
         now = self.seam.monotonic()
         cap = self.seam.setting(self, "backoff-max")

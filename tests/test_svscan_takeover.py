@@ -241,6 +241,23 @@ def test_a_planted_restart_file_cannot_hold_a_service_down(tmp_path, scans, text
         assert wait_until(lambda: not left.exists(), 3)
 
 
+def test_a_restart_file_that_is_a_link_is_not_followed(tmp_path, scans):
+    """supervise/restart as a link to a valid "failed" line elsewhere: not read (the service starts), and the
+    link's target is never written (the next write replaces the link itself)."""
+    root = tmp_path / "scan"
+    d = make_service(root, "svc", run=f"{NOTE_START}; exit 1")
+    (d / "failure-deaths").write_text("100\n")
+    target = tmp_path / "elsewhere"
+    line = f"v1 boot={restartfile.boot_id()} delay=0 due=0 failed=1 deaths= finish=0:0:0\n".encode()
+    target.write_bytes(line)
+    (d / "supervise").mkdir(mode=0o700)
+    (d / "supervise" / restartfile.NAME).symlink_to(target)
+    scans("prefork", root, table=False)
+    assert wait_until(lambda: len(starts(root)) >= 2, 5)  # not held down; it died, so a file was written
+    assert target.read_bytes() == line
+    assert not (d / "supervise" / restartfile.NAME).is_symlink()
+
+
 def test_a_planted_finish_pid_of_another_process_is_neither_waited_for_nor_killed(tmp_path, scans):
     """The pid of a live process that is not the finish recorded (its start time differs): ./run starts at
     once and the process is left alone."""
