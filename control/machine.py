@@ -362,12 +362,13 @@ class Service:
             self.finishing = True
             if self.mode == "runit":
                 self.label = started  # runsv's label stays the start of ./run until its finish ends
-            self.seam.publish(self)
             timeout = self._finish_timeout()
             if timeout is not None:
                 self.finish_kill_at = self.seam.monotonic() + timeout
+            self.seam.persist(self)  # first: a status that says "finishing" means the finish is kept too
+            self.seam.publish(self)
+            if timeout is not None:
                 self.seam.schedule(self, self.finish_kill_at)
-            self.seam.persist(self)
             return
         self._settle()
 

@@ -46,6 +46,16 @@ def starts(root: Path, word: str = "start") -> list[float]:
     return [float(line.split()[1]) for line in text.splitlines() if line.startswith(word + " ")]
 
 
+def finish_kept(d: Path, root: Path) -> bool:
+    """D's supervise/restart names the finish whose pid is in ROOT/finish.pid (what the next svscan takes over):
+    the supervisor writes it right after the spawn, so a test must not kill it before."""
+    try:
+        saved = restartfile.decode((d / "supervise" / restartfile.NAME).read_bytes())
+        return saved is not None and saved.finish_pid == int((root / "finish.pid").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def uptime() -> float:
     with open("/proc/uptime") as f:
         return float(f.read().split()[0])
@@ -74,10 +84,17 @@ def test_backoff_and_its_doubling_survive_a_sigkilled_svscan(tmp_path, scans):
     (d / "backoff-max").write_text("4000\n")
     first = scans("prefork", root, table=False)
     assert wait_until(lambda: len(starts(root)) == 3, 10), starts(root)
-    assert wait_until(lambda: (d / "supervise" / restartfile.NAME).exists(), 3)
-    time.sleep(0.5)  # dead again, in its 4 s wait
-    saved = restartfile.decode((d / "supervise" / restartfile.NAME).read_bytes())
-    assert saved is not None and saved.delay_ms == 4000 and saved.boot == restartfile.boot_id()
+
+    def kept() -> restartfile.Saved | None:  # dead again, in its 4 s wait, and that is kept
+        try:
+            saved = restartfile.decode((d / "supervise" / restartfile.NAME).read_bytes())
+        except OSError:
+            return None
+        return saved if saved is not None and saved.delay_ms == 4000 else None
+
+    saved = wait_until(kept, 3)
+    assert saved and saved.boot == restartfile.boot_id()
+    time.sleep(0.3)
     kill(first)
     scans("prefork", root, table=False)
     assert wait_until(lambda: svstat_all(root).get("flap", {}).get("backoff_seconds") == 4.0, 5)
@@ -123,7 +140,7 @@ def test_the_next_run_waits_for_the_orphaned_finish(tmp_path, scans):
     d = make_service(root, "svc", run=ONCE)
     script(d / "finish", FINISH.format(sleep=2))
     first = scans("prefork", root, table=False)
-    assert wait_until(lambda: starts(root, "finish"), 10)
+    assert wait_until(lambda: finish_kept(d, root), 10)
     kill(first)
     second = scans("prefork", root, table=False)
     assert wait_until(lambda: svstat_all(root).get("svc", {}).get("flags", 0) & 32, 5)  # finishing
@@ -142,7 +159,7 @@ def test_runit_mode_takes_the_finish_pid_of_state_2_for_no_run(tmp_path, scans):
     d = make_service(root, "svc", run=ONCE)
     script(d / "finish", FINISH.format(sleep=2))
     first = scans("prefork", root, "--runit", table=False)
-    assert wait_until(lambda: (root / "finish.pid").exists() and starts(root, "finish"), 10)
+    assert wait_until(lambda: finish_kept(d, root) and starts(root, "finish"), 10)
     finish_pid = int((root / "finish.pid").read_text())
     raw = (d / "supervise" / "status").read_bytes()
     assert int.from_bytes(raw[12:16], "little") == finish_pid and raw[19] == 2
@@ -150,8 +167,12 @@ def test_runit_mode_takes_the_finish_pid_of_state_2_for_no_run(tmp_path, scans):
     scans("prefork", root, "--runit", table=False)
     assert wait_until(lambda: len(starts(root)) == 2, 10), (root / "starts").read_text()
     assert starts(root)[1] >= starts(root, "end")[0]
-    raw = (d / "supervise" / "status").read_bytes()
-    assert raw[19] == 1 and int.from_bytes(raw[12:16], "little") not in (0, finish_pid)
+
+    def running_run() -> bool:  # the status is written after the spawn: the start line may come first
+        raw = (d / "supervise" / "status").read_bytes()
+        return raw[19] == 1 and int.from_bytes(raw[12:16], "little") not in (0, finish_pid)
+
+    assert wait_until(running_run, 5), (d / "supervise" / "status").read_bytes()
     assert len(starts(root, "finish")) == 1  # a finish taken for a ./run would have "exited" into a second one
 
 
@@ -163,7 +184,7 @@ def test_timeout_finish_still_kills_the_orphaned_finish(tmp_path, scans):
     script(d / "finish", FINISH.format(sleep=60))
     (d / "timeout-finish").write_text("2500\n")
     first = scans("prefork", root, table=False)
-    assert wait_until(lambda: (root / "finish.pid").exists() and starts(root, "finish"), 10)
+    assert wait_until(lambda: finish_kept(d, root) and starts(root, "finish"), 10)
     finish_pid = int((root / "finish.pid").read_text())
     kill(first)
     second = scans("prefork", root, table=False)
