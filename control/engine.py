@@ -31,7 +31,7 @@ import stat
 import time
 
 from prefork import proc, tai64n
-from prefork.control import statusfile
+from prefork.control import restartfile, statusfile
 from prefork.control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
 from prefork.control.servicedir import ServiceDir, StartupError
 from prefork.djb import write_line
@@ -55,7 +55,8 @@ MAX_SLEEP = 3600.0
 class Supervised:
     """The engine's data for one service: its open files, its stdio, its table slot."""
 
-    __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner", "notify_fd")
+    __slots__ = ("sd", "stdin", "stdout", "slot", "pidfd", "table_name", "is_log", "owner", "notify_fd",
+                 "finish_pidfd", "saved")
 
     def __init__(self, sd: ServiceDir, stdin: int | None, stdout: int | None, table_name: str, is_log: bool,
                  owner: Entry | None) -> None:
@@ -68,6 +69,8 @@ class Supervised:
         self.is_log = is_log
         self.owner = owner  # svscan's entry for the service, None under supervise
         self.notify_fd = -1  # read end of the notification-fd pipe, open only until readiness or the exit
+        self.finish_pidfd = -1  # a ./finish taken over from a supervisor killed while it ran (not our child)
+        self.saved = False  # supervise/restart may exist (control/restartfile.py): an empty state removes it
 
 
 class Engine(Seam):
@@ -128,6 +131,7 @@ class Engine(Seam):
                               notify=self._notification_fd(service) is not None)
             else:
                 service.prepare(down)
+            self._restore(service)
             sd.open_ok()
         except BaseException:
             self._forget(service)
@@ -139,10 +143,56 @@ class Engine(Seam):
             service.boot()
         return service
 
+    def _restore(self, service: Service) -> None:
+        """The restart state a supervisor killed with SIGKILL left in ``supervise/restart``
+        (docs/CONTRACTS.md, Taking over after a SIGKILL): back-off, deaths, failure, and a ./finish still
+        running, taken over with a pidfd as a running ./run is.  A file of another boot is ignored in silence,
+        garbage with one warning."""
+        ctx = service.context
+        data = ctx.sd.read_private(restartfile.NAME, restartfile.MAX_SIZE)
+        if data is None:
+            return
+        ctx.saved = True
+        saved = restartfile.decode(data)
+        if saved is None:
+            self.report(service, f"{self.prog}: warning: invalid {ctx.sd.display}/supervise/{restartfile.NAME},"
+                                 " ignored")
+        elif saved.boot == restartfile.boot_id():
+            finish_pid = 0
+            if saved.finish_pid and not service.pid:
+                pidfd = _finish_alive(saved.finish_pid, saved.finish_ticks, ctx.sd.dirfd, ctx.sd.supfd)
+                if pidfd >= 0:
+                    finish_pid, ctx.finish_pidfd = saved.finish_pid, pidfd
+                    self.epoll.register(pidfd, select.EPOLLIN)
+                    self.by_fd[pidfd] = service
+            service.restore(saved.delay_ms / 1000, saved.due_ms / 1000, saved.failed,
+                            [t / 1000 for t in saved.deaths_ms], finish_pid, saved.finish_kill_ms / 1000)
+            return
+        self.persist(service)  # nothing of it counts: the file goes
+
+    def persist(self, service: Service) -> None:
+        ctx = service.context
+        finish_ticks = proc.start_ticks(service.finish_pid) if service.finish_pid else None
+        if not finish_ticks:  # ended already (a zombie), or no start time to recognise it by: not kept
+            finish_ticks = 0
+        if not (service.delay or service.failed or service.deaths or finish_ticks):
+            if not ctx.saved:
+                return
+            data = None
+        else:
+            data = restartfile.encode(restartfile.Saved(
+                restartfile.boot_id(), round(service.delay * 1000), round(service.not_before * 1000), service.failed,
+                [round(t * 1000) for t in service.deaths], service.finish_pid if finish_ticks else 0, finish_ticks,
+                round(service.finish_kill_at * 1000) if finish_ticks else 0))
+        ctx.saved = data is not None
+        warning = ctx.sd.write_private(restartfile.NAME, data)
+        if warning is not None:
+            self.report(service, f"{self.prog}: warning: {warning}")
+
     def _forget(self, service: Service) -> None:
         ctx = service.context
         self._drop_notify(service)
-        for fd in (ctx.sd.control_fd, ctx.pidfd):
+        for fd in (ctx.sd.control_fd, ctx.pidfd, ctx.finish_pidfd):
             if fd >= 0 and self.by_fd.pop(fd, None) is not None:
                 try:
                     self.epoll.unregister(fd)
@@ -151,6 +201,9 @@ class Engine(Seam):
         if ctx.pidfd >= 0:
             os.close(ctx.pidfd)
             ctx.pidfd = -1
+        if ctx.finish_pidfd >= 0:
+            os.close(ctx.finish_pidfd)
+            ctx.finish_pidfd = -1
         ctx.sd.close()
         if self.table is not None and ctx.slot >= 0:
             self.table.release(ctx.slot)
@@ -259,8 +312,12 @@ class Engine(Seam):
             return 0
 
     def kill_pid(self, service: Service, pid: int, sig: int) -> None:
+        ctx = service.context
         try:
-            os.kill(pid, sig)
+            if ctx.finish_pidfd >= 0 and pid == service.finish_pid:
+                signal.pidfd_send_signal(ctx.finish_pidfd, sig)  # not our child: its pid may be reused once it ends
+            else:
+                os.kill(pid, sig)
         except OSError:
             pass
 
@@ -286,7 +343,8 @@ class Engine(Seam):
         ctx = service.context
         warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
                                       wstat=service.last_status, finishing=service.finishing,
-                                      ready_label=service.ready_label, exiting=service.exit_requested)
+                                      ready_label=service.ready_label, exiting=service.exit_requested,
+                                      finish_pid=service.finish_pid)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
         if self.table is not None and ctx.slot >= 0:
@@ -366,6 +424,9 @@ class Engine(Seam):
                 if fd == ctx.pidfd:
                     self._adopted_exit(service)
                     continue
+                if fd == ctx.finish_pidfd:
+                    self._adopted_finish_exit(service)
+                    continue
                 if fd == ctx.notify_fd:
                     self._notified(service)
                     continue
@@ -423,6 +484,18 @@ class Engine(Seam):
         if pid and self.by_pid.get(pid) is service:
             del self.by_pid[pid]
             service.exited(-1)  # not our child: its wait status went to its real parent
+
+    def _adopted_finish_exit(self, service: Service) -> None:
+        ctx = service.context
+        self.by_fd.pop(ctx.finish_pidfd, None)
+        try:
+            self.epoll.unregister(ctx.finish_pidfd)
+        except OSError:
+            pass
+        os.close(ctx.finish_pidfd)
+        ctx.finish_pidfd = -1
+        if service.finish_pid:
+            service.finish_exited(-1)  # its wait status went to its real parent
 
     def _notified(self, service: Service) -> None:
         """The notification pipe is readable: a newline anywhere in it makes the service ready (s6's rule).
@@ -544,6 +617,8 @@ def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool
         status = statusfile.decode_any(data or b"")  # runit's 20-byte status starts with the 18 bytes; s6's is 35
     except ValueError:
         return None
+    if data and len(data) == statusfile.RUNIT.size and statusfile.RUNIT.decode(data).finishing:
+        return None  # the pid is runsv's "finish" one: that is supervise/restart's to take over
     pid, label = status.pid, status.label
     if pid <= 1:
         return None
@@ -630,6 +705,21 @@ def _own_status(supfd: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def _finish_alive(pid: int, ticks: int, dirfd: int, supfd: int) -> int:
+    """A pidfd of the ./finish PID that supervise/restart names, if it still runs and is the process started at
+    TICKS (exactly: never a bare pid) and, as for ./run, supervise/ is ours alone or it works in DIRFD; else -1."""
+    if pid <= 1 or not ticks:
+        return -1
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    if proc.running(pid, ticks, known=True) and (_ours_alone(supfd) or _works_in(pid, dirfd)) and not exited(pidfd):
+        return pidfd
+    os.close(pidfd)
+    return -1
 
 
 def _started_at(pid: int, seconds: int) -> bool:

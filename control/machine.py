@@ -140,6 +140,10 @@ class Seam:
         """Create (PRESENT) or remove the service's ``down`` file (s6-svc -D, -U, -Q)."""
         raise NotImplementedError
 
+    def persist(self, service: Service) -> None:
+        """The restart state (back-off, deaths, failure, the running ./finish) changed: keep it where the next
+        supervisor finds it if this one is killed (control/restartfile.py)."""
+
 
 class Service:
     """One service: state plus the transitions of daemontools' supervise.
@@ -230,6 +234,41 @@ class Service:
         self.notifying = notify
         self.seam.publish(self)
 
+    def restore(self, delay: float, not_before: float, failed: bool, deaths: list[float], finish_pid: int = 0,
+                finish_kill_at: float = 0.0) -> None:
+        """Take back the restart state a supervisor killed with SIGKILL left (control/restartfile.py), after
+        prepare() or adopt() and before boot(); times are the seam's monotonic ones, FINISH_PID a ./finish
+        still running (checked by the caller: it is the one that supervisor started).
+
+        The state is data from a file: it counts only as far as the service's files allow now
+        (docs/CONTRACTS.md, Taking over after a SIGKILL).  A back-off needs ``backoff-max`` and ends at most
+        one capped delay from now; deaths and a permanent failure need ``failure-deaths`` and count only inside
+        its window; the KILL of the finish comes at most ``timeout-finish`` from now.
+        """
+        now = self.seam.monotonic()
+        cap = self.seam.setting(self, "backoff-max")
+        if cap and delay > 0 and not self.pid:
+            self.delay = min(max(delay, THROTTLE), max(cap / 1000, THROTTLE))
+            self.not_before = min(not_before, now + self.delay)
+        limit = self.seam.setting(self, "failure-deaths")
+        if limit:
+            limit = min(limit, MAX_FAILURE_DEATHS)
+            window_ms = self.seam.setting(self, "failure-window")
+            window = (FAILURE_WINDOW_MS if window_ms is None else window_ms) / 1000
+            kept = sorted(t for t in deaths if now - window < t <= now)
+            self.deaths = kept[-(limit - 1):] if limit > 1 else []
+            if failed and not self.pid:
+                self.failed = True
+                self.want = WANT_DOWN
+        if finish_pid and not self.pid:
+            self.finish_pid = finish_pid
+            self.finishing = True
+            timeout = self._finish_timeout()
+            if timeout is not None:
+                self.finish_kill_at = min(finish_kill_at, now + timeout) if finish_kill_at > 0 else now + timeout
+                self.seam.schedule(self, self.finish_kill_at)
+        self.seam.persist(self)
+
     def control(self, byte: int) -> None:
         """One byte from supervise/control."""
         if self.done:
@@ -315,31 +354,47 @@ class Service:
         self.ready_label = b""
         self.notifying = False
         self.last_status = status
-        self.label = self.seam.label()
+        started, self.label = self.label, self.seam.label()
         if self.want == WANT_UP and not self.exit_requested:
             self._died(self.seam.monotonic())
         self.finish_pid = self.seam.spawn_finish(self, self._finish_args(status))
         if self.finish_pid:
             self.finishing = True
+            if self.mode == "runit":
+                self.label = started  # runsv's label stays the start of ./run until its finish ends
+            timeout = self._finish_timeout()
+            if timeout is not None:
+                self.finish_kill_at = self.seam.monotonic() + timeout
+            self.seam.persist(self)  # first: a status that says "finishing" means the finish is kept too
             self.seam.publish(self)
-            runit = self.mode == "runit"
-            timeout = None if runit else self.seam.setting(self, "timeout-finish")  # runsv has no such limit
-            if timeout is None and not runit:
-                timeout = FINISH_TIMEOUT_MS
-            if timeout:
-                self.finish_kill_at = self.seam.monotonic() + timeout / 1000
+            if timeout is not None:
                 self.seam.schedule(self, self.finish_kill_at)
             return
         self._settle()
 
+    def _finish_timeout(self) -> float | None:
+        """timeout-finish in seconds (s6's default 5), None for no limit (0, or --runit: runsv has none)."""
+        if self.mode == "runit":
+            return None
+        timeout = self.seam.setting(self, "timeout-finish")
+        if timeout is None:
+            timeout = FINISH_TIMEOUT_MS
+        return timeout / 1000 if timeout else None
+
     def finish_exited(self, status: int) -> None:
-        """./finish ended with wait status STATUS: now the service may start again (s6: unless it exited 125)."""
+        """./finish ended with wait status STATUS: now the service may start again (s6: unless it exited 125).
+
+        STATUS -1: unknown (an adopted finish, whose wait status went to its real parent): no failure, no 125.
+        """
         self.finish_pid = 0
         self.finish_kill_at = 0.0
         self.finishing = False
-        if status & 0x7F or status >> 8 not in (0, FINISH_NO_RESTART):
+        if self.mode == "runit":
+            self.label = self.seam.label()  # runsv: down from the end of the finish
+        self.seam.persist(self)
+        if status >= 0 and (status & 0x7F or status >> 8 not in (0, FINISH_NO_RESTART)):
             self.finish_failures += 1
-        if self.mode != "runit" and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
+        if self.mode != "runit" and status >= 0 and status >> 8 == FINISH_NO_RESTART and not status & 0x7F:
             self.want = WANT_DOWN
         once, self.once_after_finish = self.once_after_finish, False
         self._settle()
@@ -459,24 +514,30 @@ class Service:
         limit = self.seam.setting(self, "failure-deaths")
         if not limit:
             self.deaths.clear()
+            self.seam.persist(self)
             return
         limit = min(limit, MAX_FAILURE_DEATHS)
         window_ms = self.seam.setting(self, "failure-window")
         window = (FAILURE_WINDOW_MS if window_ms is None else window_ms) / 1000
         self.deaths = [t for t in self.deaths if now - t < window][-(limit - 1):] if limit > 1 else []
         self.deaths.append(now)
-        if len(self.deaths) >= limit:
+        failed = len(self.deaths) >= limit
+        if failed:
             self.failed = True
             self.want = WANT_DOWN
             self.restart_pending = False
+        self.seam.persist(self)  # before the line: whoever reads it and kills the supervisor finds the failure kept
+        if failed:
             self.seam.report(self, f"supervise: warning: {self.name} died {limit} times in {window:g} seconds:"
                                    " not restarted until svc -u")
 
     def _rearm(self) -> None:
         """u or o: a permanently failed service may start again, and a back-off is forgotten."""
-        self.failed = False
-        self.deaths.clear()
-        self.delay = self.not_before = 0.0
+        if self.failed or self.deaths or self.delay:
+            self.failed = False
+            self.deaths.clear()
+            self.delay = self.not_before = 0.0
+            self.seam.persist(self)
 
     def _start(self, automatic: bool = False, announce_down: bool = False) -> None:
         """Start ./run now, or at the end of the throttle second.

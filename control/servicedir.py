@@ -188,7 +188,8 @@ class ServiceDir:
 
     # -- status ----------------------------------------------------------------------------
     def write_status(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
-                     finishing: bool = False, ready_label: bytes = b"", exiting: bool = False) -> str | None:
+                     finishing: bool = False, ready_label: bytes = b"", exiting: bool = False,
+                     finish_pid: int = 0) -> str | None:
         """Write supervise/status (and runit's stat and pid) via NAME.new + rename, then tell s6's event
         listeners what changed; a warning text on failure.
 
@@ -196,7 +197,7 @@ class ServiceDir:
         """
         codec = self.codec
         status = codec.record(label, pid, paused, want, term_sent, wstat=wstat, finishing=finishing,
-                              ready_label=ready_label, previous=self.last, exiting=exiting)
+                              ready_label=ready_label, previous=self.last, exiting=exiting, finish_pid=finish_pid)
         previous, self.last = self.last, status
         for name, data in codec.files(status):
             warning = self._replace(name, data)
@@ -254,6 +255,40 @@ class ServiceDir:
             return None
         except OSError as err:
             return f"unable to {'create' if present else 'remove'} {self.display}/down: {errstr(err)}"
+        return None
+
+    # -- the restart state (control/restartfile.py) -------------------------------------------
+    def read_private(self, name: str, limit: int) -> bytes | None:
+        """The first LIMIT bytes of ``supervise/NAME`` if it is a regular file of our own user (only the
+        supervisor writes there; a link or somebody else's file is not read), else None."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.supfd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                return None
+            return os.read(fd, limit)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write_private(self, name: str, data: bytes | None) -> str | None:
+        """Replace ``supervise/NAME`` with DATA (mode 0600), or remove it (None); a warning text on failure."""
+        if data is not None:
+            try:
+                replace(name, data, f"{name}.new", 0o600, dir_fd=self.supfd, chmod=0o600)
+            except OSError as err:
+                return f"unable to write {self.display}/supervise/{name}: {errstr(err)}"
+            return None
+        try:
+            os.unlink(name, dir_fd=self.supfd)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            return f"unable to remove {self.display}/supervise/{name}: {errstr(err)}"
         return None
 
     def _replace(self, name: str, data: bytes) -> str | None:

@@ -24,6 +24,10 @@ reused; such a table is stale and is not shown as live.  A new svscan for the
 same directory renames its own table over it; :func:`remove_stale` removes one
 that nothing will replace.
 
+So the table is never read back by a supervisor: what a killed supervisor must hand to the next one
+(a back-off, recent deaths, a permanent failure, a running ./finish) is in each service's
+``supervise/restart`` (control/restartfile.py), which outlives the table's rename.
+
 Layout version 1, all integers little-endian::
 
     header, 1024 bytes

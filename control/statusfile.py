@@ -11,7 +11,7 @@ runit's runsv (``supervise --runit``), 20 bytes: the same 18 (once is written
 ``d``, as runsv writes it), then::
 
     18     1 if TERM was sent to the running service, else 0
-    19     1 running, 0 down (runsv's 2, "finish", never happens here)
+    19     1 running, 0 down, 2 finish (``./finish`` runs: then bytes 12-15 are its pid, as runsv writes them)
 
 and the text files ``stat`` and ``pid`` that runit's ``sv`` reads.
 
@@ -103,15 +103,15 @@ class Codec:
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
                finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
-               exiting: bool = False) -> Status:
+               exiting: bool = False, finish_pid: int = 0) -> Status:
         """What a supervisor's state (WANT b"u", b"d" or b"o") is in this format: paused and TERM only while running.
 
         The keywords are what only some formats record: s6's (WSTAT the last wait status, FINISHING, READY_LABEL
         the moment the running service became ready or b"", PREVIOUS the status last written) and runit's
-        (EXITING after x: stat's "want exit").
+        (EXITING after x: stat's "want exit"; FINISH_PID, ./finish's pid while FINISHING, which runsv writes).
         """
         return Status(label, pid, bool(pid and paused), self.once if want == b"o" else want, bool(pid and term_sent),
-                      exiting=exiting)
+                      exiting=exiting, finishing=finishing)
 
     def events(self, previous: Status | None, current: Status) -> bytes:
         """The letters to write to the listeners of ``event/`` for the change PREVIOUS -> CURRENT (none here)."""
@@ -131,10 +131,23 @@ class RunitCodec(Codec):
     _tail = struct.Struct("<IB1sBB")
 
     def _fields(self, status: Status) -> tuple[object, ...]:
-        return status.pid, 1 if status.paused else 0, status.want, 1 if status.term else 0, 1 if status.pid else 0
+        state = 2 if status.finishing else 1 if status.pid else 0
+        return status.pid, 1 if status.paused else 0, status.want, 1 if status.term else 0, state
+
+    def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
+               finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
+               exiting: bool = False, finish_pid: int = 0) -> Status:
+        """runsv's state 2, "finish": the pid written is ./finish's while it runs."""
+        return super().record(label, pid or (finish_pid if finishing else 0), paused, want, term_sent,
+                              exiting=exiting, finishing=finishing)
+
+    def decode(self, data: bytes) -> Status:
+        status = super().decode(data)
+        status.finishing = data[19] == 2  # runsv's state "finish": the pid is ./finish's
+        return status
 
     def files(self, status: Status) -> list[tuple[str, bytes]]:
-        words = ["run" if status.pid else "down"]
+        words = ["finish" if status.finishing else "run" if status.pid else "down"]
         if status.pid and status.paused:
             words.append("paused")
         if status.pid and status.term:
@@ -178,7 +191,7 @@ class S6Codec(Codec):
 
     def record(self, label: bytes, pid: int, paused: bool, want: bytes, term_sent: bool, *, wstat: int = 0,
                finishing: bool = False, ready_label: bytes = b"", previous: Status | None = None,
-               exiting: bool = False) -> Status:
+               exiting: bool = False, finish_pid: int = 0) -> Status:
         """s6's "ready" bit means ready while up and really down (no ./finish left) while down; its label
         stays that of the last such moment (s6-supervise keeps it through an up-not-ready spell)."""
         if pid:

@@ -596,3 +596,43 @@ def test_a_short_log_argument_is_disabled_with_a_warning(tmp_path):
         return [scanner.poll(), "log must have at least seven characters" in err, title_tail(scanner.pid)]
 
     assert same(both(tmp_path, scenario, "runsvdir")) == [None, True, b"log: "]
+
+
+# == finish: runsv's state 2 ========================================================================
+FINISH = """#!/bin/sh
+# Notes its pid, then runs (exec: the same pid) until ../finish-go appears (bounded: 20 s).
+echo $$ > ../finish.pid
+exec perl -e 'for (1 .. 400) { exit 0 if -e "../finish-go"; select(undef, undef, undef, 0.05) } exit 1'
+"""
+
+
+def test_status_stat_and_pid_while_finish_runs(tmp_path):
+    """While ./finish runs, runsv writes state 2 (byte 19), ./finish's pid (status and ``pid``), ``stat``
+    "finish" (with ", want down" after sv down); sv status says ``finish:``; after it, down then run again."""
+    def scenario(t: Tree) -> object:
+        d = t.service("svc")
+        (d / "finish").write_text(FINISH)
+        (d / "finish").chmod(0o755)
+        t.supervise("svc")
+        first = t.up(d)
+        seen = []
+        for verb, want in (("term", 0x75), ("down", 0x64)):
+            said = t.sv(verb, "./svc")
+            files = settled_files(d, lambda f: f[0] == "pid" and f[4] == 2)
+            assert wait_until(lambda: (t.root / "finish.pid").exists(), 5)
+            finish_pid = int((t.root / "finish.pid").read_text())
+            (t.root / "finish.pid").unlink()
+            assert status_pid(d) == finish_pid and (d / "supervise" / "pid").read_text() == f"{finish_pid}\n"
+            assert files[2] == want
+            seen += [said, files, t.sv("status", "./svc")]
+            (t.root / "finish-go").touch()
+            if verb == "term":
+                first = t.up(d, other_than=first)
+                (t.root / "finish-go").unlink()
+            else:
+                seen.append(settled_files(d, lambda f: f[0] == 0))
+        return [*seen, t.sv("status", "./svc")]
+
+    found = same(both(tmp_path, scenario))
+    assert found[1] == ("pid", 0, 0x75, 0, 2, "finish\n", "N\n") and found[2][1].startswith("finish: ./svc: (pid N)")
+    assert found[4] == ("pid", 0, 0x64, 0, 2, "finish, want down\n", "N\n")

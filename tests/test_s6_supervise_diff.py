@@ -22,6 +22,7 @@ import pytest
 from conftest import ours, real
 from tcpserver_harness import wait_until as wait_for  # bounded by count and by time
 
+from prefork.control import restartfile
 from prefork.control import servicetable_read as reader
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
@@ -352,20 +353,33 @@ def mine(request, tmp_path):
         r.close()
 
 
+def read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_supervisor_killed_during_finish_is_followed_by_a_sane_one(mine):
-    """The next supervisor starts ./run at once; the orphaned ./finish ends on its own (docs/CONTRACTS.md)."""
+    """The next supervisor takes the orphaned ./finish over (supervise/restart) and starts ./run only once it has
+    ended, as s6 orders them (docs/CONTRACTS.md, Taking over after a SIGKILL)."""
     finish = "#!/bin/sh\necho $$ >> finish.pid\nsleep 1.5\necho end >> finish.out\n"
     mine.service(COUNTING_RUN + "sleep 0.2\n", finish=finish)
     mine.start()
-    assert wait_for(lambda: lines(mine.dir / "finish.pid"), 5)
+
+    def kept() -> bool:  # the supervisor keeps the finish right after its spawn: not killed before that
+        pids = lines(mine.dir / "finish.pid")
+        saved = restartfile.decode(read_or_empty(mine.dir / "supervise" / restartfile.NAME))
+        return bool(pids) and saved is not None and str(saved.finish_pid) == pids[0]
+
+    assert wait_for(kept, 5)
     first = mine.proc
     assert first is not None
     first.kill()
     first.wait(5)
     mine.start()
-    assert wait_for(lambda: len(lines(mine.dir / "starts")) == 2, 3)
-    assert lines(mine.dir / "finish.out") == []  # the old finish was still running: nobody waited for it
-    assert wait_for(lambda: lines(mine.dir / "finish.out"), 5)  # and it ended on its own
+    assert wait_for(lambda: len(lines(mine.dir / "starts")) == 2, 5)
+    assert lines(mine.dir / "finish.out") == ["end"]  # written before the finish ended: before the second start
     status = reader.read(reader.find(str(mine.dir if mine.impl == "supervise" else mine.tree)))
     assert status.owner_pid == mine.proc.pid
 

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefork import tai64n
 from prefork.control.machine import EXIT_FAILED_START, THROTTLE, WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
 from prefork.control.servicedir import parse_setting
 
@@ -1372,3 +1373,150 @@ def test_kill_escalations_are_counted_only_when_the_kill_is_sent():
     seam.advance(seam.now + 1.0)
     assert service.kill_escalations == 1 and ("kill", pid, signal.SIGKILL) not in seam.events
 
+
+
+# -- clocks: back-off on the monotonic clock, labels on the wall clock (docs/CONTRACTS.md, Restart policy) ------
+class SteppedClockSeam(S6Seam):
+    """S6Seam whose labels come from a wall clock that the test steps (``jump``) while monotonic time runs on."""
+
+    WALL0 = 1_800_000_000
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.wall_offset = 0.0
+
+    def label(self) -> bytes:
+        wall = self.WALL0 + self.now + self.wall_offset
+        return tai64n.pack(int(wall), int(wall % 1 * 1e9))
+
+
+@pytest.mark.parametrize("jump", [0.0, 3600.0, -3600.0], ids=["none", "forward", "back"])
+def test_a_wall_clock_step_during_backoff_moves_no_restart(jump):
+    """The same flapping service with the wall clock stepped ±1 h in its 4 s wait: the restarts come at the same
+    monotonic moments as without a step, and the labels (status, table) follow the wall clock."""
+    seam = SteppedClockSeam(settings={"backoff-max": 8000}, finish=False)
+    service = Service(seam, "svc")
+    service.prepare(False)
+    service.boot()
+    for _ in range(3):  # deaths 0.1 s after each start: waits 1, 2, then 4 s
+        seam.advance(seam.now + 0.1)
+        service.exited(1 << 8)
+        if len(seam.spawn_times) < 3:
+            seam.advance(min(t for t, _ in seam.timers))
+    seam.advance(seam.now + 1.0)  # mid wait
+    seam.wall_offset = jump
+    run_until(seam, seam.now + 5.0)
+    assert [round(t, 2) for t in seam.spawn_times] == [0.0, 1.1, 3.2, 7.3]
+    assert tai64n.unpack(service.label)[0] == int(SteppedClockSeam.WALL0 + 7.3 + jump)
+
+
+def run_until(seam: FakeSeam, end: float) -> None:
+    """Advance the fake clock to END through every timer's own moment (each fires at its time, not at END)."""
+    while due := [t for t, _ in seam.timers if t <= end]:
+        seam.advance(max(seam.now, min(due)))
+    seam.advance(end)
+
+
+def restored(settings: dict[str, int], now: float, *args, mode: str = "daemontools", **kwargs) -> Rig:
+    """A new supervisor's service (its seam's clock at NOW) given restore(*ARGS, **KWARGS) between prepare and boot."""
+    seam = S6Seam(settings=settings, finish=True)
+    seam.now = now
+    service = Service(seam, "svc", mode=mode)
+    service.prepare(False)
+    service.restore(*args, **kwargs)
+    service.boot()
+    return Rig(seam, service)
+
+
+def test_restore_keeps_the_backoff_and_its_doubling():
+    seam, service = restored({"backoff-max": 8000}, 100.0, 4.0, 102.5, False, [])
+    assert seam.spawn_times == [] and seam.timers[-1][0] == 102.5
+    seam.advance(102.5)
+    assert seam.spawn_times == [102.5]
+    seam.advance(102.6)
+    service.exited(1 << 8)
+    assert service.delay == 8.0  # doubled from the kept 4 s
+
+
+@pytest.mark.parametrize("settings, delay, due, kept_delay, start", [
+    ({"backoff-max": 2000}, 10**9, 10**12, 2.0, 102.0),  # planted: at most one capped delay from now
+    ({}, 4.0, 104.0, 0.0, 100.0),  # no backoff-max now: no back-off
+    ({"backoff-max": 8000}, 0.001, 100.5, 1.0, 100.5),  # a delay below the throttle counts as the throttle
+    ({"backoff-max": 8000}, 4.0, 50.0, 4.0, 100.0),  # due already: at once
+])
+def test_restore_bounds_the_backoff_by_the_files_of_now(settings, delay, due, kept_delay, start):
+    seam, service = restored(settings, 100.0, delay, due, False, [])
+    run_until(seam, 200.0)
+    assert seam.spawn_times[:1] == [start] and service.delay == kept_delay
+
+
+def test_restore_keeps_a_failure_and_the_deaths_in_the_window_only():
+    seam, service = restored({"failure-deaths": 3, "failure-window": 10000}, 100.0, 0.0, 0.0, True,
+                             [50.0, 95.0, 99.0, 150.0])
+    assert service.failed and service.want == WANT_DOWN and service.deaths == [95.0, 99.0]
+    seam.advance(200.0)
+    assert seam.spawn_times == []
+    service.control(ord("u"))
+    assert seam.spawn_times == [200.0] and not service.failed
+
+
+def test_restore_ignores_a_failure_without_failure_deaths():
+    seam, service = restored({}, 100.0, 0.0, 0.0, True, [99.0])
+    assert not service.failed and service.deaths == [] and seam.spawn_times == [100.0]
+
+
+@pytest.mark.parametrize("mode", ["daemontools", "s6", "runit"])
+def test_restore_of_a_running_finish_waits_for_it_and_times_it(mode):
+    seam, service = restored({"timeout-finish": 3000}, 100.0, 0.0, 0.0, False, [], 4321, 101.0, mode=mode)
+    assert service.finishing and service.finish_pid == 4321 and seam.spawn_times == []
+    seam.advance(101.5)
+    killed = ("kill_pid", 4321, signal.SIGKILL) in seam.events
+    assert killed == (mode != "runit")  # the kept moment (not now + 3 s); runsv has no timeout-finish
+    service.finish_exited(-1)  # the pidfd said it ended; its wait status is unknown
+    run_until(seam, 105.0)
+    # at once (s6: a second after the finish, its rule)
+    assert seam.spawn_times == [102.5 if mode == "s6" else 101.5]
+    assert service.finish_failures == 0 and not service.finishing
+
+
+def test_restore_times_a_finish_at_most_timeout_finish_from_now():
+    seam, service = restored({"timeout-finish": 1000}, 100.0, 0.0, 0.0, False, [], 4321, 10**9)
+    assert service.finish_kill_at == 101.0
+    seam, service = restored({"timeout-finish": 0}, 100.0, 0.0, 0.0, False, [], 4321, 101.0)
+    assert service.finish_kill_at == 0.0 and not [t for t, _ in seam.timers]
+
+
+def test_an_adopted_finish_that_exits_unknown_is_no_125():
+    seam, service = restored({}, 100.0, 0.0, 0.0, False, [], 4321, 0.0, mode="s6")
+    service.finish_exited(-1)
+    run_until(seam, 102.0)
+    assert service.want == WANT_UP and service.pid
+
+
+class PersistingSeam(S6Seam):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.persisted: list[tuple] = []
+
+    def persist(self, service: Service) -> None:
+        self.persisted.append((service.delay, service.not_before, service.failed, list(service.deaths),
+                               service.finish_pid))
+        self.events.append(("persist", service.failed))
+
+
+def test_every_change_of_the_restart_state_is_persisted_before_its_warning():
+    seam = PersistingSeam(settings={"backoff-max": 4000, "failure-deaths": 2})
+    service = Service(seam, "svc")
+    service.prepare(False)
+    service.boot()
+    seam.advance(0.5)
+    service.exited(1 << 8)  # death: back-off and death kept, then the finish
+    assert seam.persisted == [(1.0, 1.5, False, [0.5], 0), (1.0, 1.5, False, [0.5], 901)]
+    service.finish_exited(0)
+    assert seam.persisted[-1][4] == 0
+    seam.advance(2.0)
+    service.exited(1 << 8)  # the second death: failed, kept before the line says so
+    report = next(i for i, e in enumerate(seam.events) if e[0] == "report")
+    assert seam.events.index(("persist", True)) < report
+    service.control(ord("u"))
+    assert seam.persisted[-1] == (0.0, 0.0, False, [], service.finish_pid)  # u re-arms: all forgotten
