@@ -1,4 +1,4 @@
-"""Time-to-ready benchmark: prefork's `svscan --s6` against Debian's s6-svscan + s6-supervise (issue #14).
+"""Time-to-ready benchmark: prefork's `svscan --s6` against Debian's s6-svscan + s6-supervise.
 
 Both trees hold one service directory made the same way: a `down` file (it starts down),
 `notification-fd` (3) and a tiny Perl `run` that prints its first statement's CLOCK_MONOTONIC time
@@ -12,7 +12,7 @@ One sample, on one implementation:
 3. t1: s6-svwait has exited, seen on a pidfd (so at once, not at a poll interval);
 4. untimed: `s6-svc -d DIR`, `s6-svwait -D DIR`.
 
-Reported, per implementation: process start → s6-svwait returns (t1 - S, the issue's definition),
+Reported, per implementation: process start → s6-svwait returns (t1 - S, the target's measure),
 `s6-svc -u` → returns (t1 - t0), and the supervisor's own share, newline → returns (t1 - N). Samples
 are paired: each index runs once on each implementation, back to back, in a random (seeded) order,
 so both meet the same moment of the machine; ratios prefork/s6 get a bootstrap interval
@@ -46,7 +46,7 @@ NOTIFICATION_FD = 3
 WAIT_MS = 5000  # s6-svwait's -t: a sample that takes longer is a timeout
 LISTEN_TIMEOUT = 2.0  # seconds for s6-svwait to make its FIFO in event/
 MAX_STALLS = 5  # timeouts in a row before the run is abandoned
-TARGET_RATIO = 1.0  # prefork's start → ready at most s6's (issue #14)
+TARGET_RATIO = 1.0  # the target: prefork's process start → ready at most s6's
 # What is measured, in report order: key, label, from, to (t0: s6-svc -u issued, S: the service's first
 # statement, N: just before its newline, t1: s6-svwait -U returned).
 MEASURES = (("start", "process start → s6-svwait -U returns", "S", "t1"),
@@ -334,7 +334,7 @@ def render_markdown(data: dict) -> str:
             f"for every process. {res['samples']} samples per implementation, paired: each pair runs once on "
             f"each, back to back, in a random order (seed {res['seed']}), after one untimed warm-up sample each.",
             "",
-            "- **process start → ready** (the issue's definition): t1 minus the service's first statement.",
+            "- **process start → ready** (the target's measure): t1 minus the service's first statement.",
             "- **`s6-svc -u` → ready**: t1 - t0; it adds s6-svc's own run, the supervisor's start of `./run` "
             "and Perl's start-up.",
             "- **newline → ready**: t1 minus the moment just before the service writes its newline: the "
