@@ -53,6 +53,11 @@ MEASURES = (("start", "process start → s6-svwait -U returns", "S", "t1"),
             ("svc", "s6-svc -u → s6-svwait -U returns", "t0", "t1"),
             ("notify", "newline written → s6-svwait -U returns", "N", "t1"),
             ("spawn", "s6-svc -u → process start", "t0", "S"))
+# With --listener, a FIFO of the benchmark's own in event/ (tU: its `U` letter read) splits "newline →
+# returns" into the supervisor's share and s6-svwait's.
+LISTENER_MEASURES = (("event", "newline written → U letter in event/", "N", "tU"),
+                     ("svwait", "U letter in event/ → s6-svwait -U returns", "tU", "t1"))
+LISTENER = "ftrig1:@400000006b16d2b1221f7e62:bnchmk"  # the name shape s6's listeners give their FIFOs
 # The service. S: its first statement; N: just before it writes the newline to the notification fd.
 PERL_RUN = r"""#!{perl}
 use strict;
@@ -86,19 +91,37 @@ def _listeners(event: Path) -> set[str]:
         return set()
 
 
+def measures(listener: bool) -> tuple[tuple[str, str, str, str], ...]:
+    return MEASURES + (LISTENER_MEASURES if listener else ())
+
+
 class Rig:
     """One implementation's tree of one service, and the samples taken on it."""
 
-    def __init__(self, tree: Tree, svc: str, svwait: str) -> None:
+    def __init__(self, tree: Tree, svc: str, svwait: str, listener: bool = False) -> None:
         self.tree = tree
         self.impl = tree.impl
         self.dir = tree.scan / tree.names[0]
         self.svc = svc
         self.svwait = svwait
         self.events = Events(tree.stdout_fd, kinds=(b"S", b"N"))
-        self.samples: dict[str, list[float]] = {key: [] for key, _label, _begin, _end in MEASURES}
+        self.measures = measures(listener)
+        self.samples: dict[str, list[float]] = {key: [] for key, _label, _begin, _end in self.measures}
         self.timeouts = 0
         self.stalls = 0
+        self.listener = listener
+        self.fifo = -1
+
+    def listen(self) -> None:
+        """The benchmark's own listener FIFO in event/, made as s6's listeners make theirs; closed by close()."""
+        path = self.dir / "event" / LISTENER
+        os.mkfifo(path, 0o600)
+        self.fifo = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)  # RDWR: never a hang-up to poll
+
+    def close(self) -> None:
+        if self.fifo >= 0:
+            os.close(self.fifo)
+            self.fifo = -1
 
     def wait_supervised(self, timeout: float) -> None:
         """Until the service's supervisor answers (s6-svok) and its event/ is there; BenchError after TIMEOUT."""
@@ -122,7 +145,7 @@ class Rig:
         try:
             pidfd = os.pidfd_open(waiter.pid)
             try:
-                t0, t1 = self._timed_up(event, before, pidfd)
+                t0, t_u, t1 = self._timed_up(event, before, pidfd)
             finally:
                 os.close(pidfd)
             code = waiter.wait(WAIT_MS / 1000 + 5)
@@ -132,7 +155,7 @@ class Rig:
                 waiter.wait()
         started = self.events.wait("S", None, WAIT_MS / 1000)
         notified = self.events.wait("N", None, WAIT_MS / 1000, pid=started.pid if started else 0)
-        if code != 0 or started is None or notified is None:
+        if code != 0 or started is None or notified is None or (self.listener and t_u is None):
             self.timeouts += 1
             self.stalls += 1
             log(f"readiness: {self.impl}: no ready within {WAIT_MS} ms (s6-svwait exit {code}, "
@@ -142,13 +165,14 @@ class Rig:
                 raise BenchError(f"{self.impl}: {self.stalls} samples in a row never got ready")
         else:
             self.stalls = 0
-            ends = {"S": started.t, "t0": t0, "N": notified.t, "t1": t1}
-            for key, _label, begin, end in MEASURES:
+            ends = {"S": started.t, "t0": t0, "N": notified.t, "t1": t1, "tU": t_u or 0.0}
+            for key, _label, begin, end in self.measures:
                 self.samples[key].append(ends[end] - ends[begin])
         self.down()
 
-    def _timed_up(self, event: Path, before: set[str], pidfd: int) -> tuple[float, float]:
-        """(t0, t1): `s6-svc -u` issued once s6-svwait listens, and s6-svwait's exit."""
+    def _timed_up(self, event: Path, before: set[str], pidfd: int) -> tuple[float, float | None, float]:
+        """(t0, tU, t1): `s6-svc -u` issued once s6-svwait listens, our listener's `U` (None without one), and
+        s6-svwait's exit."""
         deadline = time.monotonic() + LISTEN_TIMEOUT
         for _ in range(int(LISTEN_TIMEOUT / 0.001) + 2):
             if _listeners(event) - before or time.monotonic() > deadline:
@@ -157,10 +181,22 @@ class Rig:
         time.sleep(0.002)  # its FIFO is made just before it reads the status file: let it read it
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
+        if self.fifo >= 0:
+            _drain(self.fifo)
+            poller.register(self.fifo, select.POLLIN)
         t0 = clock()
         client(self.svc, "-u", str(self.dir))
-        poller.poll(WAIT_MS + 5000)
-        return t0, clock()
+        t_u = None
+        deadline = t0 + WAIT_MS / 1000 + 5
+        for _ in range(100):  # each round is a wake-up: a letter, or s6-svwait's exit
+            ready = dict(poller.poll(max(0.0, deadline - clock()) * 1000))
+            now = clock()
+            if self.fifo in ready:
+                if b"U" in _drain(self.fifo) and t_u is None:
+                    t_u = now
+            if pidfd in ready or now >= deadline:
+                return t0, t_u, now
+        return t0, t_u, clock()
 
     def down(self) -> None:
         """Take the service down and wait until it is really down (s6-svwait -D); the S/N lines seen are dropped."""
@@ -171,12 +207,26 @@ class Rig:
         self.events.queue.clear()
 
 
+def _drain(fd: int) -> bytes:
+    """What the listener FIFO holds now (b"" when empty)."""
+    out = b""
+    for _ in range(64):
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def service_files() -> dict[str, str]:
     return {"notification-fd": f"{NOTIFICATION_FD}\n", "down": ""}
 
 
 def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc: str, svwait: str,
-            workdir: str | None, seed: int) -> dict:
+            workdir: str | None, seed: int, listener: bool = False) -> dict:
     """Both trees side by side; SAMPLES pairs, each in a random order."""
     run_text = PERL_RUN.format(perl=perl, delay=f"{delay_ms / 1000:.6f}", fd=NOTIFICATION_FD)
     options = {"s6": (), "prefork": ("--s6",)}
@@ -188,9 +238,11 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
             trees.append(tree)
             tree.start()
         for tree in trees:
-            rig = Rig(tree, svc, svwait)
-            rig.wait_supervised(10.0)
+            rig = Rig(tree, svc, svwait, listener)
             rigs[tree.impl] = rig
+            rig.wait_supervised(10.0)
+            if listener:
+                rig.listen()
         log(f"readiness: both supervisors up; {samples} paired samples, service delay {delay_ms:g} ms")
         rng = random.Random(seed)
         for rig in rigs.values():  # one untimed round each: the first start pays for cold caches
@@ -208,10 +260,12 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
                 log(f"readiness: {i + 1}/{samples} pairs in {time.monotonic() - t_start:.1f} s; start→ready p50 so "
                     f"far " + ", ".join(f"{impl} {ms:.3f} ms" for impl, ms in p50.items()))
     finally:
+        for rig in rigs.values():
+            rig.close()
         stop_all(trees)
-    out: dict = {"samples": samples, "delay_ms": delay_ms, "seed": seed}
+    out: dict = {"samples": samples, "delay_ms": delay_ms, "seed": seed, "listener": listener}
     for impl, rig in rigs.items():
-        out[impl] = {key: latency_summary(rig.samples[key], rig.timeouts) for key, _label, _begin, _end in MEASURES}
+        out[impl] = {key: latency_summary(rig.samples[key], rig.timeouts) for key, _label, _begin, _end in rig.measures}
     out["ratios"] = ratios(out)
     return out
 
@@ -219,7 +273,7 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
 def ratios(res: dict) -> dict:
     """prefork/s6 at p50, p90 and p99 of each measure, with 95% bootstrap intervals."""
     out = {}
-    for key, _label, _begin, _end in MEASURES:
+    for key, _label, _begin, _end in measures(res.get("listener", False)):
         s, p = res["s6"][key], res["prefork"][key]
         row = {}
         for q in (50, 90, 99):
@@ -253,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefork", default=PREFORK, help="prefork's svscan console script (run with --s6)")
     ap.add_argument("--s6-svc", default=S6_SVC, help="the s6-svc that starts and stops the service (Debian's)")
     ap.add_argument("--s6-svwait", default=S6_SVWAIT, help="the s6-svwait that waits for ready (Debian's)")
+    ap.add_argument("--listener", action="store_true", help="also read the letters in event/ with a FIFO of the "
+                    "benchmark's own: splits newline → returns into the supervisor's share and s6-svwait's")
     ap.add_argument("--perl", default=shutil.which("perl") or "/usr/bin/perl", help="Perl for the service")
     ap.add_argument("--workdir", default=None, help="where the service trees are made (default: the temp dir)")
     BENCH.add_options(ap)
@@ -267,6 +323,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def reproduce_command(args: argparse.Namespace) -> str:
     """Every setting spelled out, so the line reruns this exact benchmark even if defaults change."""
     parts = ["--samples", str(args.samples), "--delay", f"{args.delay:g}", "--seed", str(args.seed)]
+    if args.listener:
+        parts.append("--listener")
     for flag, value, default in (("--s6-svscan", args.s6_svscan, S6_SVSCAN), ("--prefork", args.prefork, PREFORK),
                                  ("--s6-svc", args.s6_svc, S6_SVC), ("--s6-svwait", args.s6_svwait, S6_SVWAIT)):
         if value != default:
@@ -288,7 +346,7 @@ def benchmark(args: argparse.Namespace) -> dict:
                                "prefork": f"env PATH=/usr/bin:/bin {args.prefork} --s6 DIR",
                                "start": f"{args.s6_svc} -u SERVICE", "wait": f"{args.s6_svwait} -U -t {WAIT_MS} SERVICE"}}
     data["readiness"] = measure(paths, args.samples, args.delay, args.perl, args.s6_svc, args.s6_svwait,
-                                args.workdir, args.seed)
+                                args.workdir, args.seed, args.listener)
     data["targets"] = evaluate_targets(data)
     data["load_average_end"] = os.getloadavg()
     return data
@@ -297,7 +355,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 # -- output ----------------------------------------------------------------------------------
 def print_summary(data: dict) -> None:
     res = data["readiness"]
-    for key, label, _begin, _end in MEASURES:
+    for key, label, _begin, _end in measures(res.get("listener", False)):
         for impl in IMPLS:
             s = res[impl][key]
             print(f"{label:<40} {impl:<8} p50 {s['p50_ms']:8.3f} ms  p90 {s['p90_ms']:8.3f} ms  "
@@ -340,15 +398,20 @@ def render_markdown(data: dict) -> str:
             "- **newline → ready**: t1 minus the moment just before the service writes its newline: the "
             "supervisor's share (read the pipe, write the status file, write `U` into the listeners' FIFOs) "
             "plus s6-svwait waking up and exiting.", ""]
+    if res.get("listener"):
+        out[-1:] = ["- **newline → `U` letter** and **`U` letter → returns** (`--listener`): the benchmark also keeps "
+                    "a listener FIFO of its own in `event/` (opened read-write, as s6's listeners do) and notes when "
+                    "the `U` letter arrives there, which splits the time into the supervisor's share and "
+                    "s6-svwait's. That reader is one more process woken at the `U`.", ""]
     rows = []
-    for key, label, _begin, _end in MEASURES:
+    for key, label, _begin, _end in measures(res.get("listener", False)):
         for impl in IMPLS:
             s = res[impl][key]
             rows.append((label, impl, f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
                          f"{s['max_ms']:.3f}", f"{s['mean_ms']:.3f}", s["n"], s["timeouts"]))
     out += ["## Results", "", *table(["measure", "implementation", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms",
                                       "n", "timeouts"], rows, left=2), ""]
-    for key, label, _begin, _end in MEASURES:
+    for key, label, _begin, _end in measures(res.get("listener", False)):
         r = res["ratios"][key]
         out.append(f"**{label}, prefork/s6**: " + ", ".join(
             f"p{q} × {r[f'p{q}']:.3f} ({r[f'p{q}_interval'][0]:.3f}–{r[f'p{q}_interval'][1]:.3f})"
@@ -364,19 +427,23 @@ def write_chart(data: dict, path: Path) -> Path:
     """One CDF panel per measure, one line per implementation."""
     plt = pyplot()
     res = data["readiness"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.4))
-    for ax, (key, label, _begin, _end) in zip(axes.flat, MEASURES, strict=True):
+    shown = measures(res.get("listener", False))
+    fig, axes = plt.subplots((len(shown) + 1) // 2, 2, figsize=(11, 4.2 * ((len(shown) + 1) // 2)), squeeze=False)
+    for ax, (key, label, _begin, _end) in zip(axes.flat, shown, strict=False):
         for k, impl in enumerate(IMPLS):
             xs = res[impl][key]["samples_ms"]
             if xs:
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]
-                ax.step(xs, ys, where="post", color=f"C{k}", label=f"{impl} (p50 {res[impl][key]['p50_ms']:.2f} ms)")
+                ax.step(xs, ys, where="post", color=f"C{k}", label=impl)
         r = res["ratios"][key]
-        ax.set_title(f"{label}\nprefork/s6 p50 × {r['p50']:.2f}, p99 × {r['p99']:.2f}", fontsize=10)
-        ax.set_xlabel("ms")
+        ax.set_title(f"{label}\np50 s6 {res['s6'][key]['p50_ms']:.2f} ms, prefork {res['prefork'][key]['p50_ms']:.2f} ms;"
+                     f" prefork/s6 p50 × {r['p50']:.2f}, p99 × {r['p99']:.2f}", fontsize=9)
+        ax.set_xscale("log")  # the body of the distribution and its tail on one axis
+        ax.set_xlabel("ms (log scale)")
         ax.set_ylabel("fraction of samples")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
     title = (f"time to ready (s6-svwait -U), {res['samples']} samples each, service delay {res['delay_ms']:g} ms, "
              f"{data['machine']['nproc']} cpus")
     return finish_chart(fig, axes[0][0], title, path, bottom=0.02)

@@ -39,13 +39,13 @@ def test_tiny_run_measures_both_and_cleans_up(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(sv.Tree, "start", start_and_note)
     before = committed_digests(rd.BENCH)
-    args = ["--samples", "5", "--delay", "2", "--workdir", str(work), "--out", str(tmp_path / "res"),
+    args = ["--samples", "5", "--delay", "2", "--listener", "--workdir", str(work), "--out", str(tmp_path / "res"),
             "--prefork", ours("svscan")]
     assert rd.main(args) == 0
     data = check_outputs(rd.BENCH, rd.main, tmp_path / "res", before, tmp_path)
 
     res = data["readiness"]
-    assert res["samples"] == 5 and res["delay_ms"] == 2
+    assert res["samples"] == 5 and res["delay_ms"] == 2 and res["listener"] is True
     for impl in rd.IMPLS:
         start_ready, svc, notify, spawn = (res[impl][k] for k in ("start", "svc", "notify", "spawn"))
         for s in (start_ready, svc, notify, spawn):
@@ -56,15 +56,22 @@ def test_tiny_run_measures_both_and_cleans_up(tmp_path: Path, monkeypatch: pytes
         assert notify["p50_ms"] < start_ready["p50_ms"] < svc["p50_ms"]
         for a, b, c in zip(start_ready["samples_ms"], notify["samples_ms"], spawn["samples_ms"], strict=True):
             assert a > 0 and b > 0 and c > 0
-    for key, _label, _begin, _end in rd.MEASURES:
-        assert res["ratios"][key]["p50"] > 0
+        # --listener: our own FIFO's U letter splits newline → returns in two (each list is sorted, so sums only)
+        event, svwait = res[impl]["event"], res[impl]["svwait"]
+        assert event["n"] == svwait["n"] == 5 and event["min_ms"] > 0 and svwait["min_ms"] >= 0
+        assert sum(event["samples_ms"]) + sum(svwait["samples_ms"]) == pytest.approx(sum(notify["samples_ms"]),
+                                                                                    abs=0.01)
+    for key, _label, _begin, _end in rd.measures(True):
         lo, hi = res["ratios"][key]["p50_interval"]
-        assert 0 < lo <= hi
+        assert 0 <= lo <= hi  # U letter → returns can be 0: the letter and the exit woke us at once
+        if key != "svwait":
+            assert res["ratios"][key]["p50"] > 0 and lo > 0
     assert [t["target"].split(" p")[1][:2] for t in data["targets"]] == ["50", "99"]
     text = rd.render_markdown(data)
     for heading in ("## Targets", "## Method", "## Results", "## Machine", "## Reproduce"):
         assert heading in text
-    assert "--samples 5 --delay 2" in data["command"]
+    assert "--samples 5 --delay 2 --seed 1 --listener" in data["command"]
+    assert "U letter in event/" in text
     # both trees and every process in them are gone, and prefork's service table too
     assert list(work.iterdir()) == []
     assert _processes_under(work) == []
