@@ -57,9 +57,10 @@ OP_TIMEOUT = 5.0
 MAX_STALLS = 10  # operations in a row that time out before the run is abandoned
 SLEEP_RUN = "#!/bin/sh\nexec sleep 100000\n"
 EXECUTABLE = ("run", "finish")  # the files of a service directory made mode 0755
-# --features all: every opt-in file an operator may give a service (docs/CONTRACTS.md, s6 service
-# directories and Restart policy), and a log/ subservice. The run writes its readiness newline when it
-# has the pipe (daemontools' supervise ignores notification-fd: then the redirection fails, quietly).
+# --features all: every opt-in file an operator may give a service, and a log/ subservice (the files:
+# docs/CONTRACTS.md, s6 service directories; docs/CONTRACTS.md, Restart policy). The run writes its
+# readiness newline when it has the pipe (daemontools' supervise ignores notification-fd: then the
+# redirection fails, quietly).
 FEATURES_RUN = "#!/bin/sh\necho 2>/dev/null >&3\nexec sleep 100000\n"
 FEATURE_FILES = {"finish": "#!/bin/sh\nexit 0\n", "notification-fd": "3\n", "timeout-kill": "2000\n",
                  "timeout-finish": "5000\n", "down-signal": "TERM\n", "backoff-max": "60000\n",
