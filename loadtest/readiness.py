@@ -13,7 +13,9 @@ One sample, on one implementation:
 4. untimed: `s6-svc -d DIR`, `s6-svwait -D DIR`.
 
 Reported, per implementation: process start → s6-svwait returns (t1 - S, the target's measure),
-`s6-svc -u` → returns (t1 - t0), and the supervisor's own share, newline → returns (t1 - N). Samples
+`s6-svc -u` → returns (t1 - t0), newline → returns (t1 - N: the supervisor's share and s6-svwait's)
+and `s6-svc -u` → process start (S - t0). With --listener a FIFO of the benchmark's own in `event/`
+notes the `U` letter (tU), which splits newline → returns into the two shares. Samples
 are paired: each index runs once on each implementation, back to back, in a random (seeded) order,
 so both meet the same moment of the machine; ratios prefork/s6 get a bootstrap interval
 (loadtest/supervision.py's ratio_interval). Nothing here asserts a speed.
@@ -248,6 +250,7 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
         for rig in rigs.values():  # one untimed round each: the first start pays for cold caches
             rig.sample()
             rig.samples = {key: [] for key in rig.samples}
+            rig.timeouts = 0
         t_start = time.monotonic()
         for i in range(samples):
             order = list(rigs)
