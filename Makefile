@@ -6,7 +6,7 @@ PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-tcpserver bench-supervision bench-multilog bench-scrape lint clean
+.PHONY: demo test bench bench-tcpserver bench-supervision bench-readiness bench-multilog bench-scrape lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # Each bench writes its JSON, report and chart to loadtest/results/NAME-TIMESTAMP/ (or --out DIR in *_ARGS);
 # add --publish to *_ARGS to rewrite the committed report and chart (loadtest/*.md, *.png).
-bench: bench-tcpserver bench-supervision bench-multilog bench-scrape
+bench: bench-tcpserver bench-supervision bench-readiness bench-multilog bench-scrape
 
 bench-tcpserver: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
@@ -33,6 +33,10 @@ bench-tcpserver: $(STAMP)
 bench-supervision: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python -m loadtest.supervision $(SUPERVISION_ARGS)
+
+bench-readiness: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m loadtest.readiness $(READINESS_ARGS)
 
 bench-multilog: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e '.[test,bench]'

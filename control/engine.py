@@ -501,7 +501,9 @@ class Engine(Seam):
         """The notification pipe is readable: a newline anywhere in it makes the service ready (s6's rule).
 
         The pipe is closed once the service is ready or has closed its end: a
-        second readiness line then gets EPIPE, as under s6-supervise.
+        second readiness line then gets EPIPE, as under s6-supervise.  It is
+        closed after the status and event writes, as s6-supervise closes it:
+        nothing waits on the close, and a listener on ``event/`` waits on them.
         """
         try:
             data = os.read(service.context.notify_fd, 4096)
@@ -510,8 +512,8 @@ class Engine(Seam):
         except OSError:
             data = b""
         if b"\n" in data:
-            self._drop_notify(service)
             service.ready()
+            self._drop_notify(service)
         elif not data:
             self._drop_notify(service)  # closed without a newline: never ready
 

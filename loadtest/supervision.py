@@ -56,6 +56,16 @@ MIN_UPTIME = 1.25  # seconds a service must have been up before an operation tou
 OP_TIMEOUT = 5.0
 MAX_STALLS = 10  # operations in a row that time out before the run is abandoned
 SLEEP_RUN = "#!/bin/sh\nexec sleep 100000\n"
+EXECUTABLE = ("run", "finish")  # the files of a service directory made mode 0755
+# --features all: every opt-in file an operator may give a service, and a log/ subservice (the files:
+# docs/CONTRACTS.md, s6 service directories; docs/CONTRACTS.md, Restart policy). The run writes its
+# readiness newline when it has the pipe (daemontools' supervise ignores notification-fd: then the
+# redirection fails, quietly).
+FEATURES_RUN = "#!/bin/sh\necho 2>/dev/null >&3\nexec sleep 100000\n"
+FEATURE_FILES = {"finish": "#!/bin/sh\nexit 0\n", "notification-fd": "3\n", "timeout-kill": "2000\n",
+                 "timeout-finish": "5000\n", "down-signal": "TERM\n", "backoff-max": "60000\n",
+                 "backoff-reset": "10000\n", "failure-deaths": "5\n", "failure-window": "60000\n",
+                 "log/run": SLEEP_RUN}
 # The latency service. Times are CLOCK_MONOTONIC, printed in one write(2) each on the stdout it
 # inherits from supervise/svscan (a pipe the benchmark reads): S = first statement after start-up,
 # T = TERM handler, E = last statement before exiting on SIGUSR1 (a service exiting on its own).
@@ -140,12 +150,17 @@ def _status_pid(service_dir: Path) -> int:
 class Tree:
     """A tempdir of N service directories and the svscan supervising it; stop() ends every process by pid."""
 
-    def __init__(self, impl: str, svscan: str, count: int, run_text: str, workdir: str | None) -> None:
+    def __init__(self, impl: str, svscan: str, count: int, run_text: str, workdir: str | None, *,
+                 files: dict[str, str] | None = None, options: tuple[str, ...] = ()) -> None:
+        """FILES: more files of every service directory (name -> text; `finish` and `log/run` are made
+        executable, a `log/...` name makes the log/ subservice); OPTIONS: svscan's options before the directory."""
         self.impl = impl
         self.svscan = svscan
+        self.options = options
         self.root = Path(tempfile.mkdtemp(prefix=f"prefork-sv-{impl}-", dir=workdir))
         self.scan = self.root / "service"
         self.names = [f"s{i:04d}" for i in range(1, count + 1)]
+        self.logged = any(name.startswith("log/") for name in files or {})
         self.proc: subprocess.Popen | None = None
         self.table: str | None = None
         self.env: dict[bytes, bytes] = {}
@@ -154,8 +169,12 @@ class Tree:
             for name in self.names:
                 d = self.scan / name
                 d.mkdir()
-                (d / "run").write_text(run_text)
-                (d / "run").chmod(0o755)
+                for file, text in {"run": run_text, **(files or {})}.items():
+                    path = d / file
+                    path.parent.mkdir(exist_ok=True)
+                    path.write_text(text)
+                    if path.name in EXECUTABLE:
+                        path.chmod(0o755)
         except BaseException:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
@@ -177,7 +196,7 @@ class Tree:
         self.env = {**original_environ(), b"PATH": DEBIAN_PATH}
         with open(self.root / "svscan.err", "wb") as err:
             try:
-                self.proc = subprocess.Popen([self.svscan, str(self.scan)], cwd=self.root, env=self.env,
+                self.proc = subprocess.Popen([self.svscan, *self.options, str(self.scan)], cwd=self.root, env=self.env,
                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                              start_new_session=True)
             except OSError as e:
@@ -200,10 +219,15 @@ class Tree:
             code = None if self.proc is None else self.proc.returncode
             raise BenchError(f"{self.impl}: svscan exited (status {code}): {self.stderr_text().strip()}")
 
+    @property
+    def service_dirs(self) -> list[str]:
+        """Every supervised directory, relative to the scan directory: each service, and its log/ if it has one."""
+        return [d for n in self.names for d in ((n, f"{n}/log") if self.logged else (n,))]
+
     def wait_up(self, timeout: float) -> float:
         """Seconds until every service's status names a running pid; BenchError if that takes over TIMEOUT."""
         t0 = time.monotonic()
-        pending = list(self.names)
+        pending = self.service_dirs
         for _ in range(int(timeout / 0.05) + 2):
             self.check_alive()
             pending = [n for n in pending if not _status_pid(self.scan / n)]
@@ -212,11 +236,11 @@ class Tree:
             if time.monotonic() - t0 > timeout:
                 break
             time.sleep(0.05)
-        raise BenchError(f"{self.impl}: {len(pending)} of {len(self.names)} services not up after {timeout:.0f} s "
+        raise BenchError(f"{self.impl}: {len(pending)} of {len(self.service_dirs)} services not up after {timeout:.0f} s "
                          f"(first: {pending[0]}); svscan said: {self.stderr_text().strip() or 'nothing'}")
 
     def service_pids(self) -> set[int]:
-        return {pid for pid in (_status_pid(self.scan / n) for n in self.names) if pid}
+        return {pid for pid in (_status_pid(self.scan / n) for n in self.service_dirs) if pid}
 
     def split(self) -> tuple[list[int], list[int]]:
         """(supervisor pids, service pids): svscan's tree, the services (and anything below them) set apart."""
@@ -350,8 +374,9 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     return alive
 
 
-def start_tree(impl: str, svscan: str, count: int, run_text: str, workdir: str | None) -> Tree:
-    tree = Tree(impl, svscan, count, run_text, workdir)
+def start_tree(impl: str, svscan: str, count: int, run_text: str, workdir: str | None, *,
+               files: dict[str, str] | None = None, options: tuple[str, ...] = ()) -> Tree:
+    tree = Tree(impl, svscan, count, run_text, workdir, files=files, options=options)
     try:
         tree.start()
     except BaseException:
@@ -369,27 +394,35 @@ def stop_all(trees: list[Tree]) -> None:
 
 
 # -- memory ----------------------------------------------------------------------------------
-def measure_memory(paths: dict[str, str], counts: list[int], settle: float, workdir: str | None) -> list[dict]:
-    """One tree at a time (N sleep services), PSS of its supervisors once all are up and SETTLE seconds passed."""
+def measure_memory(paths: dict[str, str], counts: list[int], settle: float, workdir: str | None, *,
+                   features: bool = False, options: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
+    """One tree at a time (N sleep services), PSS of its supervisors once all are up and SETTLE seconds passed.
+
+    FEATURES: every service directory has FEATURE_FILES (a log/ subservice among them, whose
+    `sleep` counts as a service too); OPTIONS: svscan's options per implementation (--s6)."""
     rows = []
+    what = " with all features" if features else ""
     for i, n in enumerate(counts):
         row: dict = {"services": n}
         order = list(paths) if i % 2 == 0 else list(paths)[::-1]
         for impl in order:
-            log(f"memory: {impl} with {n} services ...")
-            tree = start_tree(impl, paths[impl], n, SLEEP_RUN, workdir)
+            log(f"memory: {impl} with {n} services{what} ...")
+            tree = start_tree(impl, paths[impl], n, FEATURES_RUN if features else SLEEP_RUN, workdir,
+                              files=FEATURE_FILES if features else None, options=(options or {}).get(impl, ()))
+            expected = len(tree.service_dirs)
             try:
-                up = tree.wait_up(30.0 + 0.05 * n)
+                up = tree.wait_up(30.0 + 0.05 * expected)
                 time.sleep(settle)
                 tree.check_alive()
                 mem = tree.memory()
-                if mem["service_processes"] != n:
-                    raise BenchError(f"{impl}: {mem['service_processes']} of {n} services running at measurement")
+                if mem["service_processes"] != expected:
+                    raise BenchError(f"{impl}: {mem['service_processes']} of {expected} services running at "
+                                     "measurement")
             finally:
                 stop_all([tree])
             mem["seconds_to_up"] = up
             row[impl] = mem
-            log(f"memory: {impl} {n} services: PSS {mem['pss'] / 2**20:.2f} MiB over {mem['processes']} "
+            log(f"memory: {impl} {n} services{what}: PSS {mem['pss'] / 2**20:.2f} MiB over {mem['processes']} "
                 f"process(es) (svscan {mem['root_pss'] / 2**20:.2f} MiB); all up in {up:.2f} s")
         rows.append(row)
     return rows
@@ -410,7 +443,7 @@ def marginal(rows: list[dict], impl: str) -> dict | None:
 # -- latency ---------------------------------------------------------------------------------
 @dataclass
 class Event:
-    kind: str  # S start, T got TERM, E exiting on its own
+    kind: str  # S start, T got TERM, E exiting on its own (loadtest/readiness.py: N about to notify)
     name: str
     pid: int
     t: float  # CLOCK_MONOTONIC seconds
@@ -419,9 +452,10 @@ class Event:
 class Events:
     """The services' lines on svscan's stdout (a pipe), parsed as they come; the latest start per service."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, kinds: tuple[bytes, ...] = (b"S", b"T", b"E")) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
+        self.kinds = kinds
         self.buf = b""
         self.queue: deque[Event] = deque()
         self.started: dict[str, tuple[int, float]] = {}
@@ -441,7 +475,7 @@ class Events:
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
             parts = line.split()
-            if len(parts) != 4 or parts[0] not in (b"S", b"T", b"E"):
+            if len(parts) != 4 or parts[0] not in self.kinds:
                 continue
             ev = Event(parts[0].decode(), parts[1].decode(errors="replace"), int(parts[2]), float(parts[3]))
             if ev.kind == "S":
@@ -644,7 +678,7 @@ def latency_ratios(lat: dict) -> dict:
 
 
 def measure_latency(paths: dict[str, str], ops: int, services: int, rounds: int, perl: str,
-                    workdir: str | None, seed: int = 1) -> dict:
+                    workdir: str | None, seed: int = 1, options: dict[str, tuple[str, ...]] | None = None) -> dict:
     """Both trees up side by side; each round does its share of `d`→TERM pairs, then of exit→restart pairs."""
     run_text = PERL_RUN.format(perl=perl)
     k = max(1, min(services, ops))
@@ -652,7 +686,7 @@ def measure_latency(paths: dict[str, str], ops: int, services: int, rounds: int,
     rigs: dict[str, LatencyRig] = {}
     try:
         for impl, svscan in paths.items():
-            trees.append(start_tree(impl, svscan, k, run_text, workdir))
+            trees.append(start_tree(impl, svscan, k, run_text, workdir, options=(options or {}).get(impl, ())))
         for tree in trees:
             rig = LatencyRig(tree)
             rig.ready(30.0 + 0.05 * k)
@@ -690,12 +724,14 @@ def cpu_sample(pids: list[int]) -> dict[int, dict[str, float]]:
     return out
 
 
-def measure_idle(paths: dict[str, str], services: int, seconds: float, settle: float, workdir: str | None) -> dict:
+def measure_idle(paths: dict[str, str], services: int, seconds: float, settle: float, workdir: str | None,
+                 options: dict[str, tuple[str, ...]] | None = None) -> dict:
     """Both trees of idle sleep services side by side; the supervisors' CPU over the same window."""
     trees: list[Tree] = []
     try:
         for impl, svscan in paths.items():
-            trees.append(start_tree(impl, svscan, services, SLEEP_RUN, workdir))
+            trees.append(start_tree(impl, svscan, services, SLEEP_RUN, workdir,
+                                    options=(options or {}).get(impl, ())))
         for tree in trees:
             tree.wait_up(30.0 + 0.05 * services)
         time.sleep(settle)  # start-up work done, daemontools' supervise out of its one-second sleep
@@ -752,6 +788,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=6.0, help="seconds after every service is up before memory or "
                     "idle CPU is sampled (default 6: past one 5 s rescan)")
     ap.add_argument("--phases", default="memory,latency,idle", help="which measurements to run (default all)")
+    ap.add_argument("--features", choices=("none", "all"), default="none", help="all: the memory phase also "
+                    "measures trees whose every service has finish, notification-fd, the timeout, down-signal, "
+                    "back-off and failure files and a log/ subservice (default none)")
+    ap.add_argument("--s6", action="store_true", help="run prefork's svscan with --s6 (s6's status files and an "
+                    "event/ directory per service) in every phase")
     ap.add_argument("--debian", default=DEBIAN, help="daemontools' svscan (run with PATH=/usr/bin:/bin)")
     ap.add_argument("--prefork", default=PREFORK, help="prefork's svscan console script")
     ap.add_argument("--perl", default=shutil.which("perl") or "/usr/bin/perl", help="Perl for the latency services")
@@ -778,6 +819,10 @@ def reproduce_command(args: argparse.Namespace) -> str:
              "--ops", str(args.ops), "--latency-services", str(args.latency_services), "--rounds", str(args.rounds),
              "--idle-seconds", f"{args.idle_seconds:g}", "--idle-services", str(args.idle_services),
              "--settle", f"{args.settle:g}", "--seed", str(args.seed)]
+    if args.features != "none":
+        parts += ["--features", args.features]
+    if args.s6:
+        parts.append("--s6")
     if args.phases != ["memory", "latency", "idle"]:
         parts += ["--phases", ",".join(args.phases)]
     if args.debian != DEBIAN:
@@ -806,12 +851,14 @@ def evaluate_targets(data: dict) -> list[dict]:
         out.append({"target": f"PSS at {n} services {'<' if strict else '≤'} {limit:g} × daemontools",
                     "measured": f"{ratio:.3f} ×", "met": met,
                     "by": f"{(ratio - limit) * row['debian']['pss'] / 2**20:+.2f} MiB against the target"})
-    m = data.get("marginal", {}).get("prefork")
-    if m is not None:
-        per = m["bytes_per_service"]
-        out.append({"target": f"marginal PSS per service ({m['from']}→{m['to']}) < {TARGET_MARGINAL // 1024} KiB",
-                    "measured": f"{per / 1024:.1f} KiB", "met": per < TARGET_MARGINAL,
-                    "by": f"{(per - TARGET_MARGINAL) / 1024:+.1f} KiB against the target"})
+    for key, what in (("marginal", ""), ("marginal_features", " with all features")):
+        m = data.get(key, {}).get("prefork")
+        if m is not None:
+            per = m["bytes_per_service"]
+            out.append({"target": f"marginal PSS per service{what} ({m['from']}→{m['to']}) < "
+                                  f"{TARGET_MARGINAL // 1024} KiB",
+                        "measured": f"{per / 1024:.1f} KiB", "met": per < TARGET_MARGINAL,
+                        "by": f"{(per - TARGET_MARGINAL) / 1024:+.1f} KiB against the target"})
     lat = data.get("latency")
     if lat:
         ratios = lat.get("ratios") or latency_ratios(lat)
@@ -829,6 +876,7 @@ def evaluate_targets(data: dict) -> list[dict]:
 def benchmark(args: argparse.Namespace) -> dict:
     """The whole run; BenchError when a supervisor cannot start or stops answering."""
     paths = {"debian": args.debian, "prefork": args.prefork}
+    options: dict[str, tuple[str, ...]] = {"debian": (), "prefork": ("--s6",) if args.s6 else ()}
     for impl, path in paths.items():
         if not os.access(path, os.X_OK):
             raise BenchError(f"{impl}'s svscan {path} is not an executable file")
@@ -842,18 +890,23 @@ def benchmark(args: argparse.Namespace) -> dict:
                   "config": {"services": args.services, "ops": args.ops, "latency_services": args.latency_services,
                              "rounds": args.rounds, "seed": args.seed, "idle_seconds": args.idle_seconds,
                              "idle_services": args.idle_services, "settle": args.settle, "phases": args.phases,
-                             "min_uptime": MIN_UPTIME, "perl": args.perl},
-                  "commands": {impl: f"env PATH={DEBIAN_PATH.decode()} {path} DIR" for impl, path in paths.items()}}
+                             "min_uptime": MIN_UPTIME, "perl": args.perl, "features": args.features, "s6": args.s6},
+                  "commands": {impl: f"env PATH={DEBIAN_PATH.decode()} {' '.join([path, *options[impl]])} DIR"
+                               for impl, path in paths.items()}}
     if "memory" in args.phases:
-        data["memory"] = measure_memory(paths, args.services, args.settle, args.workdir)
+        data["memory"] = measure_memory(paths, args.services, args.settle, args.workdir, options=options)
         data["marginal"] = {impl: marginal(data["memory"], impl) for impl in paths}
+        if args.features == "all":
+            data["memory_features"] = measure_memory(paths, args.services, args.settle, args.workdir, features=True,
+                                                     options=options)
+            data["marginal_features"] = {impl: marginal(data["memory_features"], impl) for impl in paths}
     if "latency" in args.phases:
         if not os.access(args.perl, os.X_OK):
             raise BenchError(f"the latency services need Perl; {args.perl} is not executable (--perl)")
         data["latency"] = measure_latency(paths, args.ops, args.latency_services, args.rounds, args.perl,
-                                          args.workdir, args.seed)
+                                          args.workdir, args.seed, options)
     if "idle" in args.phases:
-        data["idle"] = measure_idle(paths, args.idle_services, args.idle_seconds, args.settle, args.workdir)
+        data["idle"] = measure_idle(paths, args.idle_services, args.idle_seconds, args.settle, args.workdir, options)
     data["targets"] = evaluate_targets(data)
     data["load_average_end"] = os.getloadavg()
     return data
@@ -869,13 +922,16 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_summary(data: dict) -> None:
-    for row in data.get("memory", []):
-        d, p = row["debian"], row["prefork"]
-        print(f"memory {row['services']:>5} services: debian PSS {_mib(d['pss'])} MiB ({d['processes']} processes), "
-              f"prefork {_mib(p['pss'])} MiB ({p['processes']}), ratio prefork/debian {_ratio(p['pss'], d['pss'])}")
-    for impl, m in data.get("marginal", {}).items():
-        if m:
-            print(f"marginal PSS per service {impl}: {m['bytes_per_service'] / 1024:.1f} KiB ({m['from']}→{m['to']})")
+    for key, what in (("memory", ""), ("memory_features", " with all features")):
+        for row in data.get(key, []):
+            d, p = row["debian"], row["prefork"]
+            print(f"memory {row['services']:>5} services{what}: debian PSS {_mib(d['pss'])} MiB ({d['processes']} "
+                  f"processes), prefork {_mib(p['pss'])} MiB ({p['processes']}), ratio prefork/debian "
+                  f"{_ratio(p['pss'], d['pss'])}")
+        for impl, m in data.get(key.replace("memory", "marginal"), {}).items():
+            if m:
+                print(f"marginal PSS per service{what} {impl}: {m['bytes_per_service'] / 1024:.1f} KiB "
+                      f"({m['from']}→{m['to']})")
     lat = data.get("latency")
     if lat:
         for what, label in (("term", "d→TERM"), ("restart", "exit→restart")):
@@ -922,24 +978,25 @@ def render_markdown(data: dict) -> str:
         out.append("")
     rows = data.get("memory")
     if rows:
+        mode = " (prefork's svscan with `--s6`: s6's status files and an `event/` directory per service)" if cfg.get(
+            "s6") else ""
         out += ["## Memory", "",
-                "PSS (`/proc/PID/smaps_rollup`) of the supervisor processes only: prefork's one svscan; daemontools' "
-                "svscan plus one supervise per service. The services are `#!/bin/sh` + `exec sleep 100000` and are "
-                f"not counted. One tree at a time, sampled {cfg['settle']:g} s after every service was up.", "",
-                "| services | daemontools PSS MiB | prefork PSS MiB | prefork/daemontools | daemontools processes | "
-                "daemontools svscan / avg supervise KiB | prefork RSS MiB | prefork USS MiB | all up in (d / p) s |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for row in rows:
-            d, p = row["debian"], row["prefork"]
-            avg = d["others_pss"] / max(d["processes"] - 1, 1) / 1024
-            out.append(f"| {row['services']} | {_mib(d['pss'])} | {_mib(p['pss'])} | {_ratio(p['pss'], d['pss'])} | "
-                       f"{d['processes']} | {d['root_pss'] / 1024:.0f} / {avg:.1f} | {_mib(p['rss'])} | "
-                       f"{_mib(p['uss'])} | {d['seconds_to_up']:.2f} / {p['seconds_to_up']:.2f} |")
-        margs = data.get("marginal", {})
-        if any(margs.values()):
-            out += ["", "Marginal PSS per added service (largest tree minus smallest, divided by the difference): "
-                    + ", ".join(f"{impl} **{mm['bytes_per_service'] / 1024:.1f} KiB** ({mm['from']}→{mm['to']})"
-                                for impl, mm in margs.items() if mm) + "."]
+                "PSS (`/proc/PID/smaps_rollup`) of the supervisor processes only: prefork's one svscan" + mode + "; "
+                "daemontools' svscan plus one supervise per service. The services are `#!/bin/sh` + `exec sleep "
+                f"100000` and are not counted. One tree at a time, sampled {cfg['settle']:g} s after every service "
+                "was up.", ""]
+        out += _memory_table(rows, data.get("marginal", {}))
+        frows = data.get("memory_features")
+        if frows:
+            out += ["", "### With all features", "",
+                    "The same, but every service directory has what an operator may give a service: `finish` (a "
+                    "script that exits 0), `notification-fd` (3; the `run` writes its readiness newline there before "
+                    "it execs `sleep`), `timeout-kill` (2000), `timeout-finish` (5000), `down-signal` (TERM), "
+                    "`backoff-max` (60000), `backoff-reset` (10000), `failure-deaths` (5), `failure-window` (60000) "
+                    "and a `log/` subservice (`exec sleep 100000`, not counted, as the services are not). "
+                    "daemontools' supervise ignores the s6 and back-off files but supervises `log/` (one more "
+                    "supervise per service); prefork's svscan supervises both on its one engine.", ""]
+            out += _memory_table(frows, data.get("marginal_features", {}))
         out += ["", "PSS divides each shared page among the processes mapping it, so the interpreter's pages that "
                 "prefork's svscan shares with other Python processes running at the time count only in part; USS "
                 "(private pages) and RSS are given for prefork to bound that.", ""]
@@ -1003,16 +1060,35 @@ def render_markdown(data: dict) -> str:
     return "\n".join(out)
 
 
+def _memory_table(rows: list[dict], margs: dict) -> list[str]:
+    """The memory rows (one per tree size) and the marginal cost per added service."""
+    out = ["| services | daemontools PSS MiB | prefork PSS MiB | prefork/daemontools | daemontools processes | "
+           "daemontools svscan / avg supervise KiB | prefork RSS MiB | prefork USS MiB | all up in (d / p) s |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        d, p = row["debian"], row["prefork"]
+        avg = d["others_pss"] / max(d["processes"] - 1, 1) / 1024
+        out.append(f"| {row['services']} | {_mib(d['pss'])} | {_mib(p['pss'])} | {_ratio(p['pss'], d['pss'])} | "
+                   f"{d['processes']} | {d['root_pss'] / 1024:.0f} / {avg:.1f} | {_mib(p['rss'])} | "
+                   f"{_mib(p['uss'])} | {d['seconds_to_up']:.2f} / {p['seconds_to_up']:.2f} |")
+    if any(margs.values()):
+        out += ["", "Marginal PSS per added service (largest tree minus smallest, divided by the difference): "
+                + ", ".join(f"{impl} **{mm['bytes_per_service'] / 1024:.1f} KiB** ({mm['from']}→{mm['to']})"
+                            for impl, mm in margs.items() if mm) + "."]
+    return out
+
+
 def write_chart(data: dict, path: Path) -> Path:
-    """Memory per tree size, latency percentiles, idle CPU: one panel each, one colour per implementation."""
+    """Memory per tree size (plain, with all features), latency percentiles, idle CPU: one panel each, one colour per
+    implementation."""
     plt = pyplot()
 
-    panels = [k for k in ("memory", "latency", "idle") if data.get(k)]
+    panels = [k for k in ("memory", "memory_features", "latency", "idle") if data.get(k)]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4.4), squeeze=False)
     width = 0.38
     for ax, panel in zip(axes[0], panels, strict=False):
-        if panel == "memory":
-            rows = data["memory"]
+        if panel in ("memory", "memory_features"):
+            rows = data[panel]
             for k, impl in enumerate(IMPLS):
                 xs = [i + (k - 0.5) * width for i in range(len(rows))]
                 ys = [r[impl]["pss"] / 2**20 for r in rows]
@@ -1021,7 +1097,8 @@ def write_chart(data: dict, path: Path) -> Path:
                     ax.annotate(f"{y:.1f}", (x, y), ha="center", va="bottom", fontsize=8)
             ax.set_xticks(range(len(rows)), [str(r["services"]) for r in rows])
             ax.set_xlabel("services")
-            ax.set_title("supervisor PSS, MiB (lower is better)")
+            ax.set_title("supervisor PSS, MiB (lower is better)" + ("\nwith all features and log/"
+                                                                    if panel == "memory_features" else ""))
         elif panel == "latency":
             lat = data["latency"]
             ratios = lat.get("ratios") or latency_ratios(lat)

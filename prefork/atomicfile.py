@@ -29,9 +29,11 @@ def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
     Whatever is at PATH first (a stale leftover, a link) is removed; a
     directory there is an error (EISDIR), as is losing the name to another
     creator ATTEMPTS times in a row (EEXIST).  The mode is subject to the umask.
+    The create is tried first and the unlink only when something is there: the
+    name is usually free (the last rename took it away), so a supervisor's
+    status write (two per restart of a flapping service, one on the path to a
+    service's readiness) costs one system call, not two.
     """
-    # Created first, unlinked only when something is there: the usual case (no leftover) is one system call,
-    # which a supervisor writing two status files per restart of a flapping service feels.
     for _ in range(ATTEMPTS + 1):
         try:
             return os.open(path, CREATE, mode, dir_fd=dir_fd)

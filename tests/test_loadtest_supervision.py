@@ -284,3 +284,61 @@ def test_render_rebuilds_report_from_json(tmp_path: Path) -> None:
     assert sv.main(["--render", str(src)]) == 0  # beside the JSON
     assert (tmp_path / "SUPERVISION.md").read_text() == sv.render_markdown(_fake_data())
     assert (tmp_path / "supervision.png").stat().st_size > 0
+
+
+@pytest.mark.differential
+def test_all_features_memory_has_every_file_a_log_and_s6_status(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real("svscan")
+    real("supervise")
+    (tmp_path / "work").mkdir()
+    seen: dict[tuple[str, int, bool], dict] = {}
+    memory = sv.Tree.memory
+
+    def memory_and_look(self: sv.Tree) -> dict:
+        """What the tree looks like at the measurement: files of its first service, status sizes, readiness."""
+        first = self.scan / self.names[0]
+        seen[(self.impl, len(self.names), self.logged)] = {
+            "files": sorted(p.name for p in first.iterdir() if p.name not in ("supervise", "event")),
+            "status": (first / "supervise" / "status").stat().st_size,
+            "log_status": (first / "log" / "supervise" / "status").stat().st_size if self.logged else 0,
+            "event": (first / "event").is_dir(),
+            "flags": (first / "supervise" / "status").read_bytes()[34:35]}  # s6's: 8 is ready while up
+        return memory(self)
+
+    monkeypatch.setattr(sv.Tree, "memory", memory_and_look)
+    assert sv.main(_tiny_args(tmp_path, "--phases", "memory", "--services", "2,3", "--features", "all", "--s6",
+                              "--prefork", ours("svscan"))) == 0
+    data = json.loads(next((tmp_path / "res").glob("*.json")).read_text())
+    assert data["config"]["features"] == "all" and data["config"]["s6"] is True
+    assert "--features all --s6" in data["command"] and "--s6 DIR" in data["commands"]["prefork"]
+    assert [row["services"] for row in data["memory"]] == [2, 3]  # the plain trees are still measured
+    assert [row["services"] for row in data["memory_features"]] == [2, 3]
+    for row in data["memory_features"]:
+        n = row["services"]
+        assert row["debian"]["processes"] == 1 + 2 * n  # svscan, a supervise for each service and each log
+        assert row["prefork"]["processes"] == 1
+        for impl in sv.IMPLS:
+            assert row[impl]["service_processes"] == 2 * n and row[impl]["pss"] > 0
+    assert set(data["marginal_features"]) == set(sv.IMPLS)
+    assert any("with all features" in t["target"] for t in data["targets"])
+    wanted = sorted(["run", "log", *(name for name in sv.FEATURE_FILES if "/" not in name)])
+    for n in (2, 3):
+        prefork, debian = seen[("prefork", n, True)], seen[("debian", n, True)]
+        assert prefork["files"] == wanted
+        assert prefork["status"] == prefork["log_status"] == 35 and prefork["event"]  # --s6: s6's status, event/
+        assert prefork["flags"][0] & 8  # the run wrote its newline on notification-fd: ready
+        assert debian["status"] == debian["log_status"] == 18
+        assert seen[("prefork", n, False)]["files"] == ["run"] and seen[("prefork", n, False)]["status"] == 35
+    text = (tmp_path / "res" / "SUPERVISION.md").read_text()
+    assert "### With all features" in text and "`--s6`" in text
+    assert list((tmp_path / "work").iterdir()) == []
+    assert _processes_under(tmp_path / "work") == []
+
+
+def test_features_and_s6_are_refused_when_misspelt() -> None:
+    with pytest.raises(SystemExit):
+        sv.parse_args(["--features", "some"])
+    args = sv.parse_args([])
+    assert args.features == "none" and not args.s6
+    assert "--features" not in sv.reproduce_command(args) and "--s6" not in sv.reproduce_command(args)
