@@ -8,11 +8,14 @@ killed by its pid; at teardown the scans fixture kills every process the scans s
 
 from __future__ import annotations
 
+import _multiprocessing
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -349,8 +352,35 @@ def test_a_realtime_step_mid_backoff_moves_no_restart(tmp_path, step):
     clock = tmp_path / "faketime.rc"
     clock.write_text("+0\n")
     tag = f"svscan-{os.getpid()}-{time.monotonic_ns()}"
-    env = {"PATH": "/usr/bin:/bin", TAG_VAR: tag, "LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(clock),
-           "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    with faketime_shared() as shared:
+        env = {"PATH": "/usr/bin:/bin", TAG_VAR: tag, "LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(clock),
+               "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_SHARED": shared}
+        stepped_wall_clock_run(tmp_path, root, d, clock, step, tag, env)
+
+
+@contextlib.contextmanager
+def faketime_shared() -> Iterator[str]:
+    """FAKETIME_SHARED for libfaketime: a semaphore and a shared-memory file of this test's, which every
+    preloaded process (svscan, each ./run, its sh) attaches to instead of creating a pair of its own in
+    /dev/shm (left behind by every process killed or exec'd); both are removed at the end."""
+    name = f"faketime_prefork_test_{os.getpid()}_{time.monotonic_ns()}"
+    sem = _multiprocessing.SemLock(1, 1, 1, f"/{name}_sem", False)  # kind 1: a semaphore; named, not unlinked
+    shm = f"/dev/shm/{name}_shm"
+    try:
+        fd = os.open(shm, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            os.ftruncate(fd, 4096)  # room for libfaketime's counters
+        finally:
+            os.close(fd)
+        yield f"/{name}_sem /{name}_shm"
+    finally:
+        del sem
+        for path in (shm, f"/dev/shm/sem.{name}_sem"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def stepped_wall_clock_run(tmp_path, root, d, clock, step, tag, env) -> None:
     with open(tmp_path / "err", "wb") as err:
         proc = subprocess.Popen([ours("svscan"), "--table", str(tmp_path / "table"), str(root)], env=env,
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
