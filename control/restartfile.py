@@ -16,8 +16,9 @@ CLOCK_MONOTONIC runs on across processes but restarts at boot, so the monotonic 
 when ``boot`` is this boot's id; CLOCK_REALTIME is not used (it may step).
 
 The file is written only while there is something in it (a service without the restart policy's
-files and without ``./finish`` never has one), through ``restart.new`` and a rename, and removed
-when the state is empty again.  What is read back is data: an unknown version, a malformed word or
+files and without ``./finish`` never has one): rewritten in place while it is a regular file of the
+supervisor's own with one link, else through ``restart.new`` and a rename
+(:meth:`control.servicedir.ServiceDir.write_private`); removed when the state is empty again.  What is read back is data: an unknown version, a malformed word or
 a number out of range makes :func:`decode` return None (the state is ignored); the supervisor then
 bounds what it keeps by the service's current files (:meth:`control.machine.Service.restore`).
 """

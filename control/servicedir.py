@@ -276,8 +276,35 @@ class ServiceDir:
             os.close(fd)
 
     def write_private(self, name: str, data: bytes | None) -> str | None:
-        """Replace ``supervise/NAME`` with DATA (mode 0600), or remove it (None); a warning text on failure."""
+        """Put DATA, one line, at the start of ``supervise/NAME`` (mode 0600), or remove it (None); a warning
+        text on failure.
+
+        The file is rewritten in place when it is already a regular file of our own with one link: one
+        pwrite (and a truncation when it shrinks) instead of a new inode and a rename, which on ext4 also
+        forces the data out (about 130 µs of CPU, at every death of a service in back-off).  The one reader
+        is the next supervisor, after this one has died: it reads the first line only, and a process killed
+        with SIGKILL never leaves a small pwrite half done; after a crash the boot id differs and the file is
+        ignored anyway (control/restartfile.py).  Anything else at NAME (a link, a FIFO, another user's file, a second
+        hard link) is replaced through ``NAME.new`` and a rename, never written through.
+        """
         if data is not None:
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | _NOFOLLOW, 0o600,
+                             dir_fd=self.supfd)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
+                        if os.pwrite(fd, data, 0) == len(data):
+                            if st.st_size > len(data):
+                                os.ftruncate(fd, len(data))
+                            return None
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
             try:
                 replace(name, data, f"{name}.new", 0o600, dir_fd=self.supfd, chmod=0o600)
             except OSError as err:

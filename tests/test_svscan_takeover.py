@@ -282,6 +282,27 @@ def test_a_restart_file_that_is_a_link_is_not_followed(tmp_path, scans):
     assert not (d / "supervise" / restartfile.NAME).is_symlink()
 
 
+def test_the_restart_file_is_rewritten_in_place_but_never_through_a_second_hard_link(tmp_path, scans):
+    """At each death the same inode gets the new line (no new file and rename per death); a second hard link
+    to it, planted meanwhile, makes the next write replace the name instead of writing through the link."""
+    root = tmp_path / "scan"
+    d = make_service(root, "svc", run=f"{NOTE_START}; exit 1")
+    (d / "failure-deaths").write_text("100\n")
+    path = d / "supervise" / restartfile.NAME
+    scans("prefork", root, table=False)
+    assert wait_until(lambda: len(starts(root)) >= 2 and path.exists(), 5)
+    inode, first = path.stat().st_ino, path.read_bytes()
+    assert wait_until(lambda: path.read_bytes() != first, 5)  # the next death wrote again: the same file
+    assert path.stat().st_ino == inode
+    assert restartfile.decode(path.read_bytes()) is not None
+    other = tmp_path / "other"
+    os.link(path, other)
+    kept = other.read_bytes()
+    assert wait_until(lambda: path.stat().st_ino != inode, 5)  # replaced, not written through
+    assert other.read_bytes() == kept
+    assert restartfile.decode(path.read_bytes()) is not None
+
+
 def test_a_planted_finish_pid_of_another_process_is_neither_waited_for_nor_killed(tmp_path, scans):
     """The pid of a live process that is not the finish recorded (its start time differs): ./run starts at
     once and the process is left alone."""
