@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from prefork.control.svscan import Entry
 
 # Due timers run in one pass of the loop before it polls again (see run_timers).
-TIMERS_PER_PASS = 4
+TIMERS_PER_PASS = 1
+REAPS_PER_PASS = 4  # exits handled in one pass (see reap)
 CONTROL_CHUNK = 256  # bytes handled per service per wake-up: a flood on one FIFO cannot starve the rest
 MAX_SLEEP = 3600.0
 
@@ -105,6 +106,7 @@ class Engine(Seam):
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self.sigdef: tuple[int, ...] = ()
         self.let_run = False  # a kill or spawn happened since the last status write
+        self.reaping = False  # the last reap stopped at its budget: exits may wait, poll without sleeping
 
     # -- adding and removing services ----------------------------------------------------
     def add(self, path: str, display: str, *, base_fd: int | None = None, stdin: int | None = None,
@@ -396,7 +398,9 @@ class Engine(Seam):
             if until_idle and self.live == 0:
                 return
             timeout = MAX_SLEEP
-            if self.timers:
+            if self.reaping:
+                timeout = 0.0
+            elif self.timers:
                 timeout = max(0.0, min(timeout, self.timers[0][0] - time.monotonic()))
             self.let_run = False
             try:
@@ -407,8 +411,8 @@ class Engine(Seam):
             for fd, _mask in events:
                 if fd == self.wake_r:
                     signals = _read_all(self.wake_r)
-            if signals:  # SIGCHLD (like every signal) wrote its byte: only then is there anything to reap
-                self.reap()
+            if signals or self.reaping:  # SIGCHLD (like every signal) wrote its byte: only then is there anything to reap
+                self.reaping = self.reap()
             for sig in set(signals):
                 func = self.signal_handlers.get(sig)
                 if func is not None:
@@ -441,9 +445,9 @@ class Engine(Seam):
             self.run_timers()
 
     def run_timers(self) -> None:
-        """The due timers, at most TIMERS_PER_PASS of them: when more are due (services flapping in step,
-        a tree starting), the next poll does not wait, and the control bytes that came meanwhile are read
-        between them instead of after the whole burst.
+        """The due timers, at most TIMERS_PER_PASS of them (each is a start, hundreds of µs): when more are
+        due (services flapping in step, a tree starting), the next poll does not wait, and the control bytes
+        that came meanwhile are read between them instead of after the whole burst.
         docs/ARCHITECTURE.md, "svscan and supervise: one process for the tree"."""
         now = time.monotonic()
         budget = TIMERS_PER_PASS
@@ -456,17 +460,24 @@ class Engine(Seam):
                 assert func is not None  # for mypy: only schedule()'s entries, which have a service, hold None
                 func()
 
-    def reap(self) -> None:
-        """Collect every exited child: services get their exit, others go to ``on_other_child`` or are just reaped."""
+    def reap(self) -> bool:
+        """Collect exited children: services get their exit, others go to ``on_other_child`` or are just
+        reaped.  At most REAPS_PER_PASS exits are handled (True: stopped there, more may wait), so the
+        control bytes of healthy services are read between the deaths of many at once, as between due
+        timers (run_timers)."""
+        budget = REAPS_PER_PASS
         while True:
+            if budget == 0:
+                return True
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             except InterruptedError:
                 continue
             if pid == 0:
-                return
+                return False
+            budget -= 1
             service = self.by_pid.pop(pid, None)
             if service is not None and service.pid == pid:
                 self._drop_pidfd(service)
