@@ -33,7 +33,7 @@ import time
 from prefork import proc, tai64n
 from prefork.control import restartfile, statusfile
 from prefork.control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
-from prefork.control.servicedir import ServiceDir, StartupError
+from prefork.control.servicedir import ServiceDir, StartupError, read_own
 from prefork.djb import write_line
 from prefork.environ import original_environ
 from prefork.lean import hold_std_fds
@@ -625,7 +625,7 @@ def running_from_status(dirfd: int, supfd: int) -> tuple[int, bytes, bytes, bool
     The pidfd is opened before the checks, so a process that exits during them is not
     taken (the pid could be somebody else's by then); the caller owns it.
     """
-    data = _own_status(supfd)
+    data = read_own(supfd, "status", statusfile.MAX_SIZE)  # all that statusfile.decode reads
     try:
         status = statusfile.decode_any(data or b"")  # runit's 20-byte status starts with the 18 bytes; s6's is 35
     except ValueError:
@@ -700,24 +700,6 @@ def reopen_pipe(pid: int, fd: int, pidfd: int) -> tuple[int, int] | None:
     os.set_blocking(r, True)
     os.set_blocking(w, True)
     return r, w
-
-
-def _own_status(supfd: int) -> bytes | None:
-    """The first bytes of ``status`` in SUPFD (all that statusfile.decode reads) if it is a regular file of our own
-    user, else None."""
-    try:
-        fd = os.open("status", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=supfd)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-            return None
-        return os.read(fd, statusfile.MAX_SIZE)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _finish_alive(pid: int, ticks: int, dirfd: int, supfd: int) -> int:

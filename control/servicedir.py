@@ -259,21 +259,9 @@ class ServiceDir:
 
     # -- the restart state (control/restartfile.py) -------------------------------------------
     def read_private(self, name: str, limit: int) -> bytes | None:
-        """The first LIMIT bytes of ``supervise/NAME`` if it is a regular file of our own user (only the
-        supervisor writes there; a link or somebody else's file is not read), else None."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.supfd)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                return None
-            return os.read(fd, limit)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        """The first LIMIT bytes of ``supervise/NAME`` if it is a regular file of our own user, else None
+        (read_own)."""
+        return read_own(self.supfd, name, limit)
 
     def write_private(self, name: str, data: bytes | None) -> str | None:
         """Put DATA, one line, at the start of ``supervise/NAME`` (mode 0600), or remove it (None); a warning
@@ -327,6 +315,24 @@ class ServiceDir:
             what = {"create": "unable to open", "write": "unable to write"}.get(failed_step(err))
             return f"{what} {shown}: {errstr(err)}" if what else f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
+
+
+def read_own(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """The first LIMIT bytes of NAME in DIR_FD if it is a regular file of our own user, else None: only the
+    supervisor writes its files in ``supervise/``, so a link, a FIFO or somebody else's file there is not read."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def parse_setting(name: str, line: bytes) -> int | None:

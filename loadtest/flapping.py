@@ -25,7 +25,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -619,28 +618,10 @@ def reproduce_command(args: argparse.Namespace) -> str:
     return spelled_out("loadtest.flapping", parts, args.publish)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`, so every tree is torn down
-
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        return BENCH.render_only(args)
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        data = benchmark(args)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        log(f"loadtest.flapping: error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("loadtest.flapping: interrupted; every service tree was torn down")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # main() may be called from a test process
-    print_summary(data)
-    BENCH.write(data, args)
-    return 0
+    return BENCH.main(parse_args(argv), benchmark, print_summary, (BenchError, OSError, subprocess.SubprocessError),
+                      "every service tree was torn down")
 
 
 if __name__ == "__main__":

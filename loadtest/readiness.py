@@ -28,7 +28,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -455,28 +454,9 @@ def write_chart(data: dict, path: Path) -> Path:
 BENCH = Bench("readiness", "READINESS.md", "readiness.png", render_markdown, write_chart)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`, so both trees are torn down
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        return BENCH.render_only(args)
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        data = benchmark(args)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        log(f"loadtest.readiness: error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("loadtest.readiness: interrupted; both trees were torn down")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # main() may be called from a test process
-    print_summary(data)
-    BENCH.write(data, args)
-    return 0
+    return BENCH.main(parse_args(argv), benchmark, print_summary, (BenchError, OSError, subprocess.SubprocessError),
+                      "both trees were torn down")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,33 @@ class Bench:
             log(f"wrote {path}")
         return folder
 
+    def main(self, args: argparse.Namespace, benchmark: Callable[[argparse.Namespace], dict],
+             summary: Callable[[dict], object], errors: tuple[type[Exception], ...], torn_down: str) -> int:
+        """A benchmark's main() once ARGS are parsed: --render, or the run, its printed SUMMARY and its outputs.
+
+        For benchmarks that tear down what they start in ``finally`` blocks: SIGTERM becomes SystemExit
+        while it runs (the handler before is restored after, since main() may run in a test process), one of
+        ERRORS ends it with one line and 1, ^C with TORN_DOWN and 130.
+        """
+        import signal
+
+        if args.render:
+            return self.render_only(args)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            data = benchmark(args)
+        except errors as e:
+            log(f"loadtest.{self.name}: error: {e}")
+            return 1
+        except KeyboardInterrupt:
+            log(f"loadtest.{self.name}: interrupted; {torn_down}")
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        summary(data)
+        self.write(data, args)
+        return 0
+
     def render_only(self, args: argparse.Namespace) -> int:
         """--render JSON: rebuild the report and chart beside it (and publish them with --publish)."""
         src = Path(args.render)

@@ -1124,31 +1124,13 @@ def write_chart(data: dict, path: Path) -> Path:
     return finish_chart(fig, axes[0][0], title, path)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through `finally`, so every tree is torn down
-
 
 BENCH = Bench("supervision", "SUPERVISION.md", "supervision.png", render_markdown, write_chart)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        return BENCH.render_only(args)
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        data = benchmark(args)
-    except (BenchError, OSError, subprocess.SubprocessError) as e:
-        log(f"loadtest.supervision: error: {e}")
-        return 1
-    except KeyboardInterrupt:
-        log("loadtest.supervision: interrupted; every service tree was torn down")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # main() may be called from a test process
-    print_summary(data)
-    BENCH.write(data, args)
-    return 0
+    return BENCH.main(parse_args(argv), benchmark, print_summary, (BenchError, OSError, subprocess.SubprocessError),
+                      "every service tree was torn down")
 
 
 if __name__ == "__main__":

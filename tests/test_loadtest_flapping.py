@@ -8,29 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import ours
 from test_loadtest_reporting import check_outputs, committed_digests
+from test_loadtest_supervision import _processes_under
 
 from loadtest import flapping as fl
 from loadtest import supervision as sv
-
-
-def _processes_under(path: Path) -> list[int]:
-    """Pids of live processes whose cwd is inside PATH (every service and svscan of a tree has one)."""
-    root = str(path.resolve())
-    found = []
-    for p in psutil.process_iter():
-        try:
-            cwd = p.cwd()
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:
-            continue
-        if cwd == root or cwd.startswith(root + os.sep):
-            found.append(p.pid)
-    return found
 
 
 def _tiny_args(tmp_path: Path, *extra: str) -> list[str]:
