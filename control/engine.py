@@ -194,18 +194,13 @@ class Engine(Seam):
     def _forget(self, service: Service) -> None:
         ctx = service.context
         self._drop_notify(service)
-        for fd in (ctx.sd.control_fd, ctx.pidfd, ctx.finish_pidfd):
-            if fd >= 0 and self.by_fd.pop(fd, None) is not None:
-                try:
-                    self.epoll.unregister(fd)
-                except OSError:
-                    pass
-        if ctx.pidfd >= 0:
-            os.close(ctx.pidfd)
-            ctx.pidfd = -1
-        if ctx.finish_pidfd >= 0:
-            os.close(ctx.finish_pidfd)
-            ctx.finish_pidfd = -1
+        if self.by_fd.pop(ctx.sd.control_fd, None) is not None:  # the FIFO is the directory's: not closed here
+            try:
+                self.epoll.unregister(ctx.sd.control_fd)
+            except OSError:
+                pass
+        ctx.pidfd = self._unwatch(ctx.pidfd)
+        ctx.finish_pidfd = self._unwatch(ctx.finish_pidfd)
         ctx.sd.close()
         if self.table is not None and ctx.slot >= 0:
             self.table.release(ctx.slot)
@@ -498,13 +493,7 @@ class Engine(Seam):
 
     def _adopted_finish_exit(self, service: Service) -> None:
         ctx = service.context
-        self.by_fd.pop(ctx.finish_pidfd, None)
-        try:
-            self.epoll.unregister(ctx.finish_pidfd)
-        except OSError:
-            pass
-        os.close(ctx.finish_pidfd)
-        ctx.finish_pidfd = -1
+        ctx.finish_pidfd = self._unwatch(ctx.finish_pidfd)
         if service.finish_pid:
             service.finish_exited(-1)  # its wait status went to its real parent
 
@@ -529,26 +518,22 @@ class Engine(Seam):
             self._drop_notify(service)  # closed without a newline: never ready
 
     def _drop_notify(self, service: Service) -> None:
-        ctx = service.context
-        if ctx.notify_fd >= 0:
-            self.by_fd.pop(ctx.notify_fd, None)
-            try:
-                self.epoll.unregister(ctx.notify_fd)
-            except OSError:
-                pass
-            os.close(ctx.notify_fd)
-            ctx.notify_fd = -1
+        service.context.notify_fd = self._unwatch(service.context.notify_fd)
 
     def _drop_pidfd(self, service: Service) -> None:
-        ctx = service.context
-        if ctx.pidfd >= 0:
-            self.by_fd.pop(ctx.pidfd, None)
+        service.context.pidfd = self._unwatch(service.context.pidfd)
+
+    def _unwatch(self, fd: int) -> int:
+        """Stop watching FD (a pidfd or a notification pipe the engine opened) and close it; -1, the "none"
+        to store in its place.  -1 itself is left alone."""
+        if fd >= 0:
+            self.by_fd.pop(fd, None)
             try:
-                self.epoll.unregister(ctx.pidfd)
+                self.epoll.unregister(fd)
             except OSError:
                 pass
-            os.close(ctx.pidfd)
-            ctx.pidfd = -1
+            os.close(fd)
+        return -1
 
     def services(self) -> list[Service]:
         """Every service on the engine (those whose control FIFO is watched)."""

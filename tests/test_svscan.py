@@ -1163,9 +1163,11 @@ def test_restart_policy_backs_off_then_gives_up_and_u_rearms(tmp_path, scans):
     assert wait_until(lambda: starts.read_text().count("start") >= 4, 10)
 
 
-ENGINE_BURST = r"""
+# An engine in a process of its own (it installs signal handlers), watching a pipe that stands for a control
+# FIFO: "control" goes into ORDER when the loop reads it.  Each script below adds the burst it tests.
+ENGINE_PROLOGUE = r"""
 import os, sys, time
-from prefork.control.engine import Engine, TIMERS_PER_PASS
+from prefork.control.engine import Engine, REAPS_PER_PASS, TIMERS_PER_PASS
 engine = Engine(prog="svscan")
 r, w = os.pipe2(os.O_NONBLOCK)
 order = []
@@ -1173,6 +1175,9 @@ def reader():
     os.read(r, 16)
     order.append("control")
 engine.watch(r, reader)
+"""
+
+ENGINE_BURST = ENGINE_PROLOGUE + r"""
 def timer(i):
     def run():
         order.append(i)
@@ -1189,28 +1194,25 @@ print(TIMERS_PER_PASS, " ".join(map(str, order)))
 """
 
 
-def test_a_burst_of_due_timers_lets_a_control_byte_through_between_them(tmp_path):
-    """Ten restarts due at once (services flapping in step): a control byte that arrives during the first is
-    handled after at most TIMERS_PER_PASS of them, not after all ten (docs/ARCHITECTURE.md)."""
-    done = subprocess.run([os.fspath(Path(ours("svscan")).parent / "python"), "-c", ENGINE_BURST], cwd=tmp_path,
+def run_engine_script(script: str, cwd: Path) -> tuple[str, str]:
+    """Run SCRIPT with the venv's Python; (the per-pass bound it prints, the order of events it prints)."""
+    done = subprocess.run([os.fspath(Path(ours("svscan")).parent / "python"), "-c", script], cwd=cwd,
                           capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
     per_pass, order = done.stdout.decode().split(" ", 1)
+    return per_pass, order
+
+
+def test_a_burst_of_due_timers_lets_a_control_byte_through_between_them(tmp_path):
+    """Ten restarts due at once (services flapping in step): a control byte that arrives during the first is
+    handled after at most TIMERS_PER_PASS of them, not after all ten (docs/ARCHITECTURE.md)."""
+    per_pass, order = run_engine_script(ENGINE_BURST, tmp_path)
     n = int(per_pass)
     assert 1 <= n < 10
     assert order.split() == [str(i) for i in range(n)] + ["control"] + [str(i) for i in range(n, 10)]
 
 
-ENGINE_EXITS = r"""
-import os, sys, time
-from prefork.control.engine import Engine, REAPS_PER_PASS
-engine = Engine(prog="svscan")
-r, w = os.pipe2(os.O_NONBLOCK)
-order = []
-def reader():
-    os.read(r, 16)
-    order.append("control")
-engine.watch(r, reader)
+ENGINE_EXITS = ENGINE_PROLOGUE + r"""
 pids = [os.posix_spawn("/bin/true", ["/bin/true"], {}) for _ in range(10)]
 def zombie(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -1233,10 +1235,7 @@ print(REAPS_PER_PASS, " ".join(map(str, order)))
 def test_many_exits_at_once_let_a_control_byte_through_between_them(tmp_path):
     """Ten children dead at once (services dying in step): a control byte that arrives while the first is
     handled is read after at most two passes' worth of exits, not after all ten (docs/ARCHITECTURE.md)."""
-    done = subprocess.run([os.fspath(Path(ours("svscan")).parent / "python"), "-c", ENGINE_EXITS], cwd=tmp_path,
-                          capture_output=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    per_pass, order = done.stdout.decode().split(" ", 1)
+    per_pass, order = run_engine_script(ENGINE_EXITS, tmp_path)
     words = order.split()
     assert sorted(int(x) for x in words if x != "control") == list(range(10)) and words.count("control") == 1
     assert words.index("control") <= min(2 * int(per_pass), 9), words  # not after all ten
