@@ -32,6 +32,7 @@ import time
 
 from prefork import proc, tai64n
 from prefork.control import restartfile, statusfile
+from prefork.control import servicetable as st
 from prefork.control.machine import WANT_DOWN, WANT_ONCE, WANT_UP, Seam, Service
 from prefork.control.servicedir import ServiceDir, StartupError, read_own
 from prefork.djb import write_line
@@ -338,14 +339,16 @@ class Engine(Seam):
             self.let_run = False
             os.sched_yield()
         ctx = service.context
+        if self.table is not None and ctx.slot >= 0:
+            # The table first: the status write ends by waking s6's listeners (event/), and whatever this process
+            # still does after that competes with them for a CPU.
+            self.table.publish(ctx.slot, _record(service))
         warning = ctx.sd.write_status(service.label, service.pid, service.paused, service.want, service.term_sent,
                                       wstat=service.last_status, finishing=service.finishing,
                                       ready_label=service.ready_label, exiting=service.exit_requested,
                                       finish_pid=service.finish_pid)
         if warning is not None:
             write_line(f"supervise: warning: {warning}")
-        if self.table is not None and ctx.slot >= 0:
-            self.table.publish(ctx.slot, _record(service))
 
     def schedule(self, service: Service, when: float) -> None:
         self.call_at(when, service, None)
@@ -502,8 +505,9 @@ class Engine(Seam):
 
         The pipe is closed once the service is ready or has closed its end: a
         second readiness line then gets EPIPE, as under s6-supervise.  It is
-        closed after the status and event writes, as s6-supervise closes it:
-        nothing waits on the close, and a listener on ``event/`` waits on them.
+        closed before the status and event writes (s6-supervise closes it
+        after them): the event write wakes the listeners, and nothing should be
+        left to do then but go back to waiting.
         """
         try:
             data = os.read(service.context.notify_fd, 4096)
@@ -512,8 +516,8 @@ class Engine(Seam):
         except OSError:
             data = b""
         if b"\n" in data:
-            service.ready()
             self._drop_notify(service)
+            service.ready()
         elif not data:
             self._drop_notify(service)  # closed without a newline: never ready
 
@@ -554,8 +558,6 @@ def _read_all(fd: int) -> bytes:
 
 
 def _record(service: Service) -> ServiceRecord:
-    from prefork.control import servicetable as st
-
     ctx = service.context
     flags = st.FLAG_LOG if ctx.is_log else 0
     if service.normally_up:
@@ -570,16 +572,18 @@ def _record(service: Service) -> ServiceRecord:
         flags |= st.FLAG_NOTIFYING
     if service.failed:
         flags |= st.FLAG_FAILED
-    state = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}[service.state]
-    want = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}[service.want]
     return st.ServiceRecord(
         name=ctx.table_name,
-        pid=service.pid, want=want, paused=bool(service.pid and service.paused), state=state,
-        since_ns=_ns(service.label), starts=service.starts, restarts=service.restarts,
-        last_status=service.last_status, flags=flags, ready_ns=_ns(service.ready_label),
+        pid=service.pid, want=_TABLE_WANT[service.want], paused=bool(service.pid and service.paused),
+        state=_TABLE_STATE[service.state], since_ns=_ns(service.label), starts=service.starts,
+        restarts=service.restarts, last_status=service.last_status, flags=flags, ready_ns=_ns(service.ready_label),
         backoff_ms=int(service.delay * 1000), finish_failures=service.finish_failures,
         kill_escalations=service.kill_escalations,
     )
+
+
+_TABLE_STATE = {"down": st.STATE_DOWN, "up": st.STATE_UP, "stopping": st.STATE_STOPPING}
+_TABLE_WANT = {WANT_UP: st.WANT_UP, WANT_DOWN: st.WANT_DOWN, WANT_ONCE: st.WANT_ONCE}
 
 
 def _ns(label: bytes) -> int:

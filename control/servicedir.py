@@ -28,7 +28,7 @@ import os
 import signal
 import stat
 
-from prefork.atomicfile import failed_step, replace
+from prefork.atomicfile import failed_step, replace, swap_pays
 from prefork.control import statusfile
 from prefork.djb import errstr
 
@@ -55,7 +55,7 @@ class StartupError(Exception):
 class ServiceDir:
     """Open descriptors of a service directory (all close-on-exec)."""
 
-    __slots__ = ("display", "dirfd", "supfd", "lock_fd", "control_fd", "ok_fd", "event_fd", "codec", "last")
+    __slots__ = ("display", "dirfd", "supfd", "lock_fd", "control_fd", "ok_fd", "event_fd", "codec", "last", "swap")
 
     def __init__(self, display: str, dirfd: int, codec: statusfile.Codec) -> None:
         self.display = display
@@ -67,6 +67,7 @@ class ServiceDir:
         self.event_fd = -1  # s6's event/ fifodir, -1 in the other formats (or when it cannot be had)
         self.codec = codec  # the status format (control/statusfile.py) of this supervisor's mode
         self.last: statusfile.Status | None = None  # the status last written (s6 derives its events from it)
+        self.swap = False  # status files are swapped in, not renamed over (prefork/atomicfile.py, swap_pays)
 
     # -- start-up ------------------------------------------------------------------------
     @classmethod
@@ -91,6 +92,7 @@ class ServiceDir:
             except OSError as err:
                 raise StartupError(f"unable to stat {display}/down: {errstr(err)}") from None
             sd.supfd = sd._open_supervise_dir()
+            sd.swap = swap_pays(sd.supfd)
             try:
                 sd.lock_fd = os.open("lock", os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_CREAT | _NOFOLLOW,
                                      0o600, dir_fd=sd.supfd)
@@ -214,6 +216,10 @@ class ServiceDir:
         Only FIFOs of that name shape are written, never blocking: a FIFO with no reader (ENXIO) is a
         dead listener's and is removed, as s6 does; a full one loses the letters; anything else there
         (a regular file, a link, a device) is left alone -- s6-supervise would write into a regular file.
+
+        The FIFOs are all opened first and then written one right after the other: each write wakes a
+        listener, which wants the CPU this process is on (docs/ARCHITECTURE.md, "The readiness path").
+        NOTIFY_BATCH of them at a time bound the descriptors held.
         """
         if not letters or self.event_fd < 0:
             return
@@ -221,27 +227,37 @@ class ServiceDir:
             names = os.listdir(self.event_fd)
         except OSError:
             return
+        fds: list[int] = []
         for name in names:
             if len(name) != _LISTENER_LEN or not name.startswith(_LISTENER_PREFIX):
                 continue
-            try:
-                if not stat.S_ISFIFO(os.stat(name, dir_fd=self.event_fd, follow_symlinks=False).st_mode):
-                    continue
-                fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.event_fd)
-            except OSError as err:
-                if err.errno == errno.ENXIO:
-                    try:
-                        os.unlink(name, dir_fd=self.event_fd)
-                    except OSError:
-                        pass
-                continue
-            try:
-                if stat.S_ISFIFO(os.fstat(fd).st_mode):  # still the FIFO checked above
-                    os.write(fd, letters)
-            except OSError:
-                pass  # full (EAGAIN) or gone: s6 loses the letters too
-            finally:
-                os.close(fd)
+            fd = self._listener(name)
+            if fd >= 0:
+                fds.append(fd)
+                if len(fds) == NOTIFY_BATCH:
+                    _write_all(fds, letters)
+        _write_all(fds, letters)
+
+    def _listener(self, name: str) -> int:
+        """NAME in event/ opened for writing if it is a FIFO with a reader, else -1 (a readerless one removed)."""
+        try:
+            if not stat.S_ISFIFO(os.stat(name, dir_fd=self.event_fd, follow_symlinks=False).st_mode):
+                return -1
+            fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=self.event_fd)
+        except OSError as err:
+            if err.errno == errno.ENXIO:
+                try:
+                    os.unlink(name, dir_fd=self.event_fd)
+                except OSError:
+                    pass
+            return -1
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):  # still the FIFO checked above
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return -1
 
     def set_down(self, present: bool) -> str | None:
         """Create (PRESENT) or remove the service's ``down`` file, as s6-svc -D/-U/-Q ask; a warning text on failure."""
@@ -308,13 +324,26 @@ class ServiceDir:
 
     def _replace(self, name: str, data: bytes) -> str | None:
         new = f"{name}.new"
-        shown = f"{self.display}/supervise/{new}"
         try:
-            replace(name, data, new, 0o644, dir_fd=self.supfd)  # never through a link: see the module's text
+            # never through a link (see the module's text); run state, swapped in where that pays
+            replace(name, data, new, 0o644, dir_fd=self.supfd, swap=self.swap)
         except OSError as err:
+            shown = f"{self.display}/supervise/{new}"
             what = {"create": "unable to open", "write": "unable to write"}.get(failed_step(err))
             return f"{what} {shown}: {errstr(err)}" if what else f"unable to rename {shown} to {name}: {errstr(err)}"
         return None
+
+
+def _write_all(fds: list[int], letters: bytes) -> None:
+    """LETTERS to each FIFO in FDS (full or gone: lost, as with s6), then close them all and empty FDS."""
+    for fd in fds:
+        try:
+            os.write(fd, letters)
+        except OSError:
+            pass
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
 
 
 def read_own(dir_fd: int, name: str, limit: int) -> bytes | None:
@@ -372,6 +401,7 @@ def _open_control(display: str, supfd: int) -> int:
     return fd
 
 
+NOTIFY_BATCH = 64  # listener FIFOs held open at once by notify()
 _LISTENER_PREFIX = "ftrig1:@"  # s6's listener FIFOs: ftrig1:@ + 24 hex digits of TAI64N + ":" + 6 characters
 _LISTENER_LEN = len(_LISTENER_PREFIX) + 24 + 1 + 6
 

@@ -30,6 +30,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -347,11 +348,22 @@ def benchmark(args: argparse.Namespace) -> dict:
                   "commands": {"s6": f"env PATH=/usr/bin:/bin {args.s6_svscan} DIR",
                                "prefork": f"env PATH=/usr/bin:/bin {args.prefork} --s6 DIR",
                                "start": f"{args.s6_svc} -u SERVICE", "wait": f"{args.s6_svwait} -U -t {WAIT_MS} SERVICE"}}
+    data["filesystem"] = filesystem(args.workdir or tempfile.gettempdir())
     data["readiness"] = measure(paths, args.samples, args.delay, args.perl, args.s6_svc, args.s6_svwait,
                                 args.workdir, args.seed, args.listener)
     data["targets"] = evaluate_targets(data)
     data["load_average_end"] = os.getloadavg()
     return data
+
+
+def filesystem(path: str) -> str:
+    """The type of the file system at PATH as `stat -f` names it (ext4 shows as "ext2/ext3"): the status writes
+    cost very different amounts on ext4 and tmpfs (docs/CONTRACTS.md, Service status)."""
+    try:
+        out = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -376,7 +388,11 @@ def render_markdown(data: dict) -> str:
     m = data["machine"]
     out = ["# Time to ready: prefork `svscan --s6` against s6-svscan + s6-supervise 2.11", "",
            f"Run {data['when']}; both implementations in the same run, each in its own tempdir. Ratios are "
-           "prefork / s6 (below 1: prefork is ready sooner).", ""]
+           "prefork / s6 (below 1: prefork is ready sooner).", "",
+           f"File system of the trees: **{data.get('filesystem', 'unknown')}** (`stat -f`; ext4 shows as "
+           "ext2/ext3). On ext4 prefork swaps each status file in instead of renaming over the old one, which "
+           "spares it the data write-out that ext4 does on such a rename (s6-supervise pays it); on tmpfs "
+           "neither pays it (docs/CONTRACTS.md, Service status).", ""]
     load = m.get("load_average") or [0.0]
     if load[0] > 0.5 * m["nproc"]:
         out += [f"> **Busy machine:** 1-minute load average {load[0]:.2f} on {m['nproc']} CPUs at the start. "

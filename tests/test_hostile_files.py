@@ -21,6 +21,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -146,6 +147,127 @@ def test_atomicfile_relative_to_a_directory_fd_with_an_exact_mode(tmp_path):
     assert (tmp_path / "moved" / "run").read_bytes() == b"#!/bin/sh\n"
     assert stat.S_IMODE((tmp_path / "moved" / "run").stat().st_mode) == 0o755
     assert sorted(os.listdir(tmp_path / "moved")) == ["run"] and not (tmp_path / "elsewhere").exists()
+
+
+# -- swap=True: the names exchanged (renameat2), the old file unlinked; docs/CONTRACTS.md, "Status files" ------
+def _swappable(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        (path / "a").write_bytes(b"a")
+        (path / "b").write_bytes(b"b")
+        atomicfile.exchange(str(path / "a"), str(path / "b"))
+        return (path / "a").read_bytes() == b"b"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        for name in ("a", "b"):
+            (path / name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def swap_dir(tmp_path):
+    if not _swappable(tmp_path):
+        pytest.skip("the file system of the temp dir cannot exchange names (renameat2)")
+    return tmp_path
+
+
+def test_atomicfile_swap_puts_a_new_file_in_place_and_leaves_no_temporary(swap_dir):
+    (swap_dir / "out").write_bytes(b"old contents, longer than the new\n")
+    old_inode = (swap_dir / "out").stat().st_ino
+    keep = os.open(swap_dir / "out", os.O_RDONLY)  # a reader that opened the old file keeps it whole
+    try:
+        atomicfile.replace(str(swap_dir / "out"), b"new\n", swap=True)
+        assert os.pread(keep, 100, 0) == b"old contents, longer than the new\n"
+    finally:
+        os.close(keep)
+    assert (swap_dir / "out").read_bytes() == b"new\n"
+    assert (swap_dir / "out").stat().st_ino != old_inode
+    assert sorted(os.listdir(swap_dir)) == ["out"]
+    atomicfile.replace(str(swap_dir / "first"), b"1\n", swap=True)  # nothing there yet: a plain rename
+    assert (swap_dir / "first").read_bytes() == b"1\n" and sorted(os.listdir(swap_dir)) == ["first", "out"]
+
+
+def test_atomicfile_swap_replaces_a_link_at_the_name_and_not_its_target(swap_dir):
+    prey = victim(swap_dir)
+    plant(swap_dir / "out", prey)
+    atomicfile.replace(str(swap_dir / "out"), b"new\n", swap=True)
+    assert untouched(prey)
+    assert not (swap_dir / "out").is_symlink() and (swap_dir / "out").read_bytes() == b"new\n"
+    assert not os.path.lexists(swap_dir / "out.new")
+
+
+def test_atomicfile_swap_with_a_directory_at_the_name_fails_as_a_rename_does(swap_dir):
+    """An exchange would take a directory; it is put back, the error is rename()'s, nothing else is left."""
+    (swap_dir / "out").mkdir()
+    (swap_dir / "out" / "inside").write_bytes(b"kept\n")
+    with pytest.raises(IsADirectoryError) as exc:
+        atomicfile.replace(str(swap_dir / "out"), b"new\n", swap=True)
+    assert atomicfile.failed_step(exc.value) == "rename"
+    assert sorted(os.listdir(swap_dir)) == ["out"] and (swap_dir / "out" / "inside").read_bytes() == b"kept\n"
+
+
+def test_atomicfile_swap_falls_back_to_rename_where_the_exchange_is_refused(swap_dir, monkeypatch):
+    """EINVAL (a file system without RENAME_EXCHANGE) or ENOSYS (no renameat2): a rename, and EINVAL is
+    remembered for that file system."""
+    (swap_dir / "out").write_bytes(b"old\n")
+    calls = []
+
+    def refuse(old: str, new: str, dir_fd: int | None = None) -> None:
+        calls.append(old)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(atomicfile, "exchange", refuse)
+    monkeypatch.setattr(atomicfile, "_no_exchange", set())
+    atomicfile.replace(str(swap_dir / "out"), b"new\n", swap=True)
+    atomicfile.replace(str(swap_dir / "out"), b"newer\n", swap=True)
+    assert (swap_dir / "out").read_bytes() == b"newer\n" and sorted(os.listdir(swap_dir)) == ["out"]
+    assert len(calls) == 1  # the second write did not ask again
+
+
+def test_atomicfile_swap_readers_see_one_whole_version(swap_dir):
+    """A reader racing 400 swaps reads every time one whole version, never a mix or an empty file."""
+    versions = [bytes([65 + i % 26]) * (35 + i % 7) for i in range(400)]
+    (swap_dir / "out").write_bytes(versions[-1])
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\n"
+         "seen = set(); end = time.monotonic() + 20\n"
+         "while not os.path.exists(sys.argv[2]) and time.monotonic() < end:\n"
+         "    try:\n"
+         "        with open(sys.argv[1], 'rb') as f: seen.add(f.read())\n"
+         "    except FileNotFoundError: seen.add(b'MISSING')\n"
+         "sys.stdout.buffer.write(b'\\n'.join(sorted(seen)))\n",
+         str(swap_dir / "out"), str(swap_dir / "stop")], stdout=subprocess.PIPE)
+    try:
+        for data in versions:
+            atomicfile.replace(str(swap_dir / "out"), data, swap=True)
+    finally:
+        (swap_dir / "stop").touch()
+        out, _ = reader.communicate(timeout=30)
+    seen = set(out.split(b"\n"))
+    assert seen <= set(versions), sorted(seen - set(versions))[:3]
+
+
+def test_swap_pays_only_where_a_rename_writes_the_data_out(swap_dir):
+    """ext4 and btrfs write a renamed file out (auto_da_alloc); tmpfs and /proc do not."""
+    fs_type = subprocess.run(["stat", "-f", "-c", "%t", str(swap_dir)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    for path, expected in ((swap_dir, int(fs_type, 16) in (0xEF53, 0x9123683E)), ("/proc", False)):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert atomicfile.swap_pays(fd) is expected, path
+        finally:
+            os.close(fd)
+    if os.path.isdir("/dev/shm") and subprocess.run(["stat", "-f", "-c", "%T", "/dev/shm"], capture_output=True,
+                                                    text=True).stdout.strip() == "tmpfs":
+        fd = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert atomicfile.swap_pays(fd) is False
+        finally:
+            os.close(fd)
 
 
 def test_atomicfile_with_a_directory_at_the_temporary_name_fails_cleanly(tmp_path):

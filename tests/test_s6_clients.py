@@ -11,9 +11,11 @@ daemontools and runit modes ignore s6's extra letters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -25,7 +27,7 @@ import psutil
 import pytest
 from conftest import ours, real
 
-from prefork.control import statusfile
+from prefork.control import servicetable_read, statusfile
 
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 SLEEPER = "#!/bin/sh\nexec sleep 300\n"
@@ -327,6 +329,68 @@ def test_event_dir_is_made_as_s6_makes_it(ours_rig):
     ours_rig.start()
     st = os.stat(ours_rig.dir / "event")
     assert stat.S_IMODE(st.st_mode) == 0o3730 and st.st_gid == os.getegid()
+
+
+def _letter(rig: Rig, letter: bytes, timeout: float) -> bool:
+    """Wait (bounded) for LETTER in the rig's own listener FIFO; the letters before it are dropped."""
+    poller = select.poll()
+    poller.register(rig.listener, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    for _ in range(1000):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if poller.poll(left * 1000) and letter in rig.events():
+            return True
+    return False
+
+
+def test_table_shows_ready_when_the_ready_letter_comes(ours_rig):
+    """The table is written before the status file and the event letters (docs/ARCHITECTURE.md, "The
+    readiness path"): whoever the `U` letter wakes finds the service ready in svstat --all and the metrics."""
+    r = ours_rig
+    (r.service("#!/bin/sh\necho >&3\nexec sleep 300\n") / "notification-fd").write_text("3\n")
+    r.start()
+    for round_ in range(8):
+        assert r.svc("-d") == 0 and _letter(r, b"D", 5), (round_, r.stderr())
+        assert r.svc("-u") == 0 and _letter(r, b"U", 5), (round_, r.stderr())
+        entry = servicetable_read.read(str(r.root / "table")).entries[0]  # read at once: no settling
+        assert entry.pid and entry.ready, (round_, entry)
+
+
+def test_every_listener_gets_the_letters_beyond_one_batch(ours_rig):
+    """More listeners than the FIFOs held open at once (NOTIFY_BATCH): each still gets each letter, once."""
+    from prefork.control.servicedir import NOTIFY_BATCH
+
+    r = ours_rig
+    r.service()
+    r.start()
+    fds = []
+    try:
+        for i in range(NOTIFY_BATCH + 6):
+            path = r.dir / "event" / f"ftrig1:@400000006b16d2b1221f7e62:{i:06d}"
+            os.mkfifo(path, 0o600)
+            fds.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        assert r.svc("-d") == 0 and _letter(r, b"D", 5), r.stderr()
+        got = [b""] * len(fds)  # ours came first, perhaps: the others' letters may still be on their way
+        deadline = time.monotonic() + 5
+        for _ in range(500):
+            for i, fd in enumerate(fds):
+                try:
+                    got[i] += os.read(fd, 100)
+                except BlockingIOError:
+                    pass
+            if all(b"D" in g for g in got) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        time.sleep(0.2)  # a letter too many would come now
+        for i, fd in enumerate(fds):
+            with contextlib.suppress(BlockingIOError):
+                got[i] += os.read(fd, 100)
+        assert got == [b"dD"] * len(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_hostile_event_dir_entries_never_stall_or_redirect(ours_rig, tmp_path):
