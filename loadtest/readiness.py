@@ -44,6 +44,8 @@ S6_SVC = "/usr/bin/s6-svc"
 S6_SVWAIT = "/usr/bin/s6-svwait"
 PREFORK = str(Path(sys.executable).parent / "svscan")
 IMPLS = ("s6", "prefork")
+FLOOR = "python-floor"  # --python-floor: loadtest/readyfloor.py, the least a Python supervisor does on this path
+FLOOR_SCRIPT = str(Path(__file__).with_name("readyfloor.py"))
 NOTIFICATION_FD = 3
 WAIT_MS = 5000  # s6-svwait's -t: a sample that takes longer is a timeout
 LISTEN_TIMEOUT = 2.0  # seconds for s6-svwait to make its FIFO in event/
@@ -231,7 +233,7 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
             workdir: str | None, seed: int, listener: bool = False) -> dict:
     """Both trees side by side; SAMPLES pairs, each in a random order."""
     run_text = PERL_RUN.format(perl=perl, delay=f"{delay_ms / 1000:.6f}", fd=NOTIFICATION_FD)
-    options = {"s6": (), "prefork": ("--s6",)}
+    options = {"s6": (), "prefork": ("--s6",), FLOOR: (FLOOR_SCRIPT,)}
     trees: list[Tree] = []
     rigs: dict[str, Rig] = {}
     try:
@@ -270,14 +272,21 @@ def measure(paths: dict[str, str], samples: int, delay_ms: float, perl: str, svc
     for impl, rig in rigs.items():
         out[impl] = {key: latency_summary(rig.samples[key], rig.timeouts) for key, _label, _begin, _end in rig.measures}
     out["ratios"] = ratios(out)
+    if FLOOR in out:
+        out["floor_ratios"] = ratios(out, FLOOR)
     return out
 
 
-def ratios(res: dict) -> dict:
-    """prefork/s6 at p50, p90 and p99 of each measure, with 95% bootstrap intervals."""
+def impls(res: dict) -> list[str]:
+    """The implementations measured in RES, in report order (s6, prefork, and the Python floor if run)."""
+    return [impl for impl in (*IMPLS, FLOOR) if impl in res]
+
+
+def ratios(res: dict, impl: str = "prefork") -> dict:
+    """IMPL/s6 at p50, p90 and p99 of each measure, with 95% bootstrap intervals."""
     out = {}
     for key, _label, _begin, _end in measures(res.get("listener", False)):
-        s, p = res["s6"][key], res["prefork"][key]
+        s, p = res["s6"][key], res[impl][key]
         row = {}
         for q in (50, 90, 99):
             row[f"p{q}"] = p[f"p{q}_ms"] / s[f"p{q}_ms"] if s[f"p{q}_ms"] else 0.0
@@ -312,6 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--s6-svwait", default=S6_SVWAIT, help="the s6-svwait that waits for ready (Debian's)")
     ap.add_argument("--listener", action="store_true", help="also read the letters in event/ with a FIFO of the "
                     "benchmark's own: splits newline → returns into the supervisor's share and s6-svwait's")
+    ap.add_argument("--python-floor", action="store_true", help="also run loadtest/readyfloor.py, the least a "
+                    "supervisor written in Python does on this path: what any Python supervisor can reach here")
     ap.add_argument("--perl", default=shutil.which("perl") or "/usr/bin/perl", help="Perl for the service")
     ap.add_argument("--workdir", default=None, help="where the service trees are made (default: the temp dir)")
     BENCH.add_options(ap)
@@ -328,6 +339,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts = ["--samples", str(args.samples), "--delay", f"{args.delay:g}", "--seed", str(args.seed)]
     if args.listener:
         parts.append("--listener")
+    if args.python_floor:
+        parts.append("--python-floor")
     for flag, value, default in (("--s6-svscan", args.s6_svscan, S6_SVSCAN), ("--prefork", args.prefork, PREFORK),
                                  ("--s6-svc", args.s6_svc, S6_SVC), ("--s6-svwait", args.s6_svwait, S6_SVWAIT)):
         if value != default:
@@ -337,6 +350,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 def benchmark(args: argparse.Namespace) -> dict:
     paths = {"s6": args.s6_svscan, "prefork": args.prefork}
+    if args.python_floor:
+        paths[FLOOR] = sys.executable
     for what, path in (*paths.items(), ("s6-svc", args.s6_svc), ("s6-svwait", args.s6_svwait), ("perl", args.perl)):
         if not os.access(path, os.X_OK):
             raise BenchError(f"{what}: {path} is not an executable file")
@@ -347,6 +362,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     data: dict = {"command": reproduce_command(args), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": facts,
                   "commands": {"s6": f"env PATH=/usr/bin:/bin {args.s6_svscan} DIR",
                                "prefork": f"env PATH=/usr/bin:/bin {args.prefork} --s6 DIR",
+                               **({FLOOR: f"env PATH=/usr/bin:/bin {sys.executable} {FLOOR_SCRIPT} DIR"}
+                                  if args.python_floor else {}),
                                "start": f"{args.s6_svc} -u SERVICE", "wait": f"{args.s6_svwait} -U -t {WAIT_MS} SERVICE"}}
     data["filesystem"] = filesystem(args.workdir or tempfile.gettempdir())
     data["readiness"] = measure(paths, args.samples, args.delay, args.perl, args.s6_svc, args.s6_svwait,
@@ -370,13 +387,16 @@ def filesystem(path: str) -> str:
 def print_summary(data: dict) -> None:
     res = data["readiness"]
     for key, label, _begin, _end in measures(res.get("listener", False)):
-        for impl in IMPLS:
+        for impl in impls(res):
             s = res[impl][key]
             print(f"{label:<40} {impl:<8} p50 {s['p50_ms']:8.3f} ms  p90 {s['p90_ms']:8.3f} ms  "
                   f"p99 {s['p99_ms']:8.3f} ms  n {s['n']}  timeouts {s['timeouts']}")
-        r = res["ratios"][key]
-        print(f"{label:<40} prefork/s6 p50 {r['p50']:.3f} (95% {r['p50_interval'][0]:.3f}–{r['p50_interval'][1]:.3f})"
-              f"  p99 {r['p99']:.3f} (95% {r['p99_interval'][0]:.3f}–{r['p99_interval'][1]:.3f})")
+        for name, table_key in (("prefork", "ratios"), (FLOOR, "floor_ratios")):
+            if table_key in res:
+                r = res[table_key][key]
+                print(f"{label:<40} {name}/s6 p50 {r['p50']:.3f} (95% {r['p50_interval'][0]:.3f}–"
+                      f"{r['p50_interval'][1]:.3f})  p99 {r['p99']:.3f} (95% {r['p99_interval'][0]:.3f}–"
+                      f"{r['p99_interval'][1]:.3f})")
     for t in data["targets"]:
         print(f"target {t['target']}: {t['measured']} -> {'met' if t['met'] else 'MISSED'} ({t['by']})")
     print(f"reproduce: {data['command']}")
@@ -421,19 +441,25 @@ def render_markdown(data: dict) -> str:
                     "a listener FIFO of its own in `event/` (opened read-write, as s6's listeners do) and notes when "
                     "the `U` letter arrives there, which splits the time into the supervisor's share and "
                     "s6-svwait's. That reader is one more process woken at the `U`.", ""]
+    if FLOOR in res:
+        out[-1:] = [f"- **{FLOOR}** (`--python-floor`): a third tree under `loadtest/readyfloor.py`, the least a "
+                    "supervisor written in Python does on this path, each step as s6-supervise does it (status.new "
+                    "renamed, `event/` listed by name) and nothing else (no table, no checks, no policy). It bounds "
+                    "what any Python supervisor can reach on this machine.", ""]
     rows = []
     for key, label, _begin, _end in measures(res.get("listener", False)):
-        for impl in IMPLS:
+        for impl in impls(res):
             s = res[impl][key]
             rows.append((label, impl, f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
                          f"{s['max_ms']:.3f}", f"{s['mean_ms']:.3f}", s["n"], s["timeouts"]))
     out += ["## Results", "", *table(["measure", "implementation", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms",
                                       "n", "timeouts"], rows, left=2), ""]
-    for key, label, _begin, _end in measures(res.get("listener", False)):
-        r = res["ratios"][key]
-        out.append(f"**{label}, prefork/s6**: " + ", ".join(
-            f"p{q} × {r[f'p{q}']:.3f} ({r[f'p{q}_interval'][0]:.3f}–{r[f'p{q}_interval'][1]:.3f})"
-            for q in (50, 90, 99)) + ".  ")
+    for name, table_key in (("prefork", "ratios"), (FLOOR, "floor_ratios")):
+        for key, label, _begin, _end in measures(res.get("listener", False)) if table_key in res else ():
+            r = res[table_key][key]
+            out.append(f"**{label}, {name}/s6**: " + ", ".join(
+                f"p{q} × {r[f'p{q}']:.3f} ({r[f'p{q}_interval'][0]:.3f}–{r[f'p{q}_interval'][1]:.3f})"
+                for q in (50, 90, 99)) + ".  ")
     out += ["", "In brackets: 95% bootstrap intervals (each implementation's samples drawn again with replacement "
             "2000 times). An interval that straddles 1 means this run cannot tell the two apart there.", ""]
     out += machine_section(m, data.get("load_average_end") or (), f"s6 {m.get('s6') or 'unknown'}")
@@ -448,7 +474,7 @@ def write_chart(data: dict, path: Path) -> Path:
     shown = measures(res.get("listener", False))
     fig, axes = plt.subplots((len(shown) + 1) // 2, 2, figsize=(11, 4.2 * ((len(shown) + 1) // 2)), squeeze=False)
     for ax, (key, label, _begin, _end) in zip(axes.flat, shown, strict=False):
-        for k, impl in enumerate(IMPLS):
+        for k, impl in enumerate(impls(res)):
             xs = res[impl][key]["samples_ms"]
             if xs:
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]

@@ -22,7 +22,7 @@ rename *over another file* returns, hundreds of µs on the path to a
 service's readiness; after an exchange that is left to the background
 writeback, and a version replaced within seconds is never written at all.
 The price: after a power loss the file may be empty, where a plain rename
-would have kept the old or the new bytes.  docs/CONTRACTS.md, "Status files".
+would have kept the old or the new bytes.  docs/CONTRACTS.md, "Service status".
 """
 
 from __future__ import annotations

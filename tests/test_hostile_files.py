@@ -149,7 +149,7 @@ def test_atomicfile_relative_to_a_directory_fd_with_an_exact_mode(tmp_path):
     assert sorted(os.listdir(tmp_path / "moved")) == ["run"] and not (tmp_path / "elsewhere").exists()
 
 
-# -- swap=True: the names exchanged (renameat2), the old file unlinked; docs/CONTRACTS.md, "Status files" ------
+# -- swap=True: the names exchanged (renameat2), the old file unlinked; docs/CONTRACTS.md, "Service status" ------
 def _swappable(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

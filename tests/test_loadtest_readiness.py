@@ -79,6 +79,29 @@ def test_tiny_run_measures_both_and_cleans_up(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.differential
+def test_python_floor_is_measured_beside_both(tmp_path: Path) -> None:
+    """--python-floor: loadtest/readyfloor.py supervises a third tree well enough for Debian's s6-svc and
+    s6-svwait (-U, -D) every sample, gets its own ratios to s6, and is torn down like the others."""
+    _needs_s6_and_perl()
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["--samples", "4", "--delay", "1", "--python-floor", "--workdir", str(work), "--out", str(tmp_path / "res"),
+            "--prefork", ours("svscan")]
+    assert rd.main(args) == 0
+    data = json.loads((tmp_path / "res" / "readiness.json").read_text())
+    res = data["readiness"]
+    assert rd.impls(res) == ["s6", "prefork", rd.FLOOR]
+    floor = res[rd.FLOOR]
+    assert floor["start"]["n"] == 4 and floor["start"]["timeouts"] == 0 and floor["start"]["min_ms"] >= 1.0
+    assert set(res["floor_ratios"]) == set(res["ratios"]) and res["floor_ratios"]["start"]["p50"] > 0
+    assert "--python-floor" in data["command"] and rd.FLOOR_SCRIPT in data["commands"][rd.FLOOR]
+    text = rd.render_markdown(data)
+    assert f"start → s6-svwait -U returns, {rd.FLOOR}/s6" in text and f"| {rd.FLOOR} |" in text
+    assert list(work.iterdir()) == []
+    assert _processes_under(work) == []
+
+
+@pytest.mark.differential
 def test_broken_prefork_is_an_error_and_tears_down_s6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _needs_s6_and_perl()
     broken = tmp_path / "svscan"

@@ -346,8 +346,8 @@ def _letter(rig: Rig, letter: bytes, timeout: float) -> bool:
 
 
 def test_table_shows_ready_when_the_ready_letter_comes(ours_rig):
-    """The table is written before the status file and the event letters (docs/ARCHITECTURE.md, "The
-    readiness path"): whoever the `U` letter wakes finds the service ready in svstat --all and the metrics."""
+    """The table is written before the status file and the event letters: whoever the `U` letter wakes
+    finds the service ready in svstat --all and the metrics (docs/ARCHITECTURE.md, "The readiness path")."""
     r = ours_rig
     (r.service("#!/bin/sh\necho >&3\nexec sleep 300\n") / "notification-fd").write_text("3\n")
     r.start()
