@@ -62,14 +62,15 @@ def create(path: str, mode: int = 0o644, dir_fd: int | None = None) -> int:
 RENAME_EXCHANGE = 2  # linux/fs.h: renameat2()'s flag that swaps two names atomically
 _renameat2: Callable[[int, bytes, int, bytes, int], int] | None = None  # glibc's wrapper, loaded on first use
 _libc: ctypes.CDLL | None = None
+_no_exchange: set[int] = set()  # st_dev of file systems that refused the exchange (EINVAL): rename there
 
 
 def _c_library() -> ctypes.CDLL:
+    """The C library (Python's os module has neither renameat2 nor fstatfs), loaded once, on first use."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
-_no_exchange: set[int] = set()  # st_dev of file systems that refused the exchange (EINVAL): rename there
 
 
 def exchange(old: str, new: str, dir_fd: int | None = None) -> None:

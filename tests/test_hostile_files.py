@@ -235,19 +235,25 @@ def test_atomicfile_swap_readers_see_one_whole_version(swap_dir):
     reader = subprocess.Popen(
         [sys.executable, "-c", "import os, sys, time\n"
          "seen = set(); end = time.monotonic() + 20\n"
+         "open(sys.argv[3], 'wb').close()\n"
          "while not os.path.exists(sys.argv[2]) and time.monotonic() < end:\n"
          "    try:\n"
          "        with open(sys.argv[1], 'rb') as f: seen.add(f.read())\n"
          "    except FileNotFoundError: seen.add(b'MISSING')\n"
          "sys.stdout.buffer.write(b'\\n'.join(sorted(seen)))\n",
-         str(swap_dir / "out"), str(swap_dir / "stop")], stdout=subprocess.PIPE)
+         str(swap_dir / "out"), str(swap_dir / "stop"), str(swap_dir / "reading")], stdout=subprocess.PIPE)
     try:
+        for _ in range(2000):  # the reader is reading before the first write (a loaded machine starts it late)
+            if (swap_dir / "reading").exists() or reader.poll() is not None:
+                break
+            time.sleep(0.01)
         for data in versions:
             atomicfile.replace(str(swap_dir / "out"), data, swap=True)
     finally:
         (swap_dir / "stop").touch()
         out, _ = reader.communicate(timeout=30)
     seen = set(out.split(b"\n"))
+    assert reader.returncode == 0 and seen and b"" not in seen, seen
     assert seen <= set(versions), sorted(seen - set(versions))[:3]
 
 
